@@ -1,0 +1,49 @@
+// Package lease owns the subnet leases kept in etcd under <prefix>/subnets/:
+// their key and value format (flannel's), acquiring and renewing this host's
+// lease, honouring reservations, and watching the other hosts' leases.
+package lease
+
+import (
+	"encoding/json"
+	"net/netip"
+	"time"
+)
+
+// Attrs is the JSON value stored at a lease key, in flannel's format:
+//
+//	{"PublicIP":"10.64.3.7","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"d6:51:2e:80:5c:69"}}
+type Attrs struct {
+	PublicIP      netip.Addr      // IPv4 address other hosts send overlay traffic to
+	PublicIPv6    netip.Addr      // zero when absent
+	BackendType   string          // e.g. "vxlan"
+	BackendData   json.RawMessage // backend specific, e.g. {"VNI":1,"VtepMAC":"..."}; nil when none
+	BackendV6Data json.RawMessage
+}
+
+// Lease is one host's subnet, as read from (or written to) etcd.
+type Lease struct {
+	Subnet     netip.Prefix // IPv4 subnet, e.g. 172.30.19.0/24
+	IPv6Subnet netip.Prefix // zero when the network is IPv4 only
+	Attrs      Attrs
+
+	// Expiration is when the etcd lease behind the key runs out; zero for a
+	// reservation (a key with no etcd lease), which never expires.
+	Expiration time.Time
+	// EtcdLease is the etcd lease ID the key is attached to; 0 for a reservation.
+	EtcdLease int64
+	// ModRevision is the etcd revision of the last write, for compare-and-swap.
+	ModRevision int64
+}
+
+// Reserved reports whether the lease is a reservation: a key without an etcd
+// lease, set by an operator, never expired and never taken by another host.
+func (l Lease) Reserved() bool { return l.EtcdLease == 0 }
+
+// Snapshot is the whole lease state the dataplane needs, handed over as one
+// value (never as add/remove events) so that a lost event cannot strand state.
+type Snapshot struct {
+	Own   Lease   // this host's lease
+	Peers []Lease // every other host's valid lease, sorted by Subnet
+	// Revision is the etcd revision this snapshot reflects.
+	Revision int64
+}
