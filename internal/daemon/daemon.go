@@ -1,0 +1,261 @@
+// Package daemon wires weftd together: options → etcd → network config →
+// external interface → backend → lease → subnet.env → rules and the
+// reconcile loop, plus health endpoints and a clean stop.
+//
+// Lifecycle: SIGTERM/SIGINT cancel ctx at any stage (waiting for config,
+// acquiring, running); every stage returns promptly and the process exits 0.
+// Kernel state and the etcd lease are left in place so that a restart does
+// not interrupt traffic.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/vishvananda/netlink"
+
+	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/extiface"
+	"github.com/weft-net/weft/internal/flagenv"
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netconf"
+	"github.com/weft-net/weft/internal/rules"
+	"github.com/weft-net/weft/internal/subnetenv"
+)
+
+// Version is set at build time with -ldflags "-X .../daemon.Version=...".
+var Version = "dev"
+
+// Main runs weftd with the command line args (without the program name) and
+// returns the process exit status: 0 on a clean stop, 2 for bad flags, 1
+// for a fatal error.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer, lookupEnv func(string) (string, bool)) int {
+	var o Options
+	fs := o.NewFlagSet(stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2 // the flag package has printed the error and usage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "weftd: unexpected argument %q (flags only)\n", fs.Arg(0))
+		fs.Usage()
+		return 2
+	}
+	if err := flagenv.Apply(fs, EnvPrefix, lookupEnv); err != nil {
+		fmt.Fprintf(stderr, "weftd: %v\n", err)
+		fs.Usage()
+		return 2
+	}
+	if o.Version {
+		fmt.Fprintln(stdout, Version)
+		return 0
+	}
+	if err := o.Validate(); err != nil {
+		fmt.Fprintf(stderr, "weftd: %v\n", err)
+		return 2
+	}
+	level := slog.LevelInfo
+	if o.Verbosity > 0 {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if err := run(ctx, &o, log); err != nil {
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			log.Info("stopped")
+			return 0
+		}
+		log.Error("weftd failed", "err", err)
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}
+
+func run(ctx context.Context, o *Options, log *slog.Logger) error {
+	start := time.Now()
+	log.Info("starting weftd", "version", Version, "options", o)
+
+	cli, err := o.Etcd.Client()
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	store := lease.NewStore(cli, o.Etcd.Prefix, log)
+
+	prev, err := subnetenv.Read(o.SubnetFile)
+	switch {
+	case err == nil:
+		log.Info("previous subnet", "file", o.SubnetFile, "subnet", subnetenv.LeaseSubnet(prev))
+	case errors.Is(err, os.ErrNotExist):
+	default:
+		log.Warn("ignoring unreadable previous subnet file", "file", o.SubnetFile, "err", err)
+	}
+
+	cfg, err := lease.WaitConfig(ctx, store, parseConfig(log), log)
+	if err != nil {
+		return err
+	}
+	if !cfg.EnableIPv4 {
+		return fmt.Errorf("network config at %s: only IPv4 networks are supported by this weftd (EnableIPv4 is false)", store.ConfigKey())
+	}
+
+	nl, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("open netlink socket: %w", err)
+	}
+	defer nl.Close()
+	ext, err := extiface.Select(nl, extiface.Options{
+		Ifaces: o.Ifaces, IfaceRegex: o.IfaceRegex, CanReach: o.IfaceCanReach, PublicIP: o.PublicIP,
+	})
+	if err != nil {
+		return fmt.Errorf("choose the interface for inter-host traffic: %w", err)
+	}
+	log.Info("using interface", "iface", ext.Name, "index", ext.Index, "mtu", ext.MTU, "iface-addr", ext.IfaceAddr, "public-ip", ext.PublicIP)
+
+	backend, err := dataplane.NewBackend(cfg, dataplane.Host{
+		IfaceName: ext.Name, IfaceIndex: ext.Index, IfaceMTU: ext.MTU,
+		IfaceAddr: ext.IfaceAddr, PublicIP: ext.PublicIP,
+		BlackholeRoute: o.IPBlackholeRoute,
+	}, nl, log)
+	if err != nil {
+		return fmt.Errorf("set up backend %q: %w", cfg.BackendType, err)
+	}
+	defer backend.Close()
+	pub, mtu, err := backend.Init(ctx)
+	if err != nil {
+		return fmt.Errorf("initialise backend %q: %w", cfg.BackendType, err)
+	}
+
+	var publicV6 netip.Addr
+	if o.PublicIPv6 != "" {
+		publicV6 = netip.MustParseAddr(o.PublicIPv6)
+	}
+	mgr := lease.NewManager(lease.ManagerConfig{
+		Store:       store,
+		Network:     cfg,
+		PublicIP:    ext.PublicIP,
+		PublicIPv6:  publicV6,
+		BackendType: pub.BackendType,
+		BackendData: pub.BackendData,
+		PrevSubnet:  subnetenv.LeaseSubnet(prev),
+		RenewMargin: o.RenewMargin(),
+		Logger:      log,
+	})
+	own, err := mgr.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("acquire a subnet lease: %w", err)
+	}
+	env := subnetenv.Env{Network: cfg.Network, Subnet: firstHost(own.Subnet), MTU: mtu, IPMasq: o.IPMasq}
+	if err := subnetenv.Write(o.SubnetFile, env); err != nil {
+		return fmt.Errorf("write %s: %w", o.SubnetFile, err)
+	}
+	log.Info("lease acquired, subnet file written", "subnet", own.Subnet, "file", o.SubnetFile,
+		"mtu", mtu, "since-start", time.Since(start).Round(time.Microsecond))
+	if ok, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+		log.Warn("tell systemd we are ready", "err", err)
+	} else if ok {
+		log.Debug("told systemd we are ready")
+	}
+
+	rm := rules.New(log)
+	desiredRules := func(subnet netip.Prefix) rules.Desired {
+		return rules.Desired{
+			Network: cfg.Network, Subnet: subnet,
+			IPMasq: o.IPMasq, RandomFully: !o.IPMasqFullyRandomDisable,
+			ForwardRules: o.IPTablesForwardRules, NFTables: cfg.EnableNFTables,
+		}
+	}
+	if err := rm.Set(desiredRules(own.Subnet)); err != nil {
+		// The periodic check retries; traffic within the overlay does not
+		// depend on these rules, so keep going.
+		log.Error("install traffic rules", "err", err)
+	}
+
+	loop := dataplane.NewLoop(backend, 0, log)
+	h := newHealth(mgr, loop)
+	if o.HealthzPort != 0 {
+		stopHealth, err := h.serve(o.HealthzIP, o.HealthzPort, log)
+		if err != nil {
+			return err
+		}
+		defer stopHealth()
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 3)
+	toLoop := make(chan lease.Snapshot, 1)
+	go func() { errc <- mgr.Run(ctx) }()
+	go func() { errc <- loop.Run(ctx, toLoop) }()
+	go func() { rm.Run(ctx, time.Duration(o.IPTablesResyncSeconds)*time.Second); errc <- nil }()
+
+	// Relay snapshots to the loop; when our own subnet changes (the lease
+	// was deleted and another subnet had to be taken) the subnet file and
+	// the rules follow before the dataplane does.
+	current := own.Subnet
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			if err != nil && ctx.Err() == nil {
+				return err
+			}
+		case snap := <-mgr.Snapshots():
+			if snap.Own.Subnet.IsValid() && snap.Own.Subnet != current {
+				log.Warn("own subnet changed", "from", current, "to", snap.Own.Subnet)
+				current = snap.Own.Subnet
+				env.Subnet = firstHost(current)
+				if err := subnetenv.Write(o.SubnetFile, env); err != nil {
+					log.Error("rewrite subnet file", "file", o.SubnetFile, "err", err)
+				}
+				if err := rm.Set(desiredRules(current)); err != nil {
+					log.Error("update traffic rules", "err", err)
+				}
+			}
+			sendLatest(toLoop, snap)
+		}
+	}
+}
+
+// sendLatest replaces an unread snapshot: only the newest state matters.
+func sendLatest(ch chan lease.Snapshot, s lease.Snapshot) {
+	for {
+		select {
+		case ch <- s:
+			return
+		default:
+			select {
+			case <-ch:
+			default:
+			}
+		}
+	}
+}
+
+// firstHost is FLANNEL_SUBNET: the first host address with the lease's
+// prefix length (172.30.19.0/24 → 172.30.19.1/24).
+func firstHost(p netip.Prefix) netip.Prefix {
+	return netip.PrefixFrom(p.Masked().Addr().Next(), p.Bits())
+}
+
+// parseConfig parses the network config and logs its warnings once.
+func parseConfig(log *slog.Logger) func([]byte) (netconf.Config, error) {
+	return func(b []byte) (netconf.Config, error) {
+		cfg, warnings, err := netconf.Parse(b)
+		for _, w := range warnings {
+			log.Warn("network config", "warning", w)
+		}
+		return cfg, err
+	}
+}
