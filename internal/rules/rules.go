@@ -1,0 +1,391 @@
+// Package rules owns flannel's traffic rules — masquerade for traffic leaving
+// the overlay and ACCEPT rules in FORWARD — and keeps the kernel matching them.
+//
+// Design:
+//   - Two modes, as in flannel. iptables mode keeps flannel's chains
+//     (nat FLANNEL-POSTRTG jumped to from POSTROUTING, filter FLANNEL-FWD
+//     jumped to from FORWARD) so operators' scripts and `iptables -S` keep
+//     working; nftables mode uses weft's own table `ip weft`.
+//   - Every write replaces whole owned chains atomically: iptables mode feeds
+//     one iptables-restore --noflush (`:CHAIN - [0:0]` flushes the chain and
+//     the rules follow in the same commit), nftables mode sends one netlink
+//     batch that deletes and recreates the table. No packet ever sees a
+//     half-written chain.
+//   - Reading is cheap: the host's iptables is the nf_tables variant, so the
+//     state of both modes is read over netlink (google/nftables), with no
+//     process started. Set records a fingerprint of what it wrote (the rule
+//     expressions in order, counters excluded); Check re-reads and compares
+//     the whole owned state — order and duplicates, not only presence — and
+//     forks iptables-restore only when it differs. flanneld instead execs
+//     iptables -C for every rule every 5 s.
+//   - The jump into an owned chain must exist exactly once: duplicates and
+//     foreign jumps (flanneld's "flanneld masq" leftovers after a binary swap)
+//     are deleted by rule number in the same restore.
+package rules
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netns"
+)
+
+// Names of the objects weft owns.
+const (
+	MasqChain   = "FLANNEL-POSTRTG" // nat chain, iptables mode
+	FwdChain    = "FLANNEL-FWD"     // filter chain, iptables mode
+	MasqComment = "weftd masq"
+	FwdComment  = "weftd forward"
+	NFTTable    = "weft" // table ip weft, nftables mode
+	NFTMasq     = "postrouting"
+	NFTFwd      = "forward"
+
+	kubeProxyMark = 0x4000
+	multicast     = "224.0.0.0/4"
+)
+
+// Desired is the rule set the kernel should hold.
+type Desired struct {
+	Network      netip.Prefix // the overlay, e.g. 172.30.0.0/16
+	Subnet       netip.Prefix // this host's lease, e.g. 172.30.19.0/24
+	IPMasq       bool         // -ip-masq
+	RandomFully  bool         // !-ip-masq-fully-random-disable
+	ForwardRules bool         // -iptables-forward-rules
+	NFTables     bool         // config EnableNFTables
+}
+
+// Validate checks the prefixes; the error names the value and the rule.
+func (d Desired) Validate() error {
+	if !d.Network.IsValid() || !d.Network.Addr().Is4() {
+		return fmt.Errorf("rules: Network %v: must be an IPv4 prefix", d.Network)
+	}
+	if !d.Subnet.IsValid() || !d.Subnet.Addr().Is4() {
+		return fmt.Errorf("rules: Subnet %v: must be an IPv4 prefix", d.Subnet)
+	}
+	if d.Subnet.Bits() < d.Network.Bits() || !d.Network.Contains(d.Subnet.Addr()) {
+		return fmt.Errorf("rules: Subnet %v: must lie inside Network %v", d.Subnet, d.Network)
+	}
+	return nil
+}
+
+func (d Desired) canonical() Desired {
+	d.Network = d.Network.Masked()
+	d.Subnet = d.Subnet.Masked()
+	return d
+}
+
+// Option configures a Manager.
+type Option func(*Manager)
+
+// WithNetNS makes the Manager work in the network namespace behind fd:
+// netlink reads and writes go there, and iptables-restore is started from a
+// thread switched into it. The caller keeps fd open while the Manager lives.
+func WithNetNS(fd int) Option { return func(m *Manager) { m.nsFd = fd } }
+
+// WithIptablesRestore sets the iptables-restore binary (default: found in PATH).
+func WithIptablesRestore(path string) Option { return func(m *Manager) { m.restoreBin = path } }
+
+// Manager owns the traffic rules. Its methods are safe for concurrent use.
+type Manager struct {
+	log        *slog.Logger
+	nsFd       int
+	restoreBin string
+
+	mu      sync.Mutex
+	conn    *nftables.Conn
+	desired *Desired
+	written string // fingerprint of the owned state right after the last write
+}
+
+// New returns a Manager; nothing touches the kernel until Set.
+func New(log *slog.Logger, opts ...Option) *Manager {
+	m := &Manager{log: log, nsFd: -1, restoreBin: "iptables-restore"}
+	for _, o := range opts {
+		o(m)
+	}
+	return m
+}
+
+// Close releases the netlink socket.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.conn == nil {
+		return nil
+	}
+	err := m.conn.CloseLasting()
+	m.conn = nil
+	return err
+}
+
+// Set makes the kernel match d now, replacing the owned chains whole.
+func (m *Manager) Set(d Desired) error {
+	if err := d.Validate(); err != nil {
+		return err
+	}
+	d = d.canonical()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.desired = &d
+	m.written = ""
+	return m.apply()
+}
+
+// Check re-reads the owned state and rewrites it when it differs from what
+// the last write left (a flushed chain, a deleted, duplicated or reordered
+// rule, a lost or doubled jump, the other mode's leftovers). Before the first
+// Set it does nothing.
+func (m *Manager) Check() (changed bool, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.desired == nil {
+		return false, nil
+	}
+	if m.written != "" {
+		st, err := m.read()
+		if err != nil {
+			return false, err
+		}
+		if st.fingerprint() == m.written {
+			return false, nil
+		}
+	}
+	return true, m.apply()
+}
+
+// Run calls Check every period until ctx ends (-iptables-resync).
+func (m *Manager) Run(ctx context.Context, period time.Duration) {
+	if period <= 0 {
+		period = 5 * time.Second
+	}
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		changed, err := m.Check()
+		switch {
+		case err != nil:
+			m.log.Warn("traffic rules resync failed; retrying next period", "err", err)
+		case changed:
+			m.log.Info("traffic rules differed from the desired state and were rewritten")
+		}
+	}
+}
+
+// apply writes the desired state and records the fingerprint of what is
+// then in the kernel. Called with mu held.
+func (m *Manager) apply() error {
+	d := *m.desired
+	st, err := m.read()
+	if err != nil {
+		return err
+	}
+	if d.NFTables {
+		err = m.applyNFT(d, st)
+	} else {
+		err = m.applyIptables(d, st)
+	}
+	if err != nil {
+		return err
+	}
+	after, err := m.read()
+	if err != nil {
+		return fmt.Errorf("read back traffic rules: %w", err)
+	}
+	if err := verify(d, after); err != nil {
+		return err
+	}
+	m.written = after.fingerprint()
+	return nil
+}
+
+// nft returns the lasting netlink connection, opening it on first use.
+func (m *Manager) nft() (*nftables.Conn, error) {
+	if m.conn != nil {
+		return m.conn, nil
+	}
+	opts := []nftables.ConnOption{nftables.AsLasting()}
+	if m.nsFd >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(m.nsFd))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("open nf_tables netlink socket: %w", err)
+	}
+	m.conn = c
+	return c, nil
+}
+
+// applyIptables writes iptables mode with one iptables-restore, then removes
+// nftables mode's table.
+func (m *Manager) applyIptables(d Desired, st *state) error {
+	script := restoreScript(d, st)
+	if script != "" {
+		if err := m.runRestore(script); err != nil {
+			return err
+		}
+	}
+	if st.weft != nil {
+		c, err := m.nft()
+		if err != nil {
+			return err
+		}
+		t := &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyIPv4}
+		c.DelTable(t)
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("delete nftables table ip %s after switching to iptables mode: %w", NFTTable, err)
+		}
+	}
+	return nil
+}
+
+// runRestore feeds script to iptables-restore --noflush, in the Manager's
+// namespace when it has one.
+func (m *Manager) runRestore(script string) error {
+	run := func() error {
+		cmd := exec.Command(m.restoreBin, "--noflush", "-w", "5")
+		cmd.Stdin = strings.NewReader(script)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s --noflush: %w: %s\ninput:\n%s", m.restoreBin, err, strings.TrimSpace(string(out)), script)
+		}
+		return nil
+	}
+	if m.nsFd < 0 {
+		return run()
+	}
+	return inNetNS(netns.NsHandle(m.nsFd), run)
+}
+
+// inNetNS runs fn on a locked thread switched into ns; a child process
+// started by fn inherits the namespace. If switching back fails the thread
+// stays locked, so the runtime discards it rather than reuse it.
+func inNetNS(ns netns.NsHandle, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("get current netns: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(ns); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter netns fd %d: %w", int(ns), err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		return errors.Join(ferr, fmt.Errorf("return from netns fd %d: %w (thread discarded)", int(ns), err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+// IptablesRules renders the rules of the owned chains for d, in order, in
+// the canonical form `iptables -S` prints them.
+func IptablesRules(d Desired) (masq, fwd []string) {
+	d = d.canonical()
+	n, s := d.Network.String(), d.Subnet.String()
+	mc := fmt.Sprintf("-m comment --comment %q", MasqComment)
+	masqTarget := "-j MASQUERADE"
+	if d.RandomFully {
+		masqTarget += " --random-fully"
+	}
+	masq = []string{
+		fmt.Sprintf("-A %s -m mark --mark 0x%x/0x%x %s -j RETURN", MasqChain, kubeProxyMark, kubeProxyMark, mc),
+		fmt.Sprintf("-A %s -s %s -d %s %s -j RETURN", MasqChain, s, n, mc),
+		fmt.Sprintf("-A %s -s %s -d %s %s -j RETURN", MasqChain, n, s, mc),
+		fmt.Sprintf("-A %s ! -s %s -d %s %s -j RETURN", MasqChain, n, s, mc),
+		fmt.Sprintf("-A %s -s %s ! -d %s %s %s", MasqChain, n, multicast, mc, masqTarget),
+		fmt.Sprintf("-A %s ! -s %s -d %s %s %s", MasqChain, n, n, mc, masqTarget),
+	}
+	fc := fmt.Sprintf("-m comment --comment %q", FwdComment)
+	fwd = []string{
+		fmt.Sprintf("-A %s -s %s %s -j ACCEPT", FwdChain, n, fc),
+		fmt.Sprintf("-A %s -d %s %s -j ACCEPT", FwdChain, n, fc),
+	}
+	return masq, fwd
+}
+
+// restoreScript builds the iptables-restore input that turns st into d.
+// Jumps are deleted by rule number, highest first, so earlier numbers stay
+// valid within the one commit.
+func restoreScript(d Desired, st *state) string {
+	masq, fwd := IptablesRules(d)
+	want := struct{ masq, fwd bool }{d.IPMasq && !d.NFTables, d.ForwardRules && !d.NFTables}
+	var b strings.Builder
+	section := func(table, base, chain, comment string, rules []string, wanted bool, ch *ownedChain) {
+		if !wanted && !ch.exists && len(ch.jumps) == 0 {
+			return
+		}
+		fmt.Fprintf(&b, "*%s\n:%s - [0:0]\n", table, chain)
+		keep := -1 // index in ch.jumps of the one jump to keep
+		if wanted {
+			keep = slices.IndexFunc(ch.jumps, func(j jump) bool { return j.ours })
+		}
+		for i := len(ch.jumps) - 1; i >= 0; i-- {
+			if i != keep {
+				fmt.Fprintf(&b, "-D %s %d\n", base, ch.jumps[i].pos)
+			}
+		}
+		if !wanted {
+			fmt.Fprintf(&b, "-X %s\n", chain)
+		} else {
+			if keep < 0 {
+				fmt.Fprintf(&b, "-A %s -m comment --comment %q -j %s\n", base, comment, chain)
+			}
+			for _, r := range rules {
+				b.WriteString(r)
+				b.WriteByte('\n')
+			}
+		}
+		b.WriteString("COMMIT\n")
+	}
+	section("nat", "POSTROUTING", MasqChain, MasqComment, masq, want.masq, &st.masq)
+	section("filter", "FORWARD", FwdChain, FwdComment, fwd, want.fwd, &st.fwd)
+	return b.String()
+}
+
+// verify checks the state read back after a write has the expected shape, so
+// a write that silently went elsewhere (e.g. a legacy-iptables host, whose
+// rules nf_tables cannot see) is an error rather than a resync loop.
+func verify(d Desired, st *state) error {
+	check := func(what string, wanted bool, ch *ownedChain, n int) error {
+		if !wanted {
+			if ch.exists || len(ch.jumps) > 0 {
+				return fmt.Errorf("after write: %s still present (chain %v, %d jumps)", what, ch.exists, len(ch.jumps))
+			}
+			return nil
+		}
+		if !ch.exists || len(ch.rules) != n || len(ch.jumps) != 1 {
+			return fmt.Errorf("after write: %s has %d rules and %d jumps (chain present: %v), want %d and 1; is iptables the nf_tables variant?", what, len(ch.rules), len(ch.jumps), ch.exists, n)
+		}
+		return nil
+	}
+	masq, fwd := IptablesRules(d)
+	ipt := !d.NFTables
+	if err := check("nat "+MasqChain, ipt && d.IPMasq, &st.masq, len(masq)); err != nil {
+		return err
+	}
+	if err := check("filter "+FwdChain, ipt && d.ForwardRules, &st.fwd, len(fwd)); err != nil {
+		return err
+	}
+	wantTable := d.NFTables && (d.IPMasq || d.ForwardRules)
+	if (st.weft != nil) != wantTable {
+		return fmt.Errorf("after write: table ip %s present=%v, want %v", NFTTable, st.weft != nil, wantTable)
+	}
+	return nil
+}
