@@ -1,0 +1,518 @@
+// Package lab runs a whole multi-host weft overlay on one machine: the ops
+// note's topology, with each host a network namespace.
+//
+// Design: an underlay namespace <name>-ul holds two bridges, br-int (the
+// internal 10.64.3.0/24 network every host's eth0 is on) and br-pub (the
+// public 120.92.8.0/24 network of every host's eth2, which carries the
+// default route — the reason the ops note passes -iface=eth0). A real etcd
+// runs embedded in the lab process on the root namespace's loopback; each
+// host reaches it at its own 127.0.0.1:2379 through a TCP proxy whose
+// listening socket is opened inside the host namespace, so weftd runs with
+// exactly the flags of the ops note. When a host's weftd has written
+// subnet.env, the lab builds what Docker would: a docker0 bridge with
+// FLANNEL_SUBNET and FLANNEL_MTU, and one container namespace on it.
+//
+// Every name carries the lab name, so two labs never collide, and nothing —
+// no link, address, route or rule — is ever added to the root namespace.
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/internal/testutil/etcdtest"
+	"github.com/weft-net/weft/internal/testutil/netnstest"
+)
+
+// Defaults of Config.
+const (
+	DefaultName    = "weft"
+	DefaultHosts   = 3
+	DefaultBackend = "vxlan"
+	DefaultPrefix  = "/kube-centos/network"
+	// StateRoot holds one directory per running lab.
+	StateRoot = "/run/weft-lab"
+	// MaxHosts keeps host addresses (10.64.3.(10+i)) inside the /24.
+	MaxHosts = 240
+)
+
+// The ops note's networks: eth0 internal, eth2 public with the default route.
+var (
+	internalGW = netip.MustParseAddr("10.64.3.1")
+	publicGW   = netip.MustParseAddr("120.92.8.1")
+)
+
+const (
+	hostEtcdAddr  = "127.0.0.1:2379"
+	containerVeth = "vethc1" // host side of the container's veth
+	readyTimeout  = 30 * time.Second
+)
+
+var (
+	nameRE   = regexp.MustCompile(`^[a-z][a-z0-9-]{0,23}$`)
+	backends = []string{"vxlan", "host-gw", "alloc", "udp"}
+)
+
+// Config describes a lab. Zero values take the defaults.
+type Config struct {
+	Name    string // prefix of every namespace; default "weft"
+	Hosts   int    // number of hosts; default 3
+	Backend string // vxlan (default), host-gw, alloc or udp
+	// NetworkConfig replaces the whole network config JSON when set (the
+	// Backend field is then only informative).
+	NetworkConfig string
+	Prefix        string // etcd prefix; default /kube-centos/network
+	// WeftdPath is the weftd binary (see FindWeftd).
+	WeftdPath string
+	// WeftdArgs are appended to every weftd command line (e.g. -ip-masq).
+	WeftdArgs []string
+	// WeftdEnv is added to weftd's environment (FLANNELD_* of the caller's
+	// environment are never passed on, so a lab is reproducible).
+	WeftdEnv []string
+	// StateDir defaults to /run/weft-lab/<name>.
+	StateDir string
+	// ReadyTimeout bounds the wait for each host's subnet.env; default 30s.
+	ReadyTimeout time.Duration
+	Log          *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.Name == "" {
+		c.Name = DefaultName
+	}
+	if !nameRE.MatchString(c.Name) {
+		return fmt.Errorf("lab name %q: must be 1-24 characters of a-z, 0-9 and '-', starting with a letter", c.Name)
+	}
+	if c.Hosts == 0 {
+		c.Hosts = DefaultHosts
+	}
+	if c.Hosts < 1 || c.Hosts > MaxHosts {
+		return fmt.Errorf("hosts %d: must be between 1 and %d", c.Hosts, MaxHosts)
+	}
+	if c.Backend == "" {
+		c.Backend = DefaultBackend
+	}
+	c.Backend = strings.ToLower(c.Backend)
+	if !contains(backends, c.Backend) {
+		return fmt.Errorf("backend %q: must be one of %s", c.Backend, strings.Join(backends, ", "))
+	}
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.StateDir == "" {
+		c.StateDir = StateDirFor(c.Name)
+	}
+	if c.ReadyTimeout == 0 {
+		c.ReadyTimeout = readyTimeout
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.WeftdPath == "" {
+		return errors.New("no weftd binary given (Config.WeftdPath); build it: go build -o bin/ ./cmd/...")
+	}
+	return nil
+}
+
+// StateDirFor is where the lab called name keeps its state.
+func StateDirFor(name string) string { return filepath.Join(StateRoot, name) }
+
+// Lab is a running overlay. All methods are safe for one caller at a time;
+// Close may be called from anywhere, any number of times.
+type Lab struct {
+	Name     string
+	StateDir string
+	// Etcd is a client of the lab's etcd (closed by Close).
+	Etcd *clientv3.Client
+	// EtcdEndpoint is the etcd URL on the root namespace's loopback.
+	EtcdEndpoint string
+	Underlay     *netnstest.NS
+	Hosts        []*Host
+
+	cfg       Config
+	log       *slog.Logger
+	etcd      *etcdtest.Server
+	mu        sync.Mutex
+	closeOnce sync.Once
+	closed    bool
+}
+
+// Host is one simulated machine.
+type Host struct {
+	Index       int    // position in Lab.Hosts; the name carries Index+1
+	Name        string // <lab>-h<Index+1>, also its namespace name
+	NS          *netnstest.NS
+	Eth0IP      netip.Addr // internal address, what weftd advertises (-iface=eth0)
+	PublicIP    netip.Addr // eth2 address, holds the default route
+	ContainerNS *netnstest.NS
+	ContainerIP netip.Addr
+	// Subnet is the lease subnet read from subnet.env when the host came up.
+	Subnet     netip.Prefix
+	MTU        int
+	SubnetFile string
+	LogFile    string
+
+	proxy *proxy
+	proc  *weftdProc
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckRoot returns a clear error when not running as root.
+func CheckRoot() error {
+	if os.Geteuid() != 0 {
+		return errors.New("the lab creates network namespaces and must run as root (try: sudo weftctl lab up)")
+	}
+	return nil
+}
+
+// Up builds the lab and returns when every host's container is reachable
+// in its own host (the overlay itself is judged with Ping / PingMatrix).
+// On error everything created so far is removed.
+func Up(ctx context.Context, cfg Config) (*Lab, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := CheckRoot(); err != nil {
+		return nil, err
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		return nil, fmt.Errorf("the lab needs the ip command (iproute2): %w", err)
+	}
+	if err := checkFree(cfg.Name, cfg.StateDir); err != nil {
+		return nil, err
+	}
+	l := &Lab{Name: cfg.Name, StateDir: cfg.StateDir, cfg: cfg, log: cfg.Log.With("lab", cfg.Name)}
+	if err := l.up(ctx); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// checkFree refuses to build over a running lab or leftovers of one.
+func checkFree(name, stateDir string) error {
+	if st, err := ReadState(stateDir); err == nil {
+		if processAlive(st.PID) {
+			return fmt.Errorf("lab %q is already running (pid %d); stop it with: weftctl lab down --name %s", name, st.PID, name)
+		}
+		return fmt.Errorf("lab %q left state in %s (pid %d is gone); clean up with: weftctl lab down --name %s", name, stateDir, st.PID, name)
+	}
+	if left := leftoverNamespaces(name); len(left) > 0 {
+		return fmt.Errorf("namespaces of a lab %q already exist (%s); clean up with: weftctl lab down --name %s", name, strings.Join(left, ", "), name)
+	}
+	return nil
+}
+
+func (l *Lab) up(ctx context.Context) error {
+	start := time.Now()
+	if err := os.MkdirAll(l.StateDir, 0o755); err != nil {
+		return fmt.Errorf("create lab state dir: %w", err)
+	}
+	// The state file goes first, so that a crash at any later step leaves
+	// enough for `lab down` to clean up.
+	if err := l.saveState(); err != nil {
+		return err
+	}
+	srv, err := etcdtest.Start(etcdtest.Options{Dir: filepath.Join(l.StateDir, "etcd")})
+	if err != nil {
+		return fmt.Errorf("start the lab's etcd: %w", err)
+	}
+	l.etcd = srv
+	l.EtcdEndpoint = srv.Endpoint
+	if l.Etcd, err = srv.Client(); err != nil {
+		return fmt.Errorf("etcd client for %s: %w", srv.Endpoint, err)
+	}
+	cfgJSON := l.cfg.NetworkConfig
+	if cfgJSON == "" {
+		cfgJSON = fmt.Sprintf(`{"Network":"172.30.0.0/16","SubnetLen":24,"Backend":{"Type":%q}}`, l.cfg.Backend)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = l.Etcd.Put(pctx, l.cfg.Prefix+"/config", cfgJSON)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("write network config at %s/config: %w", l.cfg.Prefix, err)
+	}
+	l.log.Info("etcd running", "endpoint", l.EtcdEndpoint, "config", cfgJSON)
+
+	ul, err := netnstest.Create(l.Name + "-ul")
+	if err != nil {
+		return fmt.Errorf("create underlay namespace: %w", err)
+	}
+	l.Underlay = ul
+	if err := l.saveState(); err != nil {
+		return err
+	}
+	for _, br := range []struct {
+		name string
+		addr netip.Prefix
+	}{{"br-int", netip.PrefixFrom(internalGW, 24)}, {"br-pub", netip.PrefixFrom(publicGW, 24)}} {
+		if err := addBridge(ul.Handle, br.name, 0, br.addr); err != nil {
+			return fmt.Errorf("underlay %s: %w", ul.Name, err)
+		}
+	}
+
+	for i := 0; i < l.cfg.Hosts; i++ {
+		if _, err := l.addHostNet(); err != nil {
+			return err
+		}
+	}
+	if err := l.saveState(); err != nil {
+		return err
+	}
+	for _, h := range l.Hosts {
+		if err := l.startWeftd(h); err != nil {
+			return err
+		}
+	}
+	if err := l.saveState(); err != nil {
+		return err
+	}
+	errs := make([]error, len(l.Hosts))
+	var wg sync.WaitGroup
+	for i, h := range l.Hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = l.finishHost(ctx, h, time.Time{})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	l.log.Info("lab up", "hosts", len(l.Hosts), "backend", l.cfg.Backend, "took", time.Since(start).Round(time.Millisecond))
+	return l.saveState()
+}
+
+// addHostNet creates the next host's namespace, its two NICs, addresses,
+// default route, forwarding and etcd proxy — everything but weftd.
+func (l *Lab) addHostNet() (*Host, error) {
+	n := len(l.Hosts) + 1
+	if n > MaxHosts {
+		return nil, fmt.Errorf("host %d: a lab has at most %d hosts", n, MaxHosts)
+	}
+	h := &Host{
+		Index:    n - 1,
+		Name:     fmt.Sprintf("%s-h%d", l.Name, n),
+		Eth0IP:   netip.AddrFrom4([4]byte{10, 64, 3, byte(10 + n)}),
+		PublicIP: netip.AddrFrom4([4]byte{120, 92, 8, byte(10 + n)}),
+	}
+	dir := filepath.Join(l.StateDir, h.Name)
+	h.SubnetFile = filepath.Join(dir, "subnet.env")
+	h.LogFile = filepath.Join(dir, "weftd.log")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create state dir of %s: %w", h.Name, err)
+	}
+	ns, err := netnstest.Create(h.Name)
+	if err != nil {
+		return nil, fmt.Errorf("create host namespace: %w", err)
+	}
+	h.NS = ns
+	l.mu.Lock()
+	l.Hosts = append(l.Hosts, h)
+	l.mu.Unlock()
+
+	for _, nic := range []struct {
+		name, peer, bridge string
+		addr               netip.Addr
+	}{
+		{"eth0", fmt.Sprintf("h%d-int", n), "br-int", h.Eth0IP},
+		{"eth2", fmt.Sprintf("h%d-pub", n), "br-pub", h.PublicIP},
+	} {
+		if err := netnstest.VethPair(ns, nic.name, l.Underlay, nic.peer); err != nil {
+			return nil, fmt.Errorf("host %s: %w", h.Name, err)
+		}
+		if err := setMaster(l.Underlay.Handle, nic.peer, nic.bridge); err != nil {
+			return nil, fmt.Errorf("host %s: %w", h.Name, err)
+		}
+		if err := addAddr(ns.Handle, nic.name, netip.PrefixFrom(nic.addr, 24)); err != nil {
+			return nil, fmt.Errorf("host %s: %w", h.Name, err)
+		}
+	}
+	eth2, err := ns.Handle.LinkByName("eth2")
+	if err != nil {
+		return nil, fmt.Errorf("host %s: find eth2: %w", h.Name, err)
+	}
+	if err := ns.Handle.RouteAdd(&netlink.Route{LinkIndex: eth2.Attrs().Index, Gw: publicGW.AsSlice()}); err != nil {
+		return nil, fmt.Errorf("host %s: default route via %s dev eth2: %w", h.Name, publicGW, err)
+	}
+	if err := ns.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644)
+	}); err != nil {
+		return nil, fmt.Errorf("host %s: enable ip_forward: %w", h.Name, err)
+	}
+	p, err := startProxy(ns, hostEtcdAddr, l.EtcdEndpoint, l.log.With("host", h.Name))
+	if err != nil {
+		return nil, fmt.Errorf("host %s: %w", h.Name, err)
+	}
+	h.proxy = p
+	l.log.Debug("host created", "host", h.Name, "eth0", h.Eth0IP, "eth2", h.PublicIP)
+	return h, nil
+}
+
+// finishHost waits for the host's subnet.env (written after `since`) and
+// builds docker0 and the container from it.
+func (l *Lab) finishHost(ctx context.Context, h *Host, since time.Time) error {
+	env, err := l.waitSubnetFile(ctx, h, since)
+	if err != nil {
+		return err
+	}
+	h.Subnet = env.Subnet.Masked()
+	h.MTU = env.MTU
+	if err := l.addContainer(h, env); err != nil {
+		return fmt.Errorf("host %s: %w", h.Name, err)
+	}
+	l.log.Info("host ready", "host", h.Name, "subnet", h.Subnet, "mtu", h.MTU, "container", h.ContainerIP)
+	return nil
+}
+
+// addContainer builds docker0 (as `dockerd --bip --mtu` would) and one
+// container namespace on it.
+func (l *Lab) addContainer(h *Host, env SubnetEnv) error {
+	if err := addBridge(h.NS.Handle, "docker0", env.MTU, env.Subnet); err != nil {
+		return err
+	}
+	cns, err := netnstest.Create(h.Name + "-c1")
+	if err != nil {
+		return fmt.Errorf("create container namespace: %w", err)
+	}
+	h.ContainerNS = cns
+	if err := netnstest.VethPair(h.NS, containerVeth, cns, "eth0"); err != nil {
+		return err
+	}
+	for _, x := range []struct {
+		ns   *netnstest.NS
+		name string
+	}{{h.NS, containerVeth}, {cns, "eth0"}} {
+		link, err := x.ns.Handle.LinkByName(x.name)
+		if err != nil {
+			return fmt.Errorf("find %s in %s: %w", x.name, x.ns.Name, err)
+		}
+		if err := x.ns.Handle.LinkSetMTU(link, env.MTU); err != nil {
+			return fmt.Errorf("set MTU %d on %s in %s: %w", env.MTU, x.name, x.ns.Name, err)
+		}
+	}
+	if err := setMaster(h.NS.Handle, containerVeth, "docker0"); err != nil {
+		return err
+	}
+	gw := env.Subnet.Addr()
+	h.ContainerIP = gw.Next()
+	if err := addAddr(cns.Handle, "eth0", netip.PrefixFrom(h.ContainerIP, env.Subnet.Bits())); err != nil {
+		return err
+	}
+	eth0, err := cns.Handle.LinkByName("eth0")
+	if err != nil {
+		return fmt.Errorf("find eth0 in %s: %w", cns.Name, err)
+	}
+	if err := cns.Handle.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: gw.AsSlice()}); err != nil {
+		return fmt.Errorf("default route via %s in %s: %w", gw, cns.Name, err)
+	}
+	return nil
+}
+
+// AddHost adds one more host (weftd, docker0, container) to a running lab
+// and returns when its subnet.env is written and its container is set up.
+func (l *Lab) AddHost(ctx context.Context) (*Host, error) {
+	h, err := l.addHostNet()
+	if err != nil {
+		return nil, err
+	}
+	if err := l.startWeftd(h); err != nil {
+		return nil, err
+	}
+	if err := l.finishHost(ctx, h, time.Time{}); err != nil {
+		return nil, err
+	}
+	return h, l.saveState()
+}
+
+// Close stops every weftd and removes every namespace, the etcd and the
+// state directory. It is idempotent and safe to call concurrently.
+func (l *Lab) Close() error {
+	var errs []error
+	l.closeOnce.Do(func() {
+		l.mu.Lock()
+		l.closed = true
+		hosts := append([]*Host(nil), l.Hosts...)
+		l.mu.Unlock()
+		var wg sync.WaitGroup
+		for _, h := range hosts {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if h.proc != nil && h.proc.running() {
+					h.proc.stop(5 * time.Second)
+				}
+			}()
+		}
+		wg.Wait()
+		for _, h := range hosts {
+			if h.proxy != nil {
+				h.proxy.Close()
+			}
+			if h.ContainerNS != nil {
+				h.ContainerNS.Close()
+			}
+			if h.NS != nil {
+				h.NS.Close()
+			}
+		}
+		if l.Underlay != nil {
+			l.Underlay.Close()
+		}
+		if l.Etcd != nil {
+			l.Etcd.Close()
+		}
+		if l.etcd != nil {
+			l.etcd.Close()
+		}
+		if left := leftoverNamespaces(l.Name); len(left) > 0 {
+			errs = append(errs, fmt.Errorf("namespaces still present after removal: %s", strings.Join(left, ", ")))
+		}
+		if err := os.RemoveAll(l.StateDir); err != nil {
+			errs = append(errs, fmt.Errorf("remove lab state dir: %w", err))
+		}
+		l.log.Info("lab removed")
+	})
+	return errors.Join(errs...)
+}
+
+// Config returns the lab's configuration with defaults applied.
+func (l *Lab) Config() Config { return l.cfg }
+
+// leftoverNamespaces lists the namespaces named like this lab's.
+func leftoverNamespaces(name string) []string {
+	re := regexp.MustCompile(`^` + regexp.QuoteMeta(name) + `-(ul|h[0-9]+(-c1)?)$`)
+	ents, err := os.ReadDir("/run/netns")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range ents {
+		if re.MatchString(e.Name()) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
