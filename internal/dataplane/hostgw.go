@@ -1,0 +1,137 @@
+package dataplane
+
+// The host-gw backend: no encapsulation, one route per peer,
+//
+//	<peer subnet> via <peer PublicIP> dev <iface>
+//
+// which only works when every peer is on this host's L2 segment. A peer that
+// is not (no connected route on the interface covers its address) cannot be
+// served by host-gw at all; it is reported by name, once, and every other
+// peer is still programmed.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/lease"
+)
+
+// ErrPeerUnreachable marks a peer host-gw cannot route to: its PublicIP is
+// not on a subnet directly connected to the chosen interface.
+var ErrPeerUnreachable = errors.New("peer is not directly reachable (host-gw needs every host on one L2 segment)")
+
+type hostGWBackend struct {
+	host  Host
+	h     *netlink.Handle
+	log   *slog.Logger
+	w     *watcher
+	notes peerNotes
+}
+
+func newHostGW(host Host, h *netlink.Handle, log *slog.Logger) *hostGWBackend {
+	return &hostGWBackend{host: host, h: h, log: log, w: newWatcher(host.NetNS, log)}
+}
+
+func (b *hostGWBackend) Init(ctx context.Context) (Published, int, error) {
+	host, _, err := resolveHost(b.h, b.host)
+	if err != nil {
+		return Published{}, 0, err
+	}
+	b.host = host
+	b.w.start(watchFilter{
+		link: func(u netlink.LinkUpdate) bool {
+			return u.Attrs().Index == b.host.IfaceIndex
+		},
+		route: func(u netlink.RouteUpdate) bool {
+			// Ours removed, or the connected routes that decide which peers
+			// are reachable changed.
+			return (u.Type == unix.RTM_DELROUTE && u.Protocol == RTProtWeft) ||
+				(u.LinkIndex == b.host.IfaceIndex && u.Scope == netlink.SCOPE_LINK)
+		},
+	})
+	return Published{BackendType: "host-gw"}, host.IfaceMTU, nil
+}
+
+func (b *hostGWBackend) Events() <-chan struct{} { return b.w.ch }
+
+func (b *hostGWBackend) Close() error {
+	b.w.close()
+	return nil
+}
+
+func (b *hostGWBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
+	connected, err := connectedPrefixes(b.h, b.host.IfaceIndex)
+	if err != nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
+	own := snap.Own.Subnet.Masked()
+	routes := make([]routeWant, 0, len(snap.Peers)+1)
+	var unreachable []error
+	b.notes.begin()
+	for _, p := range snap.Peers {
+		if err := checkPeer(p, own, b.host); err != nil {
+			b.notes.note(b.log, p.Subnet, err.Error())
+			continue
+		}
+		sub := p.Subnet.Masked()
+		if !strings.EqualFold(p.Attrs.BackendType, "host-gw") {
+			b.notes.note(b.log, sub, fmt.Sprintf("backend type %q, want host-gw", p.Attrs.BackendType))
+			continue
+		}
+		if !coveredBy(connected, p.Attrs.PublicIP) {
+			err := fmt.Errorf("host-gw peer %s at %s via %s: %w", sub, p.Attrs.PublicIP, b.host.IfaceName, ErrPeerUnreachable)
+			b.notes.note(b.log, sub, err.Error())
+			unreachable = append(unreachable, err)
+			continue
+		}
+		routes = append(routes, routeWant{Dst: sub, Gw: p.Attrs.PublicIP, Link: b.host.IfaceIndex})
+	}
+	b.notes.end()
+	if b.host.BlackholeRoute && own.IsValid() {
+		routes = append(routes, routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric})
+	}
+	t := &tally{what: "host-gw apply"}
+	_, del, err := syncRoutes(ctx, b.h, routes, t)
+	if del != nil && err == nil {
+		err = del()
+	}
+	errs := []error{err, t.err()}
+	switch len(unreachable) {
+	case 0:
+	case 1:
+		errs = append(errs, unreachable[0])
+	default:
+		errs = append(errs, fmt.Errorf("%d host-gw peers unreachable, first: %w", len(unreachable), unreachable[0]))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
+	return nil
+}
+
+// allocBackend only takes a lease: no data path, nothing in the kernel.
+type allocBackend struct {
+	host Host
+	h    *netlink.Handle
+}
+
+func newAlloc(host Host, h *netlink.Handle) *allocBackend { return &allocBackend{host: host, h: h} }
+
+func (b *allocBackend) Init(ctx context.Context) (Published, int, error) {
+	host, _, err := resolveHost(b.h, b.host)
+	if err != nil {
+		return Published{}, 0, err
+	}
+	b.host = host
+	return Published{BackendType: "alloc"}, host.IfaceMTU, nil
+}
+
+func (b *allocBackend) Apply(context.Context, lease.Snapshot) error { return nil }
+func (b *allocBackend) Events() <-chan struct{}                     { return nil }
+func (b *allocBackend) Close() error                                { return nil }

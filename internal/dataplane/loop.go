@@ -1,0 +1,159 @@
+package dataplane
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/weft-net/weft/internal/lease"
+)
+
+// DefaultResync is how often the loop re-applies the whole desired state even
+// when nothing told it to, to catch drift no netlink event reported.
+const DefaultResync = 10 * time.Second
+
+const (
+	retryMin = 50 * time.Millisecond
+	retryMax = 5 * time.Second
+)
+
+// Loop is the one goroutine that changes the kernel (felix-style): lease
+// snapshots, backend events, the retry timer and the resync timer only mark
+// the state dirty; when it is dirty the loop applies the latest snapshot as a
+// whole. Because every apply is level-triggered — desired state against what
+// the kernel holds — coalescing inputs loses nothing, and a failed item is
+// retried by simply applying again.
+type Loop struct {
+	b      Backend
+	resync time.Duration
+	log    *slog.Logger
+
+	mu        sync.Mutex
+	lastApply time.Time
+	lastErr   error
+	applies   uint64
+}
+
+// NewLoop returns a loop around b. resync ≤ 0 means DefaultResync; each
+// period is jittered by ±10 % so hosts that started together spread out.
+func NewLoop(b Backend, resync time.Duration, log *slog.Logger) *Loop {
+	if resync <= 0 {
+		resync = DefaultResync
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Loop{b: b, resync: resync, log: log}
+}
+
+// Status reports when the last apply succeeded and the error of the last
+// apply (nil when it succeeded), for /readyz.
+func (l *Loop) Status() (lastApply time.Time, lastErr error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lastApply, l.lastErr
+}
+
+// Applies counts apply attempts, for metrics and tests.
+func (l *Loop) Applies() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.applies
+}
+
+func (l *Loop) jittered() time.Duration {
+	return time.Duration(float64(l.resync) * (0.9 + 0.2*rand.Float64()))
+}
+
+// Run applies snapshots until ctx ends, then returns nil. Nothing is applied
+// before the first snapshot: applying "no peers" at start would tear down a
+// working data path left by the previous run. When snaps closes (or stalls,
+// e.g. etcd is unreachable) the last snapshot stays the desired state — peer
+// state is never removed for lack of news.
+func (l *Loop) Run(ctx context.Context, snaps <-chan lease.Snapshot) error {
+	var (
+		snap    lease.Snapshot
+		have    bool
+		dirty   bool
+		backoff time.Duration
+	)
+	events := l.b.Events()
+	resync := time.NewTimer(l.jittered())
+	defer resync.Stop()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+
+	for {
+		if dirty && have && ctx.Err() == nil {
+			dirty = false
+			err := l.apply(ctx, snap)
+			if err != nil && ctx.Err() == nil {
+				backoff = min(max(2*backoff, retryMin), retryMax, l.resync)
+				retry.Reset(backoff)
+			} else {
+				backoff = 0
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case s, ok := <-snaps:
+			if !ok {
+				snaps = nil // keep the last snapshot; keep reconciling it
+				continue
+			}
+			snap, have, dirty = latest(snaps, s), true, true
+		case <-events:
+			dirty = true
+		case <-retry.C:
+			dirty = true
+		case <-resync.C:
+			dirty = true
+			resync.Reset(l.jittered())
+		}
+	}
+}
+
+// latest drains snapshots already queued so a burst costs one apply.
+func latest(snaps <-chan lease.Snapshot, s lease.Snapshot) lease.Snapshot {
+	for {
+		select {
+		case n, ok := <-snaps:
+			if !ok {
+				return s
+			}
+			s = n
+		default:
+			return s
+		}
+	}
+}
+
+func (l *Loop) apply(ctx context.Context, snap lease.Snapshot) error {
+	start := time.Now()
+	err := l.b.Apply(ctx, snap)
+	took := time.Since(start)
+
+	l.mu.Lock()
+	prev := l.lastErr
+	l.applies++
+	l.lastErr = err
+	if err == nil {
+		l.lastApply = time.Now()
+	}
+	l.mu.Unlock()
+
+	switch {
+	case err != nil && (prev == nil || prev.Error() != err.Error()):
+		// Logged when it changes, not on every retry.
+		l.log.Warn("dataplane apply failed; retrying", "err", err, "peers", len(snap.Peers), "revision", snap.Revision)
+	case err == nil && prev != nil:
+		l.log.Info("dataplane apply recovered", "peers", len(snap.Peers), "took", took)
+	default:
+		l.log.Debug("dataplane applied", "peers", len(snap.Peers), "revision", snap.Revision, "took", took, "err", err)
+	}
+	return err
+}
