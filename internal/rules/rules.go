@@ -233,6 +233,11 @@ func (m *Manager) nft() (*nftables.Conn, error) {
 // applyIptables writes iptables mode with one iptables-restore, then removes
 // nftables mode's table.
 func (m *Manager) applyIptables(d Desired, st *state) error {
+	if iptablesInPlace(d, st) {
+		// A restarted daemon finds its own rules: no process, no rewrite.
+		m.log.Debug("iptables rules already in place", "network", d.Network, "subnet", d.Subnet)
+		return nil
+	}
 	script := restoreScript(d, st)
 	if script != "" {
 		if err := m.runRestore(script); err != nil {

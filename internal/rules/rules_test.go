@@ -448,3 +448,43 @@ func TestValidate(t *testing.T) {
 		t.Error("Set(Desired{}) succeeded")
 	}
 }
+
+// A restarted daemon finds its rules in place and starts no process: the
+// second Manager's iptables-restore does not exist, so any fork would fail.
+func TestRestartFindsRulesInPlace(t *testing.T) {
+	ns, m := newManager(t)
+	d := desired()
+	if err := m.Set(d); err != nil {
+		t.Fatal(err)
+	}
+	restarted := New(slog.New(slog.NewTextHandler(t.Output(), nil)), WithNetNS(int(ns.Fd())), WithIptablesRestore("/nonexistent/iptables-restore"))
+	defer restarted.Close()
+	if err := restarted.Set(d); err != nil {
+		t.Fatalf("Set on rules already in place started iptables-restore: %v", err)
+	}
+	mustCheck(t, restarted, false)
+	assertIptables(t, ns, wantMasq, wantFwd)
+
+	// Anything different must be rewritten, i.e. must fork.
+	for _, change := range []func(*Desired){
+		func(d *Desired) { d.RandomFully = false },
+		func(d *Desired) { d.Subnet = netip.MustParsePrefix("172.30.20.0/24") },
+		func(d *Desired) { d.Network = netip.MustParsePrefix("172.16.0.0/12") },
+		func(d *Desired) { d.ForwardRules = false },
+	} {
+		d2 := desired()
+		change(&d2)
+		if err := restarted.Set(d2); err == nil || !strings.Contains(err.Error(), "/nonexistent/iptables-restore") {
+			t.Errorf("Set(%+v) = %v, want a failed rewrite", d2, err)
+		}
+	}
+	// A duplicated jump is not "in place" either.
+	ns.MustRun(t, "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-m", "comment", "--comment", MasqComment, "-j", MasqChain)
+	if err := restarted.Set(d); err == nil {
+		t.Error("Set with a duplicated jump did not try to rewrite")
+	}
+	if err := m.Set(d); err != nil {
+		t.Fatal(err)
+	}
+	assertIptables(t, ns, wantMasq, wantFwd)
+}

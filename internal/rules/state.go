@@ -21,6 +21,7 @@ type state struct {
 type ownedChain struct {
 	exists bool
 	rules  []string // rule fingerprints in chain order
+	sem    []string // the same rules in semantic form (semRule)
 	jumps  []jump
 }
 
@@ -119,6 +120,7 @@ func (m *Manager) read() (*state, error) {
 			}
 			for _, r := range rules {
 				o.dst.rules = append(o.dst.rules, ruleFP(r))
+				o.dst.sem = append(o.dst.sem, semRule(r))
 			}
 		}
 	}
