@@ -1,0 +1,76 @@
+package dataplane
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/weft-net/weft/internal/lease"
+)
+
+// Benchmarks run in a fresh namespace on the real kernel:
+//
+//	sudo go test ./internal/dataplane -run '^$' -bench . -benchtime 5x
+func benchPeers(n int, mk func(i int) lease.Lease) lease.Snapshot {
+	peers := make([]lease.Lease, n)
+	for i := range peers {
+		peers[i] = mk(i + 2)
+	}
+	return snapshot(1, peers...)
+}
+
+func benchApply(b *testing.B, typ string, mk func(i int) lease.Lease, noop bool) {
+	for _, n := range []int{1000, 5000} {
+		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
+			l := newLab(b, hostAddr, swAddr)
+			be := l.backend(b, typ, `{}`)
+			ctx := context.Background()
+			_, _, err := be.Init(ctx)
+			must(b, err)
+			full, empty := benchPeers(n, mk), snapshot(1)
+			if noop {
+				must(b, be.Apply(ctx, full))
+			}
+			b.ResetTimer()
+			for range b.N {
+				if !noop {
+					b.StopTimer()
+					must(b, be.Apply(ctx, empty))
+					b.StartTimer()
+				}
+				if err := be.Apply(ctx, full); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			if got, want := len(kernelState(b, l.ns.Handle, "flannel.1")), len(kernelStateWant(typ, full)); got != want {
+				b.Fatalf("kernel holds %d entries, want %d", got, want)
+			}
+		})
+	}
+}
+
+func kernelStateWant(typ string, s lease.Snapshot) []string {
+	if typ == "vxlan" {
+		return wantVXLAN(1, s.Peers...)
+	}
+	return wantHostGW(s.Peers...)
+}
+
+// BenchmarkVXLANApply: all routes + neighbours + FDB entries from empty.
+func BenchmarkVXLANApply(b *testing.B) {
+	benchApply(b, "vxlan", func(i int) lease.Lease { return vxlanPeer(i, publicIP(i)) }, false)
+}
+
+// BenchmarkVXLANApplyNoop: the periodic resync when nothing drifted.
+func BenchmarkVXLANApplyNoop(b *testing.B) {
+	benchApply(b, "vxlan", func(i int) lease.Lease { return vxlanPeer(i, publicIP(i)) }, true)
+}
+
+func BenchmarkHostGWApply(b *testing.B) {
+	benchApply(b, "host-gw", func(i int) lease.Lease { return hostgwPeer(i, publicIP(i)) }, false)
+}
+
+func BenchmarkHostGWApplyNoop(b *testing.B) {
+	benchApply(b, "host-gw", func(i int) lease.Lease { return hostgwPeer(i, publicIP(i)) }, true)
+}
