@@ -59,6 +59,9 @@ const (
 	hostEtcdAddr  = "127.0.0.1:2379"
 	containerVeth = "vethc1" // host side of the container's veth
 	readyTimeout  = 30 * time.Second
+	// convergeTimeout bounds Up's wait for every container pair to ping;
+	// past it the lab is up anyway and the ping matrix shows what fails.
+	convergeTimeout = 10 * time.Second
 )
 
 var (
@@ -301,8 +304,53 @@ func (l *Lab) up(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	if l.cfg.Backend != "alloc" { // alloc has no data path: nothing to wait for
+		l.waitConverged(ctx, convergeTimeout)
+	}
 	l.log.Info("lab up", "hosts", len(l.Hosts), "backend", l.cfg.Backend, "took", time.Since(start).Round(time.Millisecond))
 	return l.saveState()
+}
+
+// waitConverged waits until every container pair pings: a host that was
+// ready first learns of the last one a moment later, and the first ping
+// matrix should show the overlay, not that moment.
+func (l *Lab) waitConverged(ctx context.Context, d time.Duration) {
+	start := time.Now()
+	st := l.State()
+	type pair struct{ i, j int }
+	var pending []pair
+	for i := range st.Hosts {
+		for j := range st.Hosts {
+			if i != j {
+				pending = append(pending, pair{i, j})
+			}
+		}
+	}
+	for len(pending) > 0 && time.Since(start) < d && ctx.Err() == nil {
+		ok := make([]bool, len(pending))
+		var wg sync.WaitGroup
+		for k, p := range pending {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := pingIn(ctx, st.Hosts[p.i].ContainerNS, st.Hosts[p.j].ContainerIP, PingOptions{Timeout: 200 * time.Millisecond})
+				ok[k] = r.Err == nil
+			}()
+		}
+		wg.Wait()
+		var still []pair
+		for k, p := range pending {
+			if !ok[k] {
+				still = append(still, p)
+			}
+		}
+		pending = still
+	}
+	if len(pending) == 0 {
+		l.log.Info("overlay converged: every container pair pings", "after", time.Since(start).Round(time.Millisecond))
+	} else {
+		l.log.Warn("overlay not converged", "failing-pairs", len(pending), "waited", time.Since(start).Round(time.Millisecond))
+	}
 }
 
 // addHostNet creates the next host's namespace, its two NICs, addresses,
