@@ -17,7 +17,9 @@
 //     expressions in order, counters excluded); Check re-reads and compares
 //     the whole owned state — order and duplicates, not only presence — and
 //     forks iptables-restore only when it differs. flanneld instead execs
-//     iptables -C for every rule every 5 s.
+//     iptables -C for every rule every 5 s. Set first compares the kernel's
+//     rules with the desired ones in semantic form (semantic.go), so a
+//     restarted daemon that finds its rules in place starts no process.
 //   - The jump into an owned chain must exist exactly once: duplicates and
 //     foreign jumps (flanneld's "flanneld masq" leftovers after a binary swap)
 //     are deleted by rule number in the same restore.
