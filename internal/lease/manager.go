@@ -1,0 +1,807 @@
+package lease
+
+// The manager holds this host's lease and follows everybody else's.
+//
+// Design: one goroutine (Run) owns the state. It learns about the world from
+// a single prefix watch on <prefix>/subnets/, started at the revision of the
+// last list + 1, so every change after the list is seen exactly once; events
+// at or below the state's revision are ignored, which makes re-listing at any
+// time safe. When the watch fails (compaction, leader loss) the state is
+// rebuilt from a fresh list. The dataplane gets whole snapshots through a
+// latest-value channel: a burst of events becomes one snapshot, and a slow
+// consumer only ever sees the newest state.
+//
+// Lease loss is decided on evidence only: a delete of our key seen on the
+// watch (etcdctl rmdir, or etcd expiring the lease) or etcd answering a
+// renewal with "lease not found". Silence — etcd unreachable, renewals timing
+// out — is not loss: the key is still there for everybody else, and dropping
+// it would disturb traffic for nothing.
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/internal/netconf"
+)
+
+// Defaults of ManagerConfig, flanneld's.
+const (
+	DefaultTTL         = 24 * time.Hour
+	DefaultRenewMargin = 60 * time.Minute
+)
+
+// watchCheckInterval is how often Run asks etcd for a watch progress
+// notification, to tell a live watch from a silent one for /readyz.
+var watchCheckInterval = 5 * time.Second
+
+// ManagerConfig is what the manager needs to acquire and keep a lease.
+type ManagerConfig struct {
+	Store   *Store
+	Network netconf.Config
+
+	// What to publish in the lease.
+	PublicIP    netip.Addr
+	PublicIPv6  netip.Addr
+	BackendType string
+	BackendData json.RawMessage
+
+	// PrevSubnet is the subnet of the previous subnet.env (zero if none).
+	PrevSubnet netip.Prefix
+
+	TTL         time.Duration // etcd lease TTL; DefaultTTL when 0
+	RenewMargin time.Duration // renew this long before expiry; DefaultRenewMargin when 0
+	Logger      *slog.Logger
+}
+
+// Manager acquires this host's lease, keeps it alive and watches the peers.
+type Manager struct {
+	cfg   ManagerConfig
+	s     *Store
+	cli   *clientv3.Client
+	log   *slog.Logger
+	r4    subnetRange
+	r6    subnetRange
+	six   bool
+	snaps chan Snapshot
+
+	mu        sync.Mutex
+	held      bool
+	own       Lease
+	ownKey    string
+	rev       int64            // revision the peer state reflects
+	peers     map[string]Lease // etcd key → valid lease (may include our own key; filtered on publish)
+	rejected  map[string]int64 // key → ModRevision already logged as not fitting the network
+	watchLive bool
+	reason    string
+}
+
+// NewManager returns a manager; call Acquire, then Run.
+func NewManager(cfg ManagerConfig) *Manager {
+	if cfg.TTL <= 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.RenewMargin <= 0 {
+		cfg.RenewMargin = DefaultRenewMargin
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Manager{
+		cfg:      cfg,
+		s:        cfg.Store,
+		cli:      cfg.Store.cli,
+		log:      cfg.Logger,
+		r4:       v4Range(cfg.Network),
+		r6:       v6Range(cfg.Network),
+		six:      cfg.Network.EnableIPv6 && cfg.Network.IPv6Network.IsValid(),
+		snaps:    make(chan Snapshot, 1),
+		peers:    map[string]Lease{},
+		rejected: map[string]int64{},
+		reason:   "no lease acquired yet",
+	}
+}
+
+// Snapshots delivers the newest snapshot; an unread one is replaced.
+func (m *Manager) Snapshots() <-chan Snapshot { return m.snaps }
+
+// Status reports, for /readyz, whether the lease is held and the watch is
+// live, and why not when either is false.
+func (m *Manager) Status() (leaseHeld bool, watchLive bool, reason string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.held, m.watchLive, m.reason
+}
+
+// Own returns the lease currently held (zero Subnet when none).
+func (m *Manager) Own() Lease {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.own
+}
+
+// Acquire blocks until this host holds a lease, retrying with backoff on
+// failure (a full range, etcd unreachable), logging each distinct failure
+// once. It publishes the first snapshot. It returns ctx.Err() on cancel.
+func (m *Manager) Acquire(ctx context.Context) (Lease, error) {
+	if !m.r4.network.IsValid() {
+		return Lease{}, fmt.Errorf("network config has no IPv4 Network: IPv6-only networks are not supported")
+	}
+	retry := newBackoff(200*time.Millisecond, 10*time.Second)
+	lastErr := ""
+	for {
+		l, err := m.acquireOnce(ctx, m.cfg.PrevSubnet)
+		if err == nil {
+			return l, nil
+		}
+		if ctx.Err() != nil {
+			return Lease{}, ctx.Err()
+		}
+		if err.Error() != lastErr {
+			m.log.Error("acquiring a subnet lease failed; retrying", "err", err)
+			lastErr = err.Error()
+		}
+		m.setReason(err.Error())
+		if err := retry.wait(ctx); err != nil {
+			return Lease{}, err
+		}
+	}
+}
+
+func (m *Manager) setReason(r string) {
+	m.mu.Lock()
+	m.reason = r
+	m.mu.Unlock()
+}
+
+func (m *Manager) attrs() Attrs {
+	return Attrs{PublicIP: m.cfg.PublicIP, PublicIPv6: m.cfg.PublicIPv6, BackendType: m.cfg.BackendType, BackendData: m.cfg.BackendData}
+}
+
+// fitsOwn reports whether an existing lease can be reused under the current
+// config: right length, inside the network (reservations may be outside
+// [SubnetMin, SubnetMax]), and with an IPv6 subnet exactly when IPv6 is on.
+func (m *Manager) fitsOwn(l Lease) bool {
+	if !m.r4.fits(l.Subnet) {
+		return false
+	}
+	if m.six {
+		return m.r6.fits(l.IPv6Subnet)
+	}
+	return !l.IPv6Subnet.IsValid()
+}
+
+// acquireOnce makes one acquisition attempt in COMPAT.md's order: (1) a
+// lease or reservation naming our PublicIP, (2) prev if free, (3) a random
+// free subnet. At most one etcd lease is granted, and it is revoked unless a
+// key ends up attached to it.
+func (m *Manager) acquireOnce(ctx context.Context, prev netip.Prefix) (Lease, error) {
+	leases, rev, err := m.s.List(ctx)
+	if err != nil {
+		return Lease{}, err
+	}
+	attrs := m.attrs()
+	val, err := attrs.MarshalJSON()
+	if err != nil {
+		return Lease{}, fmt.Errorf("lease value for this host: %w", err)
+	}
+
+	var granted clientv3.LeaseID
+	used := false
+	defer func() {
+		if granted != 0 && !used {
+			m.revoke(granted)
+		}
+	}()
+	grant := func() (clientv3.LeaseID, error) {
+		if granted == 0 {
+			cctx, cancel := context.WithTimeout(ctx, callTimeout)
+			defer cancel()
+			resp, err := m.cli.Grant(cctx, int64(m.cfg.TTL/time.Second))
+			if err != nil {
+				return 0, fmt.Errorf("grant etcd lease (TTL %s): %w", m.cfg.TTL, err)
+			}
+			granted = resp.ID
+		}
+		return granted, nil
+	}
+
+	// (1) Reuse: reservations first, then the most recently written lease.
+	var mine []Lease
+	for _, l := range leases {
+		if l.Attrs.PublicIP == m.cfg.PublicIP {
+			mine = append(mine, l)
+		}
+	}
+	slices.SortFunc(mine, func(a, b Lease) int {
+		if a.Reserved() != b.Reserved() {
+			if a.Reserved() {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(b.ModRevision, a.ModRevision)
+	})
+	for _, l := range mine {
+		key := m.s.Key(l.Subnet, l.IPv6Subnet)
+		if !m.fitsOwn(l) {
+			if !l.Reserved() {
+				// Our own leftover from another config: free it (by CAS, so a
+				// concurrent rewrite is not lost) rather than let it linger 24 h.
+				m.log.Info("deleting own lease that does not fit the network config", "key", key, "network", m.r4.network, "subnetLen", m.r4.bits)
+				m.casDelete(ctx, key, l.ModRevision)
+			}
+			continue
+		}
+		var id clientv3.LeaseID
+		if !l.Reserved() {
+			if id, err = grant(); err != nil {
+				return Lease{}, err
+			}
+		}
+		wrev, ok, err := m.cas(ctx, key, l.ModRevision, string(val), id)
+		if err != nil {
+			return Lease{}, err
+		}
+		if !ok {
+			continue // rewritten meanwhile: not safe to take; try the next way
+		}
+		own := Lease{Subnet: l.Subnet, IPv6Subnet: l.IPv6Subnet, Attrs: attrs, EtcdLease: int64(id), ModRevision: wrev}
+		if !l.Reserved() {
+			used = true
+			own.Expiration = time.Now().Add(m.cfg.TTL)
+			if l.EtcdLease != int64(id) {
+				m.revoke(clientv3.LeaseID(l.EtcdLease)) // our previous run's lease; holds nothing now
+			}
+		}
+		kind := "lease"
+		if own.Reserved() {
+			kind = "reservation"
+		}
+		m.log.Info("reusing "+kind+" for this host's public IP", "subnet", own.Subnet, "publicIP", m.cfg.PublicIP, "key", key)
+		m.install(own, key, leases, rev)
+		return own, nil
+	}
+
+	taken := map[netip.Prefix]bool{}
+	taken6 := map[netip.Prefix]bool{}
+	for _, l := range leases {
+		taken[l.Subnet] = true
+		if l.IPv6Subnet.IsValid() {
+			taken6[l.IPv6Subnet] = true
+		}
+	}
+	try := func(v4 netip.Prefix) (Lease, bool, error) {
+		var v6 netip.Prefix
+		if m.six {
+			var ok bool
+			if v6, ok = pickFree(m.r6, taken6); !ok {
+				return Lease{}, false, fmt.Errorf("IPv6 subnet range %s (%d subnets) has %d leases: %w", m.r6, m.r6.count(), inPool(m.r6, taken6), ErrRangeFull)
+			}
+		}
+		id, err := grant()
+		if err != nil {
+			return Lease{}, false, err
+		}
+		key := m.s.Key(v4, v6)
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		wrev, ok, err := m.s.createIfFree(cctx, v4, key, string(val), id)
+		cancel()
+		if err != nil || !ok {
+			taken[v4] = true
+			return Lease{}, false, err
+		}
+		used = true
+		own := Lease{Subnet: v4, IPv6Subnet: v6, Attrs: attrs, EtcdLease: int64(id), ModRevision: wrev, Expiration: time.Now().Add(m.cfg.TTL)}
+		m.install(own, key, leases, rev)
+		return own, true, nil
+	}
+
+	// (2) The previous subnet, when it is still ours to take.
+	if prev.IsValid() && m.r4.inPool(prev) && !taken[prev] {
+		l, ok, err := try(prev)
+		if err != nil {
+			return Lease{}, err
+		}
+		if ok {
+			m.log.Info("acquired previous subnet", "subnet", l.Subnet, "key", m.s.Key(l.Subnet, l.IPv6Subnet))
+			return l, nil
+		}
+	}
+
+	// (3) A random free subnet; a lost race moves on to another one.
+	for range 16 {
+		v4, ok := pickFree(m.r4, taken)
+		if !ok {
+			return Lease{}, fmt.Errorf("subnet range %s (%d subnets) has %d leases: %w", m.r4, m.r4.count(), inPool(m.r4, taken), ErrRangeFull)
+		}
+		l, ok, err := try(v4)
+		if err != nil {
+			return Lease{}, err
+		}
+		if ok {
+			m.log.Info("acquired new subnet", "subnet", l.Subnet, "key", m.s.Key(l.Subnet, l.IPv6Subnet))
+			return l, nil
+		}
+	}
+	return Lease{}, fmt.Errorf("lost 16 creation races in range %s: %w", m.r4, ErrSubnetTaken)
+}
+
+// inPool counts the taken subnets inside r's [Min, Max].
+func inPool(r subnetRange, taken map[netip.Prefix]bool) int64 {
+	var n int64
+	for p := range taken {
+		if r.inPool(p) {
+			n++
+		}
+	}
+	return n
+}
+
+// pickFree returns a random subnet of r's pool that is not taken: random
+// probes first (cheap when the pool is sparse), then a scan from a random
+// start (when it is dense).
+func pickFree(r subnetRange, taken map[netip.Prefix]bool) (netip.Prefix, bool) {
+	n := r.count()
+	if n <= 0 || inPool(r, taken) >= n {
+		return netip.Prefix{}, false
+	}
+	for range 64 {
+		if p := r.at(rand.Int64N(n)); !taken[p] {
+			return p, true
+		}
+	}
+	start := rand.Int64N(n)
+	for i := range n {
+		if p := r.at((start + i) % n); !taken[p] {
+			return p, true
+		}
+	}
+	return netip.Prefix{}, false
+}
+
+// cas rewrites key if its ModRevision is still rev, on etcd lease id (none
+// when 0).
+func (m *Manager) cas(ctx context.Context, key string, rev int64, val string, id clientv3.LeaseID) (int64, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	var opts []clientv3.OpOption
+	if id != 0 {
+		opts = append(opts, clientv3.WithLease(id))
+	}
+	resp, err := m.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+		Then(clientv3.OpPut(key, val, opts...)).
+		Commit()
+	if err != nil {
+		return 0, false, fmt.Errorf("compare-and-swap %s at revision %d: %w", key, rev, err)
+	}
+	return resp.Header.Revision, resp.Succeeded, nil
+}
+
+func (m *Manager) casDelete(ctx context.Context, key string, rev int64) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	_, err := m.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(clientv3.OpDelete(key)).Commit()
+	if err != nil {
+		m.log.Warn("deleting stale own lease failed", "key", key, "err", err)
+	}
+}
+
+// revoke releases an etcd lease we granted and no longer use; failure only
+// means it lingers until its TTL, so it is logged, not returned.
+func (m *Manager) revoke(id clientv3.LeaseID) {
+	if id == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := m.cli.Revoke(ctx, id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		m.log.Debug("revoking unused etcd lease failed; it expires by itself", "lease", fmt.Sprintf("%x", int64(id)), "err", err)
+	}
+}
+
+// install makes own the held lease and leases@rev the peer state, and
+// publishes a snapshot.
+func (m *Manager) install(own Lease, key string, leases []Lease, rev int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.own, m.ownKey, m.held = own, key, true
+	m.reason = ""
+	if !m.watchLive {
+		m.reason = "etcd watch not live"
+	}
+	if rev > m.rev || len(m.peers) == 0 {
+		m.setPeersLocked(leases, rev)
+	}
+	m.publishLocked()
+}
+
+func (m *Manager) setPeersLocked(leases []Lease, rev int64) {
+	m.peers = make(map[string]Lease, len(leases))
+	for _, l := range leases {
+		m.peers[m.s.Key(l.Subnet, l.IPv6Subnet)] = l
+	}
+	for k := range m.rejected {
+		if _, ok := m.peers[k]; !ok {
+			delete(m.rejected, k)
+		}
+	}
+	m.rev = rev
+}
+
+// peerOK filters what the dataplane must never program: subnets that are
+// not the network's, and public IPs inside the overlay. Logged once per write.
+func (m *Manager) peerOK(key string, l Lease) bool {
+	why := ""
+	switch {
+	case !m.r4.fits(l.Subnet):
+		why = fmt.Sprintf("subnet %s is not a /%d inside %s", l.Subnet, m.r4.bits, m.r4.network)
+	case l.IPv6Subnet.IsValid() && m.six && !m.r6.fits(l.IPv6Subnet):
+		why = fmt.Sprintf("IPv6 subnet %s is not a /%d inside %s", l.IPv6Subnet, m.r6.bits, m.r6.network)
+	case m.r4.network.Contains(l.Attrs.PublicIP):
+		why = fmt.Sprintf("PublicIP %s lies inside the overlay %s", l.Attrs.PublicIP, m.r4.network)
+	}
+	if why == "" {
+		return true
+	}
+	if r, seen := m.rejected[key]; !seen || r != l.ModRevision {
+		m.rejected[key] = l.ModRevision
+		m.log.Warn("skipping lease that does not fit the network", "key", key, "reason", why)
+	}
+	return false
+}
+
+// publishLocked sends the current state as a snapshot, replacing an unread
+// one. Only the goroutine holding m.mu sends, so drain-then-send cannot block.
+func (m *Manager) publishLocked() {
+	if !m.held {
+		return
+	}
+	snap := Snapshot{Own: m.own, Revision: m.rev}
+	for k, l := range m.peers {
+		if k == m.ownKey || l.Attrs.PublicIP == m.cfg.PublicIP {
+			continue
+		}
+		if m.peerOK(k, l) {
+			snap.Peers = append(snap.Peers, l)
+		}
+	}
+	slices.SortFunc(snap.Peers, func(a, b Lease) int {
+		if c := a.Subnet.Addr().Compare(b.Subnet.Addr()); c != 0 {
+			return c
+		}
+		return a.IPv6Subnet.Addr().Compare(b.IPv6Subnet.Addr())
+	})
+	select {
+	case <-m.snaps:
+	default:
+	}
+	m.snaps <- snap
+}
+
+// Run keeps the lease alive, follows the peers and re-acquires the lease
+// when it is confirmed lost. It returns nil when ctx is cancelled.
+func (m *Manager) Run(ctx context.Context) error {
+	m.mu.Lock()
+	if !m.held {
+		m.mu.Unlock()
+		return errors.New("lease manager: Run called before Acquire succeeded")
+	}
+	startRev := m.rev
+	m.mu.Unlock()
+
+	var (
+		wch       clientv3.WatchChan
+		wctx      context.Context
+		wcancel   = context.CancelFunc(func() {})
+		lastResp  time.Time
+		relistC   <-chan time.Time
+		reacqC    <-chan time.Time
+		relistB   = newBackoff(100*time.Millisecond, 5*time.Second)
+		reacqB    = newBackoff(100*time.Millisecond, 5*time.Second)
+		renewB    = newBackoff(time.Second, time.Minute)
+		renew     = time.NewTimer(m.renewIn())
+		check     = time.NewTicker(watchCheckInterval)
+		lostOwn   netip.Prefix // subnet to get back, while not held
+		lostID    int64        // etcd lease of the lost key, revoked once replaced
+		lastRelog string
+	)
+	defer func() { wcancel(); renew.Stop(); check.Stop() }()
+
+	startWatch := func(rev int64) {
+		wcancel()
+		wctx, wcancel = context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch = m.cli.Watch(wctx, m.s.SubnetsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+		lastResp = time.Now()
+		m.setWatch(true, "")
+	}
+	watchLost := func(why string) {
+		wcancel()
+		wch = nil
+		m.log.Warn("etcd watch lost; re-listing leases", "prefix", m.s.SubnetsPrefix(), "reason", why)
+		m.setWatch(false, "etcd watch lost: "+why)
+		relistC = time.After(0)
+	}
+	ownLost := func(sub netip.Prefix) {
+		lostOwn = sub
+		m.mu.Lock()
+		lostID = m.own.EtcdLease
+		m.held = false
+		m.reason = "own lease lost; re-acquiring " + sub.String()
+		m.mu.Unlock()
+		reacqB.reset()
+		reacqC = time.After(0)
+	}
+	startWatch(startRev)
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+
+		case wresp, ok := <-wch:
+			if why := watchFailure(wresp, ok); why != "" {
+				watchLost(why)
+				continue
+			}
+			lastResp = time.Now()
+			m.setWatch(true, "")
+			lost, sub := m.apply(wresp.Events)
+			// Coalesce a burst: apply whatever else is already waiting, then
+			// publish once.
+		drain:
+			for {
+				select {
+				case w2, ok := <-wch:
+					if why := watchFailure(w2, ok); why != "" {
+						watchLost(why)
+						break drain
+					}
+					if l2, s2 := m.apply(w2.Events); l2 {
+						lost, sub = true, s2
+					}
+				default:
+					break drain
+				}
+			}
+			if lost {
+				ownLost(sub)
+			}
+			m.mu.Lock()
+			m.publishLocked()
+			m.mu.Unlock()
+
+		case <-relistC:
+			relistC = nil
+			leases, rev, err := m.s.List(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				if err.Error() != lastRelog {
+					m.log.Warn("re-listing leases failed; retrying", "err", err)
+					lastRelog = err.Error()
+				}
+				relistC = time.After(relistB.delay())
+				continue
+			}
+			lastRelog = ""
+			relistB.reset()
+			lost, sub := m.relisted(leases, rev)
+			startWatch(rev)
+			if lost {
+				ownLost(sub)
+			}
+			m.mu.Lock()
+			m.publishLocked()
+			m.mu.Unlock()
+
+		case <-reacqC:
+			reacqC = nil
+			start := time.Now()
+			l, err := m.acquireOnce(ctx, lostOwn)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				m.log.Error("re-acquiring the lease failed; retrying", "subnet", lostOwn, "err", err)
+				m.setReason("re-acquiring lease: " + err.Error())
+				reacqC = time.After(reacqB.delay())
+				continue
+			}
+			m.log.Info("lease re-acquired", "subnet", l.Subnet, "previous", lostOwn, "took", time.Since(start).Round(time.Millisecond))
+			lostOwn = netip.Prefix{}
+			if lostID != 0 && lostID != l.EtcdLease {
+				m.revoke(clientv3.LeaseID(lostID)) // it no longer holds our key
+			}
+			lostID = 0
+			renewB.reset()
+			resetTimer(renew, m.renewIn())
+
+		case <-renew.C:
+			m.mu.Lock()
+			held, id := m.held, clientv3.LeaseID(m.own.EtcdLease)
+			m.mu.Unlock()
+			if !held || id == 0 {
+				resetTimer(renew, m.renewIn())
+				continue
+			}
+			cctx, cancel := context.WithTimeout(ctx, callTimeout)
+			resp, err := m.cli.KeepAliveOnce(cctx, id)
+			cancel()
+			switch {
+			case err == nil:
+				renewB.reset()
+				m.mu.Lock()
+				if m.own.EtcdLease == int64(id) {
+					m.own.Expiration = time.Now().Add(time.Duration(resp.TTL) * time.Second)
+				}
+				m.mu.Unlock()
+				resetTimer(renew, m.renewIn())
+			case errors.Is(err, rpctypes.ErrLeaseNotFound):
+				m.log.Warn("etcd says our lease is gone; re-acquiring", "lease", fmt.Sprintf("%x", int64(id)))
+				ownLost(m.Own().Subnet)
+			case ctx.Err() != nil:
+				return nil
+			default:
+				// Silence is not loss: keep the lease, keep trying.
+				d := renewB.delay()
+				m.log.Warn("renewing the lease failed; keeping it and retrying", "lease", fmt.Sprintf("%x", int64(id)), "retryIn", d.Round(time.Millisecond), "err", err)
+				resetTimer(renew, d)
+			}
+
+		case <-check.C:
+			if wch == nil {
+				continue
+			}
+			if time.Since(lastResp) > 3*watchCheckInterval {
+				m.setWatch(false, fmt.Sprintf("no answer on the etcd watch since %s", lastResp.Format(time.RFC3339)))
+			}
+			pctx, cancel := context.WithTimeout(wctx, time.Second)
+			_ = m.cli.RequestProgress(pctx) // the answer arrives on wch
+			cancel()
+		}
+	}
+}
+
+func resetTimer(t *time.Timer, d time.Duration) {
+	t.Stop()
+	t.Reset(d)
+}
+
+// renewIn is when the next renewal is due: RenewMargin before expiry (or
+// halfway, when the margin is not shorter than the TTL).
+func (m *Manager) renewIn() time.Duration {
+	m.mu.Lock()
+	exp := m.own.Expiration
+	m.mu.Unlock()
+	if exp.IsZero() {
+		return time.Hour // a reservation, or nothing held: nothing to renew
+	}
+	margin := m.cfg.RenewMargin
+	if margin >= m.cfg.TTL {
+		margin = m.cfg.TTL / 2
+	}
+	return max(time.Until(exp.Add(-margin)), 0)
+}
+
+func watchFailure(w clientv3.WatchResponse, ok bool) string {
+	switch {
+	case !ok:
+		return "watch channel closed"
+	case w.CompactRevision != 0:
+		return fmt.Sprintf("revision compacted up to %d", w.CompactRevision)
+	case w.Canceled:
+		if err := w.Err(); err != nil {
+			return err.Error()
+		}
+		return "watch cancelled by etcd"
+	case w.Err() != nil:
+		return w.Err().Error()
+	}
+	return ""
+}
+
+func (m *Manager) setWatch(live bool, reason string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.watchLive == live && (live || m.reason == reason) {
+		return
+	}
+	m.watchLive = live
+	switch {
+	case !live:
+		m.reason = reason
+	case m.held:
+		m.reason = ""
+	}
+}
+
+// apply folds watch events into the state. It reports whether our own lease
+// was confirmed lost (deleted, or rewritten for another host) and its subnet.
+func (m *Manager) apply(events []*clientv3.Event) (lost bool, sub netip.Prefix) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, ev := range events {
+		kv := ev.Kv
+		if kv.ModRevision <= m.rev {
+			continue // already reflected by a newer list
+		}
+		m.rev = kv.ModRevision
+		key := string(kv.Key)
+		if ev.Type == mvccpb.DELETE {
+			delete(m.peers, key)
+			if m.held && key == m.ownKey {
+				m.log.Warn("own lease deleted in etcd; re-acquiring", "key", key)
+				lost, sub = true, m.own.Subnet
+				m.held = false
+			}
+			continue
+		}
+		l, err := m.s.decode(kv)
+		if err != nil {
+			delete(m.peers, key)
+		} else {
+			m.peers[key] = l
+		}
+		if m.held && key == m.ownKey && kv.ModRevision > m.own.ModRevision {
+			if err == nil && l.Attrs.PublicIP == m.cfg.PublicIP {
+				// Rewritten for us (e.g. turned into a reservation by an
+				// operator): adopt what etcd now says.
+				exp := m.own.Expiration
+				if l.Reserved() {
+					exp = time.Time{}
+				}
+				m.own = Lease{Subnet: l.Subnet, IPv6Subnet: l.IPv6Subnet, Attrs: m.own.Attrs, EtcdLease: l.EtcdLease, ModRevision: l.ModRevision, Expiration: exp}
+				continue
+			}
+			m.log.Warn("own lease rewritten for another host; acquiring another subnet", "key", key)
+			lost, sub = true, netip.Prefix{}
+			m.held = false
+		}
+	}
+	return lost, sub
+}
+
+// relisted replaces the state with a fresh list and reports whether our own
+// lease is gone from it.
+func (m *Manager) relisted(leases []Lease, rev int64) (lost bool, sub netip.Prefix) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.setPeersLocked(leases, rev)
+	if !m.held {
+		return false, netip.Prefix{}
+	}
+	l, ok := m.peers[m.ownKey]
+	switch {
+	case !ok:
+		m.log.Warn("own lease missing after re-list; re-acquiring", "key", m.ownKey)
+		m.held = false
+		return true, m.own.Subnet
+	case l.Attrs.PublicIP != m.cfg.PublicIP:
+		m.log.Warn("own lease rewritten for another host; acquiring another subnet", "key", m.ownKey)
+		m.held = false
+		return true, netip.Prefix{}
+	}
+	return false, netip.Prefix{}
+}
+
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return rand.N(d)
+}

@@ -1,0 +1,355 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Sentinel errors, matched with errors.Is.
+var (
+	// ErrSubnetTaken: the subnet's key exists (another host's lease or a
+	// reservation), or a compare-and-swap lost against a concurrent write.
+	ErrSubnetTaken = errors.New("subnet already taken")
+	ErrNotFound    = errors.New("lease not found")
+	ErrNoConfig    = errors.New("network config not found")
+	// ErrRangeFull: every subnet in [SubnetMin, SubnetMax] is leased or reserved.
+	ErrRangeFull = errors.New("no free subnet in range")
+)
+
+// callTimeout bounds each etcd call so that an unreachable etcd shows up as
+// an error (and a retry) instead of a hang.
+const callTimeout = 10 * time.Second
+
+// Store reads and writes leases and the network config under one prefix.
+type Store struct {
+	cli    *clientv3.Client
+	prefix string // without trailing slash
+	log    *slog.Logger
+
+	// bad remembers malformed keys already logged (key → ModRevision), so a
+	// re-list does not repeat the same warning; a new write is logged again.
+	mu  sync.Mutex
+	bad map[string]int64
+}
+
+// NewStore returns a store for the network under prefix, e.g. /coreos.com/network.
+func NewStore(cli *clientv3.Client, prefix string, log *slog.Logger) *Store {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Store{cli: cli, prefix: strings.TrimRight(prefix, "/"), log: log, bad: map[string]int64{}}
+}
+
+// Client returns the etcd client the store uses.
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+// ConfigKey is <prefix>/config.
+func (s *Store) ConfigKey() string { return s.prefix + "/config" }
+
+// SubnetsPrefix is <prefix>/subnets/, under which every lease key lives.
+func (s *Store) SubnetsPrefix() string { return s.prefix + "/subnets/" }
+
+// Key is the full etcd key of a lease.
+func (s *Store) Key(v4, v6 netip.Prefix) string { return s.SubnetsPrefix() + FormatKey(v4, v6) }
+
+// GetConfig returns the config value and the store revision it was read at
+// (the header revision, so that a caller can watch from rev+1 even when the
+// key is missing). A missing key is ErrNoConfig.
+func (s *Store) GetConfig(ctx context.Context) ([]byte, int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.ConfigKey())
+	if err != nil {
+		return nil, 0, fmt.Errorf("get %s: %w", s.ConfigKey(), err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, resp.Header.Revision, fmt.Errorf("%s: %w", s.ConfigKey(), ErrNoConfig)
+	}
+	return resp.Kvs[0].Value, resp.Header.Revision, nil
+}
+
+// List returns every well-formed lease under subnets/ with one prefix Get
+// (O(1) round trips whatever the number of leases) and the revision it
+// reflects. Malformed keys or values are logged once per write and skipped.
+// Expiration is not filled: see Expirations.
+func (s *Store) List(ctx context.Context) ([]Lease, int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.SubnetsPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, fmt.Errorf("list %s: %w", s.SubnetsPrefix(), err)
+	}
+	leases := make([]Lease, 0, len(resp.Kvs))
+	seenBad := map[string]bool{}
+	for _, kv := range resp.Kvs {
+		l, err := s.decode(kv)
+		if err != nil {
+			seenBad[string(kv.Key)] = true
+			continue
+		}
+		leases = append(leases, l)
+	}
+	s.mu.Lock()
+	for k := range s.bad {
+		if !seenBad[k] {
+			delete(s.bad, k) // gone or fixed: forget it so the map stays bounded
+		}
+	}
+	s.mu.Unlock()
+	return leases, resp.Header.Revision, nil
+}
+
+// decode turns one etcd key-value into a Lease, logging (once per write) why
+// it is skipped when it is malformed.
+func (s *Store) decode(kv *mvccpb.KeyValue) (Lease, error) {
+	l, err := s.parseKV(kv)
+	if err != nil {
+		s.reportBad(string(kv.Key), kv.ModRevision, err)
+	}
+	return l, err
+}
+
+func (s *Store) parseKV(kv *mvccpb.KeyValue) (Lease, error) {
+	name, ok := strings.CutPrefix(string(kv.Key), s.SubnetsPrefix())
+	if !ok || strings.Contains(name, "/") {
+		return Lease{}, fmt.Errorf("key %q is not a lease key under %s", kv.Key, s.SubnetsPrefix())
+	}
+	v4, v6, err := ParseKey(name)
+	if err != nil {
+		return Lease{}, err
+	}
+	a, err := ParseAttrs(kv.Value)
+	if err != nil {
+		return Lease{}, err
+	}
+	return Lease{Subnet: v4, IPv6Subnet: v6, Attrs: a, EtcdLease: kv.Lease, ModRevision: kv.ModRevision}, nil
+}
+
+func (s *Store) reportBad(key string, rev int64, err error) {
+	s.mu.Lock()
+	old, seen := s.bad[key]
+	s.bad[key] = rev
+	s.mu.Unlock()
+	if !seen || old != rev {
+		s.log.Warn("skipping malformed lease", "key", key, "revision", rev, "err", err)
+	}
+}
+
+// find returns the key-value of the lease whose IPv4 subnet is subnet, in
+// its IPv4-only or dual-stack spelling, with one prefix Get.
+func (s *Store) find(ctx context.Context, subnet netip.Prefix) (*mvccpb.KeyValue, error) {
+	if !subnet.Addr().Is4() || subnet.Masked() != subnet {
+		return nil, fmt.Errorf("subnet %s: must be an IPv4 network address with prefix length", subnet)
+	}
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	k := s.Key(subnet, netip.Prefix{})
+	resp, err := s.cli.Get(ctx, k, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", k, err)
+	}
+	for _, kv := range resp.Kvs {
+		if string(kv.Key) == k || strings.HasPrefix(string(kv.Key), k+"&") {
+			return kv, nil
+		}
+	}
+	return nil, fmt.Errorf("%s: %w", k, ErrNotFound)
+}
+
+// Get returns the lease of an IPv4 subnet, or ErrNotFound. Expiration is
+// not filled.
+func (s *Store) Get(ctx context.Context, subnet netip.Prefix) (Lease, error) {
+	kv, err := s.find(ctx, subnet)
+	if err != nil {
+		return Lease{}, err
+	}
+	return s.parseKV(kv)
+}
+
+// Expirations fills Expiration of each non-reserved lease with one
+// TimeToLive call per distinct etcd lease, run concurrently. This is the
+// per-key cost flannel pays on every list; weft pays it only in weftctl.
+// A lease etcd no longer knows gets Expiration = now (expired).
+func (s *Store) Expirations(ctx context.Context, leases []Lease) error {
+	ids := map[int64]time.Time{}
+	for _, l := range leases {
+		if l.EtcdLease != 0 {
+			ids[l.EtcdLease] = time.Time{}
+		}
+	}
+	type result struct {
+		id  int64
+		exp time.Time
+		err error
+	}
+	work := make(chan int64)
+	results := make(chan result)
+	const workers = 32
+	for range min(workers, len(ids)) {
+		go func() {
+			for id := range work {
+				cctx, cancel := context.WithTimeout(ctx, callTimeout)
+				resp, err := s.cli.TimeToLive(cctx, clientv3.LeaseID(id))
+				cancel()
+				r := result{id: id, err: err}
+				if err == nil {
+					r.exp = time.Now().Add(time.Duration(max(resp.TTL, 0)) * time.Second)
+				} else {
+					r.err = fmt.Errorf("time-to-live of etcd lease %x: %w", id, err)
+				}
+				results <- r
+			}
+		}()
+	}
+	go func() {
+		defer close(work)
+		for id := range ids {
+			select {
+			case work <- id:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var errs []error
+	for range len(ids) {
+		select {
+		case r := <-results:
+			ids[r.id] = r.exp
+			if r.err != nil {
+				errs = append(errs, r.err)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for i := range leases {
+		if leases[i].EtcdLease != 0 {
+			leases[i].Expiration = ids[leases[i].EtcdLease]
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Delete removes the lease of an IPv4 subnet (the seed's etcdctl rmdir),
+// whether it is a live lease or a reservation. The etcd lease, if any, is
+// left alone: it belongs to the host that holds it.
+func (s *Store) Delete(ctx context.Context, subnet netip.Prefix) error {
+	kv, err := s.find(ctx, subnet)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	if _, err := s.cli.Delete(ctx, string(kv.Key)); err != nil {
+		return fmt.Errorf("delete %s: %w", kv.Key, err)
+	}
+	return nil
+}
+
+// Reserve writes a reservation: the subnet's key with no etcd lease, which
+// never expires and which only the host with attrs.PublicIP uses. It refuses
+// (ErrSubnetTaken) when another host holds the subnet; the operator deletes
+// that lease first. A lease already held by the same PublicIP is turned into
+// a reservation in place, and an existing reservation is updated.
+func (s *Store) Reserve(ctx context.Context, subnet netip.Prefix, attrs Attrs) error {
+	val, err := attrs.MarshalJSON()
+	if err != nil {
+		return fmt.Errorf("reserve %s: %w", subnet, err)
+	}
+	kv, err := s.find(ctx, subnet)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	if kv == nil {
+		_, ok, err := s.createIfFree(ctx, subnet, s.Key(subnet, netip.Prefix{}), string(val), clientv3.NoLease)
+		if err != nil {
+			return fmt.Errorf("reserve %s: %w", subnet, err)
+		}
+		if !ok {
+			return fmt.Errorf("reserve %s: created concurrently: %w", subnet, ErrSubnetTaken)
+		}
+		return nil
+	}
+	if kv.Lease != 0 {
+		cur, perr := ParseAttrs(kv.Value)
+		if perr != nil || cur.PublicIP != attrs.PublicIP {
+			holder := "a malformed value"
+			if perr == nil {
+				holder = cur.PublicIP.String()
+			}
+			return fmt.Errorf("reserve %s: held by %s on live etcd lease %x (delete it first): %w",
+				subnet, holder, kv.Lease, ErrSubnetTaken)
+		}
+	}
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
+		Then(clientv3.OpPut(string(kv.Key), string(val))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("reserve %s: put %s: %w", subnet, kv.Key, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("reserve %s: %s changed concurrently: %w", subnet, kv.Key, ErrSubnetTaken)
+	}
+	return nil
+}
+
+// Unreserve deletes a reservation; it refuses to delete a live lease (use
+// Delete for that), so that a mistyped subnet cannot cut a host off.
+func (s *Store) Unreserve(ctx context.Context, subnet netip.Prefix) error {
+	kv, err := s.find(ctx, subnet)
+	if err != nil {
+		return err
+	}
+	if kv.Lease != 0 {
+		return fmt.Errorf("unreserve %s: %s is a live lease (etcd lease %x), not a reservation", subnet, kv.Key, kv.Lease)
+	}
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision),
+			clientv3.Compare(clientv3.LeaseValue(string(kv.Key)), "=", clientv3.NoLease)).
+		Then(clientv3.OpDelete(string(kv.Key))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("unreserve %s: delete %s: %w", subnet, kv.Key, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("unreserve %s: %s changed concurrently, not deleted", subnet, kv.Key)
+	}
+	return nil
+}
+
+// createIfFree writes key=val (on etcd lease id, or none) in one
+// transaction, only if no lease exists for the IPv4 subnet in either
+// spelling (IPv4-only key or any dual-stack key starting with it), so that
+// two hosts never hold one subnet. It reports whether it won and the
+// revision of the write.
+func (s *Store) createIfFree(ctx context.Context, v4 netip.Prefix, key, val string, id clientv3.LeaseID) (int64, bool, error) {
+	k4 := s.Key(v4, netip.Prefix{})
+	var opts []clientv3.OpOption
+	if id != clientv3.NoLease {
+		opts = append(opts, clientv3.WithLease(id))
+	}
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(k4), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(k4+"&"), "=", 0).WithPrefix()).
+		Then(clientv3.OpPut(key, val, opts...)).
+		Commit()
+	if err != nil {
+		return 0, false, fmt.Errorf("create %s: %w", key, err)
+	}
+	return resp.Header.Revision, resp.Succeeded, nil
+}
