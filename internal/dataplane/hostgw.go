@@ -66,10 +66,11 @@ func (b *hostGWBackend) Close() error {
 }
 
 func (b *hostGWBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
-	connected, err := connectedPrefixes(b.h, b.host.IfaceIndex)
+	have, err := readMainRoutes(b.h, b.host.IfaceIndex)
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
+	connected := have.connected
 	own := snap.Own.Subnet.Masked()
 	routes := make([]routeWant, 0, len(snap.Peers)+1)
 	var unreachable []error
@@ -97,7 +98,7 @@ func (b *hostGWBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
 		routes = append(routes, routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric})
 	}
 	t := &tally{what: "host-gw apply"}
-	_, del, err := syncRoutes(ctx, b.h, routes, t)
+	_, del, err := syncRoutes(ctx, b.h, have.weft, routes, t)
 	if del != nil && err == nil {
 		err = del()
 	}

@@ -178,18 +178,42 @@ func (s *syncStats) plus(o syncStats) {
 	s.Deleted += o.Deleted
 }
 
-// syncRoutes makes the IPv4 main-table routes carrying RTProtWeft equal to
-// want: one dump, then only the differences.
-func syncRoutes(ctx context.Context, h *netlink.Handle, want []routeWant, t *tally) (*syncStats, func() error, error) {
-	st := &syncStats{}
-	have, err := dump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_V4,
-			&netlink.Route{Protocol: RTProtWeft, Table: unix.RT_TABLE_MAIN},
-			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+// mainRoutes is what one dump of the IPv4 main table tells an apply: weft's
+// own routes, and the subnets directly connected to the underlay interface
+// (for "is this peer on my L2 segment" checks). One dump per apply, never
+// one per peer (flannel's host-gw dumped the table once per lease).
+type mainRoutes struct {
+	weft      []netlink.Route
+	connected []netip.Prefix
+}
+
+func readMainRoutes(h *netlink.Handle, ifaceIndex int) (mainRoutes, error) {
+	var m mainRoutes
+	_, err := dump(func() (struct{}, error) {
+		m = mainRoutes{}
+		err := h.RouteListFilteredIter(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE,
+			func(r netlink.Route) bool {
+				switch {
+				case r.Protocol == RTProtWeft:
+					m.weft = append(m.weft, r)
+				case r.LinkIndex == ifaceIndex && ifaceIndex != 0 && r.Gw == nil && r.Scope == netlink.SCOPE_LINK &&
+					r.Dst != nil && r.Type == unix.RTN_UNICAST:
+					m.connected = append(m.connected, prefixOf(r.Dst))
+				}
+				return true
+			})
+		return struct{}{}, err
 	})
 	if err != nil {
-		return st, nil, fmt.Errorf("list weft routes (proto %d): %w", RTProtWeft, err)
+		return m, fmt.Errorf("list IPv4 main-table routes: %w", err)
 	}
+	return m, nil
+}
+
+// syncRoutes makes the IPv4 main-table routes carrying RTProtWeft (have,
+// from readMainRoutes) equal to want: only the differences are written.
+func syncRoutes(ctx context.Context, h *netlink.Handle, have []netlink.Route, want []routeWant, t *tally) (*syncStats, func() error, error) {
+	st := &syncStats{}
 	wantBy := make(map[netip.Prefix]int, len(want))
 	for i, w := range want {
 		wantBy[w.Dst] = i
@@ -240,27 +264,6 @@ func syncRoutes(ctx context.Context, h *netlink.Handle, want []routeWant, t *tal
 		return nil
 	}
 	return st, del, nil
-}
-
-// connectedPrefixes returns the IPv4 subnets directly reachable on link
-// (kernel scope-link routes without a gateway), for "is this peer on my L2
-// segment" checks. One dump per apply, never per peer.
-func connectedPrefixes(h *netlink.Handle, linkIndex int) ([]netip.Prefix, error) {
-	rs, err := dump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_V4,
-			&netlink.Route{LinkIndex: linkIndex, Table: unix.RT_TABLE_MAIN},
-			netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list routes on interface #%d: %w", linkIndex, err)
-	}
-	var out []netip.Prefix
-	for _, r := range rs {
-		if r.Gw == nil && r.Scope == netlink.SCOPE_LINK && r.Dst != nil && r.Type == unix.RTN_UNICAST {
-			out = append(out, prefixOf(r.Dst))
-		}
-	}
-	return out, nil
 }
 
 func coveredBy(ps []netip.Prefix, a netip.Addr) bool {
@@ -397,7 +400,9 @@ func syncFDB(ctx context.Context, h *netlink.Handle, link int, want map[[6]byte]
 
 // syncAddrs makes the IPv4 addresses on link exactly want (zero = none).
 // Anything else — e.g. the /16 that flannel before 0.7.0 put on flannel.1,
-// whose connected route swallowed the whole overlay — is removed.
+// whose connected route swallowed the whole overlay — is removed. The new
+// address goes on before old ones come off: removing a device's last IPv4
+// address makes the kernel flush every route through it.
 func syncAddrs(h *netlink.Handle, link netlink.Link, want netip.Prefix, t *tally) (syncStats, error) {
 	var st syncStats
 	have, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_V4) })
@@ -406,15 +411,7 @@ func syncAddrs(h *netlink.Handle, link netlink.Link, want netip.Prefix, t *tally
 	}
 	found := false
 	for _, a := range have {
-		if prefixOf(a.IPNet) == want && want.IsValid() {
-			found = true
-			continue
-		}
-		if err := h.AddrDel(link, &a); err != nil && !isGone(err) && !errors.Is(err, unix.EADDRNOTAVAIL) {
-			t.add(fmt.Errorf("delete address %s from %s: %w", a.IPNet, link.Attrs().Name, err))
-			continue
-		}
-		st.Deleted++
+		found = found || (want.IsValid() && prefixOf(a.IPNet) == want)
 	}
 	if want.IsValid() && !found {
 		if err := h.AddrAdd(link, &netlink.Addr{IPNet: ipNet(want)}); err != nil && !errors.Is(err, unix.EEXIST) {
@@ -422,6 +419,16 @@ func syncAddrs(h *netlink.Handle, link netlink.Link, want netip.Prefix, t *tally
 		} else {
 			st.Added++
 		}
+	}
+	for _, a := range have {
+		if want.IsValid() && prefixOf(a.IPNet) == want {
+			continue
+		}
+		if err := h.AddrDel(link, &a); err != nil && !isGone(err) && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			t.add(fmt.Errorf("delete address %s from %s: %w", a.IPNet, link.Attrs().Name, err))
+			continue
+		}
+		st.Deleted++
 	}
 	return st, nil
 }

@@ -258,15 +258,23 @@ func (b *vxlanBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
 	dev := int(b.devIndex.Load())
 	t := &tally{what: "vxlan apply"}
 
-	var connected []netip.Prefix
-	if b.opts.DirectRouting {
-		var err error
-		if connected, err = connectedPrefixes(b.h, b.host.IfaceIndex); err != nil {
-			return fmt.Errorf("dataplane: %w", err)
-		}
-	}
-
 	own := snap.Own.Subnet.Masked()
+	var addr netip.Prefix
+	if own.IsValid() {
+		addr = netip.PrefixFrom(own.Addr(), 32)
+	}
+	var errs []error
+	// The address first: changing it can make the kernel drop routes, and
+	// the route dump below must see the result.
+	st, err := syncAddrs(b.h, b.link, addr, t)
+	errs = append(errs, err)
+
+	have, err := readMainRoutes(b.h, b.host.IfaceIndex)
+	if err != nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
+	connected := have.connected
+
 	routes := make([]routeWant, 0, len(snap.Peers)+1)
 	neighs := make(map[netip.Addr]net.HardwareAddr, len(snap.Peers))
 	fdb := make(map[[6]byte]netip.Addr, len(snap.Peers))
@@ -304,13 +312,6 @@ func (b *vxlanBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
 		routes = append(routes, routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric})
 	}
 
-	var addr netip.Prefix
-	if own.IsValid() {
-		addr = netip.PrefixFrom(own.Addr(), 32)
-	}
-	var errs []error
-	st, err := syncAddrs(b.h, b.link, addr, t)
-	errs = append(errs, err)
 	// Adds in dependency order (FDB, neighbour, then the route that uses
 	// them: a route is usable the moment it appears), deletes in reverse,
 	// so no packet is sent through a half-programmed peer.
@@ -318,7 +319,7 @@ func (b *vxlanBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
 	errs = append(errs, err)
 	ns, ndel, err := syncNeighs(ctx, b.h, dev, neighs, t)
 	errs = append(errs, err)
-	rs, rdel, err := syncRoutes(ctx, b.h, routes, t)
+	rs, rdel, err := syncRoutes(ctx, b.h, have.weft, routes, t)
 	errs = append(errs, err)
 	for _, del := range []func() error{rdel, ndel, fdel} {
 		if del != nil {
