@@ -1,0 +1,288 @@
+// Package e2e tests weft end to end: real weftd processes, built from this
+// tree, in the lab's network namespaces (the ops note's topology), a real
+// embedded etcd, the real kernel. Each test builds its own lab with a unique
+// name and removes it. Measured figures are logged; bounds are asserted.
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/lab"
+)
+
+var binDir string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "e2e: these tests run weftd in network namespaces and must run as root (sudo go test ./e2e/)")
+		os.Exit(1)
+	}
+	dir, err := os.MkdirTemp("", "weft-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		os.Exit(1)
+	}
+	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/weftd", "./cmd/weftctl")
+	cmd.Dir = ".."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: go build weftd and weftctl: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var seq atomic.Int64
+
+func uniqueName() string { return fmt.Sprintf("e%d-%d", os.Getpid()%100000, seq.Add(1)) }
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// newLab brings up a lab with real weftd; it is removed when the test ends.
+func newLab(t *testing.T, backend string, hosts int, weftdArgs ...string) *lab.Lab {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l, err := lab.Up(ctx, lab.Config{
+		Name: uniqueName(), Hosts: hosts, Backend: backend,
+		WeftdPath: filepath.Join(binDir, "weftd"), WeftdArgs: weftdArgs,
+		Log: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+	})
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, h := range l.Hosts {
+				if b, err := os.ReadFile(h.LogFile); err == nil {
+					t.Logf("%s weftd log:\n%s", h.Name, b)
+				}
+			}
+		}
+		l.Close()
+	})
+	return l
+}
+
+// waitFor polls cond until it holds, failing at limit; it logs the time
+// taken since start and reports an error when it exceeds bound.
+func waitFor(t *testing.T, what string, start time.Time, bound, limit time.Duration, cond func() error) time.Duration {
+	t.Helper()
+	var err error
+	for {
+		if err = cond(); err == nil {
+			break
+		}
+		if time.Since(start) > limit {
+			t.Fatalf("%s: not within %s: %v", what, limit, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	took := time.Since(start)
+	t.Logf("MEASURED %s: %s (bound %s)", what, took.Round(100*time.Microsecond), bound)
+	if took > bound {
+		t.Errorf("%s took %s, bound %s", what, took, bound)
+	}
+	return took
+}
+
+type pair struct{ from, to int }
+
+// pings pings every pair concurrently with a short timeout.
+func pings(l *lab.Lab, pairs []pair, o lab.PingOptions) error {
+	if o.Timeout == 0 {
+		o.Timeout = 200 * time.Millisecond
+	}
+	errs := make([]error, len(pairs))
+	var wg sync.WaitGroup
+	for k, p := range pairs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[k] = l.Ping(context.Background(), p.from, p.to, o).Err
+		}()
+	}
+	wg.Wait()
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// pairsWith is every pair between host i and the other hosts, both ways.
+func pairsWith(l *lab.Lab, i int) []pair {
+	var ps []pair
+	for j := range l.Hosts {
+		if j != i {
+			ps = append(ps, pair{i, j}, pair{j, i})
+		}
+	}
+	return ps
+}
+
+type leaseValue struct {
+	PublicIP    string
+	BackendType string
+	BackendData struct {
+		VNI     int
+		VtepMAC string
+	}
+}
+
+func readLease(t *testing.T, l *lab.Lab, subnet netip.Prefix) (leaseValue, bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	resp, err := l.Etcd.Get(ctx, lab.LeaseKey(l.Config().Prefix, subnet))
+	if err != nil {
+		t.Fatalf("read lease %s: %v", subnet, err)
+	}
+	var v leaseValue
+	if len(resp.Kvs) == 0 {
+		return v, false
+	}
+	if err := json.Unmarshal(resp.Kvs[0].Value, &v); err != nil {
+		t.Fatalf("lease %s: %q: %v", subnet, resp.Kvs[0].Value, err)
+	}
+	return v, true
+}
+
+// peerState is what host h's kernel holds for one peer.
+type peerState struct{ route, neigh, fdb bool }
+
+// vxlanPeerState inspects flannel.1's route, neighbour and FDB entry for
+// a peer with the given subnet, VTEP MAC and public IP.
+func vxlanPeerState(h *lab.Host, subnet netip.Prefix, mac string, publicIP netip.Addr) (peerState, error) {
+	var ps peerState
+	nl := h.NS.Handle
+	dev, err := nl.LinkByName("flannel.1")
+	if err != nil {
+		return ps, fmt.Errorf("%s: flannel.1: %w", h.Name, err)
+	}
+	idx := dev.Attrs().Index
+	gw := subnet.Masked().Addr()
+	routes, err := nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: ipNet(subnet)}, netlink.RT_FILTER_DST)
+	if err != nil {
+		return ps, fmt.Errorf("%s: list routes: %w", h.Name, err)
+	}
+	for _, r := range routes {
+		if r.LinkIndex == idx && r.Gw.Equal(gw.AsSlice()) && r.Flags&int(netlink.FLAG_ONLINK) != 0 {
+			ps.route = true
+		}
+	}
+	neighs, err := nl.NeighList(idx, netlink.FAMILY_V4)
+	if err != nil {
+		return ps, fmt.Errorf("%s: list neighbours: %w", h.Name, err)
+	}
+	for _, n := range neighs {
+		if n.IP.Equal(gw.AsSlice()) && n.HardwareAddr.String() == mac && n.State&netlink.NUD_PERMANENT != 0 {
+			ps.neigh = true
+		}
+	}
+	fdbs, err := nl.NeighList(idx, unix.AF_BRIDGE)
+	if err != nil {
+		return ps, fmt.Errorf("%s: list fdb: %w", h.Name, err)
+	}
+	for _, n := range fdbs {
+		if n.HardwareAddr.String() == mac && n.IP.Equal(publicIP.AsSlice()) {
+			ps.fdb = true
+		}
+	}
+	return ps, nil
+}
+
+// hostgwRoute reports whether h routes subnet via gw on eth0.
+func hostgwRoute(h *lab.Host, subnet netip.Prefix, gw netip.Addr) (bool, error) {
+	eth0, err := h.NS.Handle.LinkByName("eth0")
+	if err != nil {
+		return false, err
+	}
+	routes, err := h.NS.Handle.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: ipNet(subnet)}, netlink.RT_FILTER_DST)
+	if err != nil {
+		return false, err
+	}
+	for _, r := range routes {
+		if r.LinkIndex == eth0.Attrs().Index && r.Gw.Equal(gw.AsSlice()) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	p = p.Masked()
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// peerInfo is what other hosts must program for host i.
+type peerInfo struct {
+	subnet   netip.Prefix
+	mac      string
+	publicIP netip.Addr
+}
+
+func peerOf(t *testing.T, l *lab.Lab, i int) peerInfo {
+	t.Helper()
+	h := l.Hosts[i]
+	v, ok := readLease(t, l, h.Subnet)
+	if !ok {
+		t.Fatalf("no lease for %s (%s)", h.Name, h.Subnet)
+	}
+	return peerInfo{subnet: h.Subnet, mac: v.BackendData.VtepMAC, publicIP: h.Eth0IP}
+}
+
+// allVXLANPeersProgrammed checks every host holds route, neighbour and FDB
+// entry for every other host.
+func allVXLANPeersProgrammed(t *testing.T, l *lab.Lab) error {
+	t.Helper()
+	peers := make([]peerInfo, len(l.Hosts))
+	for i := range l.Hosts {
+		peers[i] = peerOf(t, l, i)
+	}
+	for i, h := range l.Hosts {
+		for j, p := range peers {
+			if i == j {
+				continue
+			}
+			ps, err := vxlanPeerState(h, p.subnet, p.mac, p.publicIP)
+			if err != nil {
+				return err
+			}
+			if ps != (peerState{true, true, true}) {
+				return fmt.Errorf("%s for peer %s: route/neigh/fdb = %v/%v/%v", h.Name, l.Hosts[j].Name, ps.route, ps.neigh, ps.fdb)
+			}
+		}
+	}
+	return nil
+}
+
+func runCmd(ctx context.Context, name string, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	return string(out), err
+}
