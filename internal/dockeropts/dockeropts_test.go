@@ -277,3 +277,13 @@ func TestInheritedValueRefusedWhenUnquotable(t *testing.T) {
 		t.Errorf("Render with a quote in the inherited value: %v", err)
 	}
 }
+
+func BenchmarkRender(b *testing.B) {
+	o, _ := ParseArgs([]string{"-k", "DOCKER_NETWORK_OPTIONS"})
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Render(o, []byte(seedEnv), noEnv); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

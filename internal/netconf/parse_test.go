@@ -416,3 +416,14 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkParse: weftd parses the config on every watch event of the key.
+func BenchmarkParse(b *testing.B) {
+	data := []byte(`{"Network":"172.30.0.0/16","SubnetLen":24,"SubnetMin":"172.30.1.0","SubnetMax":"172.30.254.0","Backend":{"Type":"vxlan","VNI":1,"DirectRouting":true}}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := Parse(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
