@@ -76,6 +76,7 @@ type Manager struct {
 	r6    subnetRange
 	six   bool
 	snaps chan Snapshot
+	wake  chan struct{} // tells keepAlive that a new lease was installed
 
 	mu        sync.Mutex
 	held      bool
@@ -108,6 +109,7 @@ func NewManager(cfg ManagerConfig) *Manager {
 		r6:       v6Range(cfg.Network),
 		six:      cfg.Network.EnableIPv6 && cfg.Network.IPv6Network.IsValid(),
 		snaps:    make(chan Snapshot, 1),
+		wake:     make(chan struct{}, 1),
 		peers:    map[string]Lease{},
 		rejected: map[string]int64{},
 		reason:   "no lease acquired yet",
@@ -427,6 +429,10 @@ func (m *Manager) install(own Lease, key string, leases []Lease, rev int64) {
 		m.setPeersLocked(leases, rev)
 	}
 	m.publishLocked()
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (m *Manager) setPeersLocked(leases []Lease, rev int64) {
@@ -512,14 +518,18 @@ func (m *Manager) Run(ctx context.Context) error {
 		reacqC    <-chan time.Time
 		relistB   = newBackoff(100*time.Millisecond, 5*time.Second)
 		reacqB    = newBackoff(100*time.Millisecond, 5*time.Second)
-		renewB    = newBackoff(time.Second, time.Minute)
-		renew     = time.NewTimer(m.renewIn())
+		renewLost = make(chan int64, 1)
 		check     = time.NewTicker(watchCheckInterval)
 		lostOwn   netip.Prefix // subnet to get back, while not held
 		lostID    int64        // etcd lease of the lost key, revoked once replaced
 		lastRelog string
 	)
-	defer func() { wcancel(); renew.Stop(); check.Stop() }()
+	defer func() { wcancel(); check.Stop() }()
+	// Renewals run on their own goroutine: a renewal stuck on an unreachable
+	// etcd must not stall the watch or the status.
+	kaDone := make(chan struct{})
+	defer func() { <-kaDone }()
+	go func() { defer close(kaDone); m.keepAlive(ctx, renewLost) }()
 
 	startWatch := func(rev int64) {
 		wcancel()
@@ -628,39 +638,14 @@ func (m *Manager) Run(ctx context.Context) error {
 				m.revoke(clientv3.LeaseID(lostID)) // it no longer holds our key
 			}
 			lostID = 0
-			renewB.reset()
-			resetTimer(renew, m.renewIn())
 
-		case <-renew.C:
+		case id := <-renewLost:
 			m.mu.Lock()
-			held, id := m.held, clientv3.LeaseID(m.own.EtcdLease)
+			still := m.held && m.own.EtcdLease == id
 			m.mu.Unlock()
-			if !held || id == 0 {
-				resetTimer(renew, m.renewIn())
-				continue
-			}
-			cctx, cancel := context.WithTimeout(ctx, callTimeout)
-			resp, err := m.cli.KeepAliveOnce(cctx, id)
-			cancel()
-			switch {
-			case err == nil:
-				renewB.reset()
-				m.mu.Lock()
-				if m.own.EtcdLease == int64(id) {
-					m.own.Expiration = time.Now().Add(time.Duration(resp.TTL) * time.Second)
-				}
-				m.mu.Unlock()
-				resetTimer(renew, m.renewIn())
-			case errors.Is(err, rpctypes.ErrLeaseNotFound):
-				m.log.Warn("etcd says our lease is gone; re-acquiring", "lease", fmt.Sprintf("%x", int64(id)))
+			if still {
+				m.log.Warn("etcd says our lease is gone; re-acquiring", "lease", fmt.Sprintf("%x", id))
 				ownLost(m.Own().Subnet)
-			case ctx.Err() != nil:
-				return nil
-			default:
-				// Silence is not loss: keep the lease, keep trying.
-				d := renewB.delay()
-				m.log.Warn("renewing the lease failed; keeping it and retrying", "lease", fmt.Sprintf("%x", int64(id)), "retryIn", d.Round(time.Millisecond), "err", err)
-				resetTimer(renew, d)
 			}
 
 		case <-check.C:
@@ -677,18 +662,71 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 }
 
-func resetTimer(t *time.Timer, d time.Duration) {
-	t.Stop()
-	t.Reset(d)
+// keepAlive renews the held etcd lease RenewMargin before it expires. A
+// failed renewal is retried with backoff and the lease is kept: only etcd
+// answering "lease not found" is reported (on lost) as a loss.
+func (m *Manager) keepAlive(ctx context.Context, lost chan<- int64) {
+	retry := newBackoff(time.Second, time.Minute)
+	var retryAt time.Time
+	for {
+		d := m.renewIn()
+		if !retryAt.IsZero() {
+			d = time.Until(retryAt)
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-m.wake:
+			t.Stop()
+			retryAt = time.Time{} // a new lease: start over
+			continue
+		case <-t.C:
+		}
+		m.mu.Lock()
+		held, id := m.held, m.own.EtcdLease
+		m.mu.Unlock()
+		if !held || id == 0 {
+			retryAt = time.Time{}
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		resp, err := m.cli.KeepAliveOnce(cctx, clientv3.LeaseID(id))
+		cancel()
+		switch {
+		case err == nil:
+			retry.reset()
+			retryAt = time.Time{}
+			m.mu.Lock()
+			if m.own.EtcdLease == id {
+				m.own.Expiration = time.Now().Add(time.Duration(resp.TTL) * time.Second)
+			}
+			m.mu.Unlock()
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+			retryAt = time.Time{}
+			select {
+			case lost <- id:
+			default:
+			}
+		case ctx.Err() != nil:
+			return
+		default:
+			// Silence is not loss: keep the lease, keep trying.
+			d := retry.delay()
+			retryAt = time.Now().Add(d)
+			m.log.Warn("renewing the lease failed; keeping it and retrying", "lease", fmt.Sprintf("%x", id), "retryIn", d.Round(time.Millisecond), "err", err)
+		}
+	}
 }
 
 // renewIn is when the next renewal is due: RenewMargin before expiry (or
 // halfway, when the margin is not shorter than the TTL).
 func (m *Manager) renewIn() time.Duration {
 	m.mu.Lock()
-	exp := m.own.Expiration
+	exp, held := m.own.Expiration, m.held
 	m.mu.Unlock()
-	if exp.IsZero() {
+	if exp.IsZero() || !held {
 		return time.Hour // a reservation, or nothing held: nothing to renew
 	}
 	margin := m.cfg.RenewMargin
