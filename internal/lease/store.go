@@ -180,10 +180,12 @@ func (s *Store) Get(ctx context.Context, subnet netip.Prefix) (Lease, error) {
 // per-key cost flannel pays on every list; weft pays it only in weftctl.
 // A lease etcd no longer knows gets Expiration = now (expired).
 func (s *Store) Expirations(ctx context.Context, leases []Lease) error {
-	ids := map[int64]time.Time{}
+	exps := map[int64]time.Time{}
+	var ids []int64
 	for _, l := range leases {
-		if l.EtcdLease != 0 {
-			ids[l.EtcdLease] = time.Time{}
+		if _, dup := exps[l.EtcdLease]; l.EtcdLease != 0 && !dup {
+			exps[l.EtcdLease] = time.Time{}
+			ids = append(ids, l.EtcdLease)
 		}
 	}
 	type result struct {
@@ -212,7 +214,7 @@ func (s *Store) Expirations(ctx context.Context, leases []Lease) error {
 	}
 	go func() {
 		defer close(work)
-		for id := range ids {
+		for _, id := range ids {
 			select {
 			case work <- id:
 			case <-ctx.Done():
@@ -224,7 +226,7 @@ func (s *Store) Expirations(ctx context.Context, leases []Lease) error {
 	for range len(ids) {
 		select {
 		case r := <-results:
-			ids[r.id] = r.exp
+			exps[r.id] = r.exp
 			if r.err != nil {
 				errs = append(errs, r.err)
 			}
@@ -234,7 +236,7 @@ func (s *Store) Expirations(ctx context.Context, leases []Lease) error {
 	}
 	for i := range leases {
 		if leases[i].EtcdLease != 0 {
-			leases[i].Expiration = ids[leases[i].EtcdLease]
+			leases[i].Expiration = exps[leases[i].EtcdLease]
 		}
 	}
 	return errors.Join(errs...)
