@@ -42,6 +42,7 @@ type command struct {
 var commands = map[string]command{
 	"docker-opts": {"write Docker options from subnet.env (mk-docker-opts.sh)", runDockerOpts},
 	"config":      {"get, set or validate the network config in etcd", runConfig},
+	"doctor":      {"check this host's overlay: device, bridge, routes, lease, etcd", runDoctor},
 	"leases":      {"list, show, rm, reserve, unreserve subnet leases", runLeases},
 	"lab":         {"run a multi-host overlay in network namespaces on this machine", runLab},
 	"version":     {"print the version", runVersion},

@@ -1,0 +1,316 @@
+package doctor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/etcdopts"
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netconf"
+	"github.com/weft-net/weft/internal/subnetenv"
+)
+
+// State is everything the checks look at. Each part carries its own read
+// error, so that one unreadable source fails its checks and not the others.
+type State struct {
+	Now time.Time
+
+	SubnetFile string
+	Env        subnetenv.Env
+	EnvErr     error // subnet.env missing or malformed
+
+	Etcd   EtcdState
+	Kernel KernelState
+}
+
+// EtcdState is what etcd holds under the prefix.
+type EtcdState struct {
+	Endpoints string
+	Prefix    string
+	Err       error // unreachable: nothing below is known
+	Config    netconf.Config
+	ConfigErr error // missing or invalid network config
+	Leases    []lease.Lease
+	LeasesErr error // listing or expiry lookup failed
+}
+
+// KernelState is the part of the host's network the overlay depends on, all
+// IPv4, read from one network namespace.
+type KernelState struct {
+	Err       error // a dump failed: the kernel checks cannot judge
+	Links     []Link
+	Routes    []Route // main table
+	Device    string  // overlay device name looked at, e.g. flannel.1
+	Neighs    []Neigh // permanent neighbours on Device
+	FDB       []FDB   // permanent FDB entries on Device
+	IPForward string  // content of net.ipv4.ip_forward, "" when unreadable
+	SysctlErr error
+}
+
+// Link is one network interface.
+type Link struct {
+	Name    string
+	Index   int
+	Type    string // netlink type: vxlan, bridge, veth, device, …
+	MTU     int
+	Up      bool
+	Addrs   []netip.Prefix // IPv4 addresses with their prefix length
+	VtepDev int            // vxlan: index of the underlay interface; 0 otherwise
+}
+
+// Route is one IPv4 main-table route.
+type Route struct {
+	Dst      netip.Prefix // 0.0.0.0/0 for the default route
+	Gw       netip.Addr
+	Link     int
+	Protocol int
+	OnLink   bool
+	Type     int // RTN_*; unicast when 0
+}
+
+// Neigh is a permanent neighbour entry.
+type Neigh struct {
+	IP  netip.Addr
+	MAC string
+}
+
+// FDB is a permanent forwarding-database entry of the vxlan device.
+type FDB struct {
+	MAC string
+	Dst netip.Addr
+}
+
+// LinkByName returns the link of that name.
+func (k KernelState) LinkByName(name string) (Link, bool) {
+	for _, l := range k.Links {
+		if l.Name == name {
+			return l, true
+		}
+	}
+	return Link{}, false
+}
+
+// LinkByIndex returns the link with that index.
+func (k KernelState) LinkByIndex(i int) (Link, bool) {
+	for _, l := range k.Links {
+		if l.Index == i {
+			return l, true
+		}
+	}
+	return Link{}, false
+}
+
+// ReadEnv reads subnet.env into s.
+func (s *State) ReadEnv(path string) {
+	s.SubnetFile = path
+	s.Env, s.EnvErr = subnetenv.Read(path)
+}
+
+// etcdTimeout bounds each etcd call of the doctor: an unreachable etcd is a
+// verdict, not a hang.
+const etcdTimeout = 5 * time.Second
+
+// ObserveEtcd reads the config and every lease (with its expiry) under
+// prefix. An unreachable etcd is recorded in Err, not returned: it is one of
+// the things the doctor reports.
+func ObserveEtcd(ctx context.Context, cli *clientv3.Client, prefix string) EtcdState {
+	e := EtcdState{Endpoints: strings.Join(cli.Endpoints(), ","), Prefix: prefix}
+	if err := etcdopts.Ping(ctx, cli, etcdTimeout); err != nil {
+		e.Err = err
+		return e
+	}
+	st := lease.NewStore(cli, prefix, nil)
+	data, _, err := st.GetConfig(ctx)
+	if err == nil {
+		var perr error
+		e.Config, _, perr = netconf.Parse(data)
+		if perr != nil {
+			err = fmt.Errorf("%s: %w", st.ConfigKey(), perr)
+		}
+	}
+	e.ConfigErr = err
+	e.Leases, _, e.LeasesErr = st.List(ctx)
+	if e.LeasesErr == nil {
+		ectx, cancel := context.WithTimeout(ctx, etcdTimeout)
+		e.LeasesErr = st.Expirations(ectx, e.Leases)
+		cancel()
+	}
+	return e
+}
+
+// DeviceName is the overlay device a config implies: flannel.<VNI> for vxlan,
+// "" for backends without one.
+func DeviceName(c netconf.Config) string {
+	if c.BackendType != "vxlan" {
+		return ""
+	}
+	vni := 1
+	if o, err := c.VXLAN(); err == nil && o.VNI != 0 {
+		vni = o.VNI
+	}
+	return fmt.Sprintf("flannel.%d", vni)
+}
+
+// SysctlReader reads a sysctl by its dotted name (net.ipv4.ip_forward).
+type SysctlReader func(name string) (string, error)
+
+// ProcSysctl reads /proc/sys of the calling thread's network namespace.
+func ProcSysctl(name string) (string, error) {
+	p := "/proc/sys/" + strings.ReplaceAll(name, ".", "/")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return "", fmt.Errorf("read sysctl %s: %w", name, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// ObserveKernel reads links, addresses, main-table routes and, when device
+// exists, its permanent neighbours and FDB entries through h (bound to the
+// namespace to look at), and ip_forward through sysctl.
+func ObserveKernel(h *netlink.Handle, device string, sysctl SysctlReader) KernelState {
+	k := KernelState{Device: device}
+	var errs []error
+	links, err := retry(func() ([]netlink.Link, error) { return h.LinkList() })
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list links: %w", err))
+	}
+	addrs, err := retry(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_V4) })
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list IPv4 addresses: %w", err))
+	}
+	byLink := map[int][]netip.Prefix{}
+	for _, a := range addrs {
+		if p, ok := prefixOf(a.IPNet); ok {
+			byLink[a.LinkIndex] = append(byLink[a.LinkIndex], p)
+		}
+	}
+	devIndex := 0
+	for _, l := range links {
+		at := l.Attrs()
+		kl := Link{Name: at.Name, Index: at.Index, Type: l.Type(), MTU: at.MTU,
+			Up: at.Flags&net.FlagUp != 0, Addrs: byLink[at.Index]}
+		if v, ok := l.(*netlink.Vxlan); ok {
+			kl.VtepDev = v.VtepDevIndex
+		}
+		if at.Name == device {
+			devIndex = at.Index
+		}
+		k.Links = append(k.Links, kl)
+	}
+	routes, err := retry(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list IPv4 main-table routes: %w", err))
+	}
+	for _, r := range routes {
+		kr := Route{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Link: r.LinkIndex,
+			Protocol: int(r.Protocol), OnLink: r.Flags&int(netlink.FLAG_ONLINK) != 0, Type: r.Type}
+		if p, ok := prefixOf(r.Dst); ok {
+			kr.Dst = p
+		}
+		if a, ok := netip.AddrFromSlice(r.Gw); ok {
+			kr.Gw = a.Unmap()
+		}
+		k.Routes = append(k.Routes, kr)
+	}
+	if devIndex != 0 {
+		ns, err := retry(func() ([]netlink.Neigh, error) { return h.NeighList(devIndex, netlink.FAMILY_V4) })
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list neighbours of %s: %w", device, err))
+		}
+		for _, n := range ns {
+			if n.State&netlink.NUD_PERMANENT == 0 {
+				continue
+			}
+			a, _ := netip.AddrFromSlice(n.IP)
+			k.Neighs = append(k.Neighs, Neigh{IP: a.Unmap(), MAC: n.HardwareAddr.String()})
+		}
+		fdb, err := retry(func() ([]netlink.Neigh, error) { return h.NeighList(devIndex, unix.AF_BRIDGE) })
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list FDB of %s: %w", device, err))
+		}
+		for _, n := range fdb {
+			// Learned entries belong to the kernel; weft's are permanent.
+			if n.State&netlink.NUD_PERMANENT == 0 || len(n.HardwareAddr) != 6 {
+				continue
+			}
+			a, _ := netip.AddrFromSlice(n.IP)
+			k.FDB = append(k.FDB, FDB{MAC: n.HardwareAddr.String(), Dst: a.Unmap()})
+		}
+	}
+	k.Err = errors.Join(errs...)
+	if sysctl != nil {
+		k.IPForward, k.SysctlErr = sysctl("net.ipv4.ip_forward")
+	}
+	return k
+}
+
+// retry repeats a dump the kernel interrupted (it changed under us).
+func retry[T any](f func() (T, error)) (T, error) {
+	var v T
+	var err error
+	for range 5 {
+		v, err = f()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return v, err
+		}
+	}
+	return v, err
+}
+
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	a = a.Unmap()
+	return netip.PrefixFrom(a, ones), true
+}
+
+// rtProtWeft is the route protocol weft marks its routes with.
+const rtProtWeft = int(dataplane.RTProtWeft)
+
+// Inputs are the sources Observe reads.
+type Inputs struct {
+	Etcd       *clientv3.Client
+	Prefix     string
+	SubnetFile string
+	// Handle is bound to the namespace to check (netlink.NewHandle() for the
+	// current one).
+	Handle *netlink.Handle
+	// Sysctl reads sysctls of that same namespace (ProcSysctl for the current one).
+	Sysctl SysctlReader
+	Now    time.Time
+}
+
+// Observe reads everything the checks need.
+func Observe(ctx context.Context, in Inputs) State {
+	s := State{Now: in.Now}
+	if s.Now.IsZero() {
+		s.Now = time.Now()
+	}
+	s.ReadEnv(in.SubnetFile)
+	s.Etcd = ObserveEtcd(ctx, in.Etcd, in.Prefix)
+	dev := ""
+	if s.Etcd.Err == nil && s.Etcd.ConfigErr == nil {
+		dev = DeviceName(s.Etcd.Config)
+	}
+	s.Kernel = ObserveKernel(in.Handle, dev, in.Sysctl)
+	return s
+}
