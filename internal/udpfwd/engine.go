@@ -1,0 +1,375 @@
+// Package udpfwd is the packet engine of weft's udp backend: it moves IPv4
+// packets between the TUN device flannel0 and a UDP socket, in flannel's wire
+// format (the inner IP packet, unchanged but for its TTL, is the whole UDP
+// payload; one port, 8285 by default, for sending and receiving).
+//
+// flanneld's engine is a single-threaded C loop doing one read() and one
+// sendto() per packet. This one moves batches, using wireguard-go's tun and
+// conn packages (without any of WireGuard's crypto):
+//
+//   - TUN with IFF_VNET_HDR and TSO/USO offloads: one read() returns a TCP or
+//     UDP super-packet of up to 64 KiB that is split here into MTU-sized
+//     segments (with their checksums), and writes coalesce segments back into
+//     super-packets (GRO) so the kernel's stack sees few, large packets;
+//   - UDP with recvmmsg/sendmmsg and UDP GSO/GRO: one sendmsg carries up to
+//     64 datagrams to one peer, one recvmsg returns as many;
+//   - 7 MiB socket buffers (SO_RCVBUFFORCE/SO_SNDBUFFORCE);
+//   - buffers allocated once per goroutine; the route lookup is a map probe on
+//     an immutable table (Table) read through an atomic pointer, so the
+//     control plane swaps the peer set without stopping or locking the engine.
+//
+// Per packet the engine does what flannel's does: longest-prefix match of the
+// destination to a peer, TTL decrement with an incremental checksum update
+// (packets whose TTL would reach 0 are dropped), ICMP net unreachable back
+// into flannel0 for destinations no peer owns; and, beyond flannel, ICMP
+// fragmentation needed for a DF packet bigger than the path.
+package udpfwd
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// headroom is the space left in front of every packet buffer: the TUN device
+// writes its 10-byte virtio-net header there.
+const headroom = 16
+
+// bufSize holds the largest IPv4 packet (64 KiB) after the headroom; TUN
+// reads of super-packets and UDP GSO coalescing both need it.
+const bufSize = headroom + 65535
+
+// DefaultPort is flannel's udp backend port.
+const DefaultPort = 8285
+
+// Config is what an Engine runs on.
+type Config struct {
+	TUN  tun.Device // opened by the caller (in the right network namespace); closed by Close
+	Bind conn.Bind  // not yet opened; Start opens it on Port; closed by Close
+	Port uint16
+	// MTU is the largest inner packet that fits one UDP datagram on the
+	// underlay (underlay MTU − 28). Bigger packets with DF get ICMP
+	// fragmentation needed; without DF they are sent and the kernel fragments
+	// the datagram. 0 = no check.
+	MTU int
+	Log *slog.Logger
+}
+
+// Stats are cumulative packet counters.
+type Stats struct {
+	TxPackets, TxBytes uint64 // TUN → UDP
+	RxPackets, RxBytes uint64 // UDP → TUN
+	NoRoute            uint64 // no peer for the destination (ICMP net unreachable)
+	TooBig             uint64 // DF and bigger than MTU (ICMP fragmentation needed)
+	TTLExpired         uint64
+	Malformed          uint64
+	NotReady           uint64 // dropped before the first peer table arrived
+	SendErrors         uint64 // failed sendmmsg batches
+	TUNWriteErrors     uint64
+}
+
+type counters struct {
+	txPackets, txBytes, rxPackets, rxBytes, noRoute, tooBig, ttl, malformed, notReady, sendErrs, tunErrs atomic.Uint64
+}
+
+// Engine forwards packets between a TUN device and a UDP socket.
+type Engine struct {
+	cfg   Config
+	log   *slog.Logger
+	table atomic.Pointer[Table]
+	c     counters
+
+	wg        sync.WaitGroup
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+	started   bool
+}
+
+// New returns an engine; nothing runs until Start.
+func New(cfg Config) (*Engine, error) {
+	if cfg.TUN == nil || cfg.Bind == nil {
+		return nil, errors.New("udpfwd: new engine: TUN and Bind are required")
+	}
+	if cfg.MTU < 0 || cfg.MTU > 65535 {
+		return nil, fmt.Errorf("udpfwd: new engine: MTU %d: must be in 0..65535", cfg.MTU)
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Engine{cfg: cfg, log: cfg.Log, done: make(chan struct{})}, nil
+}
+
+// SetPeers replaces the peer table atomically; packets in flight finish with
+// the table they started with. Until the first call the engine drops what it
+// reads from the TUN without ICMP errors: after a restart, "no peer known
+// yet" must not be reported to containers as "network unreachable".
+func (e *Engine) SetPeers(t *Table) { e.table.Store(t) }
+
+// Peers returns the current table (nil before the first SetPeers).
+func (e *Engine) Peers() *Table { return e.table.Load() }
+
+// Start opens the socket and starts the forwarding goroutines. The socket is
+// created in the network namespace of the calling thread.
+func (e *Engine) Start() error {
+	if e.started {
+		return errors.New("udpfwd: engine already started")
+	}
+	fns, port, err := e.cfg.Bind.Open(e.cfg.Port)
+	if err != nil {
+		return fmt.Errorf("udpfwd: listen on UDP port %d: %w", e.cfg.Port, err)
+	}
+	e.started = true
+	e.log.Info("udp engine started", "port", port, "tun_batch", e.cfg.TUN.BatchSize(), "udp_batch", e.cfg.Bind.BatchSize(), "mtu", e.cfg.MTU)
+	e.wg.Add(2 + len(fns))
+	go e.drainEvents()
+	go e.tunToUDP()
+	for _, fn := range fns {
+		go e.udpToTUN(fn)
+	}
+	return nil
+}
+
+// Close stops the engine: it closes the socket and the TUN file descriptor
+// and waits for the goroutines. The TUN device itself survives if the caller
+// made it persistent.
+func (e *Engine) Close() error {
+	e.closeOnce.Do(func() {
+		close(e.done)
+		e.closeErr = errors.Join(e.cfg.Bind.Close(), e.cfg.TUN.Close())
+		e.wg.Wait()
+	})
+	return e.closeErr
+}
+
+// Stats returns the counters so far.
+func (e *Engine) Stats() Stats {
+	c := &e.c
+	return Stats{
+		TxPackets: c.txPackets.Load(), TxBytes: c.txBytes.Load(),
+		RxPackets: c.rxPackets.Load(), RxBytes: c.rxBytes.Load(),
+		NoRoute: c.noRoute.Load(), TooBig: c.tooBig.Load(), TTLExpired: c.ttl.Load(),
+		Malformed: c.malformed.Load(), NotReady: c.notReady.Load(),
+		SendErrors: c.sendErrs.Load(), TUNWriteErrors: c.tunErrs.Load(),
+	}
+}
+
+// drainEvents empties the TUN's up/down event channel: wireguard-go's
+// listeners block once it is full.
+func (e *Engine) drainEvents() {
+	defer e.wg.Done()
+	ev := e.cfg.TUN.Events()
+	for {
+		select {
+		case <-e.done:
+			return
+		case _, ok := <-ev:
+			if !ok {
+				return
+			}
+		}
+	}
+}
+
+func isClosed(err error) bool {
+	return errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed)
+}
+
+// errLog logs the first error of a kind and then at most one per interval,
+// so a broken peer cannot flood the log at packet rate.
+type errLog struct {
+	log  *slog.Logger
+	msg  string
+	last time.Time
+	n    int
+}
+
+func (l *errLog) note(err error, args ...any) {
+	l.n++
+	if now := time.Now(); now.Sub(l.last) > 10*time.Second {
+		l.log.Warn(l.msg, append(args, "err", err, "count", l.n)...)
+		l.last, l.n = now, 0
+	}
+}
+
+func makeBufs(n, size int) [][]byte {
+	bufs := make([][]byte, n)
+	for i := range bufs {
+		bufs[i] = make([]byte, size)
+	}
+	return bufs
+}
+
+// tunToUDP reads batches from the TUN device, routes each packet to its peer
+// and sends each run of consecutive packets to one peer with one sendmmsg
+// (coalesced with UDP GSO where the kernel allows).
+func (e *Engine) tunToUDP() {
+	defer e.wg.Done()
+	batch := e.cfg.TUN.BatchSize()
+	bufs := makeBufs(batch, bufSize)
+	sizes := make([]int, batch)
+	send := make([][]byte, 0, batch)
+	icmpBufs := makeBufs(batch, headroom+icmpErrorMax)
+	icmpOut := make([][]byte, 0, batch)
+	readErrs := errLog{log: e.log, msg: "read from TUN failed"}
+	sendErrs := errLog{log: e.log, msg: "send to peer failed"}
+	mtu := e.cfg.MTU
+	c := &e.c
+	for {
+		n, err := e.cfg.TUN.Read(bufs, sizes, headroom)
+		if err != nil {
+			if isClosed(err) {
+				return
+			}
+			readErrs.note(err)
+			if n == 0 {
+				continue
+			}
+		}
+		tbl := e.table.Load()
+		if tbl == nil {
+			c.notReady.Add(uint64(n))
+			continue
+		}
+		var (
+			txp, txb, noRoute, tooBig, ttl, bad uint64
+			cur                                 = -1
+			lastDst                             uint32
+			lastPeer                            = -1
+		)
+		flush := func() {
+			if len(send) == 0 {
+				return
+			}
+			if err := e.cfg.Bind.Send(send, tbl.eps[cur]); err != nil {
+				c.sendErrs.Add(1)
+				sendErrs.note(err, "peer", tbl.peers[cur].Addr)
+			}
+			send = send[:0]
+		}
+		icmpOut = icmpOut[:0]
+		for i := range n {
+			pkt := bufs[i][headroom : headroom+sizes[i]]
+			hl := checkIPv4(pkt)
+			if hl == 0 {
+				bad++
+				continue
+			}
+			dst := binary.BigEndian.Uint32(pkt[offDst:])
+			// A batch is usually one flow (a GSO super-packet split in
+			// segments): one lookup per destination change, not per packet.
+			if dst != lastDst || lastPeer < 0 {
+				lastDst, lastPeer = dst, tbl.Lookup(dst)
+			}
+			j := lastPeer
+			if j < 0 {
+				noRoute++
+				if m := buildICMPError(icmpBufs[len(icmpOut)][headroom:], pkt, hl, codeNetUnreach, 0); m > 0 {
+					icmpOut = append(icmpOut, icmpBufs[len(icmpOut)][:headroom+m])
+				}
+				continue
+			}
+			if mtu > 0 && len(pkt) > mtu && binary.BigEndian.Uint16(pkt[offFrag:])&flagDF != 0 {
+				tooBig++
+				if m := buildICMPError(icmpBufs[len(icmpOut)][headroom:], pkt, hl, codeFragNeeded, uint16(mtu)); m > 0 {
+					icmpOut = append(icmpOut, icmpBufs[len(icmpOut)][:headroom+m])
+				}
+				continue
+			}
+			if !decTTL(pkt) {
+				ttl++
+				continue
+			}
+			if j != cur {
+				flush()
+				cur = j
+			}
+			send = append(send, pkt)
+			txp++
+			txb += uint64(len(pkt))
+		}
+		flush()
+		if len(icmpOut) > 0 {
+			if _, err := e.cfg.TUN.Write(icmpOut, headroom); err != nil && !isClosed(err) {
+				c.tunErrs.Add(1)
+			}
+		}
+		c.txPackets.Add(txp)
+		c.txBytes.Add(txb)
+		if noRoute|tooBig|ttl|bad != 0 {
+			c.noRoute.Add(noRoute)
+			c.tooBig.Add(tooBig)
+			c.ttl.Add(ttl)
+			c.malformed.Add(bad)
+		}
+	}
+}
+
+// udpToTUN receives batches from the socket and writes the packets into the
+// TUN device in one call, which coalesces TCP and UDP segments (GRO).
+func (e *Engine) udpToTUN(recv conn.ReceiveFunc) {
+	defer e.wg.Done()
+	batch := e.cfg.Bind.BatchSize()
+	bufs := makeBufs(batch, bufSize)
+	pkts := make([][]byte, batch)
+	for i := range pkts {
+		pkts[i] = bufs[i][headroom:]
+	}
+	sizes := make([]int, batch)
+	eps := make([]conn.Endpoint, batch)
+	out := make([][]byte, 0, batch)
+	recvErrs := errLog{log: e.log, msg: "receive from UDP socket failed"}
+	writeErrs := errLog{log: e.log, msg: "write to TUN failed"}
+	c := &e.c
+	for {
+		n, err := recv(pkts, sizes, eps)
+		if err != nil {
+			if isClosed(err) {
+				return
+			}
+			recvErrs.note(err)
+			continue
+		}
+		var rxp, rxb, ttl, bad uint64
+		out = out[:0]
+		for i := range n {
+			pkt := pkts[i][:sizes[i]]
+			if sizes[i] == 0 || checkIPv4(pkt) == 0 {
+				bad++
+				continue
+			}
+			if !decTTL(pkt) {
+				ttl++
+				continue
+			}
+			out = append(out, bufs[i][:headroom+sizes[i]])
+			rxp++
+			rxb += uint64(sizes[i])
+		}
+		clear(eps[:n]) // let the endpoints the bind allocated go
+		if len(out) > 0 {
+			if _, err := e.cfg.TUN.Write(out, headroom); err != nil {
+				if isClosed(err) {
+					return
+				}
+				c.tunErrs.Add(1)
+				writeErrs.note(err)
+			}
+		}
+		c.rxPackets.Add(rxp)
+		c.rxBytes.Add(rxb)
+		if ttl|bad != 0 {
+			c.ttl.Add(ttl)
+			c.malformed.Add(bad)
+		}
+	}
+}
