@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -62,6 +63,27 @@ func TestVXLANOpsNoteTopology(t *testing.T) {
 		want := fmt.Sprintf("FLANNEL_NETWORK=172.30.0.0/16\nFLANNEL_SUBNET=%s/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n", h.Subnet.Addr().Next())
 		if string(b) != want {
 			t.Errorf("%s: subnet.env\n%s\nwant\n%s", h.Name, b, want)
+		}
+
+		// The ops note's ExecStartPost output, and docker0 built from it.
+		b, err = os.ReadFile(filepath.Join(filepath.Dir(h.SubnetFile), "docker"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bip := h.Subnet.Addr().Next().String() + "/24"
+		want = fmt.Sprintf("DOCKER_OPT_BIP=\"--bip=%s\"\nDOCKER_OPT_IPMASQ=\"--ip-masq=true\"\nDOCKER_OPT_MTU=\"--mtu=1450\"\nDOCKER_NETWORK_OPTIONS=\" --bip=%s --ip-masq=true --mtu=1450 \"\n", bip, bip)
+		if string(b) != want {
+			t.Errorf("%s: docker options\n%s\nwant\n%s", h.Name, b, want)
+		}
+		for _, x := range []struct {
+			nl   *netlink.Handle
+			name string
+		}{{h.NS.Handle, "docker0"}, {h.NS.Handle, "vethc1"}, {h.ContainerNS.Handle, "eth0"}} {
+			if link, err := x.nl.LinkByName(x.name); err != nil {
+				t.Errorf("%s: %s: %v", h.Name, x.name, err)
+			} else if link.Attrs().MTU != 1450 {
+				t.Errorf("%s: %s MTU %d, want FLANNEL_MTU 1450", h.Name, x.name, link.Attrs().MTU)
+			}
 		}
 	}
 	if err := allVXLANPeersProgrammed(t, l); err != nil {

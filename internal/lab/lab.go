@@ -428,7 +428,11 @@ func (l *Lab) finishHost(ctx context.Context, h *Host, since time.Time) error {
 	}
 	h.Subnet = env.Subnet.Masked()
 	h.MTU = env.MTU
-	if err := l.addContainer(h, env); err != nil {
+	d, err := writeDockerOpts(h.SubnetFile, filepath.Join(filepath.Dir(h.SubnetFile), "docker"))
+	if err != nil {
+		return fmt.Errorf("host %s: %w", h.Name, err)
+	}
+	if err := l.addContainer(h, d); err != nil {
 		return fmt.Errorf("host %s: %w", h.Name, err)
 	}
 	l.log.Info("host ready", "host", h.Name, "subnet", h.Subnet, "mtu", h.MTU, "container", h.ContainerIP)
@@ -437,8 +441,8 @@ func (l *Lab) finishHost(ctx context.Context, h *Host, since time.Time) error {
 
 // addContainer builds docker0 (as `dockerd --bip --mtu` would) and one
 // container namespace on it.
-func (l *Lab) addContainer(h *Host, env SubnetEnv) error {
-	if err := addBridge(h.NS.Handle, "docker0", env.MTU, env.Subnet); err != nil {
+func (l *Lab) addContainer(h *Host, d dockerOpts) error {
+	if err := addBridge(h.NS.Handle, "docker0", d.MTU, d.BIP); err != nil {
 		return err
 	}
 	cns, err := netnstest.Create(h.Name + "-c1")
@@ -457,16 +461,16 @@ func (l *Lab) addContainer(h *Host, env SubnetEnv) error {
 		if err != nil {
 			return fmt.Errorf("find %s in %s: %w", x.name, x.ns.Name, err)
 		}
-		if err := x.ns.Handle.LinkSetMTU(link, env.MTU); err != nil {
-			return fmt.Errorf("set MTU %d on %s in %s: %w", env.MTU, x.name, x.ns.Name, err)
+		if err := x.ns.Handle.LinkSetMTU(link, d.MTU); err != nil {
+			return fmt.Errorf("set MTU %d on %s in %s: %w", d.MTU, x.name, x.ns.Name, err)
 		}
 	}
 	if err := setMaster(h.NS.Handle, containerVeth, "docker0"); err != nil {
 		return err
 	}
-	gw := env.Subnet.Addr()
+	gw := d.BIP.Addr()
 	h.ContainerIP = gw.Next()
-	if err := addAddr(cns.Handle, "eth0", netip.PrefixFrom(h.ContainerIP, env.Subnet.Bits())); err != nil {
+	if err := addAddr(cns.Handle, "eth0", netip.PrefixFrom(h.ContainerIP, d.BIP.Bits())); err != nil {
 		return err
 	}
 	eth0, err := cns.Handle.LinkByName("eth0")

@@ -1,8 +1,6 @@
 package lab
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"net"
 	"net/netip"
@@ -11,6 +9,9 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/weft-net/weft/internal/dockeropts"
+	"github.com/weft-net/weft/internal/subnetenv"
 )
 
 // addBridge creates an up bridge with an optional MTU (0 = kernel default)
@@ -64,15 +65,11 @@ func addAddr(h *netlink.Handle, link string, p netip.Prefix) error {
 	return nil
 }
 
-// SubnetEnv is what the lab needs of a host's subnet.env.
-type SubnetEnv struct {
-	Network netip.Prefix // FLANNEL_NETWORK
-	Subnet  netip.Prefix // FLANNEL_SUBNET, e.g. 172.30.19.1/24 (docker0's address)
-	MTU     int          // FLANNEL_MTU
-	IPMasq  bool         // FLANNEL_IPMASQ
-}
+// SubnetEnv is the content of a host's subnet.env.
+type SubnetEnv = subnetenv.Env
 
-// ReadSubnetEnv parses flannel's subnet.env format (KEY=VALUE lines).
+// ReadSubnetEnv reads a host's subnet.env and checks what the lab relies
+// on: an IPv4 FLANNEL_SUBNET and a usable FLANNEL_MTU.
 func ReadSubnetEnv(path string) (SubnetEnv, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -82,44 +79,65 @@ func ReadSubnetEnv(path string) (SubnetEnv, error) {
 }
 
 func parseSubnetEnv(path string, b []byte) (SubnetEnv, error) {
-	var env SubnetEnv
-	seen := map[string]bool{}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, v, ok := strings.Cut(line, "=")
-		if !ok {
-			return env, fmt.Errorf("%s: line %q: want KEY=VALUE", path, line)
-		}
-		var err error
-		switch k {
-		case "FLANNEL_NETWORK":
-			env.Network, err = netip.ParsePrefix(v)
-		case "FLANNEL_SUBNET":
-			env.Subnet, err = netip.ParsePrefix(v)
-		case "FLANNEL_MTU":
-			env.MTU, err = strconv.Atoi(v)
-		case "FLANNEL_IPMASQ":
-			env.IPMasq, err = strconv.ParseBool(v)
-		}
-		if err != nil {
-			return env, fmt.Errorf("%s: %s=%q: %w", path, k, v, err)
-		}
-		seen[k] = true
+	env, err := subnetenv.Parse(b)
+	if err != nil {
+		return env, fmt.Errorf("%s: %w", path, err)
 	}
-	for _, k := range []string{"FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU"} {
-		if !seen[k] {
-			return env, fmt.Errorf("%s: %s missing", path, k)
-		}
+	if !env.Subnet.IsValid() {
+		return env, fmt.Errorf("%s: no FLANNEL_SUBNET: the lab needs an IPv4 subnet", path)
 	}
-	if env.MTU < 68 || env.MTU > 65535 {
-		return env, fmt.Errorf("%s: FLANNEL_MTU=%d: must be between 68 and 65535", path, env.MTU)
-	}
-	if !env.Subnet.Addr().Is4() {
-		return env, fmt.Errorf("%s: FLANNEL_SUBNET=%s: the lab needs an IPv4 subnet", path, env.Subnet)
+	if env.MTU < 68 {
+		return env, fmt.Errorf("%s: FLANNEL_MTU=%d: must be at least 68", path, env.MTU)
 	}
 	return env, nil
+}
+
+// dockerOpts is what dockerd would take from the ops note's
+// /run/flannel/docker: --bip and --mtu.
+type dockerOpts struct {
+	BIP netip.Prefix
+	MTU int
+}
+
+// writeDockerOpts does the ops note's ExecStartPost
+// (mk-docker-opts.sh -k DOCKER_NETWORK_OPTIONS -d <dir>/docker) and reads
+// back DOCKER_NETWORK_OPTIONS, as `dockerd $DOCKER_NETWORK_OPTIONS` would.
+func writeDockerOpts(subnetFile, outFile string) (dockerOpts, error) {
+	o := dockeropts.Defaults()
+	o.SubnetFile, o.OutFile, o.Key = subnetFile, outFile, "DOCKER_NETWORK_OPTIONS"
+	o.Individual, o.Combined = true, true
+	noEnv := func(string) (string, bool) { return "", false }
+	if err := dockeropts.Run(o, noEnv); err != nil {
+		return dockerOpts{}, fmt.Errorf("docker options from %s: %w", subnetFile, err)
+	}
+	b, err := os.ReadFile(outFile)
+	if err != nil {
+		return dockerOpts{}, err
+	}
+	vars, err := subnetenv.ParseVars(b)
+	if err != nil {
+		return dockerOpts{}, fmt.Errorf("%s: %w", outFile, err)
+	}
+	var d dockerOpts
+	for _, v := range vars {
+		if v.Name != o.Key {
+			continue
+		}
+		for _, f := range strings.Fields(v.Value) {
+			k, val, _ := strings.Cut(f, "=")
+			switch k {
+			case "--bip":
+				d.BIP, err = netip.ParsePrefix(val)
+			case "--mtu":
+				d.MTU, err = strconv.Atoi(val)
+			}
+			if err != nil {
+				return d, fmt.Errorf("%s: %s %q: %w", outFile, o.Key, f, err)
+			}
+		}
+	}
+	if !d.BIP.IsValid() || !d.BIP.Addr().Is4() || d.MTU < 68 {
+		return d, fmt.Errorf("%s: %s lacks a usable --bip and --mtu", outFile, o.Key)
+	}
+	return d, nil
 }

@@ -105,7 +105,11 @@ func runLab(ctx context.Context, env *Env, args []string) error {
 	if len(l.Hosts) > 1 {
 		fmt.Fprintf(env.Stdout, "  ip netns exec %s ping %s\n", l.Hosts[0].ContainerNS.Name, l.Hosts[1].ContainerIP)
 	}
-	fmt.Fprintf(env.Stdout, "  ip netns exec %s ip -d link show flannel.1\n", l.Hosts[0].Name)
+	if l.Config().Backend == "vxlan" {
+		fmt.Fprintf(env.Stdout, "  ip netns exec %s ip -d link show flannel.1\n", l.Hosts[0].Name)
+	} else {
+		fmt.Fprintf(env.Stdout, "  ip netns exec %s ip route\n", l.Hosts[0].Name)
+	}
 	fmt.Fprintf(env.Stdout, "  etcdctl --endpoints %s get --prefix /kube-centos/network/subnets\n", l.EtcdEndpoint)
 	fmt.Fprintf(env.Stdout, "  weftctl lab status --name %s\n", l.Name)
 	fmt.Fprintf(env.Stdout, "weftd logs are in %s/<host>/weftd.log. Ctrl-C or 'weftctl lab down --name %s' removes the lab.\n", l.StateDir, l.Name)
