@@ -118,7 +118,7 @@ func (s State) localAddr(a netip.Addr) bool {
 
 func checkEtcd(s State) Verdict {
 	if s.Etcd.Err != nil {
-		return fail(CheckEtcd, fmt.Sprintf("etcd %s unreachable: %v", s.Etcd.Endpoints, s.Etcd.Err),
+		return fail(CheckEtcd, fmt.Sprintf("unreachable: %v", s.Etcd.Err),
 			"check FLANNEL_ETCD_ENDPOINTS in /etc/sysconfig/flanneld (or -etcd-endpoints), the etcd service, TLS flags and firewall")
 	}
 	return pass(CheckEtcd, fmt.Sprintf("etcd %s answers", s.Etcd.Endpoints))
@@ -599,12 +599,12 @@ func peerVerdict(check, what string, want int, missing, stale []string) Verdict 
 	}
 	var parts []string
 	if len(missing) > 0 {
-		parts = append(parts, fmt.Sprintf("%d of %d missing: %s", len(missing), want, list(missing)))
+		parts = append(parts, fmt.Sprintf("%d of %d %s missing: %s", len(missing), want, what, list(missing)))
 	}
 	if len(stale) > 0 {
-		parts = append(parts, fmt.Sprintf("%d stale (no lease behind them): %s", len(stale), list(stale)))
+		parts = append(parts, fmt.Sprintf("%d stale %s (no lease behind them): %s", len(stale), what, list(stale)))
 	}
-	return fail(check, what+": "+strings.Join(parts, "; "), restartFix)
+	return fail(check, strings.Join(parts, "; "), restartFix)
 }
 
 // list shortens a long list for a one-line verdict.
