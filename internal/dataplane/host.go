@@ -57,10 +57,12 @@ func NewBackend(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Logg
 		return newHostGW(host, h, log.With("backend", "host-gw")), nil
 	case "alloc":
 		return newAlloc(host, h), nil
-	case "udp", "ipip", "wireguard":
-		return nil, fmt.Errorf("dataplane: backend type %q is not yet supported by weft (supported: vxlan, host-gw, alloc)", cfg.BackendType)
+	case "udp":
+		return newUDP(cfg, host, h, log.With("backend", "udp"))
+	case "ipip", "wireguard":
+		return nil, fmt.Errorf("dataplane: backend type %q is not yet supported by weft (supported: vxlan, host-gw, udp, alloc)", cfg.BackendType)
 	default:
-		return nil, fmt.Errorf("dataplane: unknown backend type %q (supported: vxlan, host-gw, alloc)", cfg.BackendType)
+		return nil, fmt.Errorf("dataplane: unknown backend type %q (supported: vxlan, host-gw, udp, alloc)", cfg.BackendType)
 	}
 }
 

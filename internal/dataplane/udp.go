@@ -1,0 +1,361 @@
+package dataplane
+
+// The udp backend, as flannel defines it (its backend/udp): a TUN device
+// flannel0 carrying
+//
+//	address  <lease network address>/32          (e.g. 10.5.19.0/32)
+//	route    <Network> dev flannel0               (e.g. 10.5.0.0/16)
+//	mtu      underlay MTU − 28 (outer IPv4 + UDP)
+//
+// and a userspace engine (internal/udpfwd) that sends every packet the
+// kernel routes into flannel0 to the owning peer's PublicIP:Port as the
+// payload of one UDP datagram, and writes what arrives on the port back into
+// flannel0. The lease carries no BackendData: peers' ports are the network's
+// Port, so a weft host and a flanneld host with the udp backend interoperate.
+//
+// The /32 gives host-to-container traffic a source address inside the overlay
+// without a connected route (flannel before 0.7.0 put the /16 there). The
+// Network route is more general than every host's docker0 /24, so the own
+// subnet stays local and everything else in the overlay goes to flannel0.
+//
+// Restarts. The engine lives in the daemon's process, so while weftd is
+// stopped nothing forwards: overlay traffic stops for the restart window,
+// unlike vxlan and host-gw whose data path is the kernel's. What weft does
+// keep is the kernel state: flannel0 is made persistent (TUNSETPERSIST), so
+// closing the engine leaves the device, its address and the Network route in
+// place — packets are dropped at flannel0 instead of leaking out of the
+// default route to the underlay — and the next weftd re-attaches to the same
+// device and resumes forwarding as soon as its first Apply installs the peer
+// table. TCP connections survive a restart of a few seconds (their
+// retransmissions get through afterwards). flanneld deletes flannel0 on
+// exit, taking the route with it.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"sync/atomic"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netconf"
+	"github.com/weft-net/weft/internal/udpfwd"
+)
+
+// UDPDeviceName is flannel's TUN device name for the udp backend.
+const UDPDeviceName = "flannel0"
+
+// udpOverhead is what the udp backend adds to every packet: outer IPv4 (20)
+// + UDP (8).
+const udpOverhead = 28
+
+type udpBackend struct {
+	network netip.Prefix
+	port    int
+	host    Host
+	h       *netlink.Handle
+	log     *slog.Logger
+	w       *watcher
+
+	// Only the loop goroutine (and Init before it) touches these.
+	eng      *udpfwd.Engine
+	link     netlink.Link
+	devIndex atomic.Int32 // read by the watcher's filters
+	notes    peerNotes
+	closed   atomic.Bool // an Apply after Close must not start a new engine
+}
+
+func newUDP(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Logger) (*udpBackend, error) {
+	o, err := cfg.UDP()
+	if err != nil {
+		return nil, fmt.Errorf("dataplane: udp backend options: %w", err)
+	}
+	if o.Port == 0 {
+		o.Port = udpfwd.DefaultPort
+	}
+	if o.Port < 1 || o.Port > 65535 {
+		return nil, fmt.Errorf("dataplane: udp Backend.Port %d: must be in 1..65535", o.Port)
+	}
+	if !cfg.Network.IsValid() || !cfg.Network.Addr().Is4() {
+		return nil, fmt.Errorf("dataplane: udp backend: Network %s: must be an IPv4 prefix (the route through %s)", cfg.Network, UDPDeviceName)
+	}
+	return &udpBackend{
+		network: cfg.Network.Masked(), port: o.Port, host: host, h: h,
+		log: log.With("device", UDPDeviceName, "port", o.Port),
+		w:   newWatcher(host.NetNS, log),
+	}, nil
+}
+
+func (b *udpBackend) mtu() int { return b.host.IfaceMTU - udpOverhead }
+
+// inNS runs fn on a thread in the host's namespace: a TUN device and a socket
+// belong to the namespace of the thread that creates them, and the netlink
+// handle alone cannot choose it.
+func inNS(ns *netns.NsHandle, fn func() error) error {
+	if ns == nil {
+		return fn()
+	}
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("get current netns: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(*ns); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter netns %s: %w", ns, err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		// Leave the thread locked: the runtime discards it when the
+		// goroutine ends instead of reusing a thread in the wrong namespace.
+		return errors.Join(ferr, fmt.Errorf("return from netns %s: %w", ns, err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+// Init resolves the underlay, attaches to (or creates) flannel0 and starts
+// the engine with no peers. Address and route wait for the first snapshot,
+// so that a restart leaves what the previous run installed untouched.
+func (b *udpBackend) Init(ctx context.Context) (Published, int, error) {
+	host, _, err := resolveHost(b.h, b.host)
+	if err != nil {
+		return Published{}, 0, err
+	}
+	if !host.IfaceAddr.Is4() {
+		return Published{}, 0, fmt.Errorf("dataplane: udp local address %s on %s: must be IPv4", host.IfaceAddr, host.IfaceName)
+	}
+	b.host = host
+	if b.mtu() < 576 {
+		return Published{}, 0, fmt.Errorf("dataplane: udp backend: underlay %s MTU %d leaves %d for flannel0: must be at least 576", host.IfaceName, host.IfaceMTU, b.mtu())
+	}
+	if err := b.ensureDevice(); err != nil {
+		return Published{}, 0, err
+	}
+	b.w.start(watchFilter{
+		link: func(u netlink.LinkUpdate) bool {
+			idx := int32(u.Attrs().Index)
+			if u.Header.Type == unix.RTM_DELLINK {
+				return idx == b.devIndex.Load() || int(idx) == b.host.IfaceIndex
+			}
+			if u.Attrs().Name == UDPDeviceName {
+				return idx != b.devIndex.Load() || u.Attrs().Flags&net.FlagUp == 0
+			}
+			return false
+		},
+		route: func(u netlink.RouteUpdate) bool {
+			return u.Type == unix.RTM_DELROUTE && u.Protocol == RTProtWeft
+		},
+		addr: func(u netlink.AddrUpdate) bool {
+			return !u.NewAddr && int32(u.LinkIndex) == b.devIndex.Load()
+		},
+	})
+	return Published{BackendType: "udp"}, b.mtu(), nil
+}
+
+func (b *udpBackend) Events() <-chan struct{} { return b.w.ch }
+
+// Close stops the watcher and the engine; flannel0, its address and routes
+// stay (see the package notes on restarts).
+func (b *udpBackend) Close() error {
+	b.closed.Store(true)
+	b.w.close()
+	if b.eng != nil {
+		err := b.eng.Close()
+		b.eng = nil
+		if err != nil {
+			return fmt.Errorf("dataplane: stop udp engine: %w", err)
+		}
+	}
+	return nil
+}
+
+// Stats returns the engine's packet counters (zero when it is not running).
+func (b *udpBackend) Stats() udpfwd.Stats {
+	if b.eng == nil {
+		return udpfwd.Stats{}
+	}
+	return b.eng.Stats()
+}
+
+// ensureDevice makes flannel0 exist as a TUN device attached to a running
+// engine, with the right MTU and up. A device deleted by hand (or replaced by
+// something else of that name) is recreated with a new engine; the engine's
+// peer table is carried over.
+func (b *udpBackend) ensureDevice() error {
+	have, err := b.h.LinkByName(UDPDeviceName)
+	var notFound netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &notFound):
+		have = nil
+	case err != nil:
+		return fmt.Errorf("dataplane: look up %s: %w", UDPDeviceName, err)
+	}
+	if have != nil && have.Type() != "tuntap" {
+		b.log.Warn("existing device is not a TUN device; recreating it", "type", have.Type())
+		if err := b.h.LinkDel(have); err != nil && !isGone(err) {
+			return fmt.Errorf("dataplane: delete %s of type %s: %w", UDPDeviceName, have.Type(), err)
+		}
+		have = nil
+	}
+	if b.eng == nil || have == nil || int32(have.Attrs().Index) != b.devIndex.Load() {
+		var peers *udpfwd.Table
+		if b.eng != nil {
+			b.log.Warn("TUN device disappeared or changed; reattaching the engine")
+			peers = b.eng.Peers()
+			b.eng.Close()
+			b.eng = nil
+		}
+		eng, err := b.startEngine()
+		if err != nil {
+			return err
+		}
+		if peers != nil {
+			eng.SetPeers(peers)
+		}
+		b.eng = eng
+		if have, err = b.h.LinkByName(UDPDeviceName); err != nil {
+			return fmt.Errorf("dataplane: re-read %s after attaching: %w", UDPDeviceName, err)
+		}
+	}
+	attrs := have.Attrs()
+	if attrs.MTU != b.mtu() {
+		if err := b.h.LinkSetMTU(have, b.mtu()); err != nil {
+			return fmt.Errorf("dataplane: set %s mtu %d: %w", UDPDeviceName, b.mtu(), err)
+		}
+	}
+	if attrs.Flags&net.FlagUp == 0 {
+		if err := b.h.LinkSetUp(have); err != nil {
+			return fmt.Errorf("dataplane: set %s up: %w", UDPDeviceName, err)
+		}
+	}
+	b.link = have
+	b.devIndex.Store(int32(attrs.Index))
+	return nil
+}
+
+// startEngine opens flannel0 (creating it or attaching to the persistent one
+// a previous run left), marks it persistent, and starts the engine on the
+// port, all in the host's namespace.
+func (b *udpBackend) startEngine() (*udpfwd.Engine, error) {
+	var eng *udpfwd.Engine
+	err := inNS(b.host.NetNS, func() error {
+		dev, err := tun.CreateTUN(UDPDeviceName, b.mtu())
+		if err != nil {
+			return fmt.Errorf("dataplane: open TUN device %s: %w", UDPDeviceName, err)
+		}
+		if err := setPersist(dev); err != nil {
+			dev.Close()
+			return err
+		}
+		eng, err = udpfwd.New(udpfwd.Config{TUN: dev, Bind: conn.NewStdNetBind(), Port: uint16(b.port), MTU: b.mtu(), Log: b.log})
+		if err != nil {
+			dev.Close()
+			return fmt.Errorf("dataplane: %w", err)
+		}
+		if err := eng.Start(); err != nil {
+			dev.Close()
+			return fmt.Errorf("dataplane: %w", err)
+		}
+		return nil
+	})
+	return eng, err
+}
+
+// setPersist keeps flannel0 when its file descriptor closes (daemon exit).
+// The ioctl goes through SyscallConn: os.File.Fd would switch the descriptor
+// to blocking mode and stall the engine's poller-driven reads.
+func setPersist(dev tun.Device) error {
+	sc, err := dev.File().SyscallConn()
+	if err != nil {
+		return fmt.Errorf("dataplane: %s raw descriptor: %w", UDPDeviceName, err)
+	}
+	var ierr error
+	if err := sc.Control(func(fd uintptr) { ierr = unix.IoctlSetInt(int(fd), unix.TUNSETPERSIST, 1) }); err != nil {
+		return fmt.Errorf("dataplane: %s raw descriptor: %w", UDPDeviceName, err)
+	}
+	if ierr != nil {
+		return fmt.Errorf("dataplane: make %s persistent (TUNSETPERSIST): %w", UDPDeviceName, ierr)
+	}
+	return nil
+}
+
+// Apply programs flannel0's address and the Network route, then swaps the
+// engine's peer table for one built from snap.
+func (b *udpBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
+	if b.closed.Load() {
+		return errors.New("dataplane: udp backend is closed")
+	}
+	if err := b.ensureDevice(); err != nil {
+		return err
+	}
+	dev := int(b.devIndex.Load())
+	t := &tally{what: "udp apply"}
+	own := snap.Own.Subnet.Masked()
+	var addr netip.Prefix
+	if own.IsValid() {
+		addr = netip.PrefixFrom(own.Addr(), 32)
+	}
+	var errs []error
+	st, err := syncAddrs(b.h, b.link, addr, t)
+	errs = append(errs, err)
+
+	// The peer table goes in before the route: the route makes the kernel
+	// send overlay traffic to the engine, which must then know where to.
+	peers := make([]udpfwd.Peer, 0, len(snap.Peers))
+	b.notes.begin()
+	for _, p := range snap.Peers {
+		sub := p.Subnet.Masked()
+		if err := checkPeer(p, own, b.host); err != nil {
+			b.notes.note(b.log, p.Subnet, err.Error())
+			continue
+		}
+		if !strings.EqualFold(p.Attrs.BackendType, "udp") {
+			b.notes.note(b.log, sub, fmt.Sprintf("backend type %q, want udp", p.Attrs.BackendType))
+			continue
+		}
+		peers = append(peers, udpfwd.Peer{Subnet: sub, Addr: netip.AddrPortFrom(p.Attrs.PublicIP, uint16(b.port))})
+	}
+	b.notes.end()
+	tbl, err := udpfwd.NewTable(peers)
+	if err != nil {
+		// Snapshots hold one lease per subnet; a failure here is a bug.
+		return fmt.Errorf("dataplane: build udp peer table from %d leases: %w", len(peers), err)
+	}
+	b.eng.SetPeers(tbl)
+
+	have, err := readMainRoutes(b.h, b.host.IfaceIndex)
+	if err != nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
+	routes := []routeWant{{Dst: b.network, Link: dev}}
+	if b.host.BlackholeRoute && own.IsValid() {
+		routes = append(routes, routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric})
+	}
+	rs, del, err := syncRoutes(ctx, b.h, have.weft, routes, t)
+	errs = append(errs, err)
+	if del != nil && err == nil {
+		errs = append(errs, del())
+	}
+	st.plus(*rs)
+	if st != (syncStats{}) {
+		b.log.Debug("udp dataplane changed", "peers", tbl.Len(), "added", st.Added, "replaced", st.Replaced, "deleted", st.Deleted)
+	}
+	errs = append(errs, t.err())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
+	return nil
+}

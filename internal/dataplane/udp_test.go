@@ -1,0 +1,227 @@
+package dataplane
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
+
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netconf"
+	"github.com/weft-net/weft/internal/testutil/netnstest"
+)
+
+// udpNetwork holds every peerSubnet.
+var udpNetwork = netip.MustParsePrefix("10.128.0.0/9")
+
+func udpConfig(opts string) netconf.Config {
+	return netconf.Config{BackendType: "udp", Backend: json.RawMessage(opts), Network: udpNetwork}
+}
+
+// udpHosts builds n overlay hosts whose eth0 sit on one bridge (the underlay
+// switch) in its own namespace; host i's container gets MTU ctrMTU[i].
+func udpHosts(t *testing.T, ctrMTU ...int) []*overlayHost {
+	t.Helper()
+	sw := netnstest.New(t, "us")
+	la := netlink.NewLinkAttrs()
+	la.Name = "br0"
+	must(t, sw.Handle.LinkAdd(&netlink.Bridge{LinkAttrs: la}))
+	br, err := sw.Handle.LinkByName("br0")
+	must(t, err)
+	must(t, sw.Handle.LinkSetUp(br))
+	var hosts []*overlayHost
+	for i, mtu := range ctrMTU {
+		oh := newOverlayHost(t, i+1, mtu)
+		port := fmt.Sprintf("p%d", i+1)
+		must(t, netnstest.VethPair(oh.ns, "eth0", sw, port))
+		p, err := sw.Handle.LinkByName(port)
+		must(t, err)
+		must(t, sw.Handle.LinkSetMaster(p, br))
+		eth0, err := oh.ns.Handle.LinkByName("eth0")
+		must(t, err)
+		must(t, oh.ns.Handle.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(oh.public, 24))}))
+		hosts = append(hosts, oh)
+	}
+	return hosts
+}
+
+// startUDP runs the udp backend of oh through a Loop and returns the channel
+// its snapshots go to.
+func startUDP(t *testing.T, oh *overlayHost) chan<- lease.Snapshot {
+	t.Helper()
+	h, err := netlink.NewHandleAt(oh.ns.Fd())
+	must(t, err)
+	t.Cleanup(h.Close)
+	fd := oh.ns.Fd()
+	be, err := NewBackend(udpConfig(`{}`), Host{IfaceName: "eth0", NetNS: &fd}, h, testLog(t))
+	must(t, err)
+	t.Cleanup(func() { be.Close() })
+	pub, mtu, err := be.Init(context.Background())
+	must(t, err)
+	if pub.BackendType != "udp" || pub.BackendData != nil || mtu != 1472 {
+		t.Fatalf("Init = %+v, MTU %d; want udp with no BackendData, MTU 1500 − 28", pub, mtu)
+	}
+	oh.b, oh.pub = be, pub
+	ch, _ := runLoop(t, be, time.Minute)
+	return ch
+}
+
+func udpSnap(own *overlayHost, peers ...*overlayHost) lease.Snapshot {
+	s := lease.Snapshot{Own: own.lease()}
+	for _, p := range peers {
+		s.Peers = append(s.Peers, p.lease())
+	}
+	return s
+}
+
+func pingOK(t *testing.T, from, to *overlayHost) {
+	t.Helper()
+	eventually(t, 10*time.Second, fmt.Sprintf("ping %s → %s", from.ctrIP(), to.ctrIP()), func() (bool, string) {
+		out, err := from.ctr.Run("ping", "-c", "1", "-W", "1", to.ctrIP().String())
+		return err == nil, out
+	})
+}
+
+var ttlRe = regexp.MustCompile(`ttl=(\d+)`)
+
+// TestUDPOverlay runs three hosts on the udp backend with hand-made
+// snapshots: containers ping every pair, full-size DF packets pass, too-big
+// ones get fragmentation needed (from the kernel at flannel0, and from the
+// engine when flannel0's MTU is raised behind weft's back), an unknown subnet
+// gets net unreachable, TTL is decremented by each engine like flannel's; a
+// host joins and leaves; 1,000 peers load into the table; a restart keeps
+// flannel0 and its route and traffic resumes.
+func TestUDPOverlay(t *testing.T) {
+	// Host 3's container ignores the overlay MTU, to provoke too-big packets.
+	hosts := udpHosts(t, 1472, 1472, 1500)
+	a, b, c := hosts[0], hosts[1], hosts[2]
+	snaps := make([]chan<- lease.Snapshot, 3)
+	for i, oh := range hosts {
+		snaps[i] = startUDP(t, oh)
+	}
+	// Hosts 1 and 2 first; 3 joins later.
+	snaps[0] <- udpSnap(a, b)
+	snaps[1] <- udpSnap(b, a)
+
+	want := []string{"addr 10.128.1.0/32", "route 10.128.0.0/9 via <nil> dev flannel0"}
+	eventually(t, 5*time.Second, "host 1 kernel state", func() (bool, string) {
+		got := kernelState(t, a.ns.Handle, "flannel0")
+		return cmp.Equal(got, want), cmp.Diff(want, got)
+	})
+	l, err := a.ns.Handle.LinkByName("flannel0")
+	must(t, err)
+	if l.Type() != "tuntap" || l.Attrs().MTU != 1472 {
+		t.Errorf("flannel0: type %s mtu %d, want tuntap 1472", l.Type(), l.Attrs().MTU)
+	}
+
+	pingOK(t, a, b)
+	pingOK(t, b, a)
+
+	t.Run("ttl", func(t *testing.T) {
+		// Reply: 64 from b's container, −1 host b forwarding, −1 engine b,
+		// −1 engine a, −1 host a forwarding (vxlan would give 62).
+		out := a.ctr.MustRun(t, "ping", "-c", "1", "-W", "1", b.ctrIP().String())
+		if m := ttlRe.FindStringSubmatch(out); m == nil || m[1] != "60" {
+			t.Errorf("reply TTL: want 60, got output %s", out)
+		}
+		// A packet whose TTL would reach 0 in the engine is dropped.
+		if out, err := a.ctr.Run("ping", "-c", "1", "-W", "1", "-t", "2", b.ctrIP().String()); err == nil {
+			t.Errorf("ping with TTL 2 crossed two routers and an engine: %s", out)
+		}
+	})
+
+	t.Run("join", func(t *testing.T) {
+		snaps[0] <- udpSnap(a, b, c)
+		snaps[1] <- udpSnap(b, a, c)
+		snaps[2] <- udpSnap(c, a, b)
+		for _, p := range [][2]*overlayHost{{a, b}, {a, c}, {b, a}, {b, c}, {c, a}, {c, b}} {
+			pingOK(t, p[0], p[1])
+		}
+	})
+
+	t.Run("full-mtu-df", func(t *testing.T) {
+		for _, p := range [][2]*overlayHost{{a, b}, {b, c}, {c, a}} {
+			p[0].ctr.MustRun(t, "ping", "-c", "2", "-i", "0.2", "-W", "1", "-M", "do", "-s", "1444", p[1].ctrIP().String())
+		}
+	})
+
+	t.Run("too-big", func(t *testing.T) {
+		// From c's container (MTU 1500): the host kernel refuses 1500 bytes
+		// into flannel0 (MTU 1472) with fragmentation needed.
+		out, err := c.ctr.Run("ping", "-c", "1", "-W", "1", "-M", "do", "-s", "1472", a.ctrIP().String())
+		if err == nil || !strings.Contains(out, "mtu = 1472") {
+			t.Errorf("1500-byte DF ping through flannel0: want frag needed (mtu = 1472), got err %v: %s", err, out)
+		}
+		// flannel0's MTU raised by hand: the engine itself answers.
+		l, err := c.ns.Handle.LinkByName("flannel0")
+		must(t, err)
+		must(t, c.ns.Handle.LinkSetMTU(l, 1600))
+		out, err = c.ctr.Run("ping", "-c", "1", "-W", "1", "-M", "do", "-s", "1472", b.ctrIP().String())
+		if err == nil || !strings.Contains(out, "From "+b.ctrIP().String()) || !strings.Contains(out, "mtu = 1472") {
+			t.Errorf("1500-byte DF ping into the engine: want frag needed (mtu = 1472) from %s, got err %v: %s", b.ctrIP(), err, out)
+		}
+		must(t, c.ns.Handle.LinkSetMTU(l, 1472))
+	})
+
+	t.Run("net-unreachable", func(t *testing.T) {
+		unknown := peerSubnet(50).Addr().Next().Next()
+		out, err := a.ctr.Run("ping", "-c", "1", "-W", "1", unknown.String())
+		if err == nil || !strings.Contains(out, "Destination Net Unreachable") {
+			t.Errorf("ping %s (no lease): want Destination Net Unreachable, got err %v: %s", unknown, err, out)
+		}
+	})
+
+	t.Run("leave", func(t *testing.T) {
+		snaps[0] <- udpSnap(a, c)
+		snaps[2] <- udpSnap(c, a)
+		eventually(t, 5*time.Second, "b gone from a's table", func() (bool, string) {
+			out, _ := a.ctr.Run("ping", "-c", "1", "-W", "1", b.ctrIP().String())
+			return strings.Contains(out, "Destination Net Unreachable"), out
+		})
+		pingOK(t, a, c)
+	})
+
+	t.Run("1000-peers", func(t *testing.T) {
+		s := udpSnap(a, c)
+		for i := 100; i < 1100; i++ {
+			s.Peers = append(s.Peers, lease.Lease{Subnet: peerSubnet(i),
+				Attrs: lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{100, 65, byte(i >> 8), byte(i)}), BackendType: "udp"}})
+		}
+		snaps[0] <- s
+		ub := a.b.(*udpBackend)
+		eventually(t, 5*time.Second, "1,001 peers in the table", func() (bool, string) {
+			// The loop goroutine owns ub.eng; Peers() is an atomic load.
+			n := ub.eng.Peers().Len()
+			return n == 1001, fmt.Sprint(n)
+		})
+		p, ok := ub.eng.Peers().LookupAddr(peerSubnet(777).Addr().Next())
+		if !ok || p.Addr.String() != "100.65.3.9:8285" {
+			t.Errorf("lookup in peer 777's subnet = %v %v", p, ok)
+		}
+		pingOK(t, a, c)
+		pingOK(t, c, a)
+	})
+
+	t.Run("restart", func(t *testing.T) {
+		must(t, c.b.Close())
+		// Closed: flannel0, its address and the route stay, traffic stops.
+		want := []string{"addr 10.128.3.0/32", "route 10.128.0.0/9 via <nil> dev flannel0"}
+		if got := kernelState(t, c.ns.Handle, "flannel0"); !cmp.Equal(got, want) {
+			t.Errorf("after Close: %s", cmp.Diff(want, got))
+		}
+		if out, err := a.ctr.Run("ping", "-c", "1", "-W", "1", c.ctrIP().String()); err == nil {
+			t.Errorf("ping through a stopped udp engine passed: %s", out)
+		}
+		ch := startUDP(t, c)
+		ch <- udpSnap(c, a)
+		pingOK(t, a, c)
+		pingOK(t, c, a)
+	})
+}
