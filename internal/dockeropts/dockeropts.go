@@ -10,7 +10,9 @@
 //	DOCKER_NETWORK_OPTIONS=" --bip=172.30.72.1/24 --ip-masq=true --mtu=1450 "
 //
 // Where the script failed silently (no subnet.env, no FLANNEL_SUBNET) we fail
-// loudly and leave the output file untouched.
+// loudly and leave the output file untouched. We also refuse (CheckRoutes)
+// when the kernel already routes the subnet somewhere other than the local
+// bridge: Docker would start, and its containers would be unreachable.
 package dockeropts
 
 import (
@@ -19,6 +21,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/weft-net/weft/internal/subnetenv"
 )
@@ -31,6 +35,10 @@ type Options struct {
 	Combined   bool   // -c: one variable named Key
 	Key        string // -k, default DOCKER_OPTS
 	NoIPMasq   bool   // -m: leave out --ip-masq
+
+	// Routes is the netlink handle the docker0 conflict guard reads routes
+	// through (see CheckRoutes); nil reads the current network namespace.
+	Routes *netlink.Handle
 }
 
 // Defaults are the script's defaults.
@@ -201,6 +209,12 @@ func Run(o Options, lookupEnv func(string) (string, bool)) error {
 	out, err := Render(o, data, lookupEnv)
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.SubnetFile, err)
+	}
+	// Render has validated data, so Parse succeeds here.
+	if e, err := subnetenv.Parse(data); err == nil && e.Subnet.IsValid() {
+		if err := CheckRoutes(o.Routes, e.Subnet); err != nil {
+			return fmt.Errorf("%s: %w; %s left unchanged", o.SubnetFile, err, o.OutFile)
+		}
 	}
 	if err := subnetenv.WriteFileAtomic(o.OutFile, out, 0o644); err != nil {
 		return fmt.Errorf("write Docker options: %w", err)
