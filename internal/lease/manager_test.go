@@ -426,3 +426,44 @@ func TestEtcdRestart(t *testing.T) {
 		t.Errorf("lease re-acquired after an etcd restart:\n%s", lb)
 	}
 }
+
+func TestDualStackAcquire(t *testing.T) {
+	_, _, s, _ := newTestStore(t)
+	ctx := context.Background()
+	cfg := testNet()
+	cfg.EnableIPv6 = true
+	cfg.IPv6Network = netip.MustParsePrefix("fc00::/48")
+	cfg.IPv6SubnetLen = 64
+	cfg.IPv6SubnetMin = netip.MustParsePrefix("fc00:0:0:1::/64")
+	cfg.IPv6SubnetMax = netip.MustParsePrefix("fc00:0:0:ffff::/64")
+	m := newTestManager(s, cfg, hostIP(1), nil)
+	m.cfg.PublicIPv6 = netip.MustParseAddr("fd00::1")
+	l, err := m.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.r6.inPool(l.IPv6Subnet) || !m.r4.inPool(l.Subnet) {
+		t.Fatalf("dual-stack lease %v %v", l.Subnet, l.IPv6Subnet)
+	}
+	got, err := s.Get(ctx, l.Subnet)
+	if err != nil || got.IPv6Subnet != l.IPv6Subnet || got.Attrs.PublicIPv6 != m.cfg.PublicIPv6 {
+		t.Fatalf("Get = %+v, %v", got, err)
+	}
+	// A restart finds both halves again by PublicIP.
+	m2 := newTestManager(s, cfg, hostIP(1), nil)
+	m2.cfg.PublicIPv6 = m.cfg.PublicIPv6
+	l2, err := m2.Acquire(ctx)
+	if err != nil || l2.Subnet != l.Subnet || l2.IPv6Subnet != l.IPv6Subnet {
+		t.Fatalf("restart got %v %v (%v), want %v %v", l2.Subnet, l2.IPv6Subnet, err, l.Subnet, l.IPv6Subnet)
+	}
+	// An IPv4-only host never takes the IPv4 half of a dual-stack lease.
+	m3 := newTestManager(s, testNet(), hostIP(2), nil)
+	l3, err := m3.acquireOnce(ctx, l.Subnet)
+	if err != nil || l3.Subnet == l.Subnet {
+		t.Fatalf("IPv4-only host with PrevSubnet %s got %v, %v", l.Subnet, l3.Subnet, err)
+	}
+	// Nor can it win a race for it: the creation transaction checks both spellings.
+	if _, ok, err := s.createIfFree(ctx, l.Subnet, s.Key(l.Subnet, netip.Prefix{}), `{"PublicIP":"10.9.9.9"}`, clientv3.NoLease); ok || err != nil {
+		t.Errorf("createIfFree on the IPv4 half of a dual-stack key: ok=%v err=%v", ok, err)
+	}
+}
