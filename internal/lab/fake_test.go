@@ -26,7 +26,10 @@ import (
 // proxy, takes a lease in flannel's format, writes subnet.env and keeps a
 // host-gw route to every peer — enough for containers to ping. weftd itself
 // is tested end to end in e2e/.
-const fakeWeftdEnv = "WEFT_LAB_FAKE_WEFTD"
+const (
+	fakeWeftdEnv = "WEFT_LAB_FAKE_WEFTD"
+	fakeHangEnv  = "WEFT_LAB_FAKE_HANG"
+)
 
 func TestMain(m *testing.M) {
 	if os.Getenv(fakeWeftdEnv) == "1" {
@@ -48,6 +51,13 @@ func fakeWeftd(args []string) error {
 	fs.Int("healthz-port", 0, "")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if os.Getenv(fakeHangEnv) == "1" {
+		// A weftd that never gets its lease (etcd unreachable, no config).
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		defer stop()
+		<-ctx.Done()
+		return nil
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()

@@ -28,6 +28,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -169,7 +170,7 @@ type Host struct {
 	LogFile    string
 
 	proxy *proxy
-	proc  *weftdProc
+	proc  atomic.Pointer[weftdProc] // the current run; Close reads it from any goroutine
 }
 
 func contains(xs []string, x string) bool {
@@ -199,16 +200,22 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if err := CheckRoot(); err != nil {
 		return nil, err
 	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		return nil, fmt.Errorf("the lab needs the ip command (iproute2): %w", err)
+	for _, tool := range []struct{ cmd, pkg string }{{"ip", "iproute2"}, {"ping", "iputils-ping"}, {"bridge", "iproute2"}} {
+		if _, err := exec.LookPath(tool.cmd); err != nil {
+			return nil, fmt.Errorf("the lab needs the %s command (apt-get install %s): %w", tool.cmd, tool.pkg, err)
+		}
 	}
 	if err := checkFree(cfg.Name, cfg.StateDir); err != nil {
 		return nil, err
 	}
 	l := &Lab{Name: cfg.Name, StateDir: cfg.StateDir, cfg: cfg, log: cfg.Log.With("lab", cfg.Name)}
 	if err := l.up(ctx); err != nil {
-		l.Close()
-		return nil, err
+		cerr := l.Close()
+		if ctx.Err() != nil {
+			// Ctrl-C while coming up: one line, not one per host.
+			return nil, errors.Join(fmt.Errorf("lab %s: interrupted while coming up (%w); what it had created is removed", l.Name, context.Cause(ctx)), cerr)
+		}
+		return nil, errors.Join(err, cerr)
 	}
 	return l, nil
 }
@@ -513,8 +520,8 @@ func (l *Lab) Close() error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if h.proc != nil && h.proc.running() {
-					h.proc.stop(5 * time.Second)
+				if p := h.proc.Load(); p != nil && p.running() {
+					p.stop(5 * time.Second)
 				}
 			}()
 		}

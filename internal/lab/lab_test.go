@@ -289,3 +289,31 @@ func TestParseSubnetEnv(t *testing.T) {
 		}
 	}
 }
+
+func TestInterruptedUpRemovesEverything(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cfg := fakeConfig(t, 2)
+	cfg.WeftdEnv = append(cfg.WeftdEnv, fakeHangEnv+"=1")
+	ctx, cancel := context.WithCancel(context.Background())
+	// Cancel (as Ctrl-C does) once every host's weftd is running.
+	go func() {
+		defer cancel()
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			if st, err := ReadState(StateDirFor(cfg.Name)); err == nil && len(st.Hosts) == 2 && st.Hosts[1].WeftdPID > 0 {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	_, err := Up(ctx, cfg)
+	if err == nil || !strings.Contains(err.Error(), "interrupted") {
+		t.Fatalf("Up cancelled while waiting for weftd: %v, want 'interrupted'", err)
+	}
+	if left := leftoverNamespaces(cfg.Name); len(left) > 0 {
+		t.Errorf("namespaces left after an interrupted Up: %v", left)
+	}
+	if _, err := os.Stat(StateDirFor(cfg.Name)); !os.IsNotExist(err) {
+		t.Errorf("state dir left after an interrupted Up: %v", err)
+	}
+}

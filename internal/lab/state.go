@@ -70,8 +70,8 @@ func (l *Lab) State() State {
 		if h.ContainerNS != nil {
 			hs.ContainerNS = h.ContainerNS.Name
 		}
-		if h.proc != nil && h.proc.running() {
-			hs.WeftdPID = h.proc.cmd.Process.Pid
+		if p := h.proc.Load(); p != nil && p.running() {
+			hs.WeftdPID = p.cmd.Process.Pid
 		}
 		st.Hosts = append(st.Hosts, hs)
 	}

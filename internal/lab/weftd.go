@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -48,9 +47,7 @@ type weftdProc struct {
 	cmd     *exec.Cmd
 	logf    *os.File
 	done    chan struct{}
-	state   *os.ProcessState
-	waitErr error
-	once    sync.Once
+	waitErr error // set before done is closed
 }
 
 func (p *weftdProc) running() bool {
@@ -99,8 +96,8 @@ func (l *Lab) weftdArgs(h *Host) []string {
 }
 
 func (l *Lab) startWeftd(h *Host) error {
-	if h.proc != nil && h.proc.running() {
-		return fmt.Errorf("host %s: weftd already running (pid %d)", h.Name, h.proc.cmd.Process.Pid)
+	if p := h.proc.Load(); p != nil && p.running() {
+		return fmt.Errorf("host %s: weftd already running (pid %d)", h.Name, p.cmd.Process.Pid)
 	}
 	logf, err := os.OpenFile(h.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -126,11 +123,10 @@ func (l *Lab) startWeftd(h *Host) error {
 	p := &weftdProc{cmd: cmd, logf: logf, done: make(chan struct{})}
 	go func() {
 		p.waitErr = cmd.Wait()
-		p.state = cmd.ProcessState
 		logf.Close()
 		close(p.done)
 	}()
-	h.proc = p
+	h.proc.Store(p)
 	l.log.Debug("weftd started", "host", h.Name, "pid", cmd.Process.Pid)
 	return nil
 }
@@ -164,10 +160,11 @@ func (l *Lab) StopWeftd(i int) error {
 	if err != nil {
 		return err
 	}
-	if h.proc == nil {
+	p := h.proc.Load()
+	if p == nil {
 		return fmt.Errorf("host %s: weftd was never started", h.Name)
 	}
-	err = h.proc.stop(10 * time.Second)
+	err = p.stop(10 * time.Second)
 	l.saveState()
 	if err != nil {
 		return fmt.Errorf("host %s: %w", h.Name, err)
@@ -191,10 +188,14 @@ func (l *Lab) StartWeftd(i int) error {
 // WeftdPID is the PID of host i's weftd, 0 when it is not running.
 func (l *Lab) WeftdPID(i int) int {
 	h, err := l.host(i)
-	if err != nil || h.proc == nil || !h.proc.running() {
+	if err != nil {
 		return 0
 	}
-	return h.proc.cmd.Process.Pid
+	p := h.proc.Load()
+	if p == nil || !p.running() {
+		return 0
+	}
+	return p.cmd.Process.Pid
 }
 
 // WeftdRunning reports whether host i's weftd is running, and if not, how
@@ -204,13 +205,14 @@ func (l *Lab) WeftdRunning(i int) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if h.proc == nil {
+	p := h.proc.Load()
+	if p == nil {
 		return false, nil
 	}
-	if h.proc.running() {
+	if p.running() {
 		return true, nil
 	}
-	return false, h.proc.exitErr()
+	return false, p.exitErr()
 }
 
 // WaitSubnetFile waits until host i's subnet.env has been written at or
@@ -242,9 +244,9 @@ func (l *Lab) waitSubnetFile(ctx context.Context, h *Host, since time.Time) (Sub
 		} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return SubnetEnv{}, fmt.Errorf("host %s: %w", h.Name, err)
 		}
-		if h.proc != nil && !h.proc.running() {
+		if p := h.proc.Load(); p != nil && !p.running() {
 			return SubnetEnv{}, fmt.Errorf("host %s: weftd exited before writing %s (%v); its log %s ends with:\n%s",
-				h.Name, h.SubnetFile, h.proc.exitErr(), h.LogFile, logTail(h.LogFile, 15))
+				h.Name, h.SubnetFile, p.exitErr(), h.LogFile, logTail(h.LogFile, 15))
 		}
 		select {
 		case <-ctx.Done():
