@@ -34,3 +34,21 @@ bench: build
 
 clean:
 	rm -rf $(BIN)
+
+# Install binaries, units and samples. PREFIX-relative paths are written into
+# the unit; DESTDIR only prefixes where files land (for packaging). An
+# existing /etc/sysconfig/flanneld is never overwritten.
+BINDIR     ?= $(PREFIX)/bin
+LIBEXECDIR ?= $(PREFIX)/libexec
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
+
+.PHONY: install
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR)/flannel $(DESTDIR)$(UNITDIR)/docker.service.d $(DESTDIR)$(SYSCONFDIR)/sysconfig
+	install -m 0755 $(BIN)/weftd $(BIN)/weftctl $(DESTDIR)$(BINDIR)/
+	install -m 0755 dist/mk-docker-opts.sh $(DESTDIR)$(LIBEXECDIR)/flannel/mk-docker-opts.sh
+	sed -e 's|/usr/bin/weft|$(BINDIR)/weft|g' dist/weftd.service > $(DESTDIR)$(UNITDIR)/weftd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/weftd.service
+	install -m 0644 dist/docker.service.d/flannel.conf $(DESTDIR)$(UNITDIR)/docker.service.d/flannel.conf
+	[ -e $(DESTDIR)$(SYSCONFDIR)/sysconfig/flanneld ] || install -m 0644 dist/sysconfig/flanneld $(DESTDIR)$(SYSCONFDIR)/sysconfig/flanneld
