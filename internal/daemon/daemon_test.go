@@ -80,11 +80,11 @@ func TestVersion(t *testing.T) {
 // variables are ignored; repeatable flags take comma lists from the env.
 func TestEnvironmentFillsFlagsNotGiven(t *testing.T) {
 	env := map[string]string{
-		"FLANNELD_ETCD_ENDPOINTS":           "http://10.64.3.7:2379",
-		"FLANNELD_ETCD_PREFIX":              "/kube-centos/network",
-		"FLANNELD_IFACE":                    "eth0,eth1",
-		"FLANNELD_IP_MASQ":                  "true",
-		"FLANNELD_SUBNET_FILE":              "",
+		"FLANNELD_ETCD_ENDPOINTS":            "http://10.64.3.7:2379",
+		"FLANNELD_ETCD_PREFIX":               "/kube-centos/network",
+		"FLANNELD_IFACE":                     "eth0,eth1",
+		"FLANNELD_IP_MASQ":                   "true",
+		"FLANNELD_SUBNET_FILE":               "",
 		"FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "30",
 	}
 	var o Options
