@@ -1,7 +1,9 @@
 package weftctl
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/weft-net/weft/internal/etcdopts"
 	"github.com/weft-net/weft/internal/flagenv"
+	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
 )
 
@@ -23,7 +26,9 @@ const configUsage = `usage: weftctl config get [etcd flags]
        weftctl config validate [etcd flags] [FILE|-]
 
 get       print the network config stored at <etcd-prefix>/config
-set       validate FILE (- = stdin) and write it; an invalid config is refused
+set       validate FILE (- = stdin) and write it; an invalid config is refused,
+          the change is shown as a diff, and a config that existing leases
+          would not fit is refused unless -force
 validate  check FILE (- = stdin), or the stored config when no FILE is given
 
 etcd flags (also read from FLANNELD_* environment variables, as weftd does):`
@@ -55,6 +60,7 @@ func runConfig(ctx context.Context, env *Env, args []string) error {
 	fs.SetOutput(env.Stderr)
 	var eo etcdopts.Options
 	eo.AddFlags(fs)
+	force := fs.Bool("force", false, "set: write even if existing leases fall outside the new config")
 	fs.Usage = func() { printConfigUsage(env.Stderr, fs) }
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -95,11 +101,15 @@ func runConfig(ctx context.Context, env *Env, args []string) error {
 		if _, err := checkConfig(env, pos[0], data); err != nil {
 			return fmt.Errorf("%w; nothing written to %s", err, key)
 		}
+		newCfg, _, _ := netconf.Parse(data) // valid: checked above
 		cli, err := eo.Client()
 		if err != nil {
 			return err
 		}
 		defer cli.Close()
+		if err := reviewChange(ctx, env, cli, eo.Prefix, key, data, newCfg, *force); err != nil {
+			return err
+		}
 		cctx, cancel := context.WithTimeout(ctx, etcdCallTimeout)
 		defer cancel()
 		if _, err := cli.Put(cctx, key, string(data)); err != nil {
@@ -131,6 +141,94 @@ func runConfig(ctx context.Context, env *Env, args []string) error {
 		fmt.Fprintf(env.Stdout, "%s: valid\n%s", name, describe(c))
 		return nil
 	}
+}
+
+// reviewChange shows what set changes and refuses a config under which
+// existing leases would no longer fit (a new Network, SubnetLen or range):
+// their hosts would keep routing subnets that no longer belong to the overlay.
+// -force writes anyway (weftd then moves each host to a subnet that fits).
+func reviewChange(ctx context.Context, env *Env, cli *clientv3.Client, prefix, key string, data []byte, c netconf.Config, force bool) error {
+	cctx, cancel := context.WithTimeout(ctx, etcdCallTimeout)
+	defer cancel()
+	resp, err := cli.Get(cctx, key)
+	if err != nil {
+		return fmt.Errorf("get %s from etcd %s: %w", key, strings.Join(cli.Endpoints(), ","), err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil // first config: nothing to compare or orphan
+	}
+	old := resp.Kvs[0].Value
+	if d := lineDiff(prettyJSON(old), prettyJSON(data)); d != "" {
+		fmt.Fprintf(env.Stdout, "--- %s (in etcd)\n+++ new\n%s", key, d)
+	}
+	leases, _, err := lease.NewStore(cli, prefix, nil).List(ctx)
+	if err != nil {
+		return fmt.Errorf("list leases to check the new config: %w", err)
+	}
+	var orphans []string
+	for _, l := range leases {
+		if l.Subnet.IsValid() && !c.Contains(l.Subnet.Masked()) {
+			orphans = append(orphans, fmt.Sprintf("%s (%s)", l.Subnet, l.Attrs.PublicIP))
+		}
+	}
+	if len(orphans) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("%d existing lease(s) fall outside the new config (Network %s, SubnetLen %d): %s", len(orphans), c.Network, c.SubnetLen, strings.Join(orphans, ", "))
+	if !force {
+		return fmt.Errorf("%s; nothing written to %s (add -force to write anyway)", msg, key)
+	}
+	fmt.Fprintf(env.Stderr, "warning: %s; writing because of -force\n", msg)
+	return nil
+}
+
+// prettyJSON indents a JSON document one key per line, for the diff; input
+// that does not parse is shown as is.
+func prettyJSON(b []byte) []string {
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, b, "", "  "); err != nil {
+		return strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	}
+	return strings.Split(buf.String(), "\n")
+}
+
+// lineDiff is a minimal line diff (longest common subsequence): "-" lines
+// only in a, "+" lines only in b, " " common; "" when equal.
+func lineDiff(a, b []string) string {
+	n, m := len(a), len(b)
+	lcs := make([][]int, n+1)
+	for i := range lcs {
+		lcs[i] = make([]int, m+1)
+	}
+	for i := n - 1; i >= 0; i-- {
+		for j := m - 1; j >= 0; j-- {
+			if a[i] == b[j] {
+				lcs[i][j] = lcs[i+1][j+1] + 1
+			} else {
+				lcs[i][j] = max(lcs[i+1][j], lcs[i][j+1])
+			}
+		}
+	}
+	var out strings.Builder
+	changed := false
+	i, j := 0, 0
+	for i < n || j < m {
+		switch {
+		case i < n && j < m && a[i] == b[j]:
+			out.WriteString(" " + a[i] + "\n")
+			i, j = i+1, j+1
+		case j < m && (i == n || lcs[i][j+1] >= lcs[i+1][j]):
+			out.WriteString("+" + b[j] + "\n")
+			j, changed = j+1, true
+		default:
+			out.WriteString("-" + a[i] + "\n")
+			i, changed = i+1, true
+		}
+	}
+	if !changed {
+		return ""
+	}
+	return out.String()
 }
 
 func printConfigUsage(w io.Writer, fs *flag.FlagSet) {
