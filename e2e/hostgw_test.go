@@ -102,10 +102,7 @@ func TestHostGW(t *testing.T) {
 	})
 
 	t.Run("host joins", func(t *testing.T) {
-		joinMeasured(t, l)
-		if err := routesEverywhere(); err != nil {
-			t.Error(err)
-		}
+		joinMeasured(t, l, routesEverywhere)
 	})
 
 	t.Run("host leaves", func(t *testing.T) {

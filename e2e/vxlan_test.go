@@ -215,21 +215,27 @@ func TestVXLANHostLeaves(t *testing.T) {
 // A fourth host joins: every container reaches it.
 func TestVXLANHostJoins(t *testing.T) {
 	l := newLab(t, "vxlan", 3)
-	joinMeasured(t, l)
+	joinMeasured(t, l, func() error { return allVXLANPeersProgrammed(t, l) })
 }
 
-func joinMeasured(t *testing.T, l *lab.Lab) {
+// joinMeasured adds a host and measures two things: the kernel state on
+// every host for the newcomer (and the newcomer's for them), from the lease
+// put; and container reachability both ways, from the moment the lab has
+// built the newcomer's container (before that there is nothing to ping).
+func joinMeasured(t *testing.T, l *lab.Lab, programmed func() error) {
 	t.Helper()
 	h, err := l.AddHost(context.Background())
 	if err != nil {
 		t.Fatalf("add host: %v", err)
 	}
+	built := time.Now()
 	// subnet.env is written right after the lease is put: the join's start.
 	st, err := os.Stat(h.SubnetFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "host joins → every container reaches it and back", st.ModTime(), time.Second, 10*time.Second, func() error {
+	waitFor(t, "host joins → every host programmed for it (from its lease put)", st.ModTime(), time.Second, 10*time.Second, programmed)
+	waitFor(t, "host joins → every container reaches it and back (from its container's creation)", built, time.Second, 10*time.Second, func() error {
 		return pings(l, pairsWith(l, h.Index), lab.PingOptions{Timeout: 100 * time.Millisecond})
 	})
 }
@@ -260,7 +266,7 @@ func TestVXLANGarbageUnderSubnets(t *testing.T) {
 		t.Error(err)
 	}
 	// Nothing stalled: a host joining now is still seen by everyone.
-	joinMeasured(t, l)
+	joinMeasured(t, l, func() error { return allVXLANPeersProgrammed(t, l) })
 	for i := range l.Hosts {
 		if ok, err := l.WeftdRunning(i); !ok {
 			t.Errorf("%s: weftd not running: %v", l.Hosts[i].Name, err)

@@ -69,7 +69,10 @@ func pingIn(ctx context.Context, fromNS string, to netip.Addr, o PingOptions) Pi
 			r.RTT = time.Duration(ms * float64(time.Millisecond))
 		}
 	}
-	desc := fmt.Sprintf("ping %s from %s (size %d, DF %v)", to, fromNS, o.Size, o.DF)
+	desc := fmt.Sprintf("ping %s from %s", to, fromNS)
+	if o.Size > 0 || o.DF {
+		desc += fmt.Sprintf(" (payload %d bytes, DF %v)", o.Size, o.DF)
+	}
 	switch {
 	case r.Sent == 0:
 		r.Err = fmt.Errorf("%s: %v: %s", desc, runErr, strings.TrimSpace(string(out)))

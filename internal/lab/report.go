@@ -141,9 +141,23 @@ func Report(ctx context.Context, w io.Writer, st State) error {
 	WriteMatrix(w, st.Hosts, m)
 	merr := MatrixErr(m)
 	if merr != nil {
-		fmt.Fprintf(w, "\n%v\n", merr)
+		n := len(st.Hosts)
+		fmt.Fprintln(w)
+		failed := 0
+		for i := range m {
+			for j := range m[i] {
+				if i != j && m[i][j].Err != nil {
+					failed++
+					fmt.Fprintf(w, "  ✗ %v\n", m[i][j].Err)
+				}
+			}
+		}
+		fmt.Fprintf(w, "%d of %d pings failed\n", failed, n*(n-1))
+		if st.Backend == "alloc" {
+			fmt.Fprintln(w, "(backend alloc only allocates subnets and has no data path: pings across hosts are not expected to pass)")
+		}
 		for _, h := range st.Hosts {
-			fmt.Fprintf(w, "  %s: weftd log %s\n", h.Name, h.LogFile)
+			fmt.Fprintf(w, "%s: weftd log %s ends with:\n%s\n", h.Name, h.LogFile, logTail(h.LogFile, 5))
 		}
 	} else {
 		n := len(st.Hosts)
