@@ -70,8 +70,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, lookupEn
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if err := run(ctx, &o, log); err != nil {
-		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
-			log.Info("stopped")
+		if ctx.Err() != nil {
+			// Stopped by a signal mid-way (waiting, acquiring): whatever
+			// the interrupted call reported, this is a clean stop.
+			log.Info("stopped", "during", err)
 			return 0
 		}
 		log.Error("weftd failed", "err", err)
@@ -155,7 +157,7 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("acquire a subnet lease: %w", err)
 	}
-	env := subnetenv.Env{Network: cfg.Network, Subnet: firstHost(own.Subnet), MTU: mtu, IPMasq: o.IPMasq}
+	env := subnetenv.Env{Network: cfg.Network, Subnet: subnetenv.HostSubnet(own.Subnet), MTU: mtu, IPMasq: o.IPMasq}
 	if err := subnetenv.Write(o.SubnetFile, env); err != nil {
 		return fmt.Errorf("write %s: %w", o.SubnetFile, err)
 	}
@@ -215,7 +217,7 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 			if snap.Own.Subnet.IsValid() && snap.Own.Subnet != current {
 				log.Warn("own subnet changed", "from", current, "to", snap.Own.Subnet)
 				current = snap.Own.Subnet
-				env.Subnet = firstHost(current)
+				env.Subnet = subnetenv.HostSubnet(current)
 				if err := subnetenv.Write(o.SubnetFile, env); err != nil {
 					log.Error("rewrite subnet file", "file", o.SubnetFile, "err", err)
 				}
@@ -241,12 +243,6 @@ func sendLatest(ch chan lease.Snapshot, s lease.Snapshot) {
 			}
 		}
 	}
-}
-
-// firstHost is FLANNEL_SUBNET: the first host address with the lease's
-// prefix length (172.30.19.0/24 → 172.30.19.1/24).
-func firstHost(p netip.Prefix) netip.Prefix {
-	return netip.PrefixFrom(p.Masked().Addr().Next(), p.Bits())
 }
 
 // parseConfig parses the network config and logs its warnings once.
