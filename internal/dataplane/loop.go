@@ -30,6 +30,8 @@ type Loop struct {
 	resync time.Duration
 	log    *slog.Logger
 
+	onApply func(peers int, took time.Duration, err error)
+
 	mu        sync.Mutex
 	lastApply time.Time
 	lastErr   error
@@ -47,6 +49,11 @@ func NewLoop(b Backend, resync time.Duration, log *slog.Logger) *Loop {
 	}
 	return &Loop{b: b, resync: resync, log: log}
 }
+
+// OnApply sets a function called after every apply (metrics): the number of
+// peers in the applied snapshot, how long it took and its error. Call it
+// before Run; fn runs on the loop's goroutine and must be quick.
+func (l *Loop) OnApply(fn func(peers int, took time.Duration, err error)) { l.onApply = fn }
 
 // Status reports when the last apply succeeded and the error of the last
 // apply (nil when it succeeded), for /readyz.
@@ -145,6 +152,9 @@ func (l *Loop) apply(ctx context.Context, snap lease.Snapshot) error {
 		l.lastApply = time.Now()
 	}
 	l.mu.Unlock()
+	if l.onApply != nil {
+		l.onApply(len(snap.Peers), took, err)
+	}
 
 	switch {
 	case err != nil && (prev == nil || prev.Error() != err.Error()):

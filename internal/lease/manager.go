@@ -25,8 +25,10 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -64,7 +66,50 @@ type ManagerConfig struct {
 	TTL         time.Duration // etcd lease TTL; DefaultTTL when 0
 	RenewMargin time.Duration // renew this long before expiry; DefaultRenewMargin when 0
 	Logger      *slog.Logger
+
+	// WatchCheck is how often the watch is asked for a progress
+	// notification; it is judged stalled after three silent periods. 5 s
+	// when 0; tests shorten it.
+	WatchCheck time.Duration
+	// Hooks observe the manager (metrics); nil fields are skipped.
+	Hooks Hooks
 }
+
+// Hooks let an observer (the metrics package) follow the manager without
+// the manager knowing about Prometheus. They are called from the manager's
+// goroutines, sometimes with its lock held: they must be quick and must not
+// call back into the manager.
+type Hooks struct {
+	// Expiry is called with the held lease's expiry whenever it changes
+	// (acquired, renewed); zero for a reservation, which never expires.
+	Expiry func(time.Time)
+	// Renewed is called after each renewal attempt; err is nil on success.
+	Renewed func(err error)
+	// Rejected is called once per written lease value that is skipped, with
+	// one of the Reason* constants.
+	Rejected func(reason string)
+	// WatchRestarted is called when the watch is lost and re-established
+	// from a fresh list.
+	WatchRestarted func()
+	// WatchAnswered is called on every watch response (events or a progress
+	// notification): the time since the last call is the watch's lag.
+	WatchAnswered func(time.Time)
+	// Peers is called on every published snapshot with the number of other
+	// hosts' leases known in etcd and the number handed to the dataplane.
+	Peers func(known, accepted int)
+}
+
+// Reasons a lease read from etcd is skipped, the label values of the
+// rejected-leases metric.
+const (
+	ReasonMalformed         = "malformed"
+	ReasonOutsideNetwork    = "subnet_outside_network"
+	ReasonWrongLength       = "subnet_wrong_length"
+	ReasonIPv6Subnet        = "ipv6_subnet_invalid"
+	ReasonPublicIPInside    = "public_ip_in_overlay"
+	ReasonVtepMAC           = "vtep_mac_not_unicast"
+	ReasonDuplicatePublicIP = "duplicate_public_ip"
+)
 
 // Manager acquires this host's lease, keeps it alive and watches the peers.
 type Manager struct {
@@ -99,6 +144,12 @@ func NewManager(cfg ManagerConfig) *Manager {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.WatchCheck <= 0 {
+		cfg.WatchCheck = watchCheckInterval
+	}
+	if cfg.Hooks.Rejected != nil {
+		cfg.Store.setRejectHook(cfg.Hooks.Rejected)
 	}
 	return &Manager{
 		cfg:      cfg,
@@ -421,6 +472,9 @@ func (m *Manager) install(own Lease, key string, leases []Lease, rev int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.own, m.ownKey, m.held = own, key, true
+	if m.cfg.Hooks.Expiry != nil {
+		m.cfg.Hooks.Expiry(own.Expiration)
+	}
 	m.reason = ""
 	if !m.watchLive {
 		m.reason = "etcd watch not live"
@@ -449,25 +503,82 @@ func (m *Manager) setPeersLocked(leases []Lease, rev int64) {
 }
 
 // peerOK filters what the dataplane must never program: subnets that are
-// not the network's, and public IPs inside the overlay. Logged once per write.
+// not the network's, public IPs inside the overlay, VTEP MACs that are not
+// unicast. Logged and counted once per write.
 func (m *Manager) peerOK(key string, l Lease) bool {
-	why := ""
-	switch {
-	case !m.r4.fits(l.Subnet):
-		why = fmt.Sprintf("subnet %s is not a /%d inside %s", l.Subnet, m.r4.bits, m.r4.network)
-	case l.IPv6Subnet.IsValid() && m.six && !m.r6.fits(l.IPv6Subnet):
-		why = fmt.Sprintf("IPv6 subnet %s is not a /%d inside %s", l.IPv6Subnet, m.r6.bits, m.r6.network)
-	case m.r4.network.Contains(l.Attrs.PublicIP):
-		why = fmt.Sprintf("PublicIP %s lies inside the overlay %s", l.Attrs.PublicIP, m.r4.network)
-	}
+	reason, why := m.distrust(l)
 	if why == "" {
 		return true
 	}
-	if r, seen := m.rejected[key]; !seen || r != l.ModRevision {
-		m.rejected[key] = l.ModRevision
-		m.log.Warn("skipping lease that does not fit the network", "key", key, "reason", why)
-	}
+	m.rejectLocked(key, l, reason, why)
 	return false
+}
+
+// distrust names what is wrong with a peer's lease ("" when nothing is).
+func (m *Manager) distrust(l Lease) (reason, why string) {
+	switch {
+	case !l.Subnet.IsValid() || !m.r4.network.Contains(l.Subnet.Addr()) || l.Subnet.Masked() != l.Subnet:
+		return ReasonOutsideNetwork, fmt.Sprintf("subnet %s is not inside %s", l.Subnet, m.r4.network)
+	case !m.r4.fits(l.Subnet):
+		return ReasonWrongLength, fmt.Sprintf("subnet %s is not a /%d (SubnetLen of %s)", l.Subnet, m.r4.bits, m.r4.network)
+	case l.IPv6Subnet.IsValid() && m.six && !m.r6.fits(l.IPv6Subnet):
+		return ReasonIPv6Subnet, fmt.Sprintf("IPv6 subnet %s is not a /%d inside %s", l.IPv6Subnet, m.r6.bits, m.r6.network)
+	case m.r4.network.Contains(l.Attrs.PublicIP):
+		return ReasonPublicIPInside, fmt.Sprintf("PublicIP %s lies inside the overlay %s", l.Attrs.PublicIP, m.r4.network)
+	case m.six && m.r6.network.Contains(l.Attrs.PublicIPv6):
+		return ReasonPublicIPInside, fmt.Sprintf("PublicIPv6 %s lies inside the overlay %s", l.Attrs.PublicIPv6, m.r6.network)
+	}
+	if why := badVtepMAC(l); why != "" {
+		return ReasonVtepMAC, why
+	}
+	return "", ""
+}
+
+// badVtepMAC checks the VtepMAC of a vxlan lease: a multicast or zero MAC
+// in a permanent FDB entry would flood or blackhole the overlay. A lease
+// without BackendData is left to the backend, which cannot program it anyway.
+func badVtepMAC(l Lease) string {
+	if !strings.EqualFold(l.Attrs.BackendType, "vxlan") {
+		return ""
+	}
+	for _, raw := range []json.RawMessage{l.Attrs.BackendData, l.Attrs.BackendV6Data} {
+		if len(raw) == 0 || string(raw) == "null" {
+			continue
+		}
+		var d struct{ VtepMAC *string }
+		if err := json.Unmarshal(raw, &d); err != nil {
+			return fmt.Sprintf("BackendData %.80s: not vxlan lease data: %v", raw, err)
+		}
+		if d.VtepMAC == nil {
+			continue
+		}
+		mac, err := net.ParseMAC(*d.VtepMAC)
+		if err != nil || len(mac) != 6 {
+			return fmt.Sprintf("VtepMAC %q: not a 6-byte MAC address", *d.VtepMAC)
+		}
+		if mac[0]&1 != 0 || [6]byte(mac) == ([6]byte{}) {
+			return fmt.Sprintf("VtepMAC %s: not a unicast MAC", mac)
+		}
+	}
+	return ""
+}
+
+// peerOKQuiet is peerOK without logging: whether the lease passed distrust.
+func (m *Manager) peerOKQuiet(l Lease) bool {
+	_, why := m.distrust(l)
+	return why == ""
+}
+
+// rejectLocked logs and counts a skipped lease once per write of its key.
+func (m *Manager) rejectLocked(key string, l Lease, reason, why string) {
+	if r, seen := m.rejected[key]; seen && r == l.ModRevision {
+		return
+	}
+	m.rejected[key] = l.ModRevision
+	m.log.Warn("skipping lease", "key", key, "reason", reason, "why", why)
+	if m.cfg.Hooks.Rejected != nil {
+		m.cfg.Hooks.Rejected(reason)
+	}
 }
 
 // publishLocked sends the current state as a snapshot, replacing an unread
@@ -477,13 +588,39 @@ func (m *Manager) publishLocked() {
 		return
 	}
 	snap := Snapshot{Own: m.own, Revision: m.rev}
+	known := 0
+	// Two leases naming one PublicIP: only the most recently written one
+	// is programmed (the other is a host's stale lease or a forgery; either
+	// way one FDB entry per address), the other is reported.
+	newest := map[netip.Addr]string{}
 	for k, l := range m.peers {
 		if k == m.ownKey || l.Attrs.PublicIP == m.cfg.PublicIP {
 			continue
 		}
-		if m.peerOK(k, l) {
-			snap.Peers = append(snap.Peers, l)
+		known++
+		if !m.peerOK(k, l) {
+			continue
 		}
+		if cur, dup := newest[l.Attrs.PublicIP]; !dup || m.peers[cur].ModRevision < l.ModRevision {
+			newest[l.Attrs.PublicIP] = k
+		}
+	}
+	for k, l := range m.peers {
+		w, ok := newest[l.Attrs.PublicIP]
+		if !ok {
+			continue
+		}
+		if w == k {
+			snap.Peers = append(snap.Peers, l)
+			continue
+		}
+		if k != m.ownKey && l.Attrs.PublicIP != m.cfg.PublicIP && m.peerOKQuiet(l) {
+			m.rejectLocked(k, l, ReasonDuplicatePublicIP,
+				fmt.Sprintf("PublicIP %s is also named by the newer lease %s", l.Attrs.PublicIP, w))
+		}
+	}
+	if m.cfg.Hooks.Peers != nil {
+		m.cfg.Hooks.Peers(known, len(snap.Peers))
 	}
 	slices.SortFunc(snap.Peers, func(a, b Lease) int {
 		if c := a.Subnet.Addr().Compare(b.Subnet.Addr()); c != 0 {
@@ -519,7 +656,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		relistB   = newBackoff(100*time.Millisecond, 5*time.Second)
 		reacqB    = newBackoff(100*time.Millisecond, 5*time.Second)
 		renewLost = make(chan int64, 1)
-		check     = time.NewTicker(watchCheckInterval)
+		check     = time.NewTicker(m.cfg.WatchCheck)
 		lostOwn   netip.Prefix // subnet to get back, while not held
 		lostID    int64        // etcd lease of the lost key, revoked once replaced
 		lastRelog string
@@ -536,6 +673,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		wctx, wcancel = context.WithCancel(clientv3.WithRequireLeader(ctx))
 		wch = m.cli.Watch(wctx, m.s.SubnetsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 		lastResp = time.Now()
+		m.answered(lastResp)
 		m.setWatch(true, "")
 	}
 	watchLost := func(why string) {
@@ -543,6 +681,9 @@ func (m *Manager) Run(ctx context.Context) error {
 		wch = nil
 		m.log.Warn("etcd watch lost; re-listing leases", "prefix", m.s.SubnetsPrefix(), "reason", why)
 		m.setWatch(false, "etcd watch lost: "+why)
+		if m.cfg.Hooks.WatchRestarted != nil {
+			m.cfg.Hooks.WatchRestarted()
+		}
 		relistC = time.After(0)
 	}
 	ownLost := func(sub netip.Prefix) {
@@ -568,6 +709,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				continue
 			}
 			lastResp = time.Now()
+			m.answered(lastResp)
 			m.setWatch(true, "")
 			lost, sub := m.apply(wresp.Events)
 			// Coalesce a burst: apply whatever else is already waiting, then
@@ -652,7 +794,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			if wch == nil {
 				continue
 			}
-			if time.Since(lastResp) > 3*watchCheckInterval {
+			if time.Since(lastResp) > 3*m.cfg.WatchCheck {
 				m.setWatch(false, fmt.Sprintf("no answer on the etcd watch since %s", lastResp.Format(time.RFC3339)))
 			}
 			pctx, cancel := context.WithTimeout(wctx, time.Second)
@@ -694,6 +836,9 @@ func (m *Manager) keepAlive(ctx context.Context, lost chan<- int64) {
 		cctx, cancel := context.WithTimeout(ctx, callTimeout)
 		resp, err := m.cli.KeepAliveOnce(cctx, clientv3.LeaseID(id))
 		cancel()
+		if m.cfg.Hooks.Renewed != nil && ctx.Err() == nil {
+			m.cfg.Hooks.Renewed(err)
+		}
 		switch {
 		case err == nil:
 			retry.reset()
@@ -701,6 +846,9 @@ func (m *Manager) keepAlive(ctx context.Context, lost chan<- int64) {
 			m.mu.Lock()
 			if m.own.EtcdLease == id {
 				m.own.Expiration = time.Now().Add(time.Duration(resp.TTL) * time.Second)
+				if m.cfg.Hooks.Expiry != nil {
+					m.cfg.Hooks.Expiry(m.own.Expiration)
+				}
 			}
 			m.mu.Unlock()
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
@@ -734,6 +882,12 @@ func (m *Manager) renewIn() time.Duration {
 		margin = m.cfg.TTL / 2
 	}
 	return max(time.Until(exp.Add(-margin)), 0)
+}
+
+func (m *Manager) answered(t time.Time) {
+	if m.cfg.Hooks.WatchAnswered != nil {
+		m.cfg.Hooks.WatchAnswered(t)
+	}
 }
 
 func watchFailure(w clientv3.WatchResponse, ok bool) string {

@@ -37,8 +37,15 @@ type Store struct {
 
 	// bad remembers malformed keys already logged (key → ModRevision), so a
 	// re-list does not repeat the same warning; a new write is logged again.
-	mu  sync.Mutex
-	bad map[string]int64
+	mu       sync.Mutex
+	bad      map[string]int64
+	rejected func(reason string) // counts malformed leases (Hooks.Rejected)
+}
+
+func (s *Store) setRejectHook(fn func(reason string)) {
+	s.mu.Lock()
+	s.rejected = fn
+	s.mu.Unlock()
 }
 
 // NewStore returns a store for the network under prefix, e.g. /coreos.com/network.
@@ -138,9 +145,13 @@ func (s *Store) reportBad(key string, rev int64, err error) {
 	s.mu.Lock()
 	old, seen := s.bad[key]
 	s.bad[key] = rev
+	hook := s.rejected
 	s.mu.Unlock()
 	if !seen || old != rev {
 		s.log.Warn("skipping malformed lease", "key", key, "revision", rev, "err", err)
+		if hook != nil {
+			hook(ReasonMalformed)
+		}
 	}
 }
 

@@ -97,11 +97,18 @@ func WithNetNS(fd int) Option { return func(m *Manager) { m.nsFd = fd } }
 // WithIptablesRestore sets the iptables-restore binary (default: found in PATH).
 func WithIptablesRestore(path string) Option { return func(m *Manager) { m.restoreBin = path } }
 
+// WithResyncHook calls fn after every periodic check of Run (metrics):
+// changed is true when the rules had drifted and were rewritten.
+func WithResyncHook(fn func(changed bool, err error)) Option {
+	return func(m *Manager) { m.onResync = fn }
+}
+
 // Manager owns the traffic rules. Its methods are safe for concurrent use.
 type Manager struct {
 	log        *slog.Logger
 	nsFd       int
 	restoreBin string
+	onResync   func(changed bool, err error)
 
 	mu      sync.Mutex
 	conn    *nftables.Conn
@@ -179,6 +186,9 @@ func (m *Manager) Run(ctx context.Context, period time.Duration) {
 		case <-t.C:
 		}
 		changed, err := m.Check()
+		if m.onResync != nil {
+			m.onResync(changed, err)
+		}
 		switch {
 		case err != nil:
 			m.log.Warn("traffic rules resync failed; retrying next period", "err", err)
