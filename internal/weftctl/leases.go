@@ -1,6 +1,7 @@
 package weftctl
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,7 +23,7 @@ const leasesUsage = `usage: weftctl leases <list|show|rm|reserve|unreserve> [fla
 
   list [-o table|json]              every lease: subnet, public IP, backend, VTEP MAC, expiry
   show SUBNET                       one lease's value and expiry
-  rm SUBNET                         delete a lease (the host re-acquires; etcdctl rmdir)
+  rm SUBNET [--yes]                 delete a lease (asks first; etcdctl rmdir)
   reserve SUBNET --public-ip IP     keep SUBNET for the host with IP, never expiring
   unreserve SUBNET                  delete a reservation (refuses live leases)
 
@@ -47,6 +48,7 @@ func runLeases(ctx context.Context, env *Env, args []string) error {
 	opts.AddFlags(fs)
 	output := fs.String("o", "table", "output format: table or json (list)")
 	publicIP := fs.String("public-ip", "", "public IP of the host the subnet is reserved for (reserve)")
+	yes := fs.Bool("yes", false, "do not ask for confirmation (rm)")
 
 	want := map[string]int{"list": 0, "show": 1, "rm": 1, "reserve": 1, "unreserve": 1}
 	n, ok := want[sub]
@@ -103,6 +105,9 @@ func runLeases(ctx context.Context, env *Env, args []string) error {
 	case "show":
 		return leasesShow(ctx, env.Stdout, st, subnet)
 	case "rm":
+		if err := confirmRemove(ctx, env, st, subnet, *yes); err != nil {
+			return err
+		}
 		if err := st.Delete(ctx, subnet); err != nil {
 			return err
 		}
@@ -119,6 +124,39 @@ func runLeases(ctx context.Context, env *Env, args []string) error {
 		fmt.Fprintf(env.Stdout, "unreserved %s\n", subnet)
 	}
 	return nil
+}
+
+// confirmRemove shows what is about to be deleted, warns when a live host
+// holds it (its weftd takes it straight back, so deleting only makes sense
+// for a host that is gone), and asks unless --yes. Without a terminal answer
+// the lease is kept: a script must say --yes.
+func confirmRemove(ctx context.Context, env *Env, st *lease.Store, subnet netip.Prefix, yes bool) error {
+	l, err := st.Get(ctx, subnet)
+	if err != nil {
+		return err
+	}
+	ls := []lease.Lease{l}
+	if err := st.Expirations(ctx, ls); err != nil {
+		return err
+	}
+	l = ls[0]
+	switch {
+	case l.Reserved():
+		fmt.Fprintf(env.Stderr, "warning: %s is a reservation for %s; use `leases unreserve` to drop a reservation\n", subnet, l.Attrs.PublicIP)
+	case time.Until(l.Expiration) > 0:
+		fmt.Fprintf(env.Stderr, "warning: %s is held by a live host, %s (its etcd lease expires in %s); "+
+			"if that host's weftd is running it re-acquires the lease within a second\n",
+			subnet, l.Attrs.PublicIP, expiresIn(l, time.Now()))
+	}
+	if yes {
+		return nil
+	}
+	fmt.Fprintf(env.Stderr, "delete lease %s of %s? [y/N] ", subnet, l.Attrs.PublicIP)
+	answer, _ := bufio.NewReader(env.Stdin).ReadString('\n')
+	if a := strings.ToLower(strings.TrimSpace(answer)); a == "y" || a == "yes" {
+		return nil
+	}
+	return fmt.Errorf("lease %s not deleted (answer y, or pass --yes)", subnet)
 }
 
 // parseInterleaved lets flags follow positional arguments (`reserve SUBNET

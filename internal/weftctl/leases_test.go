@@ -26,8 +26,13 @@ type leasesFixture struct {
 const leasesPrefix = "/kube-centos/network"
 
 func (f *leasesFixture) run(args ...string) (code int, stdout, stderr string) {
+	return f.runInput("", args...)
+}
+
+// runInput runs a command with input as what the operator types.
+func (f *leasesFixture) runInput(input string, args ...string) (code int, stdout, stderr string) {
 	var out, errb bytes.Buffer
-	env := &Env{Stdout: &out, Stderr: &errb, LookupEnv: func(k string) (string, bool) {
+	env := &Env{Stdout: &out, Stderr: &errb, Stdin: strings.NewReader(input), LookupEnv: func(k string) (string, bool) {
 		v, ok := f.env[k]
 		return v, ok
 	}}
@@ -132,9 +137,20 @@ func TestLeasesShowRmReserve(t *testing.T) {
 		t.Errorf("show missing: %d %s", code, errOut)
 	}
 
-	// rm: the seed's etcdctl rmdir.
-	if code, out, errOut := f.run("rm", "172.30.83.0/24"); code != 0 || !strings.Contains(out, "deleted") {
-		t.Fatalf("rm: %d %s %s", code, out, errOut)
+	// rm: the seed's etcdctl rmdir, but it asks first and warns that a live
+	// host holds the lease; no answer (a script without --yes) keeps it.
+	code, out, errOut = f.run("rm", "172.30.83.0/24")
+	if code != 1 || !strings.Contains(errOut, "held by a live host, 10.64.3.8") || !strings.Contains(errOut, "not deleted") {
+		t.Fatalf("rm without an answer: %d %q %q", code, out, errOut)
+	}
+	if code, _, errOut := f.runInput("n\n", "rm", "172.30.83.0/24"); code != 1 || !strings.Contains(errOut, "[y/N]") {
+		t.Fatalf("rm answered n: %d %q", code, errOut)
+	}
+	if resp, _ := f.cli.Get(context.Background(), leasesPrefix+"/subnets/172.30.83.0-24"); len(resp.Kvs) != 1 {
+		t.Fatal("rm deleted the lease without a yes")
+	}
+	if code, out, errOut := f.runInput("y\n", "rm", "172.30.83.0/24"); code != 0 || !strings.Contains(out, "deleted") {
+		t.Fatalf("rm answered y: %d %s %s", code, out, errOut)
 	}
 	if resp, _ := f.cli.Get(context.Background(), leasesPrefix+"/subnets/172.30.83.0-24"); len(resp.Kvs) != 0 {
 		t.Error("rm left the key")
