@@ -37,6 +37,13 @@ type Options struct {
 	Dir string
 	// ClientAddr is host:port for clients; a free loopback port when empty.
 	ClientAddr string
+	// MaxTxnOps raises etcd's limit on operations in one transaction
+	// (default 128), e.g. for benchmarks that write thousands of leases
+	// in one revision; 0 keeps etcd's default.
+	MaxTxnOps uint
+	// MaxRequestBytes raises etcd's request size limit (default 1.5 MiB);
+	// 0 keeps etcd's default.
+	MaxRequestBytes uint
 }
 
 // Start runs an embedded etcd member. The caller must call Close.
@@ -72,6 +79,12 @@ func Start(opts Options) (*Server, error) {
 	cfg.AdvertisePeerUrls = []url.URL{*pu}
 	cfg.InitialCluster = fmt.Sprintf("%s=%s", cfg.Name, pu.String())
 	cfg.UnsafeNoFsync = true
+	if opts.MaxTxnOps > 0 {
+		cfg.MaxTxnOps = opts.MaxTxnOps
+	}
+	if opts.MaxRequestBytes > 0 {
+		cfg.MaxRequestBytes = opts.MaxRequestBytes
+	}
 	cfg.LogLevel = "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	s := &Server{Dir: dir, Endpoint: cu.String(), cfg: cfg}

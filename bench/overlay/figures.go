@@ -1,0 +1,485 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/internal/lab"
+)
+
+// figure is one measurement; run returns one value per row, per run.
+type figure struct {
+	name string
+	rows func() []*row
+	run  func(ctx context.Context, e *env) ([]float64, error)
+}
+
+const convergeTimeout = 120 * time.Second
+
+func figures() []figure {
+	return []figure{
+		{"start", func() []*row {
+			return []*row{{name: "start → subnet.env, no peers (vxlan)", flanneld: "171 ms", target: "≤ 60 ms", unit: "ms", limit: 60}}
+		}, figStart},
+		{"start3", func() []*row {
+			return []*row{{name: "start → subnet.env, 3 hosts starting together (slowest host)", flanneld: "300–600 ms", target: "< 300 ms (beat flanneld)", unit: "ms", limit: 300}}
+		}, figStart3},
+		{"vxlan-1000", func() []*row {
+			return []*row{{name: "start → all routes+neigh+fdb, vxlan, N = 1,000", flanneld: "1,253 ms", target: "≤ 200 ms", unit: "ms", limit: 200}}
+		}, figConverge("vxlan", 1000)},
+		{"vxlan-5000", func() []*row {
+			return []*row{{name: "start → all routes+neigh+fdb, vxlan, N = 5,000", flanneld: "6,832 ms", target: "≤ 1,000 ms", unit: "ms", limit: 1000}}
+		}, figConverge("vxlan", 5000)},
+		{"hostgw-1000", func() []*row {
+			return []*row{{name: "start → all routes, host-gw, N = 1,000", flanneld: "2,566 ms", target: "≤ 200 ms", unit: "ms", limit: 200}}
+		}, figConverge("host-gw", 1000)},
+		{"hostgw-5000", func() []*row {
+			return []*row{{name: "start → all routes, host-gw, N = 5,000", flanneld: "50,215 ms", target: "≤ 1,000 ms", unit: "ms", limit: 1000}}
+		}, figConverge("host-gw", 5000)},
+		{"join", func() []*row {
+			return []*row{
+				{name: "join: lease put → route+neigh+fdb, N = 1,000, p50", flanneld: "2.97 ms", target: "≤ 3 ms", unit: "ms", limit: 3},
+				{name: "join, p99", flanneld: "5.61 ms", target: "≤ 6 ms", unit: "ms", limit: 6},
+				{name: "leave: lease delete → all gone, N = 1,000, p50", flanneld: "1.89 ms", target: "≤ 2 ms", unit: "ms", limit: 2},
+				{name: "leave, p99", flanneld: "3.58 ms", target: "≤ 4 ms", unit: "ms", limit: 4},
+			}
+		}, figJoin},
+		{"bulk", func() []*row {
+			return []*row{
+				{name: "delete all 5,000 in one txn → all gone (vxlan)", flanneld: "964 ms", target: "≤ 500 ms", unit: "ms", limit: 500},
+				{name: "re-add all 5,000 in one txn → all present (vxlan)", flanneld: "3,783 ms", target: "≤ 1,000 ms", unit: "ms", limit: 1000},
+			}
+		}, figBulk},
+		{"rss", func() []*row {
+			return []*row{{name: "peak RSS (VmHWM), 5,000 peers, vxlan, after start + one resync", flanneld: "50.6 MiB", target: "≤ 30 MiB", unit: "MiB", limit: 30}}
+		}, figRSS},
+		{"idle", func() []*row {
+			return []*row{{name: "idle CPU (utime+stime), 1,000 peers, vxlan", flanneld: "0.8 %", target: "≤ 0.2 %", unit: "%", limit: 0.2}}
+		}, figIdle},
+		{"tcp", func() []*row {
+			return []*row{
+				{name: "TCP pod→pod over vxlan / raw underlay", flanneld: "0.68", target: "≈ 0.68 (kernel path)", unit: "ratio"},
+				{name: "TCP pod→pod over host-gw / raw underlay", flanneld: "0.76", target: "≈ 0.76 (kernel path)", unit: "ratio"},
+				{name: "(raw underlay TCP, vxlan lab)", unit: "Gbit/s"},
+				{name: "(raw underlay TCP, host-gw lab)", unit: "Gbit/s"},
+			}
+		}, figTCP},
+	}
+}
+
+func figureNames() []string {
+	var n []string
+	for _, f := range figures() {
+		n = append(n, f.name)
+	}
+	return n
+}
+
+func selectFigures(spec string) ([]figure, error) {
+	all := figures()
+	if spec == "all" {
+		return all, nil
+	}
+	var out []figure
+	for _, name := range strings.Split(spec, ",") {
+		i := slices.IndexFunc(all, func(f figure) bool { return f.name == strings.TrimSpace(name) })
+		if i < 0 {
+			return nil, fmt.Errorf("-figure %q: unknown figure %q (known: all, %s)", spec, name, strings.Join(figureNames(), ", "))
+		}
+		out = append(out, all[i])
+	}
+	return out, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// figStart: fork of weftd → subnet.env renamed into place, etcd warm.
+func figStart(ctx context.Context, e *env) ([]float64, error) {
+	c, err := e.newCluster(ctx, 1, "vxlan")
+	if err != nil {
+		return nil, err
+	}
+	defer c.close()
+	h := c.hosts[0]
+	fw, err := watchFile(h.subnetFile)
+	if err != nil {
+		return nil, err
+	}
+	defer fw.close()
+	t0, err := h.start()
+	if err != nil {
+		return nil, err
+	}
+	t1, err := fw.wait(h, 30*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return []float64{ms(t1.Sub(t0))}, nil
+}
+
+// figStart3: three hosts forked back to back; the slowest host's time from
+// the first fork to its subnet.env.
+func figStart3(ctx context.Context, e *env) ([]float64, error) {
+	c, err := e.newCluster(ctx, 3, "vxlan")
+	if err != nil {
+		return nil, err
+	}
+	defer c.close()
+	var fws []*fileWatch
+	for _, h := range c.hosts {
+		fw, err := watchFile(h.subnetFile)
+		if err != nil {
+			return nil, err
+		}
+		defer fw.close()
+		fws = append(fws, fw)
+	}
+	var first time.Time
+	for i, h := range c.hosts {
+		t0, err := h.start()
+		if err != nil {
+			return nil, err
+		}
+		if i == 0 {
+			first = t0
+		}
+	}
+	var slowest time.Duration
+	for i, h := range c.hosts {
+		t, err := fws[i].wait(h, 30*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		slowest = max(slowest, t.Sub(first))
+	}
+	return []float64{ms(slowest)}, nil
+}
+
+// converged builds a one-host cluster with n fake peers preloaded, starts
+// weftd and waits until the kernel holds every peer's entries. It returns
+// the time from fork to that moment.
+func converged(ctx context.Context, e *env, backend string, n int) (*cluster, *kwatch, clientv3.LeaseID, time.Duration, error) {
+	c, err := e.newCluster(ctx, 1, backend)
+	if err != nil {
+		return nil, nil, 0, 0, err
+	}
+	fail := func(err error) (*cluster, *kwatch, clientv3.LeaseID, time.Duration, error) {
+		c.close()
+		return nil, nil, 0, 0, err
+	}
+	lid, err := c.putFakes(ctx, backend, 0, n)
+	if err != nil {
+		return fail(err)
+	}
+	h := c.hosts[0]
+	kw, err := newKwatch(h.ns)
+	if err != nil {
+		return fail(err)
+	}
+	ch := kw.expect(kernelKeys(backend, 0, n), true)
+	t0, err := h.start()
+	if err != nil {
+		kw.close()
+		return fail(err)
+	}
+	t1, err := kw.wait(ctx, ch, h, convergeTimeout)
+	if err != nil {
+		kw.close()
+		return fail(err)
+	}
+	if err := verify(h, n, backend == "vxlan"); err != nil {
+		kw.close()
+		return fail(err)
+	}
+	return c, kw, lid, t1.Sub(t0), nil
+}
+
+func figConverge(backend string, n int) func(ctx context.Context, e *env) ([]float64, error) {
+	return func(ctx context.Context, e *env) ([]float64, error) {
+		c, kw, _, d, err := converged(ctx, e, backend, n)
+		if err != nil {
+			return nil, err
+		}
+		kw.close()
+		c.close()
+		return []float64{ms(d)}, nil
+	}
+}
+
+// figJoin: with 1,000 peers programmed, one more lease is put (on the
+// peers' etcd lease) and later deleted, -joins times; the p50 and p99 of
+// put → all three entries present, and delete → all three gone.
+func figJoin(ctx context.Context, e *env) ([]float64, error) {
+	const n = 1000
+	c, kw, lid, _, err := converged(ctx, e, "vxlan", n)
+	if err != nil {
+		return nil, err
+	}
+	defer c.close()
+	defer kw.close()
+	h := c.hosts[0]
+	var joins, leaves []time.Duration
+	for j := range e.opts.joins {
+		f := fakeHost(n + j)
+		keys := f.kernelKeys("vxlan")
+		ch := kw.expect(keys, true)
+		t0 := time.Now()
+		if _, err := e.cli.Put(ctx, f.key(c.prefix), f.value("vxlan"), clientv3.WithLease(lid)); err != nil {
+			return nil, fmt.Errorf("put joining lease %s: %w", f.subnet, err)
+		}
+		t1, err := kw.wait(ctx, ch, h, 10*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("join of %s: %w", f.subnet, err)
+		}
+		joins = append(joins, t1.Sub(t0))
+		ch = kw.expect(keys, false)
+		t0 = time.Now()
+		if _, err := e.cli.Delete(ctx, f.key(c.prefix)); err != nil {
+			return nil, fmt.Errorf("delete leaving lease %s: %w", f.subnet, err)
+		}
+		t1, err = kw.wait(ctx, ch, h, 10*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("leave of %s: %w", f.subnet, err)
+		}
+		leaves = append(leaves, t1.Sub(t0))
+	}
+	return []float64{ms(pct(joins, 50)), ms(pct(joins, 99)), ms(pct(leaves, 50)), ms(pct(leaves, 99))}, nil
+}
+
+// pct is the p-th percentile by nearest rank.
+func pct(d []time.Duration, p int) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := (p*len(s) + 99) / 100
+	return s[max(i-1, 0)]
+}
+
+// figBulk: with 5,000 peers programmed, all are deleted in one transaction,
+// then re-added in one transaction on a new etcd lease.
+func figBulk(ctx context.Context, e *env) ([]float64, error) {
+	const n = 5000
+	c, kw, _, _, err := converged(ctx, e, "vxlan", n)
+	if err != nil {
+		return nil, err
+	}
+	defer c.close()
+	defer kw.close()
+	h := c.hosts[0]
+	keys := kernelKeys("vxlan", 0, n)
+	ch := kw.expect(keys, false)
+	t0 := time.Now()
+	if err := c.deleteFakes(ctx, 0, n); err != nil {
+		return nil, err
+	}
+	t1, err := kw.wait(ctx, ch, h, convergeTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("delete all: %w", err)
+	}
+	del := t1.Sub(t0)
+	if err := verify(h, 0, true); err != nil {
+		return nil, err
+	}
+	g, err := e.cli.Grant(ctx, 3600)
+	if err != nil {
+		return nil, fmt.Errorf("grant an etcd lease: %w", err)
+	}
+	ch = kw.expect(keys, true)
+	t0 = time.Now()
+	if err := c.putFakesOn(ctx, "vxlan", 0, n, g.ID); err != nil {
+		return nil, err
+	}
+	t1, err = kw.wait(ctx, ch, h, convergeTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("re-add all: %w", err)
+	}
+	if err := verify(h, n, true); err != nil {
+		return nil, err
+	}
+	return []float64{ms(del), ms(t1.Sub(t0))}, nil
+}
+
+// figRSS: VmHWM of weftd with 5,000 peers, read after the first apply and
+// one periodic resync (DefaultResync 10 s ± 10 %), which re-reads the
+// kernel's whole state.
+func figRSS(ctx context.Context, e *env) ([]float64, error) {
+	c, kw, _, _, err := converged(ctx, e, "vxlan", 5000)
+	if err != nil {
+		return nil, err
+	}
+	defer c.close()
+	defer kw.close()
+	if err := sleepCtx(ctx, 12*time.Second); err != nil {
+		return nil, err
+	}
+	kb, err := procStatusKB(c.hosts[0].proc.pid(), "VmHWM")
+	if err != nil {
+		return nil, err
+	}
+	return []float64{float64(kb) / 1024}, nil
+}
+
+// figIdle: weftd's utime+stime over the idle window with 1,000 peers, after
+// 5 s to settle, as a percentage of one core.
+func figIdle(ctx context.Context, e *env) ([]float64, error) {
+	c, kw, _, _, err := converged(ctx, e, "vxlan", 1000)
+	if err != nil {
+		return nil, err
+	}
+	defer c.close()
+	defer kw.close()
+	pid := c.hosts[0].proc.pid()
+	if err := sleepCtx(ctx, 5*time.Second); err != nil {
+		return nil, err
+	}
+	c0, err := procCPUTicks(pid)
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	if err := sleepCtx(ctx, e.opts.idle); err != nil {
+		return nil, err
+	}
+	c1, err := procCPUTicks(pid)
+	if err != nil {
+		return nil, err
+	}
+	const hz = 100 // USER_HZ, the unit of /proc/PID/stat
+	return []float64{float64(c1-c0) / hz / time.Since(t0).Seconds() * 100}, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func procStatusKB(pid int, field string) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read status of weftd pid %d: %w", pid, err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && k == field {
+			f := strings.Fields(v)
+			if len(f) > 0 {
+				return strconv.Atoi(f[0])
+			}
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status: no %s line", pid, field)
+}
+
+// procCPUTicks is utime+stime of all threads (fields 14 and 15 of stat).
+func procCPUTicks(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read stat of weftd pid %d: %w", pid, err)
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	f := strings.Fields(s[i+1:]) // f[0] is field 3
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: utime %q stime %q: not numbers", pid, f[11], f[12])
+	}
+	return u + st, nil
+}
+
+// figTCP: iperf3 TCP single stream in the lab (two hosts, the ops note's
+// topology, docker0 and a container on each), container → container over
+// the overlay, and host eth0 → host eth0 over the underlay bridge, in the
+// same run; the ratio is overlay / underlay. One lab per backend is kept
+// for all runs.
+func figTCP(ctx context.Context, e *env) ([]float64, error) {
+	var ratios, raws []float64
+	for _, backend := range []string{"vxlan", "host-gw"} {
+		l, err := e.labFor(ctx, backend)
+		if err != nil {
+			return nil, err
+		}
+		a, b := l.Hosts[0], l.Hosts[1]
+		raw, err := iperf(ctx, b.NS.Name, b.Eth0IP.String(), a.NS.Name, e.opts.iperfT)
+		if err != nil {
+			return nil, fmt.Errorf("%s lab, underlay: %w", backend, err)
+		}
+		pod, err := iperf(ctx, b.ContainerNS.Name, b.ContainerIP.String(), a.ContainerNS.Name, e.opts.iperfT)
+		if err != nil {
+			return nil, fmt.Errorf("%s lab, pod to pod: %w", backend, err)
+		}
+		ratios = append(ratios, pod/raw)
+		raws = append(raws, raw/1e9)
+	}
+	return []float64{ratios[0], ratios[1], raws[0], raws[1]}, nil
+}
+
+func (e *env) labFor(ctx context.Context, backend string) (*lab.Lab, error) {
+	if l, ok := e.labs[backend]; ok {
+		return l, nil
+	}
+	name := fmt.Sprintf("wbo%d-%s", os.Getpid()%100000, strings.ReplaceAll(backend, "-", ""))
+	l, err := lab.Up(ctx, lab.Config{Name: name, Hosts: 2, Backend: backend, WeftdPath: e.weftd, Log: e.log})
+	if err != nil {
+		return nil, fmt.Errorf("lab up (%s): %w", backend, err)
+	}
+	e.labs[backend] = l
+	return l, nil
+}
+
+// iperf runs an iperf3 server in srvNS (bound to addr) and a client in
+// cliNS for d, and returns the receiver's bits per second. Both processes
+// are this program's own; the server is killed by its PID.
+func iperf(ctx context.Context, srvNS, addr, cliNS string, d time.Duration) (float64, error) {
+	srv := exec.Command("ip", "netns", "exec", srvNS, "iperf3", "-s", "-B", addr, "-p", "5201")
+	srv.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := srv.Start(); err != nil {
+		return 0, fmt.Errorf("start iperf3 server in %s: %w", srvNS, err)
+	}
+	defer func() {
+		srv.Process.Kill()
+		srv.Wait()
+	}()
+	var last error
+	// The server needs a moment to listen: retry a refused client.
+	for attempt := 0; attempt < 50; attempt++ {
+		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", cliNS, "iperf3", "-c", addr, "-p", "5201",
+			"-t", strconv.Itoa(int(d.Seconds())), "-J").Output()
+		var res struct {
+			End struct {
+				SumReceived struct {
+					BitsPerSecond float64 `json:"bits_per_second"`
+				} `json:"sum_received"`
+			} `json:"end"`
+			Error string `json:"error"`
+		}
+		if jerr := json.Unmarshal(out, &res); jerr == nil && res.Error == "" && res.End.SumReceived.BitsPerSecond > 0 {
+			return res.End.SumReceived.BitsPerSecond, nil
+		} else if res.Error != "" {
+			last = fmt.Errorf("iperf3 -c %s in %s: %s", addr, cliNS, res.Error)
+		} else {
+			last = fmt.Errorf("iperf3 -c %s in %s: %v (output %.200q)", addr, cliNS, err, out)
+		}
+		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+			return 0, err
+		}
+	}
+	return 0, last
+}

@@ -1,0 +1,274 @@
+// Command overlay measures weft's control plane and dataplane against the
+// figures of issues 2 and 3, each beside flanneld's reference and weft's
+// target, and prints a Markdown table (BENCHMARKS.md is made from it).
+//
+// Method (issue 3): fake remote leases are preloaded in a real embedded
+// etcd — distinct PublicIPs and VTEP MACs, all on one etcd lease, written in
+// one transaction (the embedded etcd runs with a MaxTxnOps of 20,000 for
+// that); the real weftd binary runs in a network namespace host that reaches
+// etcd at 127.0.0.1:2379 through a proxy in this process; completion is
+// judged in the kernel, from route and neighbour/FDB notifications
+// subscribed to in the host namespace before weftd starts (and checked by a
+// dump afterwards), never from weftd's log. Every run builds a fresh
+// namespace world and a fresh etcd prefix and removes them afterwards.
+//
+// Run as root (it creates network namespaces; nothing is added to the root
+// namespace's networking):
+//
+//	go run ./bench/overlay -figure all -runs 5
+//	go run ./bench/overlay -figure join,bulk -runs 5
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/testutil/etcdtest"
+)
+
+type env struct {
+	log   *slog.Logger
+	weftd string
+	tmp   string
+	etcd  *etcdtest.Server
+	cli   *clientv3.Client
+	seq   int
+	opts  options
+	labs  map[string]*lab.Lab
+}
+
+type options struct {
+	runs    int
+	joins   int
+	idle    time.Duration
+	iperfT  time.Duration
+	verbose bool
+}
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "overlay bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		figs  = flag.String("figure", "all", "comma-separated figures, or all: "+strings.Join(figureNames(), ","))
+		weftd = flag.String("weftd", "", "weftd binary (default: go build ./cmd/weftd into a temporary directory)")
+		o     options
+	)
+	flag.IntVar(&o.runs, "runs", 5, "runs of each figure (min/median/max are over these)")
+	flag.IntVar(&o.joins, "joins", 100, "join and leave samples per run of the join figure")
+	flag.DurationVar(&o.idle, "idle", 60*time.Second, "CPU sampling window of the idle figure")
+	flag.DurationVar(&o.iperfT, "iperf-time", 5*time.Second, "duration of each iperf3 run of the tcp figure")
+	flag.BoolVar(&o.verbose, "v", false, "log progress to stderr")
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		return errors.New("must run as root: it creates network namespaces (sudo go run ./bench/overlay)")
+	}
+	selected, err := selectFigures(*figs)
+	if err != nil {
+		return err
+	}
+	level := slog.LevelWarn
+	if o.verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	tmp, err := os.MkdirTemp("", "weft-overlay-bench-")
+	if err != nil {
+		return fmt.Errorf("create temporary directory: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	e := &env{log: log, tmp: tmp, opts: o, labs: map[string]*lab.Lab{}}
+	defer e.closeLabs()
+	if e.weftd, err = buildWeftd(*weftd, tmp); err != nil {
+		return err
+	}
+	linksServer, err := linksEtcdServer(e.weftd)
+	if err != nil {
+		return err
+	}
+	if e.etcd, err = etcdtest.Start(etcdtest.Options{Dir: filepath.Join(tmp, "etcd"), MaxTxnOps: 20000, MaxRequestBytes: 8 << 20}); err != nil {
+		return err
+	}
+	defer e.etcd.Close()
+	if e.cli, err = e.etcd.Client(); err != nil {
+		return fmt.Errorf("etcd client: %w", err)
+	}
+	defer e.cli.Close()
+
+	m := machine()
+	var rows []*row
+	for _, f := range selected {
+		fr := f.rows()
+		rows = append(rows, fr...)
+		for r := range o.runs {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			log.Info("figure", "name", f.name, "run", r+1)
+			vals, err := f.run(ctx, e)
+			if err != nil {
+				return fmt.Errorf("figure %s, run %d: %w", f.name, r+1, err)
+			}
+			for i, v := range vals {
+				fr[i].vals = append(fr[i].vals, v)
+			}
+		}
+		e.closeLabs()
+	}
+	m.loadEnd = loadavg()
+	printTable(os.Stdout, m, rows, o, linksServer)
+	return nil
+}
+
+// buildWeftd builds the real daemon from this checkout (or takes the given
+// binary) — the figures are of the binary an operator runs.
+func buildWeftd(explicit, dir string) (string, error) {
+	if explicit != "" {
+		return filepath.Abs(explicit)
+	}
+	out := filepath.Join(dir, "weftd")
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/weftd")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/weftd (run from the repository root): %w: %s", err, b)
+	}
+	return out, nil
+}
+
+// linksEtcdServer reports whether the binary contains etcd's server module
+// (the issue requires weftd not to).
+func linksEtcdServer(bin string) (bool, error) {
+	b, err := exec.Command("go", "version", "-m", bin).Output()
+	if err != nil {
+		return false, fmt.Errorf("go version -m %s: %w", bin, err)
+	}
+	return strings.Contains(string(b), "go.etcd.io/etcd/server/"), nil
+}
+
+func (e *env) closeLabs() {
+	for k, l := range e.labs {
+		if err := l.Close(); err != nil {
+			e.log.Warn("close lab", "lab", k, "err", err)
+		}
+		delete(e.labs, k)
+	}
+}
+
+type machineInfo struct {
+	nproc              int
+	kernel, cpu        string
+	date               string
+	loadStart, loadEnd string
+}
+
+func machine() machineInfo {
+	m := machineInfo{nproc: runtime.NumCPU(), date: time.Now().UTC().Format("2006-01-02 15:04 UTC"), loadStart: loadavg()}
+	if b, err := exec.Command("uname", "-r").Output(); err == nil {
+		m.kernel = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return m
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// row is one line of the table: a figure, its references and its values.
+type row struct {
+	name, flanneld, target, unit string
+	// limit is the target as a number (0: none); higher says whether larger
+	// values are better (throughput ratios).
+	limit  float64
+	higher bool
+	vals   []float64
+}
+
+func stats(v []float64) (lo, med, hi float64) {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	n := len(s)
+	if n == 0 {
+		return 0, 0, 0
+	}
+	med = s[n/2]
+	if n%2 == 0 {
+		med = (s[n/2-1] + s[n/2]) / 2
+	}
+	return s[0], med, s[n-1]
+}
+
+func fmtVal(v float64, unit string) string {
+	switch {
+	case unit == "ratio" || unit == "%":
+		return fmt.Sprintf("%.3g", v)
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
+}
+
+func printTable(w *os.File, m machineInfo, rows []*row, o options, linksServer bool) {
+	fmt.Fprintf(w, "Machine: %d CPUs (%s), kernel %s; %s; load average (1/5/15 min) %s at start, %s at end.\n",
+		m.nproc, m.cpu, m.kernel, m.date, m.loadStart, m.loadEnd)
+	fmt.Fprintf(w, "Runs per figure: %d. weftd links the etcd server: %t.\n\n", o.runs, linksServer)
+	fmt.Fprintln(w, "| figure | flanneld | weft target | min | median | max | unit | median meets target | runs |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+	for _, r := range rows {
+		lo, med, hi := stats(r.vals)
+		meets := "—"
+		if r.limit != 0 && len(r.vals) > 0 {
+			ok := med <= r.limit
+			if r.higher {
+				ok = med >= r.limit
+			}
+			meets = map[bool]string{true: "yes", false: "**no**"}[ok]
+		}
+		var all []string
+		for _, v := range r.vals {
+			all = append(all, fmtVal(v, r.unit))
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.name, r.flanneld, r.target,
+			fmtVal(lo, r.unit), fmtVal(med, r.unit), fmtVal(hi, r.unit), r.unit, meets, strings.Join(all, ", "))
+	}
+}
