@@ -1,0 +1,400 @@
+// Command udpbench measures weft's udp backend against the kernel's vxlan and
+// the raw underlay, in one run, on this machine (root required; not in CI).
+//
+// It builds three identical two-host topologies in network namespaces it
+// creates and deletes (nothing touches the root namespace's networking):
+//
+//	container A ─veth─ host A ═ underlay veth (MTU 1500) ═ host B ─veth─ container B
+//
+// raw:   iperf3 between host A and host B over the underlay veth (the limit);
+// vxlan: container to container over weft's vxlan backend (kernel vxlan);
+// udp:   container to container over weft's udp backend (engine in this process).
+//
+// For each mode and each of -runs rounds (modes interleaved, so drift on a
+// shared machine hits all of them alike) it runs iperf3 TCP single stream,
+// TCP -P 4, and UDP 64-byte datagrams at unlimited rate, and records the
+// machine's CPU (from /proc/stat, all cores) during each. It prints medians
+// and the udp/vxlan ratios as a Markdown table.
+//
+//	go run ./bench/udp -t 10 -runs 3
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netconf"
+	"github.com/weft-net/weft/internal/testutil/netnstest"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "udpbench:", err)
+		os.Exit(1)
+	}
+}
+
+var network = netip.MustParsePrefix("10.128.0.0/9")
+
+type host struct {
+	ns, ctr *netnstest.NS
+	public  netip.Addr
+	subnet  netip.Prefix
+	be      dataplane.Backend
+	pub     dataplane.Published
+}
+
+func (h *host) ctrIP() netip.Addr { return h.subnet.Addr().Next().Next() }
+
+type topo struct {
+	mode string
+	a, b *host
+	all  []*netnstest.NS
+}
+
+func (t *topo) close() {
+	for _, h := range []*host{t.a, t.b} {
+		if h != nil && h.be != nil {
+			h.be.Close()
+		}
+	}
+	for _, n := range t.all {
+		n.Close()
+	}
+}
+
+func newNS(t *topo, prefix string) (*netnstest.NS, error) {
+	n, err := netnstest.Create(netnstest.UniqueName(prefix))
+	if err != nil {
+		return nil, err
+	}
+	t.all = append(t.all, n)
+	return n, nil
+}
+
+func ipNet(p netip.Prefix) *netlink.Addr {
+	a, _ := netlink.ParseAddr(p.String())
+	return a
+}
+
+// build makes the two hosts, their containers and (for vxlan/udp) the
+// backend, programmed with hand-made snapshots.
+func build(mode string, log *slog.Logger) (*topo, error) {
+	t := &topo{mode: mode}
+	hs := make([]*host, 2)
+	for i := range hs {
+		ns, err := newNS(t, "bh")
+		if err != nil {
+			return t, err
+		}
+		ctr, err := newNS(t, "bc")
+		if err != nil {
+			return t, err
+		}
+		hs[i] = &host{ns: ns, ctr: ctr, public: netip.AddrFrom4([4]byte{100, 64, 0, byte(i + 1)}),
+			subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 128, byte(i + 1), 0}), 24)}
+	}
+	t.a, t.b = hs[0], hs[1]
+	if err := netnstest.VethPair(t.a.ns, "eth0", t.b.ns, "eth0"); err != nil {
+		return t, err
+	}
+	mtu := map[string]int{"raw": 1500, "vxlan": 1450, "udp": 1472}[mode]
+	for _, h := range hs {
+		if _, err := h.ns.Run("sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
+			return t, err
+		}
+		eth0, err := h.ns.Handle.LinkByName("eth0")
+		if err != nil {
+			return t, err
+		}
+		if err := h.ns.Handle.AddrAdd(eth0, ipNet(netip.PrefixFrom(h.public, 24))); err != nil {
+			return t, err
+		}
+		if err := netnstest.VethPair(h.ns, "vc", h.ctr, "eth0"); err != nil {
+			return t, err
+		}
+		gw := h.subnet.Addr().Next()
+		for _, x := range []struct {
+			n    *netnstest.NS
+			name string
+			a    netip.Prefix
+		}{{h.ns, "vc", netip.PrefixFrom(gw, 24)}, {h.ctr, "eth0", netip.PrefixFrom(h.ctrIP(), 24)}} {
+			l, err := x.n.Handle.LinkByName(x.name)
+			if err != nil {
+				return t, err
+			}
+			if err := x.n.Handle.LinkSetMTU(l, mtu); err != nil {
+				return t, err
+			}
+			if err := x.n.Handle.AddrAdd(l, ipNet(x.a)); err != nil {
+				return t, err
+			}
+		}
+		if err := h.ctr.Handle.RouteAdd(&netlink.Route{Gw: gw.AsSlice()}); err != nil {
+			return t, err
+		}
+	}
+	if mode == "raw" {
+		return t, nil
+	}
+	for _, h := range hs {
+		fd := h.ns.Fd()
+		cfg := netconf.Config{BackendType: mode, Backend: json.RawMessage(`{}`), Network: network}
+		be, err := dataplane.NewBackend(cfg, dataplane.Host{IfaceName: "eth0", NetNS: &fd}, h.ns.Handle, log)
+		if err != nil {
+			return t, err
+		}
+		h.be = be
+		if h.pub, _, err = be.Init(context.Background()); err != nil {
+			return t, err
+		}
+	}
+	for _, p := range [][2]*host{{t.a, t.b}, {t.b, t.a}} {
+		own, peer := p[0], p[1]
+		snap := lease.Snapshot{
+			Own: lease.Lease{Subnet: own.subnet, Attrs: lease.Attrs{PublicIP: own.public, BackendType: mode}},
+			Peers: []lease.Lease{{Subnet: peer.subnet, Attrs: lease.Attrs{PublicIP: peer.public,
+				BackendType: peer.pub.BackendType, BackendData: peer.pub.BackendData}}},
+		}
+		if err := own.be.Apply(context.Background(), snap); err != nil {
+			return t, err
+		}
+	}
+	return t, nil
+}
+
+// endpoints: where the iperf3 client and server run, and the server address.
+func (t *topo) endpoints() (client, server *netnstest.NS, addr string) {
+	if t.mode == "raw" {
+		return t.a.ns, t.b.ns, t.b.public.String()
+	}
+	return t.a.ctr, t.b.ctr, t.b.ctrIP().String()
+}
+
+// cpuBusy returns busy and total jiffies over all cores from /proc/stat.
+func cpuBusy() (busy, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)[1:]
+	for i, s := range f {
+		v, _ := strconv.ParseUint(s, 10, 64)
+		total += v
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return busy, total
+}
+
+type result struct {
+	gbps    float64 // received
+	pps     float64 // UDP: datagrams received per second
+	loss    float64 // UDP: percent
+	cpu     float64 // cores busy (machine-wide), e.g. 1.5 = 150 %
+	selfCPU float64 // cores used by this process (the udp engine)
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// iperf runs one iperf3 test and returns what the receiver saw.
+func iperf(t *topo, secs int, args ...string) (result, error) {
+	cli, srv, addr := t.endpoints()
+	server := exec.Command("ip", "netns", "exec", srv.Name, "iperf3", "-s", "-1")
+	if err := server.Start(); err != nil {
+		return result{}, fmt.Errorf("start iperf3 server in %s: %w", srv.Name, err)
+	}
+	defer func() {
+		server.Process.Kill() // our own child, by PID
+		server.Wait()
+	}()
+	var (
+		out []byte
+		err error
+	)
+	// Wait for the server to listen rather than sleeping a guessed time.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		o, _ := exec.Command("ip", "netns", "exec", srv.Name, "ss", "-Hltn", "sport = :5201").Output()
+		if len(strings.TrimSpace(string(o))) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return result{}, errors.New("iperf3 server did not listen within 5s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b0, t0 := cpuBusy()
+	s0 := selfCPU()
+	start := time.Now()
+	out, err = exec.Command("ip", append([]string{"netns", "exec", cli.Name, "iperf3", "-c", addr, "-J", "-t", strconv.Itoa(secs)}, args...)...).Output()
+	wall := time.Since(start)
+	b1, t1 := cpuBusy()
+	s1 := selfCPU()
+	if err != nil {
+		return result{}, fmt.Errorf("iperf3 %s to %s: %w: %s", strings.Join(args, " "), addr, err, out)
+	}
+	var r struct {
+		End struct {
+			SumReceived struct{ BitsPerSecond float64 `json:"bits_per_second"` } `json:"sum_received"`
+			Sum         struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+				Seconds       float64 `json:"seconds"`
+				Packets       float64 `json:"packets"`
+				LostPackets   float64 `json:"lost_packets"`
+				LostPercent   float64 `json:"lost_percent"`
+			} `json:"sum"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return result{}, fmt.Errorf("parse iperf3 JSON: %w", err)
+	}
+	if r.Error != "" {
+		return result{}, fmt.Errorf("iperf3: %s", r.Error)
+	}
+	res := result{gbps: r.End.SumReceived.BitsPerSecond / 1e9}
+	if slices.Contains(args, "-u") {
+		s := r.End.Sum
+		res.gbps = s.BitsPerSecond / 1e9 * (1 - s.LostPercent/100)
+		res.loss = s.LostPercent
+		if s.Seconds > 0 {
+			res.pps = (s.Packets - s.LostPackets) / s.Seconds
+		}
+	}
+	if t1 > t0 {
+		res.cpu = float64(b1-b0) / float64(t1-t0) * float64(runtime.NumCPU())
+	}
+	res.selfCPU = float64(s1-s0) / float64(wall)
+	return res, nil
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func run() error {
+	secs := flag.Int("t", 10, "seconds per iperf3 test")
+	runs := flag.Int("runs", 3, "rounds (medians are reported)")
+	modesFlag := flag.String("modes", "raw,vxlan,udp", "modes to measure")
+	verbose := flag.Bool("v", false, "log the backends")
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		return errors.New("must run as root: it creates network namespaces")
+	}
+	log := slog.New(slog.DiscardHandler)
+	if *verbose {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	modes := strings.Split(*modesFlag, ",")
+	topos := map[string]*topo{}
+	defer func() {
+		for _, t := range topos {
+			t.close()
+		}
+	}()
+	for _, m := range modes {
+		t, err := build(m, log)
+		topos[m] = t
+		if err != nil {
+			return fmt.Errorf("build %s topology: %w", m, err)
+		}
+		cli, _, addr := t.endpoints()
+		ok := false
+		for range 50 { // the data path is up when a ping gets through
+			if _, err := cli.Run("ping", "-c", "1", "-W", "1", addr); err == nil {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return fmt.Errorf("%s: no ping from %s to %s", m, cli.Name, addr)
+		}
+	}
+	tests := []struct {
+		name string
+		args []string
+	}{
+		{"tcp1", nil},
+		{"tcp4", []string{"-P", "4"}},
+		{"udp64", []string{"-u", "-l", "64", "-b", "0"}},
+	}
+	res := map[string]map[string][]result{}
+	for r := 0; r < *runs; r++ {
+		for _, tc := range tests {
+			for _, m := range modes {
+				x, err := iperf(topos[m], *secs, tc.args...)
+				if err != nil {
+					return fmt.Errorf("%s %s round %d: %w", m, tc.name, r+1, err)
+				}
+				if res[m] == nil {
+					res[m] = map[string][]result{}
+				}
+				res[m][tc.name] = append(res[m][tc.name], x)
+				fmt.Fprintf(os.Stderr, "round %d %-5s %-5s %7.3f Gbit/s  %9.0f pps  loss %5.1f%%  cpu %4.0f%%  self %4.0f%%\n",
+					r+1, m, tc.name, x.gbps, x.pps, x.loss, x.cpu*100, x.selfCPU*100)
+			}
+		}
+	}
+	med := func(m, test string, f func(result) float64) float64 {
+		var xs []float64
+		for _, x := range res[m][test] {
+			xs = append(xs, f(x))
+		}
+		return median(xs)
+	}
+	gbps := func(x result) float64 { return x.gbps }
+	fmt.Printf("iperf3 %d s per test, %d rounds, medians; %d cores (%s)\n\n", *secs, *runs, runtime.NumCPU(), time.Now().UTC().Format("2006-01-02"))
+	fmt.Println("| mode | TCP 1 stream Gbit/s | TCP -P 4 Gbit/s | CPU cores busy (1 stream) | CPU cores per Gbit/s (1 stream) | UDP 64 B received pps | UDP 64 B loss % |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	for _, m := range modes {
+		g1 := med(m, "tcp1", gbps)
+		c1 := med(m, "tcp1", func(x result) float64 { return x.cpu })
+		cpg := med(m, "tcp1", func(x result) float64 { return x.cpu / x.gbps })
+		fmt.Printf("| %s | %.2f | %.2f | %.2f | %.3f | %.0f | %.1f |\n", m, g1, med(m, "tcp4", gbps), c1, cpg,
+			med(m, "udp64", func(x result) float64 { return x.pps }), med(m, "udp64", func(x result) float64 { return x.loss }))
+	}
+	if res["udp"] != nil && res["vxlan"] != nil {
+		fmt.Println()
+		for _, tc := range []string{"tcp1", "tcp4"} {
+			fmt.Printf("udp / vxlan %s: %.0f %%\n", tc, 100*med("udp", tc, gbps)/med("vxlan", tc, gbps))
+		}
+		fmt.Printf("udp / vxlan udp64 pps: %.0f %%\n", 100*med("udp", "udp64", func(x result) float64 { return x.pps })/med("vxlan", "udp64", func(x result) float64 { return x.pps }))
+		fmt.Printf("udp engine (this process) CPU during TCP 1 stream: %.0f %% of a core\n", 100*med("udp", "tcp1", func(x result) float64 { return x.selfCPU }))
+	}
+	if res["udp"] != nil && res["raw"] != nil {
+		fmt.Printf("udp / raw tcp1: %.1f %%\n", 100*med("udp", "tcp1", gbps)/med("raw", "tcp1", gbps))
+	}
+	return nil
+}
