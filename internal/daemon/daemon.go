@@ -94,6 +94,18 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 	defer cli.Close()
 	store := lease.NewStore(cli, o.Etcd.Prefix, log)
 
+	// Health is served from the start: /healthz answers while weftd waits
+	// for its config, and /readyz says what it waits for.
+	h := newHealth()
+	h.setWaiting("waiting for the network config at " + store.ConfigKey())
+	if o.HealthzPort != 0 {
+		_, stopHealth, err := h.serve(o.HealthzIP, o.HealthzPort, log)
+		if err != nil {
+			return err
+		}
+		defer stopHealth()
+	}
+
 	prev, err := subnetenv.Read(o.SubnetFile)
 	switch {
 	case err == nil:
@@ -138,6 +150,7 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 		return fmt.Errorf("initialise backend %q: %w", cfg.BackendType, err)
 	}
 
+	h.setWaiting("acquiring a subnet lease")
 	var publicV6 netip.Addr
 	if o.PublicIPv6 != "" {
 		publicV6 = netip.MustParseAddr(o.PublicIPv6)
@@ -152,6 +165,7 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 		PrevSubnet:  subnetenv.LeaseSubnet(prev),
 		RenewMargin: o.RenewMargin(),
 		Logger:      log,
+		Hooks:       h.metrics.LeaseHooks(),
 	})
 	own, err := mgr.Acquire(ctx)
 	if err != nil {
@@ -169,7 +183,7 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 		log.Debug("told systemd we are ready")
 	}
 
-	rm := rules.New(log)
+	rm := rules.New(log, rules.WithResyncHook(h.metrics.OnRuleResync))
 	desiredRules := func(subnet netip.Prefix) rules.Desired {
 		return rules.Desired{
 			Network: cfg.Network, Subnet: subnet,
@@ -184,17 +198,12 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 	}
 
 	loop := dataplane.NewLoop(backend, 0, log)
-	h := newHealth(mgr, loop)
-	if o.HealthzPort != 0 {
-		stopHealth, err := h.serve(o.HealthzIP, o.HealthzPort, log)
-		if err != nil {
-			return err
-		}
-		defer stopHealth()
-	}
+	loop.OnApply(h.metrics.OnApply)
+	h.attach(mgr, loop)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	go h.logTransitions(ctx, log, time.Second)
 	errc := make(chan error, 3)
 	toLoop := make(chan lease.Snapshot, 1)
 	go func() { errc <- mgr.Run(ctx) }()

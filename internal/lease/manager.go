@@ -795,7 +795,13 @@ func (m *Manager) Run(ctx context.Context) error {
 				continue
 			}
 			if time.Since(lastResp) > 3*m.cfg.WatchCheck {
-				m.setWatch(false, fmt.Sprintf("no answer on the etcd watch since %s", lastResp.Format(time.RFC3339)))
+				// A watch silent through three progress requests is not
+				// trusted to come back by itself: after an etcd restart the
+				// client's resumed stream can stay mute with no error. Start
+				// over from a fresh list (retried until etcd answers), which
+				// loses no event.
+				watchLost(fmt.Sprintf("no answer on the etcd watch since %s", lastResp.Format(time.RFC3339)))
+				continue
 			}
 			pctx, cancel := context.WithTimeout(wctx, time.Second)
 			_ = m.cli.RequestProgress(pctx) // the answer arrives on wch

@@ -1,0 +1,177 @@
+// Package metrics holds weftd's Prometheus metrics, all named weft_*.
+//
+// The metrics are registered on a registry the caller passes in (never the
+// global default registry), so tests and several daemons in one process do
+// not collide. The packages that do the work (lease, dataplane, rules) know
+// nothing about Prometheus: they expose small hooks, and this package turns
+// hook calls into metric updates.
+package metrics
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/weft-net/weft/internal/lease"
+)
+
+// Metrics is every weft_ metric of one daemon.
+type Metrics struct {
+	LeaseExpiry          prometheus.Gauge
+	LeaseRenewals        prometheus.Counter
+	LeaseRenewalFailures prometheus.Counter
+	PeersKnown           prometheus.Gauge
+	PeersAccepted        prometheus.Gauge
+	PeersProgrammed      prometheus.Gauge
+	ReconcileRuns        prometheus.Counter
+	ReconcileErrors      prometheus.Counter
+	ReconcileDuration    prometheus.Histogram
+	WatchRestarts        prometheus.Counter
+	RejectedLeases       *prometheus.CounterVec
+	RuleResyncs          *prometheus.CounterVec
+
+	// lastWatch is the UnixNano of the last watch answer; the lag gauge is
+	// computed at scrape time so that a stalled watch shows a growing value
+	// without anybody updating it.
+	lastWatch atomic.Int64
+	now       func() time.Time
+}
+
+// Rule resync outcomes, the label values of weft_rule_resyncs_total.
+const (
+	ResyncUnchanged = "unchanged"
+	ResyncRewritten = "rewritten"
+	ResyncFailed    = "failed"
+)
+
+// New creates the metrics and registers them on reg.
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		LeaseExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weft_lease_expiry_timestamp_seconds",
+			Help: "Unix time at which this host's subnet lease expires unless renewed (0 for a reservation or no lease).",
+		}),
+		LeaseRenewals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_lease_renewals_total",
+			Help: "Successful renewals of this host's subnet lease.",
+		}),
+		LeaseRenewalFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_lease_renewal_failures_total",
+			Help: "Failed renewal attempts of this host's subnet lease (the lease is kept and renewal retried).",
+		}),
+		PeersKnown: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weft_peers_known",
+			Help: "Other hosts' leases read from etcd, including rejected ones.",
+		}),
+		PeersAccepted: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weft_peers_accepted",
+			Help: "Other hosts' leases that passed validation and were handed to the dataplane.",
+		}),
+		PeersProgrammed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weft_peers_programmed",
+			Help: "Peers in the last snapshot the dataplane applied successfully.",
+		}),
+		ReconcileRuns: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_reconcile_runs_total",
+			Help: "Dataplane reconcile runs (desired state applied against the kernel).",
+		}),
+		ReconcileErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_reconcile_errors_total",
+			Help: "Dataplane reconcile runs that failed (retried with backoff).",
+		}),
+		ReconcileDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "weft_reconcile_duration_seconds",
+			Help:    "Duration of dataplane reconcile runs.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 9), // 0.5 ms … 33 s
+		}),
+		WatchRestarts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_watch_restarts_total",
+			Help: "Times the etcd watch of the leases was lost and restarted from a fresh list.",
+		}),
+		RejectedLeases: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_rejected_leases_total",
+			Help: "Lease values read from etcd and skipped (counted once per write), by reason.",
+		}, []string{"reason"}),
+		RuleResyncs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_rule_resyncs_total",
+			Help: "Periodic checks of the traffic rules, by result (unchanged, rewritten, failed).",
+		}, []string{"result"}),
+		now: time.Now,
+	}
+	// Every reason and result is present from the start, so that a query
+	// for rate() or a zero-alert works before the first rejection.
+	for _, r := range []string{lease.ReasonMalformed, lease.ReasonOutsideNetwork, lease.ReasonWrongLength,
+		lease.ReasonIPv6Subnet, lease.ReasonPublicIPInside, lease.ReasonVtepMAC, lease.ReasonDuplicatePublicIP} {
+		m.RejectedLeases.WithLabelValues(r)
+	}
+	for _, r := range []string{ResyncUnchanged, ResyncRewritten, ResyncFailed} {
+		m.RuleResyncs.WithLabelValues(r)
+	}
+	lag := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "weft_watch_lag_seconds",
+		Help: "Seconds since the etcd lease watch last answered (events or progress notification, requested every few seconds); grows while the watch is stalled.",
+	}, m.watchLag)
+	reg.MustRegister(m.LeaseExpiry, m.LeaseRenewals, m.LeaseRenewalFailures, m.PeersKnown, m.PeersAccepted,
+		m.PeersProgrammed, m.ReconcileRuns, m.ReconcileErrors, m.ReconcileDuration, m.WatchRestarts,
+		m.RejectedLeases, m.RuleResyncs, lag)
+	return m
+}
+
+func (m *Metrics) watchLag() float64 {
+	last := m.lastWatch.Load()
+	if last == 0 {
+		return 0 // no watch yet: nothing lags
+	}
+	return max(m.now().Sub(time.Unix(0, last)).Seconds(), 0)
+}
+
+// LeaseHooks returns the hooks for lease.ManagerConfig.
+func (m *Metrics) LeaseHooks() lease.Hooks {
+	return lease.Hooks{
+		Expiry: func(t time.Time) {
+			if t.IsZero() {
+				m.LeaseExpiry.Set(0)
+				return
+			}
+			m.LeaseExpiry.Set(float64(t.UnixNano()) / 1e9)
+		},
+		Renewed: func(err error) {
+			if err != nil {
+				m.LeaseRenewalFailures.Inc()
+				return
+			}
+			m.LeaseRenewals.Inc()
+		},
+		Rejected:       func(reason string) { m.RejectedLeases.WithLabelValues(reason).Inc() },
+		WatchRestarted: m.WatchRestarts.Inc,
+		WatchAnswered:  func(t time.Time) { m.lastWatch.Store(t.UnixNano()) },
+		Peers: func(known, accepted int) {
+			m.PeersKnown.Set(float64(known))
+			m.PeersAccepted.Set(float64(accepted))
+		},
+	}
+}
+
+// OnApply is the hook for dataplane.Loop.OnApply.
+func (m *Metrics) OnApply(peers int, took time.Duration, err error) {
+	m.ReconcileRuns.Inc()
+	m.ReconcileDuration.Observe(took.Seconds())
+	if err != nil {
+		m.ReconcileErrors.Inc()
+		return
+	}
+	m.PeersProgrammed.Set(float64(peers))
+}
+
+// OnRuleResync is the hook for rules.WithResyncHook.
+func (m *Metrics) OnRuleResync(changed bool, err error) {
+	switch {
+	case err != nil:
+		m.RuleResyncs.WithLabelValues(ResyncFailed).Inc()
+	case changed:
+		m.RuleResyncs.WithLabelValues(ResyncRewritten).Inc()
+	default:
+		m.RuleResyncs.WithLabelValues(ResyncUnchanged).Inc()
+	}
+}
