@@ -304,7 +304,7 @@ func checkBridges(s State) []Verdict {
 			continue
 		}
 		check := CheckBridge + "-" + name
-		restart := fmt.Sprintf("make dockerd read /run/flannel/docker (dist/docker.service.d/flannel.conf: ExecStart=/usr/bin/dockerd $DOCKER_NETWORK_OPTIONS), then ip link del %s && systemctl restart docker", name)
+		restart := fmt.Sprintf("make dockerd read /run/flannel/docker (the docker.service.d/flannel.conf drop-in that make install puts in the systemd unit directory: EnvironmentFile=-/run/flannel/docker and ExecStart=/usr/bin/dockerd $DOCKER_NETWORK_OPTIONS; systemctl daemon-reload), then ip link del %s && systemctl restart docker", name)
 		if name == "cni0" {
 			restart = "ip link del cni0 and recreate the pods (the CNI plugin re-creates it from subnet.env)"
 		}
