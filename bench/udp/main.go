@@ -30,6 +30,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -309,6 +310,7 @@ func run() error {
 	runs := flag.Int("runs", 3, "rounds (medians are reported)")
 	modesFlag := flag.String("modes", "raw,vxlan,udp", "modes to measure")
 	verbose := flag.Bool("v", false, "log the backends")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the udp engine) to this file")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root: it creates network namespaces")
@@ -341,6 +343,17 @@ func run() error {
 		if !ok {
 			return fmt.Errorf("%s: no ping from %s to %s", m, cli.Name, addr)
 		}
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("create CPU profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("start CPU profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	tests := []struct {
 		name string

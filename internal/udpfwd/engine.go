@@ -235,11 +235,12 @@ func (e *Engine) tunToUDP() {
 		// cost one sendmmsg each; instead keep reading while the TUN queue
 		// holds more, so they leave in one sendmmsg, coalesced by UDP GSO
 		// when they have the same size. Stop with room for one more
-		// super-packet (≤ 64 segments) in the batch.
-		for err == nil && n > 0 && n <= batch-64 && more.ready() {
-			var m int
-			m, err = e.cfg.TUN.Read(bufs[n:], sizes[n:], headroom)
-			n += m
+		// super-packet (≤ 64 segments) in the batch. After a super-packet
+		// (more than one segment) the batch is already full enough to be
+		// worth a sendmmsg of its own, and the poll would cost more than the
+		// syscall it could save.
+		for last := n; err == nil && last == 1 && n <= batch-64 && more.ready(); n += last {
+			last, err = e.cfg.TUN.Read(bufs[n:], sizes[n:], headroom)
 		}
 		if err != nil {
 			if isClosed(err) {
