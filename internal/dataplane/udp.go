@@ -219,6 +219,16 @@ func (b *udpBackend) ensureDevice() error {
 			b.eng = nil
 		}
 		eng, err := b.startEngine()
+		if err != nil && have != nil {
+			// A leftover flannel0 that cannot be attached to as weft's TUN
+			// (a TAP, multi-queue, or still held by a running flanneld,
+			// which then loses it): replace it.
+			b.log.Warn("cannot attach to the existing TUN device; recreating it", "err", err)
+			if derr := b.h.LinkDel(have); derr != nil && !isGone(derr) {
+				return errors.Join(err, fmt.Errorf("dataplane: delete %s: %w", UDPDeviceName, derr))
+			}
+			eng, err = b.startEngine()
+		}
 		if err != nil {
 			return err
 		}

@@ -225,3 +225,53 @@ func TestUDPOverlay(t *testing.T) {
 		pingOK(t, c, a)
 	})
 }
+
+// TestUDPReplacesIncompatibleDevice: a leftover flannel0 that weft cannot
+// attach to as its TUN (here a persistent TAP device) is replaced, and a
+// second backend attaches to the persistent TUN the first one left.
+func TestUDPReplacesIncompatibleDevice(t *testing.T) {
+	l := newLab(t, netip.MustParsePrefix("100.64.0.1/24"), netip.MustParsePrefix("100.64.0.254/24"))
+	l.ns.MustRun(t, "ip", "tuntap", "add", "dev", "flannel0", "mode", "tap")
+	old, err := l.ns.Handle.LinkByName("flannel0")
+	must(t, err)
+	tunOf := func() *netlink.Tuntap {
+		t.Helper()
+		link, err := l.ns.Handle.LinkByName("flannel0")
+		must(t, err)
+		tt, ok := link.(*netlink.Tuntap)
+		if !ok {
+			t.Fatalf("flannel0 is a %T", link)
+		}
+		return tt
+	}
+	h := l.handle(t)
+	cfg := udpConfig(`{"Port":9285}`)
+	var idx []int
+	for i := range 2 {
+		b, err := NewBackend(cfg, l.host, h, testLog(t))
+		must(t, err)
+		if _, _, err := b.Init(context.Background()); err != nil {
+			t.Fatalf("Init %d: %v", i, err)
+		}
+		snap := lease.Snapshot{Own: lease.Lease{Subnet: peerSubnet(1)}, Peers: []lease.Lease{
+			{Subnet: peerSubnet(2), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("100.64.0.2"), BackendType: "udp"}}}}
+		must(t, b.Apply(context.Background(), snap))
+		tt := tunOf()
+		if tt.Mode != netlink.TUNTAP_MODE_TUN || tt.Attrs().Index == old.Attrs().Index {
+			t.Errorf("run %d: flannel0 mode %v index %d (TAP was %d), want a TUN in place of the TAP", i, tt.Mode, tt.Attrs().Index, old.Attrs().Index)
+		}
+		idx = append(idx, tt.Attrs().Index)
+		want := []string{"addr 10.128.1.0/32", "route 10.128.0.0/9 via <nil> dev flannel0"}
+		if got := kernelState(t, h, "flannel0"); !cmp.Equal(got, want) {
+			t.Errorf("run %d: %s", i, cmp.Diff(want, got))
+		}
+		if st := b.(*udpBackend).Stats(); st.SendErrors != 0 || st.TUNWriteErrors != 0 {
+			t.Errorf("run %d: engine errors %+v", i, st)
+		}
+		must(t, b.Close())
+	}
+	// The second run attached to the TUN the first left behind.
+	if idx[1] != idx[0] {
+		t.Errorf("flannel0 index %d after restart, was %d: recreated instead of reused", idx[1], idx[0])
+	}
+}
