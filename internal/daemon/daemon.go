@@ -17,10 +17,12 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/vishvananda/netlink"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/extiface"
@@ -87,17 +89,10 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 	start := time.Now()
 	log.Info("starting weftd", "version", Version, "options", o)
 
-	cli, err := o.Etcd.Client()
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
-	store := lease.NewStore(cli, o.Etcd.Prefix, log)
-
 	// Health is served from the start: /healthz answers while weftd waits
-	// for its config, and /readyz says what it waits for.
+	// for etcd or its config, and /readyz says what it waits for.
 	h := newHealth()
-	h.setWaiting("waiting for the network config at " + store.ConfigKey())
+	h.setWaiting("connecting to etcd " + o.Etcd.Endpoints)
 	if o.HealthzPort != 0 {
 		_, stopHealth, err := h.serve(o.HealthzIP, o.HealthzPort, log)
 		if err != nil {
@@ -105,6 +100,14 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 		}
 		defer stopHealth()
 	}
+
+	cli, err := connectEtcd(ctx, o, h, log)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	store := lease.NewStore(cli, o.Etcd.Prefix, log)
+	h.setWaiting("waiting for the network config at " + store.ConfigKey())
 
 	prev, err := subnetenv.Read(o.SubnetFile)
 	switch {
@@ -236,6 +239,40 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 			}
 			sendLatest(toLoop, snap)
 		}
+	}
+}
+
+// connectEtcd connects to etcd, retrying until it answers or ctx ends. A
+// bad certificate or password is not fatal — the operator may fix the
+// files or the user while weftd waits — but its cause is logged once (and
+// again only when it changes), naming the endpoint.
+func connectEtcd(ctx context.Context, o *Options, h *health, log *slog.Logger) (*clientv3.Client, error) {
+	retry := time.Second
+	lastCause := ""
+	for {
+		cli, err := o.Etcd.Connect(ctx)
+		if err == nil {
+			if lastCause != "" {
+				log.Info("etcd answers", "endpoints", o.Etcd.Endpoints)
+			}
+			return cli, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		// The cause without the raw error, which may carry a clock time.
+		cause, _, _ := strings.Cut(err.Error(), " (")
+		if cause != lastCause {
+			log.Error("cannot use etcd; retrying", "err", err)
+			lastCause = cause
+		}
+		h.setWaiting("connecting to etcd: " + cause)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(retry):
+		}
+		retry = min(2*retry, 30*time.Second)
 	}
 }
 

@@ -5,12 +5,17 @@ package etcdopts
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"strings"
+	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -94,13 +99,9 @@ func (o Options) Client() (*clientv3.Client, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	var tlsCfg *tls.Config
-	if o.CertFile != "" || o.CAFile != "" {
-		info := transport.TLSInfo{CertFile: o.CertFile, KeyFile: o.KeyFile, TrustedCAFile: o.CAFile}
-		var err error
-		if tlsCfg, err = info.ClientConfig(); err != nil {
-			return nil, fmt.Errorf("etcd TLS (cert %q, key %q, ca %q): %w", o.CertFile, o.KeyFile, o.CAFile, err)
-		}
+	tlsCfg, err := o.tlsConfig()
+	if err != nil {
+		return nil, err
 	}
 	dt := o.DialTimeout
 	if dt == 0 {
@@ -123,6 +124,19 @@ func (o Options) Client() (*clientv3.Client, error) {
 	return cli, nil
 }
 
+// tlsConfig is the client TLS of the options; nil when TLS is not asked for.
+func (o Options) tlsConfig() (*tls.Config, error) {
+	if o.CertFile == "" && o.CAFile == "" {
+		return nil, nil
+	}
+	info := transport.TLSInfo{CertFile: o.CertFile, KeyFile: o.KeyFile, TrustedCAFile: o.CAFile}
+	cfg, err := info.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("etcd TLS (cert %q, key %q, ca %q): %w", o.CertFile, o.KeyFile, o.CAFile, err)
+	}
+	return cfg, nil
+}
+
 // Ping checks that etcd answers within d, naming the endpoints on failure.
 func Ping(ctx context.Context, cli *clientv3.Client, d time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, d)
@@ -131,4 +145,166 @@ func Ping(ctx context.Context, cli *clientv3.Client, d time.Duration) error {
 		return fmt.Errorf("etcd %s: %w", strings.Join(cli.Endpoints(), ","), err)
 	}
 	return nil
+}
+
+// ConnectTimeout bounds Connect: an operator learns within it whether etcd
+// is reachable and, when not, why.
+const ConnectTimeout = 5 * time.Second
+
+// Connect builds the client and checks that etcd answers a read of
+// <prefix>/config within ConnectTimeout. On failure it returns one error
+// naming each endpoint and the cause (wrong CA, expired certificate, bad
+// password, refused connection…), and no client.
+func (o Options) Connect(ctx context.Context) (*clientv3.Client, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	if _, err := o.tlsConfig(); err != nil {
+		return nil, err
+	}
+	cli, err := o.Client()
+	if err != nil {
+		// clientv3.New authenticates at once when a username is given.
+		return nil, fmt.Errorf("etcd %s: %s", o.Endpoints, o.Diagnose(err))
+	}
+	if err := o.Check(ctx, cli); err != nil {
+		cli.Close()
+		return nil, err
+	}
+	return cli, nil
+}
+
+// Check reads <prefix>/config through cli (a key the weft user must be
+// allowed to read, unlike "/") and, when that fails, asks each endpoint on
+// its own why, so that the error names the endpoint and the cause. It
+// returns within ConnectTimeout.
+func (o Options) Check(ctx context.Context, cli *clientv3.Client) error {
+	deadline := time.Now().Add(ConnectTimeout - 200*time.Millisecond)
+	key := strings.TrimRight(o.Prefix, "/") + "/config"
+	gctx, cancel := context.WithDeadline(ctx, time.Now().Add(ConnectTimeout/2))
+	_, err := cli.Get(gctx, key, clientv3.WithCountOnly())
+	cancel()
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	eps := o.EndpointList()
+	causes := make([]string, len(eps))
+	var wg sync.WaitGroup
+	for i, ep := range eps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			causes[i] = ep + ": " + o.probe(ctx, ep, key, deadline)
+		}()
+	}
+	wg.Wait()
+	if len(eps) == 1 {
+		return fmt.Errorf("etcd %s", causes[0])
+	}
+	return fmt.Errorf("etcd: no endpoint usable: %s", strings.Join(causes, "; "))
+}
+
+// probe reads key from one endpoint and describes the outcome.
+func (o Options) probe(ctx context.Context, ep, key string, deadline time.Time) string {
+	if cause := o.transportProbe(ctx, ep, deadline); cause != "" {
+		return cause
+	}
+	one := o
+	one.Endpoints = ep
+	cli, err := one.Client()
+	if err != nil {
+		return o.Diagnose(err)
+	}
+	defer cli.Close()
+	pctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	if _, err = cli.Get(pctx, key, clientv3.WithCountOnly()); err == nil {
+		return "answers now (it did not a moment ago)"
+	}
+	return o.Diagnose(err)
+}
+
+// transportProbe dials ep itself, with the client's TLS when it has one,
+// because gRPC reports a failed handshake only as a timeout. It returns the
+// cause of a TCP or TLS failure, or "" when the transport is fine.
+func (o Options) transportProbe(ctx context.Context, ep string, deadline time.Time) string {
+	host := ep
+	if u, err := url.Parse(ep); err == nil && u.Host != "" {
+		host = u.Host
+	}
+	dctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(dctx, "tcp", host)
+	if err != nil {
+		return o.Diagnose(err)
+	}
+	defer conn.Close()
+	cfg, err := o.tlsConfig()
+	if err != nil || cfg == nil {
+		return ""
+	}
+	cfg = cfg.Clone()
+	if h, _, err := net.SplitHostPort(host); err == nil && cfg.ServerName == "" {
+		cfg.ServerName = h
+	}
+	cfg.NextProtos = []string{"h2"}
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(dctx); err != nil {
+		return o.Diagnose(err)
+	}
+	// With TLS 1.3 the server judges our certificate after the client's
+	// handshake is done: its verdict is an alert on the first read.
+	tc.SetReadDeadline(time.Now().Add(min(300*time.Millisecond, time.Until(deadline))))
+	if _, err := tc.Read(make([]byte, 1)); err != nil && strings.Contains(err.Error(), "remote error") {
+		return o.Diagnose(err)
+	}
+	return ""
+}
+
+// Diagnose turns an etcd client error into the cause an operator can act
+// on. gRPC carries TLS and auth failures as text, so they are matched by
+// their messages; the original error is kept at the end.
+func (o Options) Diagnose(err error) string {
+	msg := err.Error()
+	has := func(s ...string) bool {
+		for _, x := range s {
+			if strings.Contains(msg, x) {
+				return true
+			}
+		}
+		return false
+	}
+	var cause string
+	switch {
+	case errors.Is(err, rpctypes.ErrAuthFailed) || has("authentication failed"):
+		cause = fmt.Sprintf("authentication failed: unknown -etcd-username %q or wrong -etcd-password", o.Username)
+	case errors.Is(err, rpctypes.ErrPermissionDenied) || has("permission denied"):
+		cause = fmt.Sprintf("permission denied: user %q may not read %s", o.Username, o.Prefix)
+	case errors.Is(err, rpctypes.ErrUserEmpty) || has("user name is empty", "user name not found"):
+		cause = "etcd requires authentication: give -etcd-username and -etcd-password"
+	case has("certificate signed by unknown authority"):
+		cause = fmt.Sprintf("TLS: etcd's server certificate is not signed by the CA in -etcd-cafile %q", o.CAFile)
+	case has("x509: certificate has expired", "certificate has expired or is not yet valid"):
+		cause = "TLS: etcd's server certificate has expired or is not yet valid"
+	case has("x509: certificate is valid for", "x509: cannot validate certificate"):
+		cause = "TLS: etcd's server certificate does not name this endpoint's host"
+	case has("tls: expired certificate"):
+		cause = fmt.Sprintf("TLS: etcd rejected the client certificate -etcd-certfile %q: expired", o.CertFile)
+	case has("tls: certificate required"):
+		cause = "TLS: etcd requires a client certificate: give -etcd-certfile and -etcd-keyfile"
+	case has("tls: bad certificate", "tls: unknown certificate authority", "tls: unknown certificate"):
+		cause = fmt.Sprintf("TLS: etcd rejected the client certificate -etcd-certfile %q (not signed by a CA it trusts)", o.CertFile)
+	case has("first record does not look like a TLS handshake"):
+		cause = "TLS: the endpoint does not speak TLS (use http://, or the right port)"
+	case has("connection refused"):
+		cause = "connection refused: nothing listens there"
+	case has("no such host"):
+		cause = "unknown host"
+	case errors.Is(err, context.DeadlineExceeded) || has("deadline exceeded"):
+		cause = "no answer in time (unreachable, or a TLS endpoint reached with http://)"
+	default:
+		cause = "unreachable"
+	}
+	return cause + " (" + msg + ")"
 }
