@@ -260,8 +260,10 @@ func iperf(t *topo, secs int, args ...string) (result, error) {
 	}
 	var r struct {
 		End struct {
-			SumReceived struct{ BitsPerSecond float64 `json:"bits_per_second"` } `json:"sum_received"`
-			Sum         struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+			Sum struct {
 				BitsPerSecond float64 `json:"bits_per_second"`
 				Seconds       float64 `json:"seconds"`
 				Packets       float64 `json:"packets"`
