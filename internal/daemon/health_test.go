@@ -63,8 +63,17 @@ type node struct {
 
 func startNode(t *testing.T) *node {
 	t.Helper()
+	srv := etcdtest.New(t)
+	n := startNodeWith(t, etcdtest.NewClient(t, srv))
+	n.srv = srv
+	return n
+}
+
+// startNodeWith runs the node on the etcd behind cli.
+func startNodeWith(t *testing.T, cli *clientv3.Client) *node {
+	t.Helper()
 	netnstest.RequireRoot(t)
-	n := &node{logs: &syncBuf{}}
+	n := &node{logs: &syncBuf{}, cli: cli}
 	log := slog.New(slog.NewTextHandler(n.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
 	n.ns = netnstest.New(t, "wh")
@@ -81,8 +90,6 @@ func startNode(t *testing.T) *node {
 		t.Fatal(err)
 	}
 
-	n.srv = etcdtest.New(t)
-	n.cli = etcdtest.NewClient(t, n.srv)
 	cfgJSON := `{"Network":"172.30.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}`
 	cfg, _, err := netconf.Parse([]byte(cfgJSON))
 	if err != nil {
