@@ -146,6 +146,12 @@ func (c *cluster) close() {
 			if err := h.proc.stop(5 * time.Second); err != nil {
 				c.e.log.Warn("stop weftd", "host", h.ns.Name, "err", err)
 			}
+			if d := c.e.opts.keepLogs; d != "" {
+				if b, err := os.ReadFile(h.logFile); err == nil {
+					os.MkdirAll(d, 0o755)
+					os.WriteFile(filepath.Join(d, h.ns.Name+".log"), b, 0o644)
+				}
+			}
 		}
 		if h.proxy != nil {
 			h.proxy.Close()
@@ -214,9 +220,11 @@ func (h *host) start(extra ...string) (time.Time, error) {
 		"-iface=eth0",
 		"-subnet-file=" + h.subnetFile,
 	}, extra...)
+	args = append(args, h.c.e.opts.weftdArgs...)
 	cmd := exec.Command(h.c.e.weftd, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	// A clean environment: no FLANNELD_* of the caller's leaks in.
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, h.c.e.opts.weftdEnv...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	var t0 time.Time
 	err = h.ns.Do(func() error {

@@ -77,7 +77,9 @@ func newKwatch(ns *netnstest.NS) (*kwatch, error) {
 		for u := range neighs {
 			switch u.Family {
 			case unix.AF_INET:
-				if u.IP == nil || u.HardwareAddr == nil {
+				// A deletion comes without lladdr (the entry is already
+				// NUD_FAILED): key on the address only.
+				if u.IP == nil {
 					continue
 				}
 				on := u.Type == unix.RTM_NEWNEIGH && u.State&netlink.NUD_PERMANENT != 0
@@ -162,8 +164,15 @@ func (w *kwatch) wait(ctx context.Context, ch <-chan time.Time, h *host, d time.
 		case <-t.C:
 			w.mu.Lock()
 			met, n := w.met, len(w.target)
+			var pending []string
+			for k := range w.target {
+				if w.present[k] != w.wantOn && len(pending) < 5 {
+					pending = append(pending, k)
+				}
+			}
 			w.mu.Unlock()
-			return time.Time{}, fmt.Errorf("kernel in %s: %d of %d entries reached the expected state within %s; weftd log:\n%s", h.ns.Name, met, n, d, h.logTail())
+			return time.Time{}, fmt.Errorf("kernel in %s: %d of %d entries reached the expected state (present=%t) within %s (e.g. not: %q); weftd log:\n%s",
+				h.ns.Name, met, n, w.wantOn, d, pending, h.logTail())
 		case <-ctx.Done():
 			return time.Time{}, ctx.Err()
 		case <-tick.C:

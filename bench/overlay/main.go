@@ -58,6 +58,12 @@ type options struct {
 	idle    time.Duration
 	iperfT  time.Duration
 	verbose bool
+	// weftdArgs are appended to every weftd command line of the
+	// one-host figures (diagnosis, e.g. -v=1).
+	weftdArgs []string
+	keepLogs  string
+	perfDir   string
+	weftdEnv  []string
 }
 
 func main() {
@@ -78,6 +84,19 @@ func run() error {
 	flag.DurationVar(&o.idle, "idle", 60*time.Second, "CPU sampling window of the idle figure")
 	flag.DurationVar(&o.iperfT, "iperf-time", 5*time.Second, "duration of each iperf3 run of the tcp figure")
 	flag.BoolVar(&o.verbose, "v", false, "log progress to stderr")
+	flag.Func("weftd-env", "extra weftd environment variable NAME=VALUE (repeatable), e.g. GODEBUG=gctrace=1", func(s string) error {
+		if !strings.Contains(s, "=") {
+			return fmt.Errorf("%q: want NAME=VALUE", s)
+		}
+		o.weftdEnv = append(o.weftdEnv, s)
+		return nil
+	})
+	flag.StringVar(&o.perfDir, "perf", "", "record `perf record -g` of weftd during each start → converged run into this directory (diagnosis; slows weftd)")
+	flag.StringVar(&o.keepLogs, "keep-logs", "", "copy each weftd log into this directory (diagnosis)")
+	flag.Func("weftd-arg", "extra weftd argument (repeatable), e.g. -weftd-arg=-v=1", func(s string) error {
+		o.weftdArgs = append(o.weftdArgs, s)
+		return nil
+	})
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root: it creates network namespaces (sudo go run ./bench/overlay)")
