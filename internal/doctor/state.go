@@ -15,7 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/dataplane"
-	"github.com/weft-net/weft/internal/etcdopts"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
 	"github.com/weft-net/weft/internal/subnetenv"
@@ -126,8 +125,12 @@ const etcdTimeout = 5 * time.Second
 // the things the doctor reports.
 func ObserveEtcd(ctx context.Context, cli *clientv3.Client, prefix string) EtcdState {
 	e := EtcdState{Endpoints: strings.Join(cli.Endpoints(), ","), Prefix: prefix}
-	if err := etcdopts.Ping(ctx, cli, etcdTimeout); err != nil {
-		e.Err = err
+	// Read <prefix>/config, not "/": a weft user may be allowed its prefix only.
+	pctx, cancel := context.WithTimeout(ctx, etcdTimeout)
+	_, err := cli.Get(pctx, strings.TrimRight(prefix, "/")+"/config", clientv3.WithCountOnly())
+	cancel()
+	if err != nil {
+		e.Err = fmt.Errorf("etcd %s: %w", e.Endpoints, err)
 		return e
 	}
 	st := lease.NewStore(cli, prefix, nil)

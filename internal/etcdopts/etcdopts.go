@@ -137,16 +137,6 @@ func (o Options) tlsConfig() (*tls.Config, error) {
 	return cfg, nil
 }
 
-// Ping checks that etcd answers within d, naming the endpoints on failure.
-func Ping(ctx context.Context, cli *clientv3.Client, d time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	if _, err := cli.Get(ctx, "/", clientv3.WithCountOnly()); err != nil {
-		return fmt.Errorf("etcd %s: %w", strings.Join(cli.Endpoints(), ","), err)
-	}
-	return nil
-}
-
 // ConnectTimeout bounds Connect: an operator learns within it whether etcd
 // is reachable and, when not, why.
 const ConnectTimeout = 5 * time.Second

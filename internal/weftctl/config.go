@@ -102,7 +102,7 @@ func runConfig(ctx context.Context, env *Env, args []string) error {
 			return fmt.Errorf("%w; nothing written to %s", err, key)
 		}
 		newCfg, _, _ := netconf.Parse(data) // valid: checked above
-		cli, err := eo.Client()
+		cli, err := eo.Connect(ctx)
 		if err != nil {
 			return err
 		}
@@ -243,7 +243,7 @@ func printConfigUsage(w io.Writer, fs *flag.FlagSet) {
 
 // getConfig reads <prefix>/config; a missing key is an error naming it.
 func getConfig(ctx context.Context, eo etcdopts.Options, key string) ([]byte, error) {
-	cli, err := eo.Client()
+	cli, err := eo.Connect(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -90,7 +90,7 @@ func runLeases(ctx context.Context, env *Env, args []string) error {
 		attrs.PublicIP = a
 	}
 
-	cli, err := opts.Client()
+	cli, err := opts.Connect(ctx)
 	if err != nil {
 		return err
 	}

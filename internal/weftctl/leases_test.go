@@ -222,3 +222,26 @@ func TestExpiresIn(t *testing.T) {
 		t.Errorf("reservation: %q", got)
 	}
 }
+
+// A wrong password is one clear error within 5 s, naming the endpoint and
+// the cause, and never the password.
+func TestLeasesWrongPassword(t *testing.T) {
+	f := newLeasesFixture(t)
+	etcdtest.EnableAuth(t, f.cli, "weft", "s3cret", leasesPrefix)
+	start := time.Now()
+	code, _, errOut := f.run("list", "--etcd-username", "weft", "--etcd-password", "wrong-one")
+	took := time.Since(start)
+	if code != 1 || !strings.Contains(errOut, "authentication failed") || !strings.Contains(errOut, f.srv.Endpoint) {
+		t.Fatalf("exit %d, stderr %q: want exit 1 naming %s and the authentication failure", code, errOut, f.srv.Endpoint)
+	}
+	if strings.Contains(errOut, "wrong-one") {
+		t.Fatalf("the password appears in the error: %q", errOut)
+	}
+	if took > 5*time.Second {
+		t.Fatalf("took %v, want the error within 5s", took)
+	}
+	t.Logf("wrong password reported in %v: %s", took.Round(time.Millisecond), strings.TrimSpace(errOut))
+	if code, out, errOut := f.run("list", "--etcd-username", "weft", "--etcd-password", "s3cret"); code != 0 || !strings.Contains(out, "172.30.19.0/24") {
+		t.Fatalf("right password: exit %d %q %q", code, out, errOut)
+	}
+}
