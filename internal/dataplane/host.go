@@ -1,7 +1,6 @@
 package dataplane
 
 import (
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -46,11 +45,12 @@ func NewBackend(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Logg
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	switch strings.ToLower(cfg.BackendType) {
+	cfg.BackendType = strings.ToLower(cfg.BackendType) // as netconf.Parse leaves it
+	switch cfg.BackendType {
 	case "vxlan", "":
-		opts, err := decodeVXLANOptions(cfg.Backend)
+		opts, err := cfg.VXLAN()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("dataplane: vxlan options: %w", err)
 		}
 		return newVXLAN(opts, host, h, log.With("backend", "vxlan")), nil
 	case "host-gw":
@@ -66,64 +66,9 @@ func NewBackend(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Logg
 	}
 }
 
-// VXLANOptions are the vxlan backend's keys in the config's Backend object.
-type VXLANOptions struct {
-	VNI           int  // default 1
-	Port          int  // UDP destination port; 0 = the kernel default 8472
-	GBP           bool // VXLAN group based policy extension
-	Learning      bool // let the kernel learn FDB entries (off: weft programs them)
-	DirectRouting bool // plain route via the peer's address when it is on the same L2 segment
-	MTU           int  // 0 = underlay MTU − 50
-}
-
-// decodeVXLANOptions reads the vxlan options from the raw Backend object
-// (keys matched case-insensitively, like encoding/json does for flannel).
-func decodeVXLANOptions(raw json.RawMessage) (VXLANOptions, error) {
-	var o VXLANOptions
-	if len(raw) > 0 {
-		var in struct {
-			VNI           *int
-			Port          *int
-			GBP           *bool
-			Learning      *bool
-			DirectRouting *bool
-			MTU           *int
-		}
-		if err := json.Unmarshal(raw, &in); err != nil {
-			return o, fmt.Errorf("dataplane: decode vxlan Backend options %s: %w", raw, err)
-		}
-		if in.VNI != nil {
-			o.VNI = *in.VNI
-		}
-		if in.Port != nil {
-			o.Port = *in.Port
-		}
-		if in.GBP != nil {
-			o.GBP = *in.GBP
-		}
-		if in.Learning != nil {
-			o.Learning = *in.Learning
-		}
-		if in.DirectRouting != nil {
-			o.DirectRouting = *in.DirectRouting
-		}
-		if in.MTU != nil {
-			o.MTU = *in.MTU
-		}
-	}
-	if o.VNI == 0 {
-		o.VNI = 1
-	}
-	switch {
-	case o.VNI < 0 || o.VNI > 1<<24-1:
-		return o, fmt.Errorf("dataplane: vxlan Backend.VNI %d: must be in 1..16777215", o.VNI)
-	case o.Port < 0 || o.Port > 65535:
-		return o, fmt.Errorf("dataplane: vxlan Backend.Port %d: must be in 0..65535 (0 = kernel default 8472)", o.Port)
-	case o.MTU != 0 && (o.MTU < 68 || o.MTU > 65535):
-		return o, fmt.Errorf("dataplane: vxlan Backend.MTU %d: must be 0 (underlay − 50) or in 68..65535", o.MTU)
-	}
-	return o, nil
-}
+// VXLANOptions are the vxlan backend's keys in the config's Backend object;
+// netconf owns their decoding, defaults and validation.
+type VXLANOptions = netconf.VXLANOptions
 
 // resolveHost fills in what the caller left zero, from the kernel.
 func resolveHost(h *netlink.Handle, host Host) (Host, netlink.Link, error) {
