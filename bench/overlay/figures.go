@@ -53,6 +53,7 @@ func figures() []figure {
 				{name: "join, p99", flanneld: "5.61 ms", target: "≤ 6 ms", unit: "ms", limit: 6},
 				{name: "leave: lease delete → all gone, N = 1,000, p50", flanneld: "1.89 ms", target: "≤ 2 ms", unit: "ms", limit: 2},
 				{name: "leave, p99", flanneld: "3.58 ms", target: "≤ 4 ms", unit: "ms", limit: 4},
+				{name: "(join: of which the etcd Put round trip, p50)", unit: "ms"},
 			}
 		}, figJoin},
 		{"bulk", func() []*row {
@@ -76,8 +77,16 @@ func figures() []figure {
 			}
 		}, figRSS(0)},
 		{"idle", func() []*row {
-			return []*row{{name: "idle CPU (utime+stime), 1,000 peers, vxlan", flanneld: "0.8 %", target: "≤ 0.2 %", unit: "%", limit: 0.2}}
+			return []*row{{name: "idle CPU (utime+stime, children included), 1,000 peers, vxlan", flanneld: "0.8 %", target: "≤ 0.2 %", unit: "%", limit: 0.2}}
 		}, figIdle},
+		{"floor", func() []*row {
+			return []*row{
+				{name: "(kernel floor: ip/bridge -batch of the same entries, vxlan, N = 1,000)", unit: "ms"},
+				{name: "(kernel floor, vxlan, N = 5,000)", target: "~500 ms per the issue", unit: "ms"},
+				{name: "(kernel floor, host-gw, N = 1,000)", unit: "ms"},
+				{name: "(kernel floor, host-gw, N = 5,000)", unit: "ms"},
+			}
+		}, figFloor},
 		{"tcp", func() []*row {
 			return []*row{
 				{name: "TCP pod→pod over vxlan / raw underlay", flanneld: "0.68", target: "≈ 0.68 (kernel path)", unit: "ratio"},
@@ -210,22 +219,14 @@ func converged(ctx context.Context, e *env, backend string, n int) (*cluster, *k
 		kw.close()
 		return fail(err)
 	}
-	var perf *exec.Cmd
-	if d := e.opts.perfDir; d != "" {
-		// Attached after the fork: it misses process start-up, not the
-		// first apply, which is what it is for.
-		os.MkdirAll(d, 0o755)
-		perf = exec.Command("perf", "record", "-q", "-F", "999", "-g", "-p", strconv.Itoa(h.proc.pid()),
-			"-o", filepath.Join(d, fmt.Sprintf("%s-%d-%s.data", backend, n, h.ns.Name)))
-		if err := perf.Start(); err != nil {
-			return fail(fmt.Errorf("start perf record: %w", err))
-		}
+	// Attached after the fork: it misses process start-up, not the first
+	// apply, which is what it is for.
+	perf, err := e.startPerf(h, fmt.Sprintf("start-%s-%d", backend, n))
+	if err != nil {
+		return fail(err)
 	}
 	t1, err := kw.wait(ctx, ch, h, convergeTimeout)
-	if perf != nil {
-		perf.Process.Signal(os.Interrupt)
-		perf.Wait()
-	}
+	perf.stop()
 	if err == nil {
 		// subnet.env comes before any peer is programmed; with no peers
 		// it is what says weftd is up.
@@ -266,7 +267,12 @@ func figJoin(ctx context.Context, e *env) ([]float64, error) {
 	defer c.close()
 	defer kw.close()
 	h := c.hosts[0]
-	var joins, leaves []time.Duration
+	perf, err := e.startPerf(h, "join")
+	if err != nil {
+		return nil, err
+	}
+	defer perf.stop()
+	var joins, leaves, puts []time.Duration
 	for j := range e.opts.joins {
 		f := fakeHost(n + j)
 		keys := f.kernelKeys("vxlan")
@@ -275,6 +281,7 @@ func figJoin(ctx context.Context, e *env) ([]float64, error) {
 		if _, err := e.cli.Put(ctx, f.key(c.prefix), f.value("vxlan"), clientv3.WithLease(lid)); err != nil {
 			return nil, fmt.Errorf("put joining lease %s: %w", f.subnet, err)
 		}
+		puts = append(puts, time.Since(t0))
 		t1, err := kw.wait(ctx, ch, h, 10*time.Second)
 		if err != nil {
 			return nil, fmt.Errorf("join of %s: %w", f.subnet, err)
@@ -291,7 +298,7 @@ func figJoin(ctx context.Context, e *env) ([]float64, error) {
 		}
 		leaves = append(leaves, t1.Sub(t0))
 	}
-	return []float64{ms(pct(joins, 50)), ms(pct(joins, 99)), ms(pct(leaves, 50)), ms(pct(leaves, 99))}, nil
+	return []float64{ms(pct(joins, 50)), ms(pct(joins, 99)), ms(pct(leaves, 50)), ms(pct(leaves, 99)), ms(pct(puts, 50))}, nil
 }
 
 // pct is the p-th percentile by nearest rank.
@@ -428,7 +435,9 @@ func procStatusKB(pid int, field string) (int, error) {
 	return 0, fmt.Errorf("/proc/%d/status: no %s line", pid, field)
 }
 
-// procCPUTicks is utime+stime of all threads (fields 14 and 15 of stat).
+// procCPUTicks is utime+stime of all threads plus cutime+cstime of waited-for
+// children (fields 14–17 of stat): a daemon that forks rule checkers must
+// pay for them too.
 func procCPUTicks(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -440,12 +449,15 @@ func procCPUTicks(pid int) (int64, error) {
 	if len(f) < 13 {
 		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
 	}
-	u, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: utime %q stime %q: not numbers", pid, f[11], f[12])
+	var sum int64
+	for _, v := range f[11:15] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: CPU time field %q: not a number", pid, v)
+		}
+		sum += n
 	}
-	return u + st, nil
+	return sum, nil
 }
 
 // figTCP: iperf3 TCP single stream in the lab (two hosts, the ops note's
@@ -526,4 +538,110 @@ func iperf(ctx context.Context, srvNS, addr, cliNS string, d time.Duration) (flo
 		}
 	}
 	return 0, last
+}
+
+// perfRun is a `perf record` of one weftd, or nothing when -perf is unset.
+type perfRun struct{ cmd *exec.Cmd }
+
+func (e *env) startPerf(h *host, name string) (*perfRun, error) {
+	d := e.opts.perfDir
+	if d == "" {
+		return &perfRun{}, nil
+	}
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return nil, fmt.Errorf("create perf directory: %w", err)
+	}
+	cmd := exec.Command("perf", "record", "-q", "-F", "999", "-g", "-p", strconv.Itoa(h.proc.pid()),
+		"-o", filepath.Join(d, fmt.Sprintf("%s-%s.data", name, h.ns.Name)))
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start perf record: %w", err)
+	}
+	return &perfRun{cmd: cmd}, nil
+}
+
+// stop ends the recording (SIGINT to our own perf, by PID) and waits for it
+// to write its file.
+func (p *perfRun) stop() {
+	if p.cmd == nil {
+		return
+	}
+	p.cmd.Process.Signal(os.Interrupt)
+	p.cmd.Wait()
+	p.cmd = nil
+}
+
+// figFloor: what the kernel alone needs for the same entries, programmed
+// by iproute2 in batch mode (one process, one netlink socket per tool) in a
+// fresh namespace with the same devices weftd would create.
+func figFloor(ctx context.Context, e *env) ([]float64, error) {
+	var out []float64
+	for _, backend := range []string{"vxlan", "host-gw"} {
+		for _, n := range []int{1000, 5000} {
+			d, err := e.floorOnce(ctx, backend, n)
+			if err != nil {
+				return nil, fmt.Errorf("kernel floor, %s, N = %d: %w", backend, n, err)
+			}
+			out = append(out, ms(d))
+		}
+	}
+	return out, nil
+}
+
+func (e *env) floorOnce(ctx context.Context, backend string, n int) (time.Duration, error) {
+	c, err := e.newCluster(ctx, 1, backend)
+	if err != nil {
+		return 0, err
+	}
+	defer c.close()
+	h := c.hosts[0]
+	var fdb, neigh, route strings.Builder
+	for i := range n {
+		f := fakeHost(i)
+		if backend == "vxlan" {
+			fmt.Fprintf(&fdb, "fdb append %s dev flannel.1 dst %s self permanent\n", f.mac, f.public)
+			fmt.Fprintf(&neigh, "neigh replace %s lladdr %s dev flannel.1 nud permanent\n", f.subnet.Addr(), f.mac)
+			fmt.Fprintf(&route, "route replace %s via %s dev flannel.1 onlink proto 87\n", f.subnet, f.subnet.Addr())
+		} else {
+			fmt.Fprintf(&route, "route replace %s via %s dev eth0 proto 87\n", f.subnet, f.public)
+		}
+	}
+	type batch struct {
+		tool, file string
+	}
+	var batches []batch
+	write := func(tool, name, content string) error {
+		if content == "" {
+			return nil
+		}
+		p := filepath.Join(h.dir, name)
+		batches = append(batches, batch{tool, p})
+		return os.WriteFile(p, []byte(content), 0o644)
+	}
+	if backend == "vxlan" {
+		if out, err := exec.Command("ip", "-n", h.ns.Name, "link", "add", "flannel.1", "type", "vxlan", "id", "1",
+			"dev", "eth0", "local", h.ip.String(), "dstport", "8472", "nolearning").CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("create flannel.1: %w: %s", err, out)
+		}
+		if out, err := exec.Command("ip", "-n", h.ns.Name, "link", "set", "flannel.1", "up").CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("set flannel.1 up: %w: %s", err, out)
+		}
+	}
+	for _, b := range []struct{ tool, name, content string }{
+		{"bridge", "fdb.batch", fdb.String()}, {"ip", "neigh.batch", neigh.String()}, {"ip", "route.batch", route.String()},
+	} {
+		if err := write(b.tool, b.name, b.content); err != nil {
+			return 0, err
+		}
+	}
+	t0 := time.Now()
+	for _, b := range batches {
+		if out, err := exec.CommandContext(ctx, b.tool, "-n", h.ns.Name, "-batch", b.file).CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("%s -batch %s: %w: %.300s", b.tool, b.file, err, out)
+		}
+	}
+	d := time.Since(t0)
+	if err := verify(h, n, backend == "vxlan"); err != nil {
+		return 0, err
+	}
+	return d, nil
 }

@@ -139,6 +139,7 @@ func run() error {
 
 	m := machine()
 	var rows []*row
+	var failures []string
 	for _, f := range selected {
 		fr := f.rows()
 		rows = append(rows, fr...)
@@ -149,7 +150,17 @@ func run() error {
 			log.Info("figure", "name", f.name, "run", r+1)
 			vals, err := f.run(ctx, e)
 			if err != nil {
-				return fmt.Errorf("figure %s, run %d: %w", f.name, r+1, err)
+				if ctx.Err() != nil {
+					return err
+				}
+				// A figure that cannot complete is a result too: note it
+				// and go on with the others.
+				log.Error("figure failed", "name", f.name, "run", r+1, "err", err)
+				failures = append(failures, fmt.Sprintf("%s, run %d: %v", f.name, r+1, firstLine(err.Error())))
+				for _, row := range fr {
+					row.failed++
+				}
+				continue
 			}
 			for i, v := range vals {
 				fr[i].vals = append(fr[i].vals, v)
@@ -159,7 +170,19 @@ func run() error {
 	}
 	m.loadEnd = loadavg()
 	printTable(os.Stdout, m, rows, o, linksServer)
+	if len(failures) > 0 {
+		fmt.Println("\nFailed runs:")
+		for _, f := range failures {
+			fmt.Println("- " + f)
+		}
+		return fmt.Errorf("%d runs failed", len(failures))
+	}
 	return nil
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
 }
 
 // buildWeftd builds the real daemon from this checkout (or takes the given
@@ -238,6 +261,7 @@ type row struct {
 	limit  float64
 	higher bool
 	vals   []float64
+	failed int // runs that could not complete
 }
 
 func stats(v []float64) (lo, med, hi float64) {
@@ -286,6 +310,12 @@ func printTable(w *os.File, m machineInfo, rows []*row, o options, linksServer b
 		var all []string
 		for _, v := range r.vals {
 			all = append(all, fmtVal(v, r.unit))
+		}
+		if r.failed > 0 {
+			all = append(all, fmt.Sprintf("**%d failed**", r.failed))
+			if len(r.vals) == 0 {
+				meets = "**no** (did not complete)"
+			}
 		}
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.name, r.flanneld, r.target,
 			fmtVal(lo, r.unit), fmtVal(med, r.unit), fmtVal(hi, r.unit), r.unit, meets, strings.Join(all, ", "))
