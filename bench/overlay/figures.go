@@ -25,7 +25,8 @@ type figure struct {
 	run  func(ctx context.Context, e *env) ([]float64, error)
 }
 
-const convergeTimeout = 120 * time.Second
+// convergeTimeout bounds every wait for the kernel (-timeout).
+var convergeTimeout = 120 * time.Second
 
 func figures() []figure {
 	return []figure{
@@ -462,8 +463,8 @@ func procCPUTicks(pid int) (int64, error) {
 
 // figTCP: iperf3 TCP single stream in the lab (two hosts, the ops note's
 // topology, docker0 and a container on each), container → container over
-// the overlay, and host eth0 → host eth0 over the underlay bridge, in the
-// same run; the ratio is overlay / underlay. One lab per backend is kept
+// the overlay, and host eth0 → host eth0 over the underlay bridge, each
+// twice in one run; the ratio is mean overlay / mean underlay. One lab per backend is kept
 // for all runs.
 func figTCP(ctx context.Context, e *env) ([]float64, error) {
 	var ratios, raws []float64
@@ -473,13 +474,23 @@ func figTCP(ctx context.Context, e *env) ([]float64, error) {
 			return nil, err
 		}
 		a, b := l.Hosts[0], l.Hosts[1]
-		raw, err := iperf(ctx, b.NS.Name, b.Eth0IP.String(), a.NS.Name, e.opts.iperfT)
-		if err != nil {
-			return nil, fmt.Errorf("%s lab, underlay: %w", backend, err)
-		}
-		pod, err := iperf(ctx, b.ContainerNS.Name, b.ContainerIP.String(), a.ContainerNS.Name, e.opts.iperfT)
-		if err != nil {
-			return nil, fmt.Errorf("%s lab, pod to pod: %w", backend, err)
+		// raw, pod, pod, raw: drift of a shared machine over the run hits
+		// both sides alike.
+		var raw, pod float64
+		for _, step := range []string{"raw", "pod", "pod", "raw"} {
+			srv, addr, cli := b.NS.Name, b.Eth0IP.String(), a.NS.Name
+			if step == "pod" {
+				srv, addr, cli = b.ContainerNS.Name, b.ContainerIP.String(), a.ContainerNS.Name
+			}
+			bps, err := iperf(ctx, srv, addr, cli, e.opts.iperfT)
+			if err != nil {
+				return nil, fmt.Errorf("%s lab, %s: %w", backend, step, err)
+			}
+			if step == "pod" {
+				pod += bps / 2
+			} else {
+				raw += bps / 2
+			}
 		}
 		ratios = append(ratios, pod/raw)
 		raws = append(raws, raw/1e9)
@@ -633,13 +644,30 @@ func (e *env) floorOnce(ctx context.Context, backend string, n int) (time.Durati
 			return 0, err
 		}
 	}
+	// Judged as weftd is: by the kernel's notifications, with the same
+	// subscriber listening (its cost to the kernel is then the same too).
+	kw, err := newKwatch(h.ns)
+	if err != nil {
+		return 0, err
+	}
+	defer kw.close()
+	ch := kw.expect(kernelKeys(backend, 0, n), true)
 	t0 := time.Now()
 	for _, b := range batches {
 		if out, err := exec.CommandContext(ctx, b.tool, "-n", h.ns.Name, "-batch", b.file).CombinedOutput(); err != nil {
 			return 0, fmt.Errorf("%s -batch %s: %w: %.300s", b.tool, b.file, err, out)
 		}
 	}
-	d := time.Since(t0)
+	var t1 time.Time
+	select {
+	case t1 = <-ch:
+	case <-time.After(convergeTimeout):
+		return 0, fmt.Errorf("kernel in %s: iproute2's entries not all seen within %s", h.ns.Name, convergeTimeout)
+	}
+	if err := kw.err(); err != nil {
+		return 0, err
+	}
+	d := t1.Sub(t0)
 	if err := verify(h, n, backend == "vxlan"); err != nil {
 		return 0, err
 	}
