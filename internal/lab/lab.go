@@ -8,7 +8,10 @@
 // runs embedded in the lab process on the root namespace's loopback; each
 // host reaches it at its own 127.0.0.1:2379 through a TCP proxy whose
 // listening socket is opened inside the host namespace, so weftd runs with
-// exactly the flags of the ops note. When a host's weftd has written
+// exactly the flags of the ops note. With Config.EtcdMembers = 3 the etcd is
+// a three-member cluster, member i reachable in each host at its own
+// loopback port (2379, 22379, 32379), and weftd is given all three, so
+// members can be stopped and restarted to test real etcd faults. When a host's weftd has written
 // subnet.env, the lab builds what Docker would: a docker0 bridge with
 // FLANNEL_SUBNET and FLANNEL_MTU, and one container namespace on it.
 //
@@ -33,8 +36,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
-	"github.com/weft-net/weft/internal/testutil/etcdtest"
 	"github.com/weft-net/weft/internal/testutil/netnstest"
 )
 
@@ -57,7 +60,6 @@ var (
 )
 
 const (
-	hostEtcdAddr  = "127.0.0.1:2379"
 	containerVeth = "vethc1" // host side of the container's veth
 	readyTimeout  = 30 * time.Second
 	// convergeTimeout bounds Up's wait for every container pair to ping;
@@ -79,6 +81,9 @@ type Config struct {
 	// Backend field is then only informative).
 	NetworkConfig string
 	Prefix        string // etcd prefix; default /kube-centos/network
+	// EtcdMembers is the size of the lab's etcd cluster: 1 (default) to
+	// MaxEtcdMembers.
+	EtcdMembers int
 	// WeftdPath is the weftd binary (see FindWeftd).
 	WeftdPath string
 	// WeftdArgs are appended to every weftd command line (e.g. -ip-masq).
@@ -116,6 +121,12 @@ func (c *Config) setDefaults() error {
 	if c.Prefix == "" {
 		c.Prefix = DefaultPrefix
 	}
+	if c.EtcdMembers == 0 {
+		c.EtcdMembers = 1
+	}
+	if c.EtcdMembers < 1 || c.EtcdMembers > MaxEtcdMembers {
+		return fmt.Errorf("etcd members %d: must be between 1 and %d", c.EtcdMembers, MaxEtcdMembers)
+	}
 	if c.StateDir == "" {
 		c.StateDir = StateDirFor(c.Name)
 	}
@@ -141,14 +152,17 @@ type Lab struct {
 	StateDir string
 	// Etcd is a client of the lab's etcd (closed by Close).
 	Etcd *clientv3.Client
-	// EtcdEndpoint is the etcd URL on the root namespace's loopback.
+	// EtcdEndpoint is the etcd URL on the root namespace's loopback
+	// (member 0's when there are several).
 	EtcdEndpoint string
-	Underlay     *netnstest.NS
-	Hosts        []*Host
+	// EtcdEndpoints is every member's URL on the root namespace's loopback.
+	EtcdEndpoints []string
+	Underlay      *netnstest.NS
+	Hosts         []*Host
 
 	cfg       Config
 	log       *slog.Logger
-	etcd      *etcdtest.Server
+	members   []*etcdMember
 	mu        sync.Mutex
 	closeOnce sync.Once
 	closed    bool
@@ -169,8 +183,8 @@ type Host struct {
 	SubnetFile string
 	LogFile    string
 
-	proxy *proxy
-	proc  atomic.Pointer[weftdProc] // the current run; Close reads it from any goroutine
+	proxies []*proxy                  // one per etcd member
+	proc    atomic.Pointer[weftdProc] // the current run; Close reads it from any goroutine
 }
 
 func contains(xs []string, x string) bool {
@@ -244,14 +258,21 @@ func (l *Lab) up(ctx context.Context) error {
 	if err := l.saveState(); err != nil {
 		return err
 	}
-	srv, err := etcdtest.Start(etcdtest.Options{Dir: filepath.Join(l.StateDir, "etcd")})
+	ms, err := startEtcdCluster(filepath.Join(l.StateDir, "etcd"), l.cfg.EtcdMembers)
 	if err != nil {
 		return fmt.Errorf("start the lab's etcd: %w", err)
 	}
-	l.etcd = srv
-	l.EtcdEndpoint = srv.Endpoint
-	if l.Etcd, err = srv.Client(); err != nil {
-		return fmt.Errorf("etcd client for %s: %w", srv.Endpoint, err)
+	l.mu.Lock()
+	l.members = ms
+	l.mu.Unlock()
+	for _, m := range ms {
+		l.EtcdEndpoints = append(l.EtcdEndpoints, m.endpoint)
+	}
+	l.EtcdEndpoint = l.EtcdEndpoints[0]
+	if l.Etcd, err = clientv3.New(clientv3.Config{
+		Endpoints: l.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+	}); err != nil {
+		return fmt.Errorf("etcd client for %s: %w", strings.Join(l.EtcdEndpoints, ","), err)
 	}
 	cfgJSON := l.cfg.NetworkConfig
 	if cfgJSON == "" {
@@ -263,7 +284,7 @@ func (l *Lab) up(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("write network config at %s/config: %w", l.cfg.Prefix, err)
 	}
-	l.log.Info("etcd running", "endpoint", l.EtcdEndpoint, "config", cfgJSON)
+	l.log.Info("etcd running", "endpoints", strings.Join(l.EtcdEndpoints, ","), "config", cfgJSON)
 
 	ul, err := netnstest.Create(l.Name + "-ul")
 	if err != nil {
@@ -417,11 +438,13 @@ func (l *Lab) addHostNet() (*Host, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("host %s: enable ip_forward: %w", h.Name, err)
 	}
-	p, err := startProxy(ns, hostEtcdAddr, l.EtcdEndpoint, l.log.With("host", h.Name))
-	if err != nil {
-		return nil, fmt.Errorf("host %s: %w", h.Name, err)
+	for i, ep := range l.EtcdEndpoints {
+		p, err := startProxy(ns, hostEtcdAddrs[i], ep, l.log.With("host", h.Name))
+		if err != nil {
+			return nil, fmt.Errorf("host %s: %w", h.Name, err)
+		}
+		h.proxies = append(h.proxies, p)
 	}
-	h.proxy = p
 	l.log.Debug("host created", "host", h.Name, "eth0", h.Eth0IP, "eth2", h.PublicIP)
 	return h, nil
 }
@@ -527,8 +550,8 @@ func (l *Lab) Close() error {
 		}
 		wg.Wait()
 		for _, h := range hosts {
-			if h.proxy != nil {
-				h.proxy.Close()
+			for _, p := range h.proxies {
+				p.Close()
 			}
 			if h.ContainerNS != nil {
 				h.ContainerNS.Close()
@@ -543,8 +566,8 @@ func (l *Lab) Close() error {
 		if l.Etcd != nil {
 			l.Etcd.Close()
 		}
-		if l.etcd != nil {
-			l.etcd.Close()
+		for _, m := range l.members {
+			m.stop()
 		}
 		if left := leftoverNamespaces(l.Name); len(left) > 0 {
 			errs = append(errs, fmt.Errorf("namespaces still present after removal: %s", strings.Join(left, ", ")))

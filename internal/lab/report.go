@@ -126,15 +126,19 @@ func WriteMatrix(w io.Writer, hosts []HostState, m [][]PingResult) {
 // Report prints the host table and a fresh ping matrix of the lab recorded
 // in st and returns the matrix's failures (nil when every ping passed).
 func Report(ctx context.Context, w io.Writer, st State) error {
+	eps := st.EtcdEndpoints
+	if len(eps) == 0 {
+		eps = []string{st.EtcdEndpoint}
+	}
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints: []string{st.EtcdEndpoint}, DialTimeout: 3 * time.Second, Logger: zap.NewNop(),
+		Endpoints: eps, DialTimeout: 3 * time.Second, Logger: zap.NewNop(),
 	})
 	if err != nil {
 		cli = nil
 	} else {
 		defer cli.Close()
 	}
-	fmt.Fprintf(w, "lab %s: %d hosts, backend %s, etcd %s (prefix %s)\n\n", st.Name, len(st.Hosts), st.Backend, st.EtcdEndpoint, st.Prefix)
+	fmt.Fprintf(w, "lab %s: %d hosts, backend %s, etcd %s (prefix %s)\n\n", st.Name, len(st.Hosts), st.Backend, strings.Join(eps, ","), st.Prefix)
 	WriteTable(w, Rows(ctx, st, cli))
 	fmt.Fprintln(w)
 	m := pingMatrix(ctx, st.Hosts, PingOptions{})

@@ -26,9 +26,11 @@ type State struct {
 	Backend      string
 	Prefix       string
 	EtcdEndpoint string
-	UnderlayNS   string
-	StateDir     string
-	Hosts        []HostState
+	// EtcdEndpoints is every etcd member's URL (absent in older records).
+	EtcdEndpoints []string `json:",omitempty"`
+	UnderlayNS    string
+	StateDir      string
+	Hosts         []HostState
 }
 
 // HostState is one host in State.
@@ -54,7 +56,8 @@ func (l *Lab) State() State {
 	st := State{
 		Name: l.Name, PID: os.Getpid(), PIDStart: procStart(os.Getpid()),
 		Backend: l.cfg.Backend, Prefix: l.cfg.Prefix, EtcdEndpoint: l.EtcdEndpoint,
-		StateDir: l.StateDir,
+		EtcdEndpoints: append([]string(nil), l.EtcdEndpoints...),
+		StateDir:      l.StateDir,
 	}
 	if l.Underlay != nil {
 		st.UnderlayNS = l.Underlay.Name

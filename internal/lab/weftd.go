@@ -86,7 +86,7 @@ func (p *weftdProc) exitErr() error {
 // own subnet file.
 func (l *Lab) weftdArgs(h *Host) []string {
 	args := []string{
-		"-etcd-endpoints=http://" + hostEtcdAddr,
+		"-etcd-endpoints=" + l.hostEndpoints(),
 		"-etcd-prefix=" + l.cfg.Prefix,
 		"-iface=eth0",
 		"-subnet-file=" + h.SubnetFile,
