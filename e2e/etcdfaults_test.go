@@ -353,6 +353,7 @@ func TestEtcdFaultLeaderStopped(t *testing.T) {
 	if err := l.StopEtcd(leader); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("MEASURED stopping leader m%d (graceful close) took %s", leader, time.Since(stopped).Round(time.Millisecond))
 	// A stopped etcd hands its leadership over before it exits (as on
 	// SIGTERM), so a new leader is usually there at once.
 	next, err := l.EtcdLeader()
