@@ -86,6 +86,7 @@ func figures() []figure {
 				{name: "(kernel floor, vxlan, N = 5,000)", target: "~500 ms per the issue", unit: "ms"},
 				{name: "(kernel floor, host-gw, N = 1,000)", unit: "ms"},
 				{name: "(kernel floor, host-gw, N = 5,000)", unit: "ms"},
+				{name: "(kernel floor: deleting them, vxlan, N = 5,000)", unit: "ms"},
 			}
 		}, figFloor},
 		{"tcp", func() []*row {
@@ -364,7 +365,7 @@ func figRSS(n int) func(ctx context.Context, e *env) ([]float64, error) {
 			return nil, err
 		}
 		defer c.close()
-		defer kw.close()
+		kw.close() // not needed past convergence
 		if err := sleepCtx(ctx, 12*time.Second); err != nil {
 			return nil, err
 		}
@@ -388,7 +389,7 @@ func figIdle(ctx context.Context, e *env) ([]float64, error) {
 		return nil, err
 	}
 	defer c.close()
-	defer kw.close()
+	kw.close() // not needed past convergence; its polling must not load the machine
 	pid := c.hosts[0].proc.pid()
 	if err := sleepCtx(ctx, 5*time.Second); err != nil {
 		return nil, err
@@ -586,90 +587,108 @@ func (p *perfRun) stop() {
 // fresh namespace with the same devices weftd would create.
 func figFloor(ctx context.Context, e *env) ([]float64, error) {
 	var out []float64
+	var del5000 time.Duration
 	for _, backend := range []string{"vxlan", "host-gw"} {
 		for _, n := range []int{1000, 5000} {
-			d, err := e.floorOnce(ctx, backend, n)
+			add, del, err := e.floorOnce(ctx, backend, n)
 			if err != nil {
 				return nil, fmt.Errorf("kernel floor, %s, N = %d: %w", backend, n, err)
 			}
-			out = append(out, ms(d))
+			out = append(out, ms(add))
+			if backend == "vxlan" && n == 5000 {
+				del5000 = del
+			}
 		}
 	}
-	return out, nil
+	return append(out, ms(del5000)), nil
 }
 
-func (e *env) floorOnce(ctx context.Context, backend string, n int) (time.Duration, error) {
+func (e *env) floorOnce(ctx context.Context, backend string, n int) (add, del time.Duration, err error) {
 	c, err := e.newCluster(ctx, 1, backend)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer c.close()
 	h := c.hosts[0]
-	var fdb, neigh, route strings.Builder
+	var fdb, neigh, route, fdbDel, neighDel, routeDel strings.Builder
 	for i := range n {
 		f := fakeHost(i)
 		if backend == "vxlan" {
 			fmt.Fprintf(&fdb, "fdb append %s dev flannel.1 dst %s self permanent\n", f.mac, f.public)
 			fmt.Fprintf(&neigh, "neigh replace %s lladdr %s dev flannel.1 nud permanent\n", f.subnet.Addr(), f.mac)
 			fmt.Fprintf(&route, "route replace %s via %s dev flannel.1 onlink proto 87\n", f.subnet, f.subnet.Addr())
+			fmt.Fprintf(&fdbDel, "fdb del %s dev flannel.1 dst %s self\n", f.mac, f.public)
+			fmt.Fprintf(&neighDel, "neigh del %s dev flannel.1\n", f.subnet.Addr())
+			fmt.Fprintf(&routeDel, "route del %s\n", f.subnet)
 		} else {
 			fmt.Fprintf(&route, "route replace %s via %s dev eth0 proto 87\n", f.subnet, f.public)
+			fmt.Fprintf(&routeDel, "route del %s\n", f.subnet)
 		}
 	}
 	type batch struct {
 		tool, file string
 	}
-	var batches []batch
-	write := func(tool, name, content string) error {
+	write := func(list *[]batch, tool, name, content string) error {
 		if content == "" {
 			return nil
 		}
 		p := filepath.Join(h.dir, name)
-		batches = append(batches, batch{tool, p})
+		*list = append(*list, batch{tool, p})
 		return os.WriteFile(p, []byte(content), 0o644)
 	}
+	var batches, delBatches []batch
 	if backend == "vxlan" {
 		if out, err := exec.Command("ip", "-n", h.ns.Name, "link", "add", "flannel.1", "type", "vxlan", "id", "1",
 			"dev", "eth0", "local", h.ip.String(), "dstport", "8472", "nolearning").CombinedOutput(); err != nil {
-			return 0, fmt.Errorf("create flannel.1: %w: %s", err, out)
+			return 0, 0, fmt.Errorf("create flannel.1: %w: %s", err, out)
 		}
 		if out, err := exec.Command("ip", "-n", h.ns.Name, "link", "set", "flannel.1", "up").CombinedOutput(); err != nil {
-			return 0, fmt.Errorf("set flannel.1 up: %w: %s", err, out)
+			return 0, 0, fmt.Errorf("set flannel.1 up: %w: %s", err, out)
 		}
 	}
-	for _, b := range []struct{ tool, name, content string }{
-		{"bridge", "fdb.batch", fdb.String()}, {"ip", "neigh.batch", neigh.String()}, {"ip", "route.batch", route.String()},
+	// Adds in weftd's order (FDB, neighbour, route), deletes in reverse.
+	for _, b := range []struct {
+		list                *[]batch
+		tool, name, content string
+	}{
+		{&batches, "bridge", "fdb.batch", fdb.String()}, {&batches, "ip", "neigh.batch", neigh.String()}, {&batches, "ip", "route.batch", route.String()},
+		{&delBatches, "ip", "route-del.batch", routeDel.String()}, {&delBatches, "ip", "neigh-del.batch", neighDel.String()}, {&delBatches, "bridge", "fdb-del.batch", fdbDel.String()},
 	} {
-		if err := write(b.tool, b.name, b.content); err != nil {
-			return 0, err
+		if err := write(b.list, b.tool, b.name, b.content); err != nil {
+			return 0, 0, err
 		}
 	}
 	// Judged as weftd is: by the kernel's notifications, with the same
 	// subscriber listening (its cost to the kernel is then the same too).
 	kw, err := newKwatch(h.ns)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer kw.close()
-	ch := kw.expect(kernelKeys(backend, 0, n), true)
-	t0 := time.Now()
-	for _, b := range batches {
-		if out, err := exec.CommandContext(ctx, b.tool, "-n", h.ns.Name, "-batch", b.file).CombinedOutput(); err != nil {
-			return 0, fmt.Errorf("%s -batch %s: %w: %.300s", b.tool, b.file, err, out)
+	keys := kernelKeys(backend, 0, n)
+	run := func(list []batch, on bool) (time.Duration, error) {
+		ch := kw.expect(keys, on)
+		t0 := time.Now()
+		for _, b := range list {
+			if out, err := exec.CommandContext(ctx, b.tool, "-n", h.ns.Name, "-batch", b.file).CombinedOutput(); err != nil {
+				return 0, fmt.Errorf("%s -batch %s: %w: %.300s", b.tool, b.file, err, out)
+			}
+		}
+		select {
+		case t1 := <-ch:
+			return t1.Sub(t0), kw.err()
+		case <-time.After(convergeTimeout):
+			return 0, fmt.Errorf("kernel in %s: iproute2's changes not all seen within %s", h.ns.Name, convergeTimeout)
 		}
 	}
-	var t1 time.Time
-	select {
-	case t1 = <-ch:
-	case <-time.After(convergeTimeout):
-		return 0, fmt.Errorf("kernel in %s: iproute2's entries not all seen within %s", h.ns.Name, convergeTimeout)
+	if add, err = run(batches, true); err != nil {
+		return 0, 0, err
 	}
-	if err := kw.err(); err != nil {
-		return 0, err
-	}
-	d := t1.Sub(t0)
 	if err := verify(h, n, backend == "vxlan"); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return d, nil
+	if del, err = run(delBatches, false); err != nil {
+		return 0, 0, err
+	}
+	return add, del, verify(h, 0, backend == "vxlan")
 }

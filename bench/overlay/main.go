@@ -84,6 +84,7 @@ func run() error {
 	flag.DurationVar(&o.idle, "idle", 60*time.Second, "CPU sampling window of the idle figure")
 	flag.DurationVar(&o.iperfT, "iperf-time", 5*time.Second, "duration of each iperf3 run of the tcp figure")
 	flag.BoolVar(&o.verbose, "v", false, "log progress to stderr")
+	flag.DurationVar(&pollInterval, "poll", pollInterval, "sleep of the kernel watch between drains of its netlink socket (resolution of every time measured in the kernel)")
 	flag.DurationVar(&convergeTimeout, "timeout", convergeTimeout, "bound on each wait for the kernel to reach the expected state")
 	flag.Func("weftd-env", "extra weftd environment variable NAME=VALUE (repeatable), e.g. GODEBUG=gctrace=1", func(s string) error {
 		if !strings.Contains(s, "=") {
