@@ -257,6 +257,8 @@ func TestConfigValidation(t *testing.T) {
 		{Config{Name: "Bad_Name", WeftdPath: "x"}, `lab name "Bad_Name"`},
 		{Config{Hosts: 500, WeftdPath: "x"}, "hosts 500"},
 		{Config{Backend: "ipip", WeftdPath: "x"}, `backend "ipip"`},
+		{Config{EtcdMembers: 4, WeftdPath: "x"}, "etcd members 4: must be between 1 and 3"},
+		{Config{EtcdMembers: -1, WeftdPath: "x"}, "etcd members -1"},
 		{Config{}, "go build -o bin/ ./cmd/..."},
 	} {
 		err := c.cfg.setDefaults()
