@@ -19,6 +19,8 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // DefaultEndpoints and DefaultPrefix are flanneld's defaults.
@@ -117,6 +119,15 @@ func (o Options) Client() (*clientv3.Client, error) {
 		DialKeepAliveTimeout: 5 * time.Second,
 		AutoSyncInterval:     0,
 		Logger:               zap.NewNop(),
+		DialOptions: []grpc.DialOption{
+			// gRPC's default reconnect backoff grows to 120 s: after an etcd
+			// restart a host would stay blind to lease changes for seconds.
+			// Reconnecting at most every 2 s costs etcd nothing.
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+				MinConnectTimeout: 2 * time.Second,
+			}),
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %s: %w", o.Endpoints, err)

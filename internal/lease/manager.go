@@ -653,7 +653,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		lastResp  time.Time
 		relistC   <-chan time.Time
 		reacqC    <-chan time.Time
-		relistB   = newBackoff(100*time.Millisecond, 5*time.Second)
+		relistB   = newBackoff(100*time.Millisecond, 2*time.Second) // short: a peer change after an etcd outage waits at most this long
 		reacqB    = newBackoff(100*time.Millisecond, 5*time.Second)
 		renewLost = make(chan int64, 1)
 		check     = time.NewTicker(m.cfg.WatchCheck)
