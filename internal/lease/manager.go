@@ -712,6 +712,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			m.answered(lastResp)
 			m.setWatch(true, "")
 			lost, sub := m.apply(wresp.Events)
+			changed := len(wresp.Events) > 0
 			// Coalesce a burst: apply whatever else is already waiting, then
 			// publish once.
 		drain:
@@ -722,6 +723,7 @@ func (m *Manager) Run(ctx context.Context) error {
 						watchLost(why)
 						break drain
 					}
+					changed = changed || len(w2.Events) > 0
 					if l2, s2 := m.apply(w2.Events); l2 {
 						lost, sub = true, s2
 					}
@@ -732,9 +734,13 @@ func (m *Manager) Run(ctx context.Context) error {
 			if lost {
 				ownLost(sub)
 			}
-			m.mu.Lock()
-			m.publishLocked()
-			m.mu.Unlock()
+			// A progress notification (no events) changes nothing: publishing
+			// it would make the dataplane re-apply every peer every few seconds.
+			if changed || lost {
+				m.mu.Lock()
+				m.publishLocked()
+				m.mu.Unlock()
+			}
 
 		case <-relistC:
 			relistC = nil
@@ -933,12 +939,15 @@ func (m *Manager) setWatch(live bool, reason string) {
 func (m *Manager) apply(events []*clientv3.Event) (lost bool, sub netip.Prefix) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// Every event of one transaction carries the same ModRevision: compare
+	// with the revision before this response, not the one just applied.
+	base := m.rev
 	for _, ev := range events {
 		kv := ev.Kv
-		if kv.ModRevision <= m.rev {
+		if kv.ModRevision <= base {
 			continue // already reflected by a newer list
 		}
-		m.rev = kv.ModRevision
+		m.rev = max(m.rev, kv.ModRevision)
 		key := string(kv.Key)
 		if ev.Type == mvccpb.DELETE {
 			delete(m.peers, key)

@@ -467,3 +467,35 @@ func TestDualStackAcquire(t *testing.T) {
 		t.Errorf("createIfFree on the IPv4 half of a dual-stack key: ok=%v err=%v", ok, err)
 	}
 }
+
+// One transaction that puts and deletes several leases gives every event the
+// same ModRevision: all of them must reach the snapshot, not just the first.
+func TestPeersMultiOpTransaction(t *testing.T) {
+	_, cli, s, _ := newTestStore(t)
+	ctx := context.Background()
+	m := newTestManager(s, testNet(), hostIP(1), nil)
+	sp := s.SubnetsPrefix()
+	peer := func(i int) string { return fmt.Sprintf(`{"PublicIP":"%s","BackendType":"vxlan"}`, hostIP(100+i)) }
+	for i := 0; i < 3; i++ {
+		put(t, cli, fmt.Sprintf("%s172.30.%d.0-24", sp, 200+i), peer(i))
+	}
+	runManager(t, m)
+	waitSnap(t, m, 5*time.Second, "3 peers", func(s Snapshot) bool { return len(s.Peers) == 3 })
+
+	var ops []clientv3.Op
+	for i := 0; i < 3; i++ {
+		ops = append(ops, clientv3.OpDelete(fmt.Sprintf("%s172.30.%d.0-24", sp, 200+i)))
+	}
+	for i := 10; i < 20; i++ {
+		ops = append(ops, clientv3.OpPut(fmt.Sprintf("%s172.30.%d.0-24", sp, 200+i), peer(i)))
+	}
+	if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := 10; i < 20; i++ {
+		want = append(want, fmt.Sprintf("172.30.%d.0/24", 200+i))
+	}
+	snap := waitSnap(t, m, 5*time.Second, fmt.Sprint("peers ", want), func(s Snapshot) bool { return slices.Equal(peerSubnets(s), want) })
+	assertSnapshotMatchesEtcd(t, s, m, snap)
+}
