@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -209,9 +210,24 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 	go h.logTransitions(ctx, log, time.Second)
 	errc := make(chan error, 3)
 	toLoop := make(chan lease.Snapshot, 1)
-	go func() { errc <- mgr.Run(ctx) }()
-	go func() { errc <- loop.Run(ctx, toLoop) }()
-	go func() { rm.Run(ctx, time.Duration(o.IPTablesResyncSeconds)*time.Second); errc <- nil }()
+	var wg sync.WaitGroup
+	wg.Go(func() { errc <- mgr.Run(ctx) })
+	wg.Go(func() { errc <- loop.Run(ctx, toLoop) })
+	wg.Go(func() { rm.Run(ctx, time.Duration(o.IPTablesResyncSeconds)*time.Second); errc <- nil })
+	// The deferred closes of the netlink handle, the backend and the etcd
+	// client must not race an apply or a renewal still in flight: stop the
+	// workers first. They return promptly on cancel; the bound keeps a stuck
+	// one from breaking the 1 s stop.
+	defer func() {
+		cancel()
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(500 * time.Millisecond):
+			log.Warn("stopping: a worker did not return within 500ms")
+		}
+	}()
 
 	// Relay snapshots to the loop; when our own subnet changes (the lease
 	// was deleted and another subnet had to be taken) the subnet file and
