@@ -88,3 +88,53 @@ func cpuTime() time.Duration {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// benchJoinLeave: with n peers programmed, one more peer joins and leaves
+// (two applies per op), through the delta path or through full passes.
+func benchJoinLeave(b *testing.B, typ string, mk func(i int) lease.Lease, delta bool) {
+	for _, n := range []int{1000, 5000} {
+		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
+			l := newLab(b, hostAddr, swAddr)
+			be := l.backend(b, typ, `{}`)
+			ctx := context.Background()
+			_, _, err := be.Init(ctx)
+			must(b, err)
+			base := benchPeers(n, mk)
+			joined := snapshot(1, append(append([]lease.Lease(nil), base.Peers...), mk(n+2))...)
+			must(b, be.Apply(ctx, base))
+			apply := be.Apply
+			if delta {
+				apply = be.(deltaApplier).ApplyDelta
+			}
+			cpu0 := cpuTime()
+			b.ResetTimer()
+			for range b.N {
+				must(b, apply(ctx, joined))
+				must(b, apply(ctx, base))
+			}
+			b.StopTimer()
+			b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/1000/float64(b.N), "cpu-ms/op")
+			if got, want := len(kernelState(b, l.ns.Handle, "flannel.1")), len(kernelStateWant(typ, base)); got != want {
+				b.Fatalf("kernel holds %d entries, want %d", got, want)
+			}
+		})
+	}
+}
+
+// BenchmarkVXLANJoinLeaveDelta: one peer joins and leaves, applied as deltas.
+func BenchmarkVXLANJoinLeaveDelta(b *testing.B) {
+	benchJoinLeave(b, "vxlan", func(i int) lease.Lease { return vxlanPeer(i, publicIP(i)) }, true)
+}
+
+// BenchmarkVXLANJoinLeaveFull: the same through full passes (dump and diff).
+func BenchmarkVXLANJoinLeaveFull(b *testing.B) {
+	benchJoinLeave(b, "vxlan", func(i int) lease.Lease { return vxlanPeer(i, publicIP(i)) }, false)
+}
+
+func BenchmarkHostGWJoinLeaveDelta(b *testing.B) {
+	benchJoinLeave(b, "host-gw", func(i int) lease.Lease { return hostgwPeer(i, publicIP(i)) }, true)
+}
+
+func BenchmarkHostGWJoinLeaveFull(b *testing.B) {
+	benchJoinLeave(b, "host-gw", func(i int) lease.Lease { return hostgwPeer(i, publicIP(i)) }, false)
+}

@@ -14,10 +14,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
 )
@@ -32,6 +33,15 @@ type hostGWBackend struct {
 	log   *slog.Logger
 	w     *watcher
 	notes peerNotes
+
+	// applied is the desired route set of the last successful apply (nil:
+	// none, or it failed), the baseline of a delta; connected is what the
+	// last full pass read. want is what the current apply wants, for the
+	// watcher's filter (see vxlanBackend).
+	applied    map[netip.Prefix]routeWant
+	appliedOwn netip.Prefix
+	connected  []netip.Prefix
+	want       atomic.Pointer[map[netip.Prefix]routeWant]
 }
 
 func newHostGW(host Host, h *netlink.Handle, log *slog.Logger) *hostGWBackend {
@@ -51,7 +61,11 @@ func (b *hostGWBackend) Init(ctx context.Context) (Published, int, error) {
 		route: func(u netlink.RouteUpdate) bool {
 			// Ours removed, or the connected routes that decide which peers
 			// are reachable changed.
-			return (u.Type == unix.RTM_DELROUTE && u.Protocol == RTProtWeft) ||
+			var routes map[netip.Prefix]routeWant
+			if p := b.want.Load(); p != nil {
+				routes = *p
+			}
+			return routeDrift(routes, u) ||
 				(u.LinkIndex == b.host.IfaceIndex && u.Scope == netlink.SCOPE_LINK)
 		},
 	})
@@ -65,14 +79,35 @@ func (b *hostGWBackend) Close() error {
 	return nil
 }
 
+// Apply reads weft's routes and makes them equal to what snap asks for.
 func (b *hostGWBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
-	have, err := readMainRoutes(b.h, b.host.IfaceIndex)
-	if err != nil {
-		return fmt.Errorf("dataplane: %w", err)
-	}
-	connected := have.connected
+	return b.apply(ctx, snap, true)
+}
+
+// ApplyDelta writes only the routes that differ from the last successful
+// apply, without reading the kernel; with no such apply it is a full one.
+func (b *hostGWBackend) ApplyDelta(ctx context.Context, snap lease.Snapshot) error {
+	return b.apply(ctx, snap, false)
+}
+
+func (b *hostGWBackend) apply(ctx context.Context, snap lease.Snapshot, full bool) error {
+	prev := b.applied
+	b.applied = nil // until this apply succeeds nothing is known
 	own := snap.Own.Subnet.Masked()
-	routes := make([]routeWant, 0, len(snap.Peers)+1)
+	if prev == nil || own != b.appliedOwn {
+		full = true
+	}
+	var have mainRoutes
+	connected := b.connected
+	if full {
+		var err error
+		if have, err = readMainRoutes(b.h, b.host.IfaceIndex); err != nil {
+			return fmt.Errorf("dataplane: %w", err)
+		}
+		connected = have.connected
+		b.connected = connected
+	}
+	want := make(map[netip.Prefix]routeWant, len(snap.Peers)+1)
 	var unreachable []error
 	b.notes.begin()
 	for _, p := range snap.Peers {
@@ -91,16 +126,28 @@ func (b *hostGWBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
 			unreachable = append(unreachable, err)
 			continue
 		}
-		routes = append(routes, routeWant{Dst: sub, Gw: p.Attrs.PublicIP, Link: b.host.IfaceIndex})
+		want[sub] = routeWant{Dst: sub, Gw: p.Attrs.PublicIP, Link: b.host.IfaceIndex}
 	}
 	b.notes.end()
 	if b.host.BlackholeRoute && own.IsValid() {
-		routes = append(routes, routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric})
+		want[own] = routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric}
 	}
+	// Published before any write: the deletions below are weft's own.
+	b.want.Store(&want)
 	t := &tally{what: "host-gw apply"}
-	_, del, err := syncRoutes(ctx, b.h, have.weft, routes, t)
-	if del != nil && err == nil {
-		err = del()
+	var err error
+	if full {
+		routes := make([]routeWant, 0, len(want))
+		for _, r := range want {
+			routes = append(routes, r)
+		}
+		var del func() error
+		_, del, err = syncRoutes(ctx, b.h, have.weft, routes, t)
+		if del != nil && err == nil {
+			err = del()
+		}
+	} else {
+		err = b.applyDiff(ctx, prev, want, t)
 	}
 	errs := []error{err, t.err()}
 	switch len(unreachable) {
@@ -113,7 +160,30 @@ func (b *hostGWBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
+	b.applied, b.appliedOwn = want, own
 	return nil
+}
+
+// applyDiff adds and replaces, then deletes, the routes that differ between
+// old (what the kernel holds, as far as weft knows) and want.
+func (b *hostGWBackend) applyDiff(ctx context.Context, old, want map[netip.Prefix]routeWant, t *tally) error {
+	for dst, w := range want {
+		if o, ok := old[dst]; ok && o == w {
+			continue
+		}
+		if err := b.h.RouteReplace(w.route()); err != nil {
+			t.add(fmt.Errorf("replace route %s: %w", w, err))
+		}
+	}
+	for dst, o := range old {
+		if w, ok := want[dst]; ok && w.Metric == o.Metric {
+			continue
+		}
+		if err := delRoute(b.h, o); err != nil {
+			t.add(fmt.Errorf("delete stale route %s: %w", o, err))
+		}
+	}
+	return ctx.Err()
 }
 
 // allocBackend only takes a lease: no data path, nothing in the kernel.

@@ -24,7 +24,10 @@ const (
 // the state dirty; when it is dirty the loop applies the latest snapshot as a
 // whole. Because every apply is level-triggered — desired state against what
 // the kernel holds — coalescing inputs loses nothing, and a failed item is
-// retried by simply applying again.
+// retried by simply applying again. When only the snapshot changed since the
+// last successful apply, a backend that supports it applies the difference
+// between the two desired states instead (see delta.go); every other trigger
+// makes the next apply a full one.
 type Loop struct {
 	b      Backend
 	resync time.Duration
@@ -81,9 +84,13 @@ func (l *Loop) jittered() time.Duration {
 // state is never removed for lack of news.
 func (l *Loop) Run(ctx context.Context, snaps <-chan lease.Snapshot) error {
 	var (
-		snap    lease.Snapshot
-		have    bool
-		dirty   bool
+		snap  lease.Snapshot
+		have  bool
+		dirty bool
+		// full: the next apply must read the kernel (dump and diff). Only
+		// a new snapshot after a successful apply, with no kernel event, retry
+		// or resync in between, may be applied as a delta.
+		full    = true
 		backoff time.Duration
 	)
 	events := l.b.Events()
@@ -96,7 +103,10 @@ func (l *Loop) Run(ctx context.Context, snaps <-chan lease.Snapshot) error {
 	for {
 		if dirty && have && ctx.Err() == nil {
 			dirty = false
-			err := l.apply(ctx, snap)
+			err := l.apply(ctx, snap, full)
+			// A failed item may have left the kernel anywhere between the two
+			// states: only a full pass knows where.
+			full = err != nil
 			if err != nil && ctx.Err() == nil {
 				backoff = min(max(2*backoff, retryMin), retryMax, l.resync)
 				retry.Reset(backoff)
@@ -114,11 +124,11 @@ func (l *Loop) Run(ctx context.Context, snaps <-chan lease.Snapshot) error {
 			}
 			snap, have, dirty = latest(snaps, s), true, true
 		case <-events:
-			dirty = true
+			dirty, full = true, true
 		case <-retry.C:
-			dirty = true
+			dirty, full = true, true
 		case <-resync.C:
-			dirty = true
+			dirty, full = true, true
 			resync.Reset(l.jittered())
 		}
 	}
@@ -139,9 +149,16 @@ func latest(snaps <-chan lease.Snapshot, s lease.Snapshot) lease.Snapshot {
 	}
 }
 
-func (l *Loop) apply(ctx context.Context, snap lease.Snapshot) error {
+func (l *Loop) apply(ctx context.Context, snap lease.Snapshot, full bool) error {
 	start := time.Now()
-	err := l.b.Apply(ctx, snap)
+	var err error
+	kind := "full"
+	if d, ok := l.b.(deltaApplier); ok && !full {
+		kind = "delta"
+		err = d.ApplyDelta(ctx, snap)
+	} else {
+		err = l.b.Apply(ctx, snap)
+	}
 	took := time.Since(start)
 
 	l.mu.Lock()
@@ -163,7 +180,7 @@ func (l *Loop) apply(ctx context.Context, snap lease.Snapshot) error {
 	case err == nil && prev != nil:
 		l.log.Info("dataplane apply recovered", "peers", len(snap.Peers), "took", took)
 	default:
-		l.log.Debug("dataplane applied", "peers", len(snap.Peers), "revision", snap.Revision, "took", took, "err", err)
+		l.log.Debug("dataplane applied", "kind", kind, "peers", len(snap.Peers), "revision", snap.Revision, "took", took, "err", err)
 	}
 	return err
 }

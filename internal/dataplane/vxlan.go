@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -60,6 +61,20 @@ type vxlanBackend struct {
 	link     *netlink.Vxlan
 	devIndex atomic.Int32 // read by the watcher's filters
 	notes    peerNotes
+	macs     macCache
+
+	// applied is the desired state of the last successful apply (nil: none,
+	// or the last apply failed), the baseline of a delta. connected is the
+	// underlay's connected subnets as the last full pass read them.
+	applied   *vxlanState
+	connected []netip.Prefix
+	// want is the desired state of the current or last apply, for the
+	// watcher's filters: removing what is not wanted is weft's own doing.
+	want atomic.Pointer[vxlanState]
+	// filter is what the watcher runs (kept for tests).
+	filter watchFilter
+	// passes counts successful full and delta applies, for tests.
+	passes struct{ full, delta int }
 }
 
 func newVXLAN(opts VXLANOptions, host Host, h *netlink.Handle, log *slog.Logger) *vxlanBackend {
@@ -100,7 +115,7 @@ func (b *vxlanBackend) Init(ctx context.Context) (Published, int, error) {
 	if _, err := b.ensureDevice(); err != nil {
 		return Published{}, 0, err
 	}
-	b.w.start(watchFilter{
+	b.filter = watchFilter{
 		link: func(u netlink.LinkUpdate) bool {
 			idx := int32(u.Attrs().Index)
 			if u.Header.Type == unix.RTM_DELLINK {
@@ -113,16 +128,44 @@ func (b *vxlanBackend) Init(ctx context.Context) (Published, int, error) {
 			}
 			return false
 		},
+		// Only removals of what weft wants are drift: the removals weft's
+		// own applies make (peers that left, stale entries) are not, or a
+		// leave would cost a second, full apply.
 		route: func(u netlink.RouteUpdate) bool {
-			return u.Type == unix.RTM_DELROUTE && u.Protocol == RTProtWeft
+			var routes map[netip.Prefix]routeWant
+			if d := b.want.Load(); d != nil {
+				routes = d.routes
+			}
+			return routeDrift(routes, u)
 		},
 		neigh: func(u netlink.NeighUpdate) bool {
-			return u.Type == unix.RTM_DELNEIGH && int32(u.LinkIndex) == b.devIndex.Load()
+			if u.Type != unix.RTM_DELNEIGH || int32(u.LinkIndex) != b.devIndex.Load() {
+				return false
+			}
+			d := b.want.Load()
+			switch {
+			case d == nil || d.routes == nil:
+				return true
+			case u.Family == unix.AF_BRIDGE:
+				if len(u.HardwareAddr) != 6 {
+					return false
+				}
+				dst, ok := d.fdb[[6]byte(u.HardwareAddr)]
+				return ok && dst == addrOf(u.IP)
+			default:
+				_, ok := d.neighs[addrOf(u.IP)]
+				return ok
+			}
 		},
 		addr: func(u netlink.AddrUpdate) bool {
-			return !u.NewAddr && int32(u.LinkIndex) == b.devIndex.Load()
+			if u.NewAddr || int32(u.LinkIndex) != b.devIndex.Load() {
+				return false
+			}
+			d := b.want.Load()
+			return d == nil || prefixOf(&u.LinkAddress) == d.addr
 		},
-	})
+	}
+	b.w.start(b.filter)
 	data, err := json.Marshal(VXLANLeaseData{VNI: b.opts.VNI, VtepMAC: b.mac.String()})
 	if err != nil {
 		return Published{}, 0, fmt.Errorf("dataplane: encode vxlan lease data: %w", err)
@@ -250,35 +293,33 @@ func (b *vxlanBackend) ensureDevice() (created bool, err error) {
 	return created, nil
 }
 
-// Apply programs the device address and every peer; see the package notes.
-func (b *vxlanBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
-	if _, err := b.ensureDevice(); err != nil {
-		return err
-	}
-	dev := int(b.devIndex.Load())
-	t := &tally{what: "vxlan apply"}
+// vxlanState is the kernel state one snapshot asks for. Once built it is
+// never modified: the watcher's filters read it from another goroutine.
+type vxlanState struct {
+	own    netip.Prefix // this host's subnet, masked
+	dev    int          // the device index the routes point at
+	addr   netip.Prefix // the device address (zero: none)
+	routes map[netip.Prefix]routeWant
+	neighs map[netip.Addr]net.HardwareAddr
+	fdb    map[[6]byte]netip.Addr
+}
 
+// desired computes what snap asks for; connected are the underlay's
+// connected subnets (for DirectRouting).
+func (b *vxlanBackend) desired(snap lease.Snapshot, dev int, connected []netip.Prefix) *vxlanState {
 	own := snap.Own.Subnet.Masked()
-	var addr netip.Prefix
+	d := &vxlanState{
+		own:    own,
+		dev:    dev,
+		routes: make(map[netip.Prefix]routeWant, len(snap.Peers)+1),
+		neighs: make(map[netip.Addr]net.HardwareAddr, len(snap.Peers)),
+		fdb:    make(map[[6]byte]netip.Addr, len(snap.Peers)),
+	}
 	if own.IsValid() {
-		addr = netip.PrefixFrom(own.Addr(), 32)
+		d.addr = netip.PrefixFrom(own.Addr(), 32)
 	}
-	var errs []error
-	// The address first: changing it can make the kernel drop routes, and
-	// the route dump below must see the result.
-	st, err := syncAddrs(b.h, b.link, addr, t)
-	errs = append(errs, err)
-
-	have, err := readMainRoutes(b.h, b.host.IfaceIndex)
-	if err != nil {
-		return fmt.Errorf("dataplane: %w", err)
-	}
-	connected := have.connected
-
-	routes := make([]routeWant, 0, len(snap.Peers)+1)
-	neighs := make(map[netip.Addr]net.HardwareAddr, len(snap.Peers))
-	fdb := make(map[[6]byte]netip.Addr, len(snap.Peers))
 	b.notes.begin()
+	b.macs.begin()
 	for _, p := range snap.Peers {
 		sub := p.Subnet.Masked()
 		if err := checkPeer(p, own, b.host); err != nil {
@@ -289,35 +330,132 @@ func (b *vxlanBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
 			b.notes.note(b.log, sub, fmt.Sprintf("backend type %q, want vxlan", p.Attrs.BackendType))
 			continue
 		}
-		mac, err := decodeVtepMAC(p.Attrs.BackendData)
+		mac, err := b.macs.decode(p.Attrs.BackendData)
 		if err != nil {
 			b.notes.note(b.log, sub, err.Error())
 			continue
 		}
-		if other, dup := fdb[[6]byte(mac)]; dup {
+		if other, dup := d.fdb[[6]byte(mac)]; dup {
 			b.notes.note(b.log, sub, fmt.Sprintf("VtepMAC %s is also published by the peer at %s", mac, other))
 			continue
 		}
 		if b.opts.DirectRouting && coveredBy(connected, p.Attrs.PublicIP) {
-			routes = append(routes, routeWant{Dst: sub, Gw: p.Attrs.PublicIP, Link: b.host.IfaceIndex})
+			d.routes[sub] = routeWant{Dst: sub, Gw: p.Attrs.PublicIP, Link: b.host.IfaceIndex}
 			continue
 		}
 		gw := sub.Addr()
-		routes = append(routes, routeWant{Dst: sub, Gw: gw, Link: dev, OnLink: true})
-		neighs[gw] = mac
-		fdb[[6]byte(mac)] = p.Attrs.PublicIP
+		d.routes[sub] = routeWant{Dst: sub, Gw: gw, Link: dev, OnLink: true}
+		d.neighs[gw] = mac
+		d.fdb[[6]byte(mac)] = p.Attrs.PublicIP
 	}
+	b.macs.end(len(snap.Peers))
 	b.notes.end()
 	if b.host.BlackholeRoute && own.IsValid() {
-		routes = append(routes, routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric})
+		d.routes[own] = routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric}
+	}
+	return d
+}
+
+// Apply programs the device address and every peer, reading the kernel
+// first (a full pass); see the package notes.
+func (b *vxlanBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
+	return b.apply(ctx, snap, true)
+}
+
+// ApplyDelta programs only the difference between snap and the snapshot of
+// the last successful apply, without reading the kernel. It does a full pass
+// when there is no such apply, the device was recreated or the own subnet
+// changed.
+func (b *vxlanBackend) ApplyDelta(ctx context.Context, snap lease.Snapshot) error {
+	return b.apply(ctx, snap, false)
+}
+
+func (b *vxlanBackend) apply(ctx context.Context, snap lease.Snapshot, full bool) error {
+	created, err := b.ensureDevice()
+	if err != nil {
+		b.applied = nil
+		return err
+	}
+	dev := int(b.devIndex.Load())
+	prev := b.applied
+	// Until this apply succeeds nothing is known about the kernel.
+	b.applied = nil
+	if created || prev == nil || prev.dev != dev || prev.own != snap.Own.Subnet.Masked() {
+		full = true
+	}
+	t := &tally{what: "vxlan apply"}
+	var (
+		st   syncStats
+		d    *vxlanState
+		errs []error
+	)
+	if full {
+		d, st, errs = b.applyFull(ctx, snap, dev, t)
+	} else {
+		d = b.desired(snap, dev, b.connected)
+		// Published before any write, so that the watcher recognises the
+		// deletions this apply causes as its own.
+		b.want.Store(d)
+		st = b.applyDiff(ctx, prev, d, t)
+		errs = append(errs, ctx.Err())
+	}
+	if st != (syncStats{}) {
+		b.log.Debug("vxlan dataplane changed", "full", full, "peers", len(snap.Peers), "added", st.Added, "replaced", st.Replaced, "deleted", st.Deleted)
+	}
+	errs = append(errs, t.err())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
+	b.applied = d
+	if full {
+		b.passes.full++
+	} else {
+		b.passes.delta++
+	}
+	return nil
+}
+
+// applyFull reads addresses, routes, neighbours and FDB entries and makes
+// them equal to what snap asks for. It returns the desired state (nil when
+// it could not even be computed).
+func (b *vxlanBackend) applyFull(ctx context.Context, snap lease.Snapshot, dev int, t *tally) (*vxlanState, syncStats, []error) {
+	own := snap.Own.Subnet.Masked()
+	var addr netip.Prefix
+	if own.IsValid() {
+		addr = netip.PrefixFrom(own.Addr(), 32)
+	}
+	var errs []error
+	// The address first: changing it can make the kernel drop routes, and
+	// the route dump below must see the result. Its removals are echoes,
+	// not drift: publish the address before.
+	if cur := b.want.Load(); cur == nil {
+		b.want.Store(&vxlanState{own: own, dev: dev, addr: addr})
+	} else if cur.addr != addr {
+		next := *cur
+		next.addr = addr
+		b.want.Store(&next)
+	}
+	st, err := syncAddrs(b.h, b.link, addr, t)
+	errs = append(errs, err)
+
+	have, err := readMainRoutes(b.h, b.host.IfaceIndex)
+	if err != nil {
+		return nil, st, append(errs, err)
+	}
+	b.connected = have.connected
+	d := b.desired(snap, dev, have.connected)
+	b.want.Store(d)
+	routes := make([]routeWant, 0, len(d.routes))
+	for _, r := range d.routes {
+		routes = append(routes, r)
 	}
 
 	// Adds in dependency order (FDB, neighbour, then the route that uses
 	// them: a route is usable the moment it appears), deletes in reverse,
 	// so no packet is sent through a half-programmed peer.
-	fs, fdel, err := syncFDB(ctx, b.h, dev, fdb, t)
+	fs, fdel, err := syncFDB(ctx, b.h, dev, d.fdb, t)
 	errs = append(errs, err)
-	ns, ndel, err := syncNeighs(ctx, b.h, dev, neighs, t)
+	ns, ndel, err := syncNeighs(ctx, b.h, dev, d.neighs, t)
 	errs = append(errs, err)
 	rs, rdel, err := syncRoutes(ctx, b.h, have.weft, routes, t)
 	errs = append(errs, err)
@@ -329,14 +467,124 @@ func (b *vxlanBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
 	st.plus(*fs)
 	st.plus(*ns)
 	st.plus(*rs)
-	if st != (syncStats{}) {
-		b.log.Debug("vxlan dataplane changed", "peers", len(snap.Peers), "added", st.Added, "replaced", st.Replaced, "deleted", st.Deleted)
+	return d, st, errs
+}
+
+// applyDiff writes what differs between old (which the kernel holds, as far
+// as weft knows) and d, in the same order as a full pass: adds FDB,
+// neighbour, route; deletes route, neighbour, FDB.
+func (b *vxlanBackend) applyDiff(ctx context.Context, old, d *vxlanState, t *tally) syncStats {
+	var st syncStats
+	calls := 0
+	stop := func() bool {
+		calls++
+		return calls%ctxCheckEvery == 0 && ctx.Err() != nil
 	}
-	errs = append(errs, t.err())
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("dataplane: %w", err)
+	for mac, dst := range d.fdb {
+		if o, ok := old.fdb[mac]; ok && o == dst {
+			continue
+		}
+		if stop() {
+			return st
+		}
+		if err := b.h.NeighSet(fdbEntry(d.dev, mac, dst)); err != nil {
+			t.add(fmt.Errorf("set FDB entry %s dst %s: %w", net.HardwareAddr(mac[:]), dst, err))
+			continue
+		}
+		st.Added++
 	}
-	return nil
+	for ip, mac := range d.neighs {
+		if o, ok := old.neighs[ip]; ok && slices.Equal(o, mac) {
+			continue
+		}
+		if stop() {
+			return st
+		}
+		if err := b.h.NeighSet(neighEntry(d.dev, ip, mac)); err != nil {
+			t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, mac, err))
+			continue
+		}
+		st.Added++
+	}
+	for dst, w := range d.routes {
+		if o, ok := old.routes[dst]; ok && o == w {
+			continue
+		}
+		if stop() {
+			return st
+		}
+		if err := b.h.RouteReplace(w.route()); err != nil {
+			t.add(fmt.Errorf("replace route %s: %w", w, err))
+			continue
+		}
+		st.Added++
+	}
+	for dst, o := range old.routes {
+		// A replace keeps the key (dst, metric); one at another metric
+		// would survive it.
+		if w, ok := d.routes[dst]; ok && w.Metric == o.Metric {
+			continue
+		}
+		if stop() {
+			return st
+		}
+		if err := delRoute(b.h, o); err != nil {
+			t.add(fmt.Errorf("delete stale route %s: %w", o, err))
+			continue
+		}
+		st.Deleted++
+	}
+	for ip, mac := range old.neighs {
+		if _, ok := d.neighs[ip]; ok {
+			continue
+		}
+		if stop() {
+			return st
+		}
+		if err := b.h.NeighDel(neighEntry(old.dev, ip, mac)); err != nil && !isGone(err) {
+			t.add(fmt.Errorf("delete stale neighbour %s: %w", ip, err))
+			continue
+		}
+		st.Deleted++
+	}
+	for mac, dst := range old.fdb {
+		if n, ok := d.fdb[mac]; ok && n == dst {
+			continue
+		}
+		if stop() {
+			return st
+		}
+		// For a MAC that moved, the set above usually swapped the destination
+		// in place and this finds nothing.
+		if err := b.h.NeighDel(fdbEntry(old.dev, mac, dst)); err != nil && !isGone(err) {
+			t.add(fmt.Errorf("delete stale FDB entry %s dst %s: %w", net.HardwareAddr(mac[:]), dst, err))
+			continue
+		}
+		st.Deleted++
+	}
+	return st
+}
+
+func neighEntry(link int, ip netip.Addr, mac net.HardwareAddr) *netlink.Neigh {
+	return &netlink.Neigh{
+		LinkIndex:    link,
+		Family:       netlink.FAMILY_V4,
+		State:        netlink.NUD_PERMANENT,
+		Type:         unix.RTN_UNICAST,
+		IP:           ip.AsSlice(),
+		HardwareAddr: mac,
+	}
+}
+
+func fdbEntry(link int, mac [6]byte, dst netip.Addr) *netlink.Neigh {
+	return &netlink.Neigh{
+		LinkIndex:    link,
+		Family:       unix.AF_BRIDGE,
+		State:        netlink.NUD_PERMANENT,
+		Flags:        netlink.NTF_SELF,
+		IP:           dst.AsSlice(),
+		HardwareAddr: net.HardwareAddr(mac[:]),
+	}
 }
 
 // checkPeer rejects leases that cannot be programmed whatever the backend.

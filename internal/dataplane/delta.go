@@ -1,0 +1,104 @@
+package dataplane
+
+// Incremental applies (felix-style: desired AND actual kept in memory). A full
+// apply dumps routes, neighbours and FDB entries and diffs them against the
+// desired state: with 1,000 peers that is most of the cost of a single peer
+// joining. When the loop knows that nothing but the snapshot changed since the
+// last successful apply, the kernel still holds exactly what that apply
+// wanted, so the difference between the two desired states is the whole
+// work. Everything that can break that assumption — the first apply, a kernel
+// event, a failure, the periodic resync, a recreated device — makes the next
+// apply a full one again, so the loop stays level-triggered.
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/lease"
+)
+
+// deltaApplier is a Backend that can apply a snapshot as the difference to
+// the last one it applied successfully. ApplyDelta falls back to a full apply
+// itself when it has no trustworthy baseline (first apply, last apply failed,
+// device recreated, own subnet changed).
+type deltaApplier interface {
+	ApplyDelta(ctx context.Context, snap lease.Snapshot) error
+}
+
+// delRoute deletes weft's route to dst at metric, whatever its gateway: the
+// kernel matches on destination, table, metric and protocol.
+func delRoute(h *netlink.Handle, w routeWant) error {
+	err := h.RouteDel(&netlink.Route{
+		Dst:      ipNet(w.Dst),
+		Protocol: RTProtWeft,
+		Table:    unix.RT_TABLE_MAIN,
+		Priority: w.Metric,
+		Family:   netlink.FAMILY_V4,
+	})
+	if err != nil && !isGone(err) {
+		return err
+	}
+	return nil
+}
+
+// macCache keeps the decoded VtepMAC of each distinct BackendData, so an apply
+// does not json.Unmarshal every peer's lease again. Entries unused by the last
+// apply are dropped once they are the majority, which bounds the cache by the
+// number of peers.
+type macCache struct {
+	gen uint64
+	m   map[string]*macEntry
+}
+
+type macEntry struct {
+	mac net.HardwareAddr // shared and never modified
+	err error
+	gen uint64
+}
+
+func (c *macCache) begin() {
+	c.gen++
+	if c.m == nil {
+		c.m = make(map[string]*macEntry)
+	}
+}
+
+func (c *macCache) decode(raw json.RawMessage) (net.HardwareAddr, error) {
+	if e, ok := c.m[string(raw)]; ok {
+		e.gen = c.gen
+		return e.mac, e.err
+	}
+	mac, err := decodeVtepMAC(raw)
+	c.m[string(raw)] = &macEntry{mac: mac, err: err, gen: c.gen}
+	return mac, err
+}
+
+func (c *macCache) end(used int) {
+	if len(c.m) <= 2*used+64 {
+		return
+	}
+	for k, e := range c.m {
+		if e.gen != c.gen {
+			delete(c.m, k)
+		}
+	}
+}
+
+// routeDrift reports whether the deletion of route u removes a route weft
+// wants (routes is the desired set, nil before the first apply). Deletions of
+// routes weft no longer wants are the echoes of its own applies, not drift.
+func routeDrift(routes map[netip.Prefix]routeWant, u netlink.RouteUpdate) bool {
+	if u.Type != unix.RTM_DELROUTE || u.Protocol != RTProtWeft {
+		return false
+	}
+	if routes == nil {
+		return true
+	}
+	w, ok := routes[prefixOf(u.Dst)]
+	return ok && u.Priority == w.Metric
+}
