@@ -102,3 +102,44 @@ func routeDrift(routes map[netip.Prefix]routeWant, u netlink.RouteUpdate) bool {
 	w, ok := routes[prefixOf(u.Dst)]
 	return ok && u.Priority == w.Metric
 }
+
+// diffMaps lists the keys of cur that are missing from old or differ there
+// (to add or replace), and the keys of old that are missing from cur or
+// differ there (to delete, when the replace does not cover them). When one
+// side is known equal by counting, its pass is skipped: a join walks the
+// maps once, not twice.
+func diffMaps[K comparable, V any](old, cur map[K]V, eq func(a, b V) bool) (add, del []K) {
+	same := 0
+	if len(cur) >= len(old) {
+		for k, v := range cur {
+			if o, ok := old[k]; ok && eq(o, v) {
+				same++
+			} else {
+				add = append(add, k)
+			}
+		}
+		if same < len(old) {
+			for k, o := range old {
+				if v, ok := cur[k]; !ok || !eq(o, v) {
+					del = append(del, k)
+				}
+			}
+		}
+		return add, del
+	}
+	for k, o := range old {
+		if v, ok := cur[k]; ok && eq(o, v) {
+			same++
+		} else {
+			del = append(del, k)
+		}
+	}
+	if same < len(cur) {
+		for k, v := range cur {
+			if o, ok := old[k]; !ok || !eq(o, v) {
+				add = append(add, k)
+			}
+		}
+	}
+	return add, del
+}

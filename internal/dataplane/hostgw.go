@@ -167,17 +167,17 @@ func (b *hostGWBackend) apply(ctx context.Context, snap lease.Snapshot, full boo
 // applyDiff adds and replaces, then deletes, the routes that differ between
 // old (what the kernel holds, as far as weft knows) and want.
 func (b *hostGWBackend) applyDiff(ctx context.Context, old, want map[netip.Prefix]routeWant, t *tally) error {
-	for dst, w := range want {
-		if o, ok := old[dst]; ok && o == w {
-			continue
-		}
+	add, del := diffMaps(old, want, func(a, b routeWant) bool { return a == b })
+	for _, dst := range add {
+		w := want[dst]
 		if err := b.h.RouteReplace(w.route()); err != nil {
 			t.add(fmt.Errorf("replace route %s: %w", w, err))
 		}
 	}
-	for dst, o := range old {
+	for _, dst := range del {
+		o := old[dst]
 		if w, ok := want[dst]; ok && w.Metric == o.Metric {
-			continue
+			continue // replaced above
 		}
 		if err := delRoute(b.h, o); err != nil {
 			t.add(fmt.Errorf("delete stale route %s: %w", o, err))

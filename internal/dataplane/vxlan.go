@@ -371,10 +371,16 @@ func (b *vxlanBackend) ApplyDelta(ctx context.Context, snap lease.Snapshot) erro
 }
 
 func (b *vxlanBackend) apply(ctx context.Context, snap lease.Snapshot, full bool) error {
-	created, err := b.ensureDevice()
-	if err != nil {
-		b.applied = nil
-		return err
+	// A delta trusts the device as the last apply left it: its removal,
+	// recreation or going down is a link event, which makes the next apply
+	// full, and until then writes to the old index fail, which does too.
+	var created bool
+	if full || b.applied == nil || b.link == nil {
+		var err error
+		if created, err = b.ensureDevice(); err != nil {
+			b.applied = nil
+			return err
+		}
 	}
 	dev := int(b.devIndex.Load())
 	prev := b.applied
@@ -475,53 +481,51 @@ func (b *vxlanBackend) applyFull(ctx context.Context, snap lease.Snapshot, dev i
 // neighbour, route; deletes route, neighbour, FDB.
 func (b *vxlanBackend) applyDiff(ctx context.Context, old, d *vxlanState, t *tally) syncStats {
 	var st syncStats
+	fdbAdd, fdbDel := diffMaps(old.fdb, d.fdb, func(a, b netip.Addr) bool { return a == b })
+	neighAdd, neighDel := diffMaps(old.neighs, d.neighs, func(a, b net.HardwareAddr) bool { return slices.Equal(a, b) })
+	routeAdd, routeDel := diffMaps(old.routes, d.routes, func(a, b routeWant) bool { return a == b })
 	calls := 0
 	stop := func() bool {
 		calls++
 		return calls%ctxCheckEvery == 0 && ctx.Err() != nil
 	}
-	for mac, dst := range d.fdb {
-		if o, ok := old.fdb[mac]; ok && o == dst {
-			continue
-		}
+	for _, mac := range fdbAdd {
 		if stop() {
 			return st
 		}
+		dst := d.fdb[mac]
 		if err := b.h.NeighSet(fdbEntry(d.dev, mac, dst)); err != nil {
 			t.add(fmt.Errorf("set FDB entry %s dst %s: %w", net.HardwareAddr(mac[:]), dst, err))
 			continue
 		}
 		st.Added++
 	}
-	for ip, mac := range d.neighs {
-		if o, ok := old.neighs[ip]; ok && slices.Equal(o, mac) {
-			continue
-		}
+	for _, ip := range neighAdd {
 		if stop() {
 			return st
 		}
+		mac := d.neighs[ip]
 		if err := b.h.NeighSet(neighEntry(d.dev, ip, mac)); err != nil {
 			t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, mac, err))
 			continue
 		}
 		st.Added++
 	}
-	for dst, w := range d.routes {
-		if o, ok := old.routes[dst]; ok && o == w {
-			continue
-		}
+	for _, dst := range routeAdd {
 		if stop() {
 			return st
 		}
+		w := d.routes[dst]
 		if err := b.h.RouteReplace(w.route()); err != nil {
 			t.add(fmt.Errorf("replace route %s: %w", w, err))
 			continue
 		}
 		st.Added++
 	}
-	for dst, o := range old.routes {
+	for _, dst := range routeDel {
 		// A replace keeps the key (dst, metric); one at another metric
 		// would survive it.
+		o := old.routes[dst]
 		if w, ok := d.routes[dst]; ok && w.Metric == o.Metric {
 			continue
 		}
@@ -534,28 +538,26 @@ func (b *vxlanBackend) applyDiff(ctx context.Context, old, d *vxlanState, t *tal
 		}
 		st.Deleted++
 	}
-	for ip, mac := range old.neighs {
+	for _, ip := range neighDel {
 		if _, ok := d.neighs[ip]; ok {
-			continue
+			continue // replaced above
 		}
 		if stop() {
 			return st
 		}
-		if err := b.h.NeighDel(neighEntry(old.dev, ip, mac)); err != nil && !isGone(err) {
+		if err := b.h.NeighDel(neighEntry(old.dev, ip, old.neighs[ip])); err != nil && !isGone(err) {
 			t.add(fmt.Errorf("delete stale neighbour %s: %w", ip, err))
 			continue
 		}
 		st.Deleted++
 	}
-	for mac, dst := range old.fdb {
-		if n, ok := d.fdb[mac]; ok && n == dst {
-			continue
-		}
+	for _, mac := range fdbDel {
 		if stop() {
 			return st
 		}
 		// For a MAC that moved, the set above usually swapped the destination
 		// in place and this finds nothing.
+		dst := old.fdb[mac]
 		if err := b.h.NeighDel(fdbEntry(old.dev, mac, dst)); err != nil && !isGone(err) {
 			t.add(fmt.Errorf("delete stale FDB entry %s dst %s: %w", net.HardwareAddr(mac[:]), dst, err))
 			continue
