@@ -39,7 +39,7 @@ func newEtcdLab(t *testing.T, members int) *lab.Lab {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	l, err := lab.Up(ctx, lab.Config{
-		Name: uniqueName(), Hosts: 3, Backend: "vxlan", EtcdMembers: members,
+		Name: uniqueName(), Hosts: 3, Backend: "vxlan", EtcdMembers: members, NetworkConfig: networkConfig("vxlan"),
 		WeftdPath: filepath.Join(binDir, "weftd"), WeftdArgs: []string{"-healthz-port=" + faultHealthPort},
 		Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})

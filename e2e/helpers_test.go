@@ -62,13 +62,20 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// networkConfig is the seed's config with the leasable range ending at
+// 172.30.239.0: the tests write their own peer and garbage leases at
+// 172.30.240.0 and above, which must never be a lab host's subnet.
+func networkConfig(backend string) string {
+	return fmt.Sprintf(`{"Network":"172.30.0.0/16","SubnetLen":24,"SubnetMax":"172.30.239.0","Backend":{"Type":%q}}`, backend)
+}
+
 // newLab brings up a lab with real weftd; it is removed when the test ends.
 func newLab(t *testing.T, backend string, hosts int, weftdArgs ...string) *lab.Lab {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	l, err := lab.Up(ctx, lab.Config{
-		Name: uniqueName(), Hosts: hosts, Backend: backend,
+		Name: uniqueName(), Hosts: hosts, Backend: backend, NetworkConfig: networkConfig(backend),
 		WeftdPath: filepath.Join(binDir, "weftd"), WeftdArgs: weftdArgs,
 		Log: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
 	})
