@@ -2,18 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -48,7 +43,7 @@ type host struct {
 	dir        string
 	subnetFile string
 	logFile    string
-	proxy      *proxy
+	proxy      *netnstest.Proxy
 	proc       *proc
 }
 
@@ -132,7 +127,7 @@ func (c *cluster) addHost(k int, br netlink.Link) error {
 	}); err != nil {
 		return fmt.Errorf("enable ip_forward in %s: %w", ns.Name, err)
 	}
-	if h.proxy, err = startProxy(ns, hostEtcd, c.e.etcd.Endpoint, c.e.log); err != nil {
+	if h.proxy, err = netnstest.StartProxy(ns, hostEtcd, c.e.etcd.Endpoint, c.e.log); err != nil {
 		return err
 	}
 	return nil
@@ -309,112 +304,4 @@ func (w *fileWatch) wait(h *host, d time.Duration) (time.Time, error) {
 	case <-time.After(d):
 		return time.Time{}, fmt.Errorf("weftd in %s wrote no %s within %s; log:\n%s", h.ns.Name, h.subnetFile, d, h.logTail())
 	}
-}
-
-// proxy listens inside a host namespace and forwards to etcd in the root
-// namespace (a socket stays in the namespace it was created in).
-type proxy struct {
-	ln     net.Listener
-	target string
-	log    *slog.Logger
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
-}
-
-func startProxy(ns *netnstest.NS, listen, targetURL string, log *slog.Logger) (*proxy, error) {
-	u, err := url.Parse(targetURL)
-	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("etcd endpoint %q: not a URL with host:port", targetURL)
-	}
-	var ln net.Listener
-	if err := ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp", listen)
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("listen on %s in %s for the etcd proxy: %w", listen, ns.Name, err)
-	}
-	p := &proxy{ln: ln, target: u.Host, log: log, conns: map[net.Conn]struct{}{}}
-	p.wg.Add(1)
-	go p.serve()
-	return p, nil
-}
-
-func (p *proxy) serve() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				p.log.Warn("etcd proxy accept", "err", err)
-			}
-			return
-		}
-		p.wg.Add(1)
-		go p.handle(c)
-	}
-}
-
-func (p *proxy) track(c net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		c.Close()
-		return false
-	}
-	p.conns[c] = struct{}{}
-	return true
-}
-
-func (p *proxy) untrack(c net.Conn) {
-	p.mu.Lock()
-	delete(p.conns, c)
-	p.mu.Unlock()
-	c.Close()
-}
-
-func (p *proxy) handle(in net.Conn) {
-	defer p.wg.Done()
-	if !p.track(in) {
-		return
-	}
-	defer p.untrack(in)
-	out, err := net.DialTimeout("tcp", p.target, 5*time.Second)
-	if err != nil {
-		p.log.Warn("etcd proxy dial", "target", p.target, "err", err)
-		return
-	}
-	if !p.track(out) {
-		return
-	}
-	defer p.untrack(out)
-	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn) {
-		io.Copy(dst, src)
-		if tc, ok := dst.(*net.TCPConn); ok {
-			tc.CloseWrite() // pass the half-close on
-		}
-		done <- struct{}{}
-	}
-	go pipe(out, in)
-	go pipe(in, out)
-	<-done
-	<-done
-}
-
-func (p *proxy) Close() {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return
-	}
-	p.closed = true
-	for c := range p.conns {
-		c.Close()
-	}
-	p.mu.Unlock()
-	p.ln.Close()
-	p.wg.Wait()
 }

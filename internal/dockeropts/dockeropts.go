@@ -126,22 +126,10 @@ func ParseArgs(args []string) (Options, error) {
 		return o, errors.New("-f: empty path")
 	case o.OutFile == "":
 		return o, errors.New("-d: empty path")
-	case !isName(o.Key):
+	case !subnetenv.IsShellName(o.Key):
 		return o, fmt.Errorf("-k %q: not a shell variable name (letters, digits, _; not starting with a digit)", o.Key)
 	}
 	return o, nil
-}
-
-func isName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i, r := range s {
-		if !(r == '_' || r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || i > 0 && r >= '0' && r <= '9') {
-			return false
-		}
-	}
-	return true
 }
 
 // Render produces the Docker environment file from the content of

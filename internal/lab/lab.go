@@ -183,7 +183,7 @@ type Host struct {
 	SubnetFile string
 	LogFile    string
 
-	proxies []*proxy                  // one per etcd member
+	proxies []*netnstest.Proxy        // one per etcd member
 	proc    atomic.Pointer[weftdProc] // the current run; Close reads it from any goroutine
 }
 
@@ -439,7 +439,7 @@ func (l *Lab) addHostNet() (*Host, error) {
 		return nil, fmt.Errorf("host %s: enable ip_forward: %w", h.Name, err)
 	}
 	for i, ep := range l.EtcdEndpoints {
-		p, err := startProxy(ns, hostEtcdAddrs[i], ep, l.log.With("host", h.Name))
+		p, err := netnstest.StartProxy(ns, hostEtcdAddrs[i], ep, l.log.With("host", h.Name))
 		if err != nil {
 			return nil, fmt.Errorf("host %s: %w", h.Name, err)
 		}

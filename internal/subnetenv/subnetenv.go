@@ -203,7 +203,7 @@ func ParseVars(data []byte) ([]Var, error) {
 		if !ok {
 			return nil, fmt.Errorf("line %d %q: not NAME=VALUE", n, clip(line))
 		}
-		if !isName(name) {
+		if !IsShellName(name) {
 			return nil, fmt.Errorf("line %d %q: %q is not a variable name", n, clip(line), name)
 		}
 		v, err := unquote(value)
@@ -215,7 +215,9 @@ func ParseVars(data []byte) ([]Var, error) {
 	return vars, nil
 }
 
-func isName(s string) bool {
+// IsShellName reports whether s is a shell variable name: letters, digits
+// and _, not starting with a digit.
+func IsShellName(s string) bool {
 	if s == "" {
 		return false
 	}

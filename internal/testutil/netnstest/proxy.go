@@ -1,4 +1,4 @@
-package lab
+package netnstest
 
 import (
 	"errors"
@@ -9,16 +9,14 @@ import (
 	"net/url"
 	"sync"
 	"time"
-
-	"github.com/weft-net/weft/internal/testutil/netnstest"
 )
 
-// proxy makes the root namespace's etcd reachable at a loopback address
+// Proxy makes the root namespace's etcd reachable at a loopback address
 // inside a host namespace. The listening socket is created on a thread
 // switched into the host namespace (a socket stays in the namespace it was
 // created in); accepting and dialling the root-namespace etcd then happen on
 // ordinary goroutines, whose threads are all in the root namespace.
-type proxy struct {
+type Proxy struct {
 	ln     net.Listener
 	target string
 	log    *slog.Logger
@@ -29,7 +27,7 @@ type proxy struct {
 	wg     sync.WaitGroup
 }
 
-func startProxy(ns *netnstest.NS, listenAddr, targetURL string, log *slog.Logger) (*proxy, error) {
+func StartProxy(ns *NS, listenAddr, targetURL string, log *slog.Logger) (*Proxy, error) {
 	u, err := url.Parse(targetURL)
 	if err != nil || u.Host == "" {
 		return nil, fmt.Errorf("etcd endpoint %q: not a URL with host:port", targetURL)
@@ -42,13 +40,13 @@ func startProxy(ns *netnstest.NS, listenAddr, targetURL string, log *slog.Logger
 	}); err != nil {
 		return nil, fmt.Errorf("listen on %s in netns %s for the etcd proxy: %w", listenAddr, ns.Name, err)
 	}
-	p := &proxy{ln: ln, target: u.Host, log: log, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{ln: ln, target: u.Host, log: log, conns: map[net.Conn]struct{}{}}
 	p.wg.Add(1)
 	go p.serve()
 	return p, nil
 }
 
-func (p *proxy) serve() {
+func (p *Proxy) serve() {
 	defer p.wg.Done()
 	for {
 		c, err := p.ln.Accept()
@@ -63,7 +61,7 @@ func (p *proxy) serve() {
 	}
 }
 
-func (p *proxy) track(c net.Conn) bool {
+func (p *Proxy) track(c net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -74,14 +72,14 @@ func (p *proxy) track(c net.Conn) bool {
 	return true
 }
 
-func (p *proxy) untrack(c net.Conn) {
+func (p *Proxy) untrack(c net.Conn) {
 	p.mu.Lock()
 	delete(p.conns, c)
 	p.mu.Unlock()
 	c.Close()
 }
 
-func (p *proxy) handle(in net.Conn) {
+func (p *Proxy) handle(in net.Conn) {
 	defer p.wg.Done()
 	if !p.track(in) {
 		return
@@ -112,7 +110,7 @@ func (p *proxy) handle(in net.Conn) {
 }
 
 // Close stops listening and cuts every proxied connection.
-func (p *proxy) Close() {
+func (p *Proxy) Close() {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
