@@ -27,6 +27,8 @@ import (
 
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/weft-net/weft/internal/testutil/etcdtest"
 )
 
@@ -38,6 +40,7 @@ func run() int {
 	duration := flag.Duration("duration", 10*time.Minute, "how long to churn")
 	sample := flag.Duration("sample", 10*time.Second, "sampling period")
 	warmup := flag.Duration("warmup", 30*time.Second, "time before the baseline sample")
+	compact := flag.Bool("compact", true, "compact etcd's history at every sample, as a production etcd's auto-compaction does (the embedded etcd shares this process's RSS)")
 	tolerance := flag.Float64("tolerance", 0.25, "allowed relative growth of RSS and goroutines")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -132,6 +135,13 @@ func run() int {
 	defer tick.Stop()
 	for time.Since(start) < *duration {
 		<-tick.C
+		if *compact {
+			cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+			if r, err := cli.Get(cctx, "/", clientv3.WithCountOnly()); err == nil {
+				cli.Compact(cctx, r.Header.Revision)
+			}
+			ccancel()
+		}
 		runtime.GC()
 		last = [2]float64{float64(rssKiB()), float64(runtime.NumGoroutine())}
 		fmt.Printf("%8s %10.0f %10.0f %8d %10d\n", time.Since(start).Round(time.Second), last[0], last[1], events.Load(), snaps.Load())
