@@ -486,6 +486,12 @@ func TestEtcdFaultCompactedRestart(t *testing.T) {
 	}
 	// Down long enough for every client to notice and back off.
 	time.Sleep(3 * time.Second)
+	// Keep the hosts from reconnecting until the peer is written and the
+	// history compacted: their clients retry within 2 s, so without this a
+	// fast reconnect would resume the old watch and skip the re-list path.
+	for _, h := range l.Hosts {
+		partition(t, h, true)
+	}
 	if err := l.RestartEtcd(0); err != nil {
 		t.Fatal(err)
 	}
@@ -509,6 +515,9 @@ func TestEtcdFaultCompactedRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("peer written and history compacted %s after the restart", time.Since(restarted).Round(time.Millisecond))
+	for _, h := range l.Hosts {
+		partition(t, h, false)
+	}
 	waitPeerEverywhere(t, l, "a peer written and compacted after the restart programmed everywhere", written, sub, ip, mac)
 	p.check(t, l, "pings across the etcd restart")
 	d.check(t, l)
