@@ -249,21 +249,29 @@ func syncRoutes(ctx context.Context, h *netlink.Handle, have []netlink.Route, wa
 		}
 		st.Added++
 	}
-	del := func() error {
+	del := deleteStale(ctx, stale, &calls, st, t, h.RouteDel,
+		func(r *netlink.Route) string { return fmt.Sprintf("route %s", r.Dst) })
+	return st, del, nil
+}
+
+// deleteStale is the last step of a sync, returned for the caller to run
+// after every add (deletes go in reverse dependency order): remove each stale
+// item, count "already gone" as success, and collect other failures in t so
+// that the item is retried by the next pass.
+func deleteStale[T any](ctx context.Context, stale []T, calls *int, st *syncStats, t *tally, del func(*T) error, what func(*T) string) func() error {
+	return func() error {
 		for i := range stale {
-			if calls++; calls%ctxCheckEvery == 0 && ctx.Err() != nil {
+			if *calls++; *calls%ctxCheckEvery == 0 && ctx.Err() != nil {
 				return ctx.Err()
 			}
-			r := &stale[i]
-			if err := h.RouteDel(r); err != nil && !isGone(err) {
-				t.add(fmt.Errorf("delete stale route %s: %w", r.Dst, err))
+			if err := del(&stale[i]); err != nil && !isGone(err) {
+				t.add(fmt.Errorf("delete stale %s: %w", what(&stale[i]), err))
 				continue
 			}
 			st.Deleted++
 		}
 		return nil
 	}
-	return st, del, nil
 }
 
 func coveredBy(ps []netip.Prefix, a netip.Addr) bool {
@@ -314,20 +322,8 @@ func syncNeighs(ctx context.Context, h *netlink.Handle, link int, want map[netip
 		}
 		st.Added++
 	}
-	del := func() error {
-		for i := range stale {
-			if calls++; calls%ctxCheckEvery == 0 && ctx.Err() != nil {
-				return ctx.Err()
-			}
-			n := &stale[i]
-			if err := h.NeighDel(n); err != nil && !isGone(err) {
-				t.add(fmt.Errorf("delete stale neighbour %s: %w", n.IP, err))
-				continue
-			}
-			st.Deleted++
-		}
-		return nil
-	}
+	del := deleteStale(ctx, stale, &calls, st, t, h.NeighDel,
+		func(n *netlink.Neigh) string { return fmt.Sprintf("neighbour %s", n.IP) })
 	return st, del, nil
 }
 
@@ -377,24 +373,16 @@ func syncFDB(ctx context.Context, h *netlink.Handle, link int, want map[[6]byte]
 		}
 		st.Added++
 	}
-	del := func() error {
-		for i := range stale {
-			if calls++; calls%ctxCheckEvery == 0 && ctx.Err() != nil {
-				return ctx.Err()
-			}
-			// After the replace above this is often ENOENT: the kernel already
-			// swapped the destination of this MAC in place.
-			n := stale[i]
-			n.Family = unix.AF_BRIDGE
-			n.Flags |= netlink.NTF_SELF
-			if err := h.NeighDel(&n); err != nil && !isGone(err) {
-				t.add(fmt.Errorf("delete stale FDB entry %s dst %s: %w", n.HardwareAddr, n.IP, err))
-				continue
-			}
-			st.Deleted++
-		}
-		return nil
-	}
+	// After the replace above a delete is often ENOENT (success): the
+	// kernel already swapped the destination of this MAC in place.
+	del := deleteStale(ctx, stale, &calls, st, t,
+		func(n *netlink.Neigh) error {
+			e := *n
+			e.Family = unix.AF_BRIDGE
+			e.Flags |= netlink.NTF_SELF
+			return h.NeighDel(&e)
+		},
+		func(n *netlink.Neigh) string { return fmt.Sprintf("FDB entry %s dst %s", n.HardwareAddr, n.IP) })
 	return st, del, nil
 }
 
