@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -19,8 +21,9 @@ import (
 // deltaSequence returns a reproducible sequence of snapshots in which every
 // step changes a few peers: joins, leaves, a new host address, a new VtepMAC
 // (sometimes one another peer just gave up, or one still in use), a lease
-// with garbage in it.
-func deltaSequence(typ string, steps int) []lease.Snapshot {
+// with garbage in it. A clean sequence has no garbage and no VtepMAC
+// collisions: the common case, which a delta handles peer by peer.
+func deltaSequence(typ string, steps int, clean bool) []lease.Snapshot {
 	rng := rand.New(rand.NewPCG(1, 2))
 	const pool = 40
 	type peer struct {
@@ -33,6 +36,7 @@ func deltaSequence(typ string, steps int) []lease.Snapshot {
 		peers[i] = peer{in: i%2 == 0, mac: i, pub: i}
 	}
 	var out []lease.Snapshot
+	fresh := 2 * pool // VtepMACs no peer used yet
 	for range steps {
 		var ls []lease.Lease
 		for i, p := range peers {
@@ -61,9 +65,14 @@ func deltaSequence(typ string, steps int) []lease.Snapshot {
 			case 2:
 				p.pub = rng.IntN(pool + 10)
 			case 3:
-				p.mac = rng.IntN(pool + 10) // may collide with another peer's
+				if clean {
+					p.mac = fresh
+					fresh++
+				} else {
+					p.mac = rng.IntN(pool + 10) // may collide with another peer's
+				}
 			case 4:
-				p.garbage = !p.garbage
+				p.garbage = !p.garbage && !clean
 			}
 		}
 	}
@@ -75,8 +84,12 @@ func deltaSequence(typ string, steps int) []lease.Snapshot {
 // whole kernel state after every step; at the end a fresh backend's full pass
 // over the delta-built state must find nothing to change.
 func TestDeltaMatchesFull(t *testing.T) {
-	for _, typ := range []string{"vxlan", "host-gw"} {
-		t.Run(typ, func(t *testing.T) {
+	for _, tc := range []struct {
+		typ   string
+		clean bool
+	}{{"vxlan", false}, {"vxlan", true}, {"host-gw", false}} {
+		typ := tc.typ
+		t.Run(fmt.Sprintf("%s/clean=%t", typ, tc.clean), func(t *testing.T) {
 			ctx := context.Background()
 			mk := func() (*lab, Backend) {
 				l := newLab(t, hostAddr, swAddr)
@@ -90,7 +103,7 @@ func TestDeltaMatchesFull(t *testing.T) {
 			dl, db := mk()
 			fl, fb := mk()
 			delta := db.(deltaApplier)
-			seq := deltaSequence(typ, 30)
+			seq := deltaSequence(typ, 30, tc.clean)
 			for i, s := range seq {
 				err := delta.ApplyDelta(ctx, s)
 				ferr := fb.Apply(ctx, s)
@@ -99,15 +112,25 @@ func TestDeltaMatchesFull(t *testing.T) {
 				if fmt.Sprint(err) != fmt.Sprint(ferr) {
 					t.Fatalf("step %d: delta apply: %v; full apply: %v", i, err, ferr)
 				}
+				if vb, ok := db.(*vxlanBackend); ok && err == nil {
+					// The state kept up to date peer by peer must be the
+					// state computed from scratch.
+					got := vb.want.Load()
+					exp := vb.desired(s, got.dev, vb.connected)
+					if d := cmp.Diff(exp, got, cmp.AllowUnexported(vxlanState{}), cmpopts.EquateComparable(netip.Prefix{}, netip.Addr{})); d != "" {
+						t.Fatalf("step %d: desired state kept by the delta differs from the one computed whole (-whole +kept):\n%s", i, d)
+					}
+				}
 				want := kernelState(t, fl.ns.Handle, "flannel.1")
 				if d := cmp.Diff(want, kernelState(t, dl.ns.Handle, "flannel.1")); d != "" {
 					t.Fatalf("step %d: delta state differs from full state (-full +delta):\n%s", i, d)
 				}
 			}
 			if vb, ok := db.(*vxlanBackend); ok {
-				if vb.passes.full != 1 || vb.passes.delta != len(seq)-1 {
-					t.Errorf("passes = %+v, want 1 full then %d deltas", vb.passes, len(seq)-1)
+				if vb.passes.full != 1 || vb.passes.delta != len(seq)-1 || vb.passes.incremental == 0 {
+					t.Errorf("passes = %+v, want 1 full then %d deltas, some of them incremental", vb.passes, len(seq)-1)
 				}
+				t.Logf("passes: %+v", vb.passes)
 			}
 			before := kernelState(t, dl.ns.Handle, "flannel.1")
 			fresh := dl.backendHost(t, typ, `{}`, func() Host { h := dl.host; h.BlackholeRoute = true; return h }())

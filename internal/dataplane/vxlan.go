@@ -18,6 +18,7 @@ package dataplane
 // recreated (incompatible, or deleted by someone) gets its previous MAC back.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -27,6 +28,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
@@ -66,15 +68,17 @@ type vxlanBackend struct {
 	// applied is the desired state of the last successful apply (nil: none,
 	// or the last apply failed), the baseline of a delta. connected is the
 	// underlay's connected subnets as the last full pass read them.
-	applied   *vxlanState
-	connected []netip.Prefix
+	applied      *vxlanState
+	appliedPeers []lease.Lease // the snapshot peers applied lives for; never modified
+	connected    []netip.Prefix
 	// want is the desired state of the current or last apply, for the
 	// watcher's filters: removing what is not wanted is weft's own doing.
-	want atomic.Pointer[vxlanState]
+	want   atomic.Pointer[vxlanState]
+	wantMu sync.RWMutex // held by the loop while it changes want's maps in place
 	// filter is what the watcher runs (kept for tests).
 	filter watchFilter
 	// passes counts successful full and delta applies, for tests.
-	passes struct{ full, delta int }
+	passes struct{ full, delta, incremental int }
 }
 
 func newVXLAN(opts VXLANOptions, host Host, h *netlink.Handle, log *slog.Logger) *vxlanBackend {
@@ -132,6 +136,8 @@ func (b *vxlanBackend) Init(ctx context.Context) (Published, int, error) {
 		// own applies make (peers that left, stale entries) are not, or a
 		// leave would cost a second, full apply.
 		route: func(u netlink.RouteUpdate) bool {
+			b.wantMu.RLock()
+			defer b.wantMu.RUnlock()
 			var routes map[netip.Prefix]routeWant
 			if d := b.want.Load(); d != nil {
 				routes = d.routes
@@ -142,6 +148,8 @@ func (b *vxlanBackend) Init(ctx context.Context) (Published, int, error) {
 			if u.Type != unix.RTM_DELNEIGH || int32(u.LinkIndex) != b.devIndex.Load() {
 				return false
 			}
+			b.wantMu.RLock()
+			defer b.wantMu.RUnlock()
 			d := b.want.Load()
 			switch {
 			case d == nil || d.routes == nil:
@@ -293,8 +301,9 @@ func (b *vxlanBackend) ensureDevice() (created bool, err error) {
 	return created, nil
 }
 
-// vxlanState is the kernel state one snapshot asks for. Once built it is
-// never modified: the watcher's filters read it from another goroutine.
+// vxlanState is the kernel state one snapshot asks for. The watcher's
+// filters read it from another goroutine: once published in want, it is
+// changed only under wantMu (see applyIncremental).
 type vxlanState struct {
 	own    netip.Prefix // this host's subnet, masked
 	dev    int          // the device index the routes point at
@@ -302,51 +311,89 @@ type vxlanState struct {
 	routes map[netip.Prefix]routeWant
 	neighs map[netip.Addr]net.HardwareAddr
 	fdb    map[[6]byte]netip.Addr
+	// skipped counts the peers of the snapshot that asked for nothing
+	// (invalid, or a VtepMAC already taken by an earlier peer).
+	skipped int
+}
+
+func newVXLANState(own netip.Prefix, dev, n int) *vxlanState {
+	return &vxlanState{
+		own:    own,
+		dev:    dev,
+		routes: make(map[netip.Prefix]routeWant, n+1),
+		neighs: make(map[netip.Addr]net.HardwareAddr, n),
+		fdb:    make(map[[6]byte]netip.Addr, n),
+	}
+}
+
+// peerEntries is what one valid peer asks of the kernel: a route and,
+// unless the route goes straight to the peer (DirectRouting), the neighbour
+// and FDB entry that route relies on.
+type peerEntries struct {
+	route  routeWant
+	mac    net.HardwareAddr
+	dst    netip.Addr // the peer's PublicIP, where its FDB entry sends
+	direct bool
+}
+
+func (d *vxlanState) add(e peerEntries) {
+	d.routes[e.route.Dst] = e.route
+	if !e.direct {
+		d.neighs[e.route.Gw] = e.mac
+		d.fdb[[6]byte(e.mac)] = e.dst
+	}
+}
+
+func (d *vxlanState) remove(e peerEntries) {
+	delete(d.routes, e.route.Dst)
+	if !e.direct {
+		delete(d.neighs, e.route.Gw)
+		delete(d.fdb, [6]byte(e.mac))
+	}
+}
+
+// peerWant computes one peer's entries, or why it asks for none.
+func (b *vxlanBackend) peerWant(p lease.Lease, own netip.Prefix, dev int, connected []netip.Prefix) (peerEntries, string) {
+	sub := p.Subnet.Masked()
+	if err := checkPeer(p, own, b.host); err != nil {
+		return peerEntries{}, err.Error()
+	}
+	if !strings.EqualFold(p.Attrs.BackendType, "vxlan") {
+		return peerEntries{}, fmt.Sprintf("backend type %q, want vxlan", p.Attrs.BackendType)
+	}
+	mac, err := b.macs.decode(p.Attrs.BackendData)
+	if err != nil {
+		return peerEntries{}, err.Error()
+	}
+	if b.opts.DirectRouting && coveredBy(connected, p.Attrs.PublicIP) {
+		return peerEntries{route: routeWant{Dst: sub, Gw: p.Attrs.PublicIP, Link: b.host.IfaceIndex}, mac: mac, dst: p.Attrs.PublicIP, direct: true}, ""
+	}
+	return peerEntries{route: routeWant{Dst: sub, Gw: sub.Addr(), Link: dev, OnLink: true}, mac: mac, dst: p.Attrs.PublicIP}, ""
 }
 
 // desired computes what snap asks for; connected are the underlay's
 // connected subnets (for DirectRouting).
 func (b *vxlanBackend) desired(snap lease.Snapshot, dev int, connected []netip.Prefix) *vxlanState {
 	own := snap.Own.Subnet.Masked()
-	d := &vxlanState{
-		own:    own,
-		dev:    dev,
-		routes: make(map[netip.Prefix]routeWant, len(snap.Peers)+1),
-		neighs: make(map[netip.Addr]net.HardwareAddr, len(snap.Peers)),
-		fdb:    make(map[[6]byte]netip.Addr, len(snap.Peers)),
-	}
+	d := newVXLANState(own, dev, len(snap.Peers))
 	if own.IsValid() {
 		d.addr = netip.PrefixFrom(own.Addr(), 32)
 	}
 	b.notes.begin()
 	b.macs.begin()
 	for _, p := range snap.Peers {
-		sub := p.Subnet.Masked()
-		if err := checkPeer(p, own, b.host); err != nil {
-			b.notes.note(b.log, p.Subnet, err.Error())
+		e, why := b.peerWant(p, own, dev, connected)
+		if why == "" {
+			if other, dup := d.fdb[[6]byte(e.mac)]; dup {
+				why = fmt.Sprintf("VtepMAC %s is also published by the peer at %s", e.mac, other)
+			}
+		}
+		if why != "" {
+			b.notes.note(b.log, p.Subnet.Masked(), why)
+			d.skipped++
 			continue
 		}
-		if !strings.EqualFold(p.Attrs.BackendType, "vxlan") {
-			b.notes.note(b.log, sub, fmt.Sprintf("backend type %q, want vxlan", p.Attrs.BackendType))
-			continue
-		}
-		mac, err := b.macs.decode(p.Attrs.BackendData)
-		if err != nil {
-			b.notes.note(b.log, sub, err.Error())
-			continue
-		}
-		if other, dup := d.fdb[[6]byte(mac)]; dup {
-			b.notes.note(b.log, sub, fmt.Sprintf("VtepMAC %s is also published by the peer at %s", mac, other))
-			continue
-		}
-		if b.opts.DirectRouting && coveredBy(connected, p.Attrs.PublicIP) {
-			d.routes[sub] = routeWant{Dst: sub, Gw: p.Attrs.PublicIP, Link: b.host.IfaceIndex}
-			continue
-		}
-		gw := sub.Addr()
-		d.routes[sub] = routeWant{Dst: sub, Gw: gw, Link: dev, OnLink: true}
-		d.neighs[gw] = mac
-		d.fdb[[6]byte(mac)] = p.Attrs.PublicIP
+		d.add(e)
 	}
 	b.macs.end(len(snap.Peers))
 	b.notes.end()
@@ -354,6 +401,103 @@ func (b *vxlanBackend) desired(snap lease.Snapshot, dev int, connected []netip.P
 		d.routes[own] = routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric}
 	}
 	return d
+}
+
+// maxIncremental bounds the peers a delta updates one by one; beyond it,
+// rebuilding the desired state costs no more.
+func maxIncremental(peers int) int { return 16 + peers/8 }
+
+// applyIncremental turns prev — the state the kernel holds, for the peers
+// prevPeers — into the state snap asks for by touching only the peers that
+// changed, and returns the entries those peers had (old) and now want (cur)
+// for applyDiff. It declines (ok false) whenever the result might differ
+// from what desired would compute: skipped peers in either state, a VtepMAC
+// that collides, DirectRouting (whose MAC rule depends on peer order), or
+// too many changes.
+func (b *vxlanBackend) applyIncremental(prev *vxlanState, prevPeers []lease.Lease, snap lease.Snapshot) (old, cur *vxlanState, ok bool) {
+	if prev.skipped > 0 || b.opts.DirectRouting {
+		return nil, nil, false
+	}
+	limit := maxIncremental(len(snap.Peers))
+	var gone, came []lease.Lease
+	i, j := 0, 0
+	for i < len(prevPeers) || j < len(snap.Peers) {
+		c := 0
+		switch {
+		case i == len(prevPeers):
+			c = 1
+		case j == len(snap.Peers):
+			c = -1
+		default:
+			c = lease.ComparePeers(prevPeers[i], snap.Peers[j])
+		}
+		switch {
+		case c < 0:
+			gone = append(gone, prevPeers[i])
+			i++
+		case c > 0:
+			came = append(came, snap.Peers[j])
+			j++
+		default:
+			if !samePeer(prevPeers[i], snap.Peers[j]) {
+				gone = append(gone, prevPeers[i])
+				came = append(came, snap.Peers[j])
+			}
+			i++
+			j++
+		}
+		if len(gone)+len(came) > limit {
+			return nil, nil, false
+		}
+	}
+	old = newVXLANState(prev.own, prev.dev, len(gone))
+	cur = newVXLANState(prev.own, prev.dev, len(came))
+	olds := make([]peerEntries, 0, len(gone))
+	for _, p := range gone {
+		e, why := b.peerWant(p, prev.own, prev.dev, b.connected)
+		if why != "" {
+			return nil, nil, false // prev had no skipped peer: cannot happen
+		}
+		old.add(e)
+		olds = append(olds, e)
+	}
+	news := make([]peerEntries, 0, len(came))
+	for _, p := range came {
+		e, why := b.peerWant(p, prev.own, prev.dev, b.connected)
+		if why != "" {
+			return nil, nil, false // desired will note it
+		}
+		m := [6]byte(e.mac)
+		if _, dup := cur.fdb[m]; dup {
+			return nil, nil, false
+		}
+		if _, taken := prev.fdb[m]; taken {
+			if _, leaving := old.fdb[m]; !leaving {
+				return nil, nil, false
+			}
+		}
+		cur.add(e)
+		news = append(news, e)
+	}
+	// The watcher must see the new state before any write, so that the
+	// deletions this apply causes are recognised as weft's own.
+	b.wantMu.Lock()
+	for _, e := range olds {
+		prev.remove(e)
+	}
+	for _, e := range news {
+		prev.add(e)
+	}
+	b.wantMu.Unlock()
+	return old, cur, true
+}
+
+// samePeer reports whether two leases for one subnet ask for the same
+// entries.
+func samePeer(a, b lease.Lease) bool {
+	return a.Subnet == b.Subnet && a.ModRevision == b.ModRevision &&
+		a.Attrs.PublicIP == b.Attrs.PublicIP && a.Attrs.BackendType == b.Attrs.BackendType &&
+		bytes.Equal(a.Attrs.BackendData, b.Attrs.BackendData)
 }
 
 // Apply programs the device address and every peer, reading the kernel
@@ -397,6 +541,11 @@ func (b *vxlanBackend) apply(ctx context.Context, snap lease.Snapshot, full bool
 	)
 	if full {
 		d, st, errs = b.applyFull(ctx, snap, dev, t)
+	} else if old, cur, ok := b.applyIncremental(prev, b.appliedPeers, snap); ok {
+		d = prev
+		b.passes.incremental++
+		st = b.applyDiff(ctx, old, cur, t)
+		errs = append(errs, ctx.Err())
 	} else {
 		d = b.desired(snap, dev, b.connected)
 		// Published before any write, so that the watcher recognises the
@@ -412,7 +561,7 @@ func (b *vxlanBackend) apply(ctx context.Context, snap lease.Snapshot, full bool
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
-	b.applied = d
+	b.applied, b.appliedPeers = d, snap.Peers
 	if full {
 		b.passes.full++
 	} else {

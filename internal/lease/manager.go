@@ -131,6 +131,7 @@ type Manager struct {
 	peers     map[string]Lease // etcd key → valid lease (may include our own key; filtered on publish)
 	rejected  map[string]int64 // key → ModRevision already logged as not fitting the network
 	verdicts  map[string]verdict
+	idx       *peerIndex // the published set; nil: rebuild on the next publish
 	watchLive bool
 	reason    string
 }
@@ -474,6 +475,7 @@ func (m *Manager) install(own Lease, key string, leases []Lease, rev int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.own, m.ownKey, m.held = own, key, true
+	m.idx = nil // which key is ours decides what is a peer
 	if m.cfg.Hooks.Expiry != nil {
 		m.cfg.Hooks.Expiry(own.Expiration)
 	}
@@ -502,6 +504,7 @@ func (m *Manager) setPeersLocked(leases []Lease, rev int64) {
 		}
 	}
 	m.rev = rev
+	m.idx = nil
 }
 
 // peerOK filters what the dataplane must never program: subnets that are
@@ -608,54 +611,14 @@ func (m *Manager) publishLocked() {
 	if !m.held {
 		return
 	}
-	snap := Snapshot{Own: m.own, Revision: m.rev}
-	known := 0
-	// Two leases naming one PublicIP: only the most recently written one
-	// is programmed (the other is a host's stale lease or a forgery; either
-	// way one FDB entry per address), the other is reported.
-	newest := map[netip.Addr]string{}
-	for k, l := range m.peers {
-		if k == m.ownKey || l.Attrs.PublicIP == m.cfg.PublicIP {
-			continue
-		}
-		known++
-		if !m.peerOK(k, l) {
-			continue
-		}
-		if cur, dup := newest[l.Attrs.PublicIP]; !dup || m.peers[cur].ModRevision < l.ModRevision {
-			newest[l.Attrs.PublicIP] = k
-		}
+	if m.idx == nil {
+		m.rebuildIndexLocked()
 	}
-	for k, l := range m.peers {
-		w, ok := newest[l.Attrs.PublicIP]
-		if !ok {
-			continue
-		}
-		if w == k {
-			snap.Peers = append(snap.Peers, l)
-			continue
-		}
-		if k != m.ownKey && l.Attrs.PublicIP != m.cfg.PublicIP && m.peerOKQuiet(k, l) {
-			m.rejectLocked(k, l, ReasonDuplicatePublicIP,
-				fmt.Sprintf("PublicIP %s is also named by the newer lease %s", l.Attrs.PublicIP, w))
-		}
-	}
-	if len(m.verdicts) > 2*len(m.peers)+16 {
-		for k := range m.verdicts {
-			if _, ok := m.peers[k]; !ok {
-				delete(m.verdicts, k)
-			}
-		}
-	}
+	// A copy: the index keeps changing under the dataplane's feet otherwise.
+	snap := Snapshot{Own: m.own, Revision: m.rev, Peers: slices.Clone(m.idx.sorted)}
 	if m.cfg.Hooks.Peers != nil {
-		m.cfg.Hooks.Peers(known, len(snap.Peers))
+		m.cfg.Hooks.Peers(m.idx.known, len(snap.Peers))
 	}
-	slices.SortFunc(snap.Peers, func(a, b Lease) int {
-		if c := a.Subnet.Addr().Compare(b.Subnet.Addr()); c != 0 {
-			return c
-		}
-		return a.IPv6Subnet.Addr().Compare(b.IPv6Subnet.Addr())
-	})
 	select {
 	case <-m.snaps:
 	default:
@@ -977,8 +940,13 @@ func (m *Manager) apply(events []*clientv3.Event) (lost bool, sub netip.Prefix) 
 		}
 		m.rev = max(m.rev, kv.ModRevision)
 		key := string(kv.Key)
+		if old, ok := m.peers[key]; ok {
+			m.indexRemoveLocked(key, old)
+		}
 		if ev.Type == mvccpb.DELETE {
 			delete(m.peers, key)
+			delete(m.rejected, key)
+			delete(m.verdicts, key)
 			if m.held && key == m.ownKey {
 				m.log.Warn("own lease deleted in etcd; re-acquiring", "key", key)
 				lost, sub = true, m.own.Subnet
@@ -991,6 +959,7 @@ func (m *Manager) apply(events []*clientv3.Event) (lost bool, sub netip.Prefix) 
 			delete(m.peers, key)
 		} else {
 			m.peers[key] = l
+			m.indexAddLocked(key, l)
 		}
 		if m.held && key == m.ownKey && kv.ModRevision > m.own.ModRevision {
 			if err == nil && l.Attrs.PublicIP == m.cfg.PublicIP {
