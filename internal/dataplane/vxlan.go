@@ -754,18 +754,11 @@ func checkPeer(p lease.Lease, own netip.Prefix, host Host) error {
 }
 
 func decodeVtepMAC(raw json.RawMessage) (net.HardwareAddr, error) {
-	var d VXLANLeaseData
-	if err := json.Unmarshal(raw, &d); err != nil {
-		return nil, fmt.Errorf("BackendData %s: not vxlan lease data: %w", raw, err)
+	mac, present, err := lease.VtepMAC(raw)
+	if err == nil && !present {
+		err = fmt.Errorf("BackendData %.80s: no VtepMAC", raw)
 	}
-	mac, err := net.ParseMAC(d.VtepMAC)
-	if err != nil || len(mac) != 6 {
-		return nil, fmt.Errorf("VtepMAC %q: not a 6-byte MAC address", d.VtepMAC)
-	}
-	if mac[0]&1 != 0 || [6]byte(mac) == ([6]byte{}) {
-		return nil, fmt.Errorf("VtepMAC %s: must be a non-zero unicast MAC", mac)
-	}
-	return mac, nil
+	return mac, err
 }
 
 // peerNotes logs a problem with a peer's lease once, not on every apply; a

@@ -25,7 +25,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -539,9 +538,8 @@ func (m *Manager) distrust(l Lease) (reason, why string) {
 	return "", ""
 }
 
-// badVtepMAC checks the VtepMAC of a vxlan lease: a multicast or zero MAC
-// in a permanent FDB entry would flood or blackhole the overlay. A lease
-// without BackendData is left to the backend, which cannot program it anyway.
+// badVtepMAC checks the VtepMAC of a vxlan lease. A lease without
+// BackendData is left to the backend, which cannot program it anyway.
 func badVtepMAC(l Lease) string {
 	if !strings.EqualFold(l.Attrs.BackendType, "vxlan") {
 		return ""
@@ -550,19 +548,8 @@ func badVtepMAC(l Lease) string {
 		if len(raw) == 0 || string(raw) == "null" {
 			continue
 		}
-		var d struct{ VtepMAC *string }
-		if err := json.Unmarshal(raw, &d); err != nil {
-			return fmt.Sprintf("BackendData %.80s: not vxlan lease data: %v", raw, err)
-		}
-		if d.VtepMAC == nil {
-			continue
-		}
-		mac, err := net.ParseMAC(*d.VtepMAC)
-		if err != nil || len(mac) != 6 {
-			return fmt.Sprintf("VtepMAC %q: not a 6-byte MAC address", *d.VtepMAC)
-		}
-		if mac[0]&1 != 0 || [6]byte(mac) == ([6]byte{}) {
-			return fmt.Sprintf("VtepMAC %s: not a unicast MAC", mac)
+		if _, _, err := VtepMAC(raw); err != nil {
+			return err.Error()
 		}
 	}
 	return ""
