@@ -9,12 +9,14 @@ package dataplane
 // apply retries whatever is still wrong.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -142,7 +144,7 @@ func (w routeWant) route() *netlink.Route {
 	return r
 }
 
-func (w routeWant) matches(r netlink.Route) bool {
+func (w routeWant) matches(r kRoute) bool {
 	typ := r.Type
 	if typ == 0 {
 		typ = unix.RTN_UNICAST
@@ -151,11 +153,11 @@ func (w routeWant) matches(r netlink.Route) bool {
 		return typ == unix.RTN_BLACKHOLE && r.Priority == w.Metric
 	}
 	return typ == unix.RTN_UNICAST &&
-		addrOf(r.Gw) == w.Gw &&
-		r.LinkIndex == w.Link &&
-		(r.Flags&int(netlink.FLAG_ONLINK) != 0) == w.OnLink &&
+		r.Gw == w.Gw &&
+		r.Link == w.Link &&
+		(r.Flags&unix.RTNH_F_ONLINK != 0) == w.OnLink &&
 		r.Priority == w.Metric &&
-		len(r.MultiPath) == 0
+		!r.Other
 }
 
 func (w routeWant) String() string {
@@ -183,26 +185,32 @@ func (s *syncStats) plus(o syncStats) {
 // (for "is this peer on my L2 segment" checks). One dump per apply, never
 // one per peer (flannel's host-gw dumped the table once per lease).
 type mainRoutes struct {
-	weft      []netlink.Route
+	weft      []kRoute
 	connected []netip.Prefix
 }
 
+// readMainRoutes dumps the main table only (the kernel filters it: on a host
+// with a large local table, e.g. kube-proxy's IPVS addresses, none of that
+// is sent) and keeps weft's routes and the underlay's connected subnets.
 func readMainRoutes(h *netlink.Handle, ifaceIndex int) (mainRoutes, error) {
 	var m mainRoutes
+	var rb [unix.SizeofRtMsg]byte
+	req := appendRtmsg(rb[:0], 0, 0, unix.RT_TABLE_MAIN, 0, 0, 0, 0)
 	_, err := dump(func() (struct{}, error) {
-		m = mainRoutes{}
-		err := h.RouteListFilteredIter(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE,
-			func(r netlink.Route) bool {
-				switch {
-				case r.Protocol == RTProtWeft:
-					m.weft = append(m.weft, r)
-				case r.LinkIndex == ifaceIndex && ifaceIndex != 0 && r.Gw == nil && r.Scope == netlink.SCOPE_LINK &&
-					r.Dst != nil && r.Type == unix.RTN_UNICAST:
-					m.connected = append(m.connected, prefixOf(r.Dst))
-				}
-				return true
-			})
-		return struct{}{}, err
+		m.weft, m.connected = m.weft[:0], m.connected[:0]
+		return struct{}{}, dumpRaw(h, unix.RTM_GETROUTE, req, unix.RTM_NEWROUTE, func(p []byte) {
+			r, ok := parseRoute(p)
+			if !ok || r.Table != unix.RT_TABLE_MAIN {
+				return
+			}
+			switch {
+			case r.Protocol == uint8(RTProtWeft):
+				m.weft = append(m.weft, r)
+			case r.Link == ifaceIndex && ifaceIndex != 0 && !r.Gw.IsValid() && r.Scope == unix.RT_SCOPE_LINK &&
+				r.Type == unix.RTN_UNICAST:
+				m.connected = append(m.connected, r.Dst)
+			}
+		})
 	})
 	if err != nil {
 		return m, fmt.Errorf("list IPv4 main-table routes: %w", err)
@@ -210,18 +218,40 @@ func readMainRoutes(h *netlink.Handle, ifaceIndex int) (mainRoutes, error) {
 	return m, nil
 }
 
+// scratch is the per-sync working memory, pooled so that a resync with
+// nothing to do allocates (almost) nothing.
+type scratch struct {
+	routeIdx map[netip.Prefix]int
+	ok       []bool
+	addrs    []netip.Addr
+	macs     [][6]byte
+}
+
+var scratchPool = sync.Pool{New: func() any { return &scratch{routeIdx: make(map[netip.Prefix]int)} }}
+
+func getScratch() *scratch { return scratchPool.Get().(*scratch) }
+
+func putScratch(s *scratch) {
+	clear(s.routeIdx)
+	s.ok, s.addrs, s.macs = s.ok[:0], s.addrs[:0], s.macs[:0]
+	scratchPool.Put(s)
+}
+
 // syncRoutes makes the IPv4 main-table routes carrying RTProtWeft (have,
 // from readMainRoutes) equal to want: only the differences are written.
-func syncRoutes(ctx context.Context, h *netlink.Handle, have []netlink.Route, want []routeWant, t *tally) (*syncStats, func() error, error) {
+func syncRoutes(ctx context.Context, h *netlink.Handle, have []kRoute, want []routeWant, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
-	wantBy := make(map[netip.Prefix]int, len(want))
+	sc := getScratch()
+	defer putScratch(sc)
+	wantBy := sc.routeIdx
 	for i, w := range want {
 		wantBy[w.Dst] = i
 	}
-	ok := make([]bool, len(want))
-	var stale []netlink.Route
+	ok := append(sc.ok, make([]bool, len(want))...)
+	sc.ok = ok
+	var stale []kRoute
 	for _, r := range have {
-		i, found := wantBy[prefixOf(r.Dst)]
+		i, found := wantBy[r.Dst]
 		if found && !ok[i] && want[i].matches(r) {
 			ok[i] = true
 			continue
@@ -233,49 +263,85 @@ func syncRoutes(ctx context.Context, h *netlink.Handle, have []netlink.Route, wa
 			stale = append(stale, r)
 		}
 	}
-	calls := 0
 	// Add and replace before deleting, so that traffic moves to the new
 	// route rather than through a gap.
+	b := newBatch(h, func(i int, err error) bool {
+		t.add(fmt.Errorf("replace route %s: %w", want[i], err))
+		return true
+	})
 	for i, w := range want {
 		if ok[i] {
 			continue
 		}
-		if calls++; calls%ctxCheckEvery == 0 && ctx.Err() != nil {
+		if len(b.keys) == 0 && ctx.Err() != nil {
 			return st, nil, ctx.Err()
 		}
-		if err := h.RouteReplace(w.route()); err != nil {
-			t.add(fmt.Errorf("replace route %s: %w", w, err))
-			continue
-		}
-		st.Added++
+		b.begin()
+		b.buf = appendRouteWant(b.buf, w)
+		b.end(i, unix.RTM_NEWROUTE, setFlags)
 	}
-	del := deleteStale(ctx, stale, &calls, st, t, h.RouteDel,
-		func(r *netlink.Route) string { return fmt.Sprintf("route %s", r.Dst) })
-	return st, del, nil
-}
-
-// deleteStale is the last step of a sync, returned for the caller to run
-// after every add (deletes go in reverse dependency order): remove each stale
-// item, count "already gone" as success, and collect other failures in t so
-// that the item is retried by the next pass.
-func deleteStale[T any](ctx context.Context, stale []T, calls *int, st *syncStats, t *tally, del func(*T) error, what func(*T) string) func() error {
-	return func() error {
-		for i := range stale {
-			if *calls++; *calls%ctxCheckEvery == 0 && ctx.Err() != nil {
+	b.flush()
+	st.Added = b.ok()
+	del := func() error {
+		d := newBatch(h, func(i int, err error) bool {
+			if isGone(err) {
+				return false
+			}
+			t.add(fmt.Errorf("delete stale route %s: %w", stale[i].Dst, err))
+			return true
+		})
+		for i, r := range stale {
+			if len(d.keys) == 0 && ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if err := del(&stale[i]); err != nil && !isGone(err) {
-				t.add(fmt.Errorf("delete stale %s: %w", what(&stale[i]), err))
-				continue
-			}
-			st.Deleted++
+			d.begin()
+			d.buf = appendRouteDel(d.buf, r)
+			d.end(i, unix.RTM_DELROUTE, 0)
 		}
+		d.flush()
+		st.Deleted += d.ok()
 		return nil
 	}
+	return st, del, nil
 }
 
 func coveredBy(ps []netip.Prefix, a netip.Addr) bool {
 	return slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(a) })
+}
+
+// sortedSet sorts s and drops duplicates, for membership by binary search.
+func sortedSet[T any](s []T, cmp func(a, b T) int) []T {
+	slices.SortFunc(s, cmp)
+	return slices.CompactFunc(s, func(a, b T) bool { return cmp(a, b) == 0 })
+}
+
+func cmpMAC(a, b [6]byte) int { return bytes.Compare(a[:], b[:]) }
+
+// deleteNeighs is the stale-delete step of syncNeighs and syncFDB, returned
+// for the caller to run after every add (deletes go in reverse dependency
+// order): "already gone" counts as success, other failures are collected in
+// t so that the entry is retried by the next pass.
+func deleteNeighs(ctx context.Context, h *netlink.Handle, stale []kNeigh, st *syncStats, t *tally, what func(n kNeigh) string) func() error {
+	return func() error {
+		d := newBatch(h, func(i int, err error) bool {
+			if isGone(err) {
+				return false
+			}
+			t.add(fmt.Errorf("delete stale %s: %w", what(stale[i]), err))
+			return true
+		})
+		for i, n := range stale {
+			if len(d.keys) == 0 && ctx.Err() != nil {
+				return ctx.Err()
+			}
+			d.begin()
+			d.buf = appendNeighDel(d.buf, n)
+			d.end(i, unix.RTM_DELNEIGH, 0)
+		}
+		d.flush()
+		st.Deleted += d.ok()
+		return nil
+	}
 }
 
 // syncNeighs makes the permanent IPv4 neighbours on link equal to want
@@ -283,47 +349,54 @@ func coveredBy(ps []netip.Prefix, a netip.Addr) bool {
 // their address is wanted, in which case the permanent entry replaces them.
 func syncNeighs(ctx context.Context, h *netlink.Handle, link int, want map[netip.Addr]net.HardwareAddr, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
-	have, err := dump(func() ([]netlink.Neigh, error) { return h.NeighList(link, netlink.FAMILY_V4) })
+	sc := getScratch()
+	defer putScratch(sc)
+	var stale []kNeigh
+	// The device goes in NDA_IFINDEX (not the header), which the kernel
+	// filters on with or without strict checking.
+	var rb [unix.SizeofNdMsg + 8]byte
+	req := appendAttrU32(appendNdmsg(rb[:0], unix.AF_INET, 0, 0, 0, 0), unix.NDA_IFINDEX, uint32(link))
+	_, err := dump(func() (struct{}, error) {
+		sc.addrs, stale = sc.addrs[:0], stale[:0]
+		return struct{}{}, dumpRaw(h, unix.RTM_GETNEIGH, req, unix.RTM_NEWNEIGH, func(p []byte) {
+			n, ok := parseNeigh(p)
+			if !ok || n.Family != unix.AF_INET || n.Link != link {
+				return
+			}
+			mac, wanted := want[n.IP]
+			perm := n.State&netlink.NUD_PERMANENT != 0
+			switch {
+			case wanted && perm && n.MACLen == len(mac) && len(mac) == 6 && n.MAC == [6]byte(mac):
+				sc.addrs = append(sc.addrs, n.IP)
+			case !wanted && perm:
+				stale = append(stale, n)
+			}
+		})
+	})
 	if err != nil {
 		return st, nil, fmt.Errorf("list neighbours on #%d: %w", link, err)
 	}
-	ok := make(map[netip.Addr]bool, len(want))
-	var stale []netlink.Neigh
-	for _, n := range have {
-		ip := addrOf(n.IP)
-		mac, wanted := want[ip]
-		perm := n.State&netlink.NUD_PERMANENT != 0
-		switch {
-		case wanted && perm && slices.Equal(n.HardwareAddr, mac):
-			ok[ip] = true
-		case !wanted && perm:
-			stale = append(stale, n)
+	present := sortedSet(sc.addrs, netip.Addr.Compare)
+	b := newBatch(h, func(ip netip.Addr, err error) bool {
+		t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, want[ip], err))
+		return true
+	})
+	if len(present) < len(want) {
+		for ip, mac := range want {
+			if _, found := slices.BinarySearchFunc(present, ip, netip.Addr.Compare); found {
+				continue
+			}
+			if len(b.keys) == 0 && ctx.Err() != nil {
+				return st, nil, ctx.Err()
+			}
+			b.begin()
+			b.buf = appendNeighSet(b.buf, unix.AF_INET, link, ip, mac)
+			b.end(ip, unix.RTM_NEWNEIGH, setFlags)
 		}
+		b.flush()
 	}
-	calls := 0
-	for ip, mac := range want {
-		if ok[ip] {
-			continue
-		}
-		if calls++; calls%ctxCheckEvery == 0 && ctx.Err() != nil {
-			return st, nil, ctx.Err()
-		}
-		err := h.NeighSet(&netlink.Neigh{
-			LinkIndex:    link,
-			Family:       netlink.FAMILY_V4,
-			State:        netlink.NUD_PERMANENT,
-			Type:         unix.RTN_UNICAST,
-			IP:           ip.AsSlice(),
-			HardwareAddr: mac,
-		})
-		if err != nil {
-			t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, mac, err))
-			continue
-		}
-		st.Added++
-	}
-	del := deleteStale(ctx, stale, &calls, st, t, h.NeighDel,
-		func(n *netlink.Neigh) string { return fmt.Sprintf("neighbour %s", n.IP) })
+	st.Added = b.ok()
+	del := deleteNeighs(ctx, h, stale, st, t, func(n kNeigh) string { return fmt.Sprintf("neighbour %s", n.IP) })
 	return st, del, nil
 }
 
@@ -331,58 +404,60 @@ func syncNeighs(ctx context.Context, h *netlink.Handle, link int, want map[netip
 // equal to want (VTEP MAC → underlay destination).
 func syncFDB(ctx context.Context, h *netlink.Handle, link int, want map[[6]byte]netip.Addr, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
-	have, err := dump(func() ([]netlink.Neigh, error) { return h.NeighList(link, unix.AF_BRIDGE) })
+	sc := getScratch()
+	defer putScratch(sc)
+	var stale []kNeigh
+	// With strict checking the kernel reads the device from the header and
+	// dumps that device's FDB only (otherwise every device's).
+	var rb [unix.SizeofNdMsg]byte
+	req := appendNdmsg(rb[:0], unix.AF_BRIDGE, link, 0, 0, 0)
+	_, err := dump(func() (struct{}, error) {
+		sc.macs, stale = sc.macs[:0], stale[:0]
+		return struct{}{}, dumpRaw(h, unix.RTM_GETNEIGH, req, unix.RTM_NEWNEIGH, func(p []byte) {
+			n, ok := parseNeigh(p)
+			if !ok || n.Family != unix.AF_BRIDGE || n.Link != link {
+				return
+			}
+			if n.State&netlink.NUD_PERMANENT == 0 || n.MACLen != 6 {
+				return // learned entries (Learning on) belong to the kernel
+			}
+			if dst, wanted := want[n.MAC]; wanted && n.IP == dst {
+				sc.macs = append(sc.macs, n.MAC)
+				return
+			}
+			stale = append(stale, n)
+		})
+	})
 	if err != nil {
 		return st, nil, fmt.Errorf("list FDB entries on #%d: %w", link, err)
 	}
-	ok := make(map[[6]byte]bool, len(want))
-	var stale []netlink.Neigh
-	for _, n := range have {
-		if n.State&netlink.NUD_PERMANENT == 0 || len(n.HardwareAddr) != 6 {
-			continue // learned entries (Learning on) belong to the kernel
-		}
-		mac := [6]byte(n.HardwareAddr)
-		dst, wanted := want[mac]
-		if wanted && !ok[mac] && addrOf(n.IP) == dst {
-			ok[mac] = true
-			continue
-		}
-		stale = append(stale, n)
-	}
-	calls := 0
+	present := sortedSet(sc.macs, cmpMAC)
+	b := newBatch(h, func(mac [6]byte, err error) bool {
+		t.add(fmt.Errorf("set FDB entry %s dst %s: %w", net.HardwareAddr(mac[:]), want[mac], err))
+		return true
+	})
 	// Replace first: on an existing MAC the kernel swaps its destination in
 	// place, so the stale delete that follows is usually already done.
-	for mac, dst := range want {
-		if ok[mac] {
-			continue
+	if len(present) < len(want) {
+		for mac, dst := range want {
+			if _, found := slices.BinarySearchFunc(present, mac, cmpMAC); found {
+				continue
+			}
+			if len(b.keys) == 0 && ctx.Err() != nil {
+				return st, nil, ctx.Err()
+			}
+			b.begin()
+			b.buf = appendNeighSet(b.buf, unix.AF_BRIDGE, link, dst, mac[:])
+			b.end(mac, unix.RTM_NEWNEIGH, setFlags)
 		}
-		if calls++; calls%ctxCheckEvery == 0 && ctx.Err() != nil {
-			return st, nil, ctx.Err()
-		}
-		err := h.NeighSet(&netlink.Neigh{
-			LinkIndex:    link,
-			Family:       unix.AF_BRIDGE,
-			State:        netlink.NUD_PERMANENT,
-			Flags:        netlink.NTF_SELF,
-			IP:           dst.AsSlice(),
-			HardwareAddr: net.HardwareAddr(mac[:]),
-		})
-		if err != nil {
-			t.add(fmt.Errorf("set FDB entry %s dst %s: %w", net.HardwareAddr(mac[:]), dst, err))
-			continue
-		}
-		st.Added++
+		b.flush()
 	}
+	st.Added = b.ok()
 	// After the replace above a delete is often ENOENT (success): the
 	// kernel already swapped the destination of this MAC in place.
-	del := deleteStale(ctx, stale, &calls, st, t,
-		func(n *netlink.Neigh) error {
-			e := *n
-			e.Family = unix.AF_BRIDGE
-			e.Flags |= netlink.NTF_SELF
-			return h.NeighDel(&e)
-		},
-		func(n *netlink.Neigh) string { return fmt.Sprintf("FDB entry %s dst %s", n.HardwareAddr, n.IP) })
+	del := deleteNeighs(ctx, h, stale, st, t, func(n kNeigh) string {
+		return fmt.Sprintf("FDB entry %s dst %s", net.HardwareAddr(n.MAC[:]), n.IP)
+	})
 	return st, del, nil
 }
 

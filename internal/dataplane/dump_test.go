@@ -1,0 +1,152 @@
+package dataplane
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/lease"
+)
+
+// TestRawDumpMatchesNetlink: the raw dumps (several kernel chunks: 700 peers)
+// see exactly what vishvananda's list functions see, foreign entries
+// included, and the kernel's filters drop nothing weft needs.
+func TestRawDumpMatchesNetlink(t *testing.T) {
+	l := newLab(t, hostAddr, swAddr)
+	ctx := context.Background()
+	b := l.backend(t, "vxlan", `{}`)
+	_, _, err := b.Init(ctx)
+	must(t, err)
+	peers := make([]lease.Lease, 700)
+	for i := range peers {
+		peers[i] = vxlanPeer(i+2, publicIP(i+2))
+	}
+	must(t, b.Apply(ctx, snapshot(1, peers...)))
+	h := l.ns.Handle
+	dev, err := h.LinkByName("flannel.1")
+	must(t, err)
+	link := dev.Attrs().Index
+	eth0 := l.eth0(t)
+	// Foreign entries: a route of another protocol, a dynamic neighbour, a
+	// permanent FDB entry with its own port and VNI.
+	must(t, h.RouteAdd(&netlink.Route{Dst: ipNet(netip.MustParsePrefix("192.0.2.0/24")), Gw: net.ParseIP("100.64.255.253"), LinkIndex: eth0}))
+	must(t, h.NeighSet(&netlink.Neigh{LinkIndex: eth0, Family: netlink.FAMILY_V4, State: netlink.NUD_REACHABLE,
+		IP: net.ParseIP("100.64.255.252"), HardwareAddr: mac(90000)}))
+	must(t, h.NeighAppend(&netlink.Neigh{LinkIndex: link, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
+		Flags: netlink.NTF_SELF, IP: net.ParseIP("100.64.255.251"), HardwareAddr: mac(90001), VNI: 77}))
+
+	// Routes: the main table, as netlink lists it.
+	m, err := readMainRoutes(h, eth0)
+	must(t, err)
+	var got, want []string
+	for _, r := range m.weft {
+		got = append(got, fmt.Sprintf("%s gw=%s dev=%d prio=%d flags=%d type=%d", r.Dst, r.Gw, r.Link, r.Priority, r.Flags, r.Type))
+	}
+	for _, p := range m.connected {
+		got = append(got, "connected "+p.String())
+	}
+	rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	must(t, err)
+	for _, r := range rs {
+		switch {
+		case r.Protocol == RTProtWeft:
+			want = append(want, fmt.Sprintf("%s gw=%s dev=%d prio=%d flags=%d type=%d", prefixOf(r.Dst), addrOf(r.Gw), r.LinkIndex, r.Priority, r.Flags, r.Type))
+		case r.LinkIndex == eth0 && r.Gw == nil && r.Scope == netlink.SCOPE_LINK && r.Type == unix.RTN_UNICAST:
+			want = append(want, "connected "+prefixOf(r.Dst).String())
+		}
+	}
+	if len(m.weft) != 700 || len(m.connected) != 1 {
+		t.Errorf("readMainRoutes: %d weft routes, %d connected; want 700, 1", len(m.weft), len(m.connected))
+	}
+	if d := cmp.Diff(sortStrings(want), sortStrings(got)); d != "" {
+		t.Errorf("routes (-netlink +raw):\n%s", d)
+	}
+
+	// Neighbours and FDB entries of every device, raw against netlink.
+	for _, c := range []struct {
+		family uint8
+		link   int
+	}{{unix.AF_INET, link}, {unix.AF_INET, eth0}, {unix.AF_BRIDGE, link}} {
+		var raw []string
+		var req []byte
+		if c.family == unix.AF_BRIDGE {
+			req = appendNdmsg(nil, c.family, c.link, 0, 0, 0)
+		} else {
+			req = appendAttrU32(appendNdmsg(nil, c.family, 0, 0, 0, 0), unix.NDA_IFINDEX, uint32(c.link))
+		}
+		must(t, dumpRaw(h, unix.RTM_GETNEIGH, req, unix.RTM_NEWNEIGH, func(p []byte) {
+			n, ok := parseNeigh(p)
+			if ok && n.Family == c.family && n.Link == c.link {
+				raw = append(raw, fmt.Sprintf("%s %s state=%#x vni=%d", n.IP, net.HardwareAddr(n.MAC[:n.MACLen]), n.State, n.VNI))
+			}
+		}))
+		ns, err := h.NeighList(c.link, int(c.family))
+		must(t, err)
+		var nl []string
+		for _, n := range ns {
+			nl = append(nl, fmt.Sprintf("%s %s state=%#x vni=%d", addrOf(n.IP), n.HardwareAddr, n.State, n.VNI))
+		}
+		if len(raw) == 0 {
+			t.Errorf("family %d dev #%d: raw dump found %d entries", c.family, c.link, len(raw))
+		}
+		if d := cmp.Diff(sortStrings(nl), sortStrings(raw)); d != "" {
+			t.Errorf("family %d dev #%d (-netlink +raw):\n%s", c.family, c.link, d)
+		}
+	}
+
+	// A resync removes the foreign FDB entry (its VNI must be sent back for
+	// the kernel to find that remote) and leaves the rest alone.
+	must(t, b.Apply(ctx, snapshot(1, peers...)))
+	if d := cmp.Diff(wantVXLAN(1, peers...), kernelState(t, h, "flannel.1")); d != "" {
+		t.Errorf("after resync (-want +got):\n%s", d)
+	}
+}
+
+// TestBatchFailures: a batch reports each failed request by its key and
+// still applies the others around it, across batch boundaries.
+func TestBatchFailures(t *testing.T) {
+	l := newLab(t, hostAddr, swAddr)
+	h := l.ns.Handle
+	eth0 := l.eth0(t)
+	var want []routeWant
+	for i := range 150 {
+		w := routeWant{Dst: peerSubnet(i + 2), Gw: netip.MustParseAddr("100.64.255.254"), Link: eth0}
+		if i%50 == 7 {
+			w.Link = 999999 // no such device: ENODEV
+		}
+		want = append(want, w)
+	}
+	tl := &tally{what: "test"}
+	st, del, err := syncRoutes(context.Background(), h, nil, want, tl)
+	must(t, err)
+	must(t, del())
+	if st.Added != 147 || tl.n != 3 {
+		t.Errorf("added %d, failed %d; want 147, 3 (first: %v)", st.Added, tl.n, tl.first)
+	}
+	if tl.first == nil || !strings.Contains(tl.first.Error(), "10.128.9.0/24") {
+		t.Errorf("first failure %v does not name the route 10.128.9.0/24", tl.first)
+	}
+	m, err := readMainRoutes(h, eth0)
+	must(t, err)
+	if len(m.weft) != 147 {
+		t.Errorf("kernel holds %d weft routes, want 147", len(m.weft))
+	}
+	// Now all of them are stale: deleted in batches, none left.
+	tl = &tally{what: "test"}
+	st, del, err = syncRoutes(context.Background(), h, m.weft, nil, tl)
+	must(t, err)
+	must(t, del())
+	if st.Deleted != 147 || tl.n != 0 {
+		t.Errorf("deleted %d, failed %d (%v); want 147, 0", st.Deleted, tl.n, tl.first)
+	}
+	if m, _ = readMainRoutes(h, eth0); len(m.weft) != 0 {
+		t.Errorf("%d weft routes left", len(m.weft))
+	}
+}
