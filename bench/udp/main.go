@@ -171,7 +171,7 @@ func build(mode string, log *slog.Logger) (*topo, error) {
 		own, peer := p[0], p[1]
 		snap := lease.Snapshot{
 			Own: lease.Lease{Subnet: own.subnet, Attrs: lease.Attrs{PublicIP: own.public, BackendType: mode}},
-			Peers: []lease.Lease{{Subnet: peer.subnet, Attrs: lease.Attrs{PublicIP: peer.public,
+			Peers: []*lease.Lease{{Subnet: peer.subnet, Attrs: lease.Attrs{PublicIP: peer.public,
 				BackendType: peer.pub.BackendType, BackendData: peer.pub.BackendData}}},
 		}
 		if err := own.be.Apply(context.Background(), snap); err != nil {

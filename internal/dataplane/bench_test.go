@@ -60,9 +60,9 @@ func benchApply(b *testing.B, typ string, mk func(i int) lease.Lease, noop bool)
 
 func kernelStateWant(typ string, s lease.Snapshot) []string {
 	if typ == "vxlan" {
-		return wantVXLAN(1, s.Peers...)
+		return wantVXLAN(1, values(s.Peers)...)
 	}
-	return wantHostGW(s.Peers...)
+	return wantHostGW(values(s.Peers)...)
 }
 
 // BenchmarkVXLANApply: all routes + neighbours + FDB entries from empty.
@@ -100,7 +100,7 @@ func benchJoinLeave(b *testing.B, typ string, mk func(i int) lease.Lease, delta 
 			_, _, err := be.Init(ctx)
 			must(b, err)
 			base := benchPeers(n, mk)
-			joined := snapshot(1, append(append([]lease.Lease(nil), base.Peers...), mk(n+2))...)
+			joined := snapshot(1, append(values(base.Peers), mk(n+2))...)
 			must(b, be.Apply(ctx, base))
 			apply := be.Apply
 			if delta {

@@ -91,8 +91,8 @@ func TestOverlayPing(t *testing.T) {
 				ch, _ := runLoop(t, be, time.Minute)
 				snaps = append(snaps, ch)
 			}
-			snaps[0] <- lease.Snapshot{Own: a.lease(), Peers: []lease.Lease{b.lease()}}
-			snaps[1] <- lease.Snapshot{Own: b.lease(), Peers: []lease.Lease{a.lease()}}
+			snaps[0] <- lease.Snapshot{Own: a.lease(), Peers: []*lease.Lease{new(b.lease())}}
+			snaps[1] <- lease.Snapshot{Own: b.lease(), Peers: []*lease.Lease{new(a.lease())}}
 			payload := fmt.Sprint(c.mtu - 28) // IPv4 + ICMP headers
 			for _, pair := range [][2]*overlayHost{{a, b}, {b, a}} {
 				from, to := pair[0], pair[1]

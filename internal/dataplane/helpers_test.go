@@ -131,8 +131,21 @@ func publicIP(i int) netip.Addr {
 }
 
 func snapshot(own int, peers ...lease.Lease) lease.Snapshot {
-	slices.SortFunc(peers, func(a, b lease.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
-	return lease.Snapshot{Own: lease.Lease{Subnet: peerSubnet(own)}, Peers: peers}
+	ps := make([]*lease.Lease, len(peers))
+	for i := range peers {
+		ps[i] = &peers[i]
+	}
+	slices.SortFunc(ps, lease.ComparePeers)
+	return lease.Snapshot{Own: lease.Lease{Subnet: peerSubnet(own)}, Peers: ps}
+}
+
+// values copies a snapshot's peers out.
+func values(ps []*lease.Lease) []lease.Lease {
+	out := make([]lease.Lease, len(ps))
+	for i, p := range ps {
+		out[i] = *p
+	}
+	return out
 }
 
 // kernelState renders what weft owns in the namespace as sorted text lines,

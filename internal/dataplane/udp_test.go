@@ -76,7 +76,7 @@ func startUDP(t *testing.T, oh *overlayHost) chan<- lease.Snapshot {
 func udpSnap(own *overlayHost, peers ...*overlayHost) lease.Snapshot {
 	s := lease.Snapshot{Own: own.lease()}
 	for _, p := range peers {
-		s.Peers = append(s.Peers, p.lease())
+		s.Peers = append(s.Peers, new(p.lease()))
 	}
 	return s
 }
@@ -191,7 +191,7 @@ func TestUDPOverlay(t *testing.T) {
 	t.Run("1000-peers", func(t *testing.T) {
 		s := udpSnap(a, c)
 		for i := 100; i < 1100; i++ {
-			s.Peers = append(s.Peers, lease.Lease{Subnet: peerSubnet(i),
+			s.Peers = append(s.Peers, &lease.Lease{Subnet: peerSubnet(i),
 				Attrs: lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{100, 65, byte(i >> 8), byte(i)}), BackendType: "udp"}})
 		}
 		snaps[0] <- s
@@ -253,7 +253,7 @@ func TestUDPReplacesIncompatibleDevice(t *testing.T) {
 		if _, _, err := b.Init(context.Background()); err != nil {
 			t.Fatalf("Init %d: %v", i, err)
 		}
-		snap := lease.Snapshot{Own: lease.Lease{Subnet: peerSubnet(1)}, Peers: []lease.Lease{
+		snap := lease.Snapshot{Own: lease.Lease{Subnet: peerSubnet(1)}, Peers: []*lease.Lease{
 			{Subnet: peerSubnet(2), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("100.64.0.2"), BackendType: "udp"}}}}
 		must(t, b.Apply(context.Background(), snap))
 		tt := tunOf()

@@ -69,7 +69,7 @@ type vxlanBackend struct {
 	// or the last apply failed), the baseline of a delta. connected is the
 	// underlay's connected subnets as the last full pass read them.
 	applied      *vxlanState
-	appliedPeers []lease.Lease // the snapshot peers applied lives for; never modified
+	appliedPeers []*lease.Lease // the snapshot peers applied was computed for
 	connected    []netip.Prefix
 	// want is the desired state of the current or last apply, for the
 	// watcher's filters: removing what is not wanted is weft's own doing.
@@ -353,7 +353,7 @@ func (d *vxlanState) remove(e peerEntries) {
 }
 
 // peerWant computes one peer's entries, or why it asks for none.
-func (b *vxlanBackend) peerWant(p lease.Lease, own netip.Prefix, dev int, connected []netip.Prefix) (peerEntries, string) {
+func (b *vxlanBackend) peerWant(p *lease.Lease, own netip.Prefix, dev int, connected []netip.Prefix) (peerEntries, string) {
 	sub := p.Subnet.Masked()
 	if err := checkPeer(p, own, b.host); err != nil {
 		return peerEntries{}, err.Error()
@@ -414,14 +414,19 @@ func maxIncremental(peers int) int { return 16 + peers/8 }
 // from what desired would compute: skipped peers in either state, a VtepMAC
 // that collides, DirectRouting (whose MAC rule depends on peer order), or
 // too many changes.
-func (b *vxlanBackend) applyIncremental(prev *vxlanState, prevPeers []lease.Lease, snap lease.Snapshot) (old, cur *vxlanState, ok bool) {
+func (b *vxlanBackend) applyIncremental(prev *vxlanState, prevPeers []*lease.Lease, snap lease.Snapshot) (old, cur *vxlanState, ok bool) {
 	if prev.skipped > 0 || b.opts.DirectRouting {
 		return nil, nil, false
 	}
 	limit := maxIncremental(len(snap.Peers))
-	var gone, came []lease.Lease
+	var gone, came []*lease.Lease
 	i, j := 0, 0
 	for i < len(prevPeers) || j < len(snap.Peers) {
+		if i < len(prevPeers) && j < len(snap.Peers) && prevPeers[i] == snap.Peers[j] {
+			i++ // the same lease: the manager shares unchanged ones
+			j++
+			continue
+		}
 		c := 0
 		switch {
 		case i == len(prevPeers):
@@ -494,7 +499,7 @@ func (b *vxlanBackend) applyIncremental(prev *vxlanState, prevPeers []lease.Leas
 
 // samePeer reports whether two leases for one subnet ask for the same
 // entries.
-func samePeer(a, b lease.Lease) bool {
+func samePeer(a, b *lease.Lease) bool {
 	return a.Subnet == b.Subnet && a.ModRevision == b.ModRevision &&
 		a.Attrs.PublicIP == b.Attrs.PublicIP && a.Attrs.BackendType == b.Attrs.BackendType &&
 		bytes.Equal(a.Attrs.BackendData, b.Attrs.BackendData)
@@ -739,7 +744,7 @@ func fdbEntry(link int, mac [6]byte, dst netip.Addr) *netlink.Neigh {
 }
 
 // checkPeer rejects leases that cannot be programmed whatever the backend.
-func checkPeer(p lease.Lease, own netip.Prefix, host Host) error {
+func checkPeer(p *lease.Lease, own netip.Prefix, host Host) error {
 	switch {
 	case !p.Subnet.IsValid() || !p.Subnet.Addr().Is4():
 		return fmt.Errorf("subnet %s: not an IPv4 subnet", p.Subnet)

@@ -42,8 +42,11 @@ func (l Lease) Reserved() bool { return l.EtcdLease == 0 }
 // Snapshot is the whole lease state the dataplane needs, handed over as one
 // value (never as add/remove events) so that a lost event cannot strand state.
 type Snapshot struct {
-	Own   Lease   // this host's lease
-	Peers []Lease // every other host's valid lease, sorted by Subnet
+	Own Lease // this host's lease
+	// Peers is every other host's valid lease, in ComparePeers order. The
+	// leases are shared between snapshots and must never be modified: an
+	// unchanged peer is the same pointer in the next snapshot.
+	Peers []*Lease
 	// Revision is the etcd revision this snapshot reflects.
 	Revision int64
 }

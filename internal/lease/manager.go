@@ -601,7 +601,8 @@ func (m *Manager) publishLocked() {
 	if m.idx == nil {
 		m.rebuildIndexLocked()
 	}
-	// A copy: the index keeps changing under the dataplane's feet otherwise.
+	// A copy of the pointers (the leases are shared): the index keeps
+	// changing under the dataplane's feet otherwise.
 	snap := Snapshot{Own: m.own, Revision: m.rev, Peers: slices.Clone(m.idx.sorted)}
 	if m.cfg.Hooks.Peers != nil {
 		m.cfg.Hooks.Peers(m.idx.known, len(snap.Peers))

@@ -9,7 +9,7 @@ import (
 
 // ComparePeers is the order of Snapshot.Peers: by IPv4 subnet, then IPv6
 // subnet. Consumers may merge two snapshots' peer lists with it.
-func ComparePeers(a, b Lease) int {
+func ComparePeers(a, b *Lease) int {
 	if c := a.Subnet.Addr().Compare(b.Subnet.Addr()); c != 0 {
 		return c
 	}
@@ -33,13 +33,13 @@ type peerIndex struct {
 	// winner is the key and lease published for each PublicIP: the value
 	// as it sits in sorted, which m.peers may already have replaced.
 	winner map[netip.Addr]pubEntry
-	sorted []Lease // the winners, in ComparePeers order
-	known  int     // peer leases counted: not ours, not naming our PublicIP
+	sorted []*Lease // the winners, in ComparePeers order
+	known  int      // peer leases counted: not ours, not naming our PublicIP
 }
 
 type pubEntry struct {
 	key string
-	l   Lease
+	l   *Lease
 }
 
 // counted reports whether a lease is a peer at all (rather than this host's
@@ -64,11 +64,12 @@ func (m *Manager) rebuildIndexLocked() {
 			x.byIP[l.Attrs.PublicIP] = append(x.byIP[l.Attrs.PublicIP], k)
 		}
 	}
-	x.sorted = make([]Lease, 0, len(x.byIP))
+	x.sorted = make([]*Lease, 0, len(x.byIP))
 	for ip, keys := range x.byIP {
 		w := m.elect(ip, keys)
-		x.winner[ip] = pubEntry{key: w, l: m.peers[w]}
-		x.sorted = append(x.sorted, m.peers[w])
+		l := new(m.peers[w])
+		x.winner[ip] = pubEntry{key: w, l: l}
+		x.sorted = append(x.sorted, l)
 	}
 	slices.SortFunc(x.sorted, ComparePeers)
 	if len(m.verdicts) > 2*len(m.peers)+16 {
@@ -155,21 +156,21 @@ func (m *Manager) reelectLocked(ip netip.Addr) {
 		return
 	}
 	w := m.elect(ip, keys)
-	l := m.peers[w]
+	l := new(m.peers[w])
 	x.winner[ip] = pubEntry{key: w, l: l}
 	i, _ := slices.BinarySearchFunc(x.sorted, l, ComparePeers)
 	x.sorted = slices.Insert(x.sorted, i, l)
 }
 
 // unsort removes l from sorted; false when it is not there.
-func (x *peerIndex) unsort(l Lease) bool {
+func (x *peerIndex) unsort(l *Lease) bool {
 	i, found := slices.BinarySearchFunc(x.sorted, l, ComparePeers)
 	if !found {
 		return false
 	}
 	// Distinct keys cannot share a subnet pair, but be exact anyway.
 	for ; i < len(x.sorted) && ComparePeers(x.sorted[i], l) == 0; i++ {
-		if x.sorted[i].ModRevision == l.ModRevision && x.sorted[i].Attrs.PublicIP == l.Attrs.PublicIP {
+		if x.sorted[i] == l {
 			x.sorted = slices.Delete(x.sorted, i, i+1)
 			return true
 		}

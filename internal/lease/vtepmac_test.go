@@ -71,3 +71,21 @@ func FuzzVtepMAC(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkVtepMAC: the canonical form (fast path) against the same data
+// with its fields swapped (encoding/json).
+func BenchmarkVtepMAC(b *testing.B) {
+	for _, c := range []struct{ name, raw string }{
+		{"canonical", `{"VNI":1,"VtepMAC":"d6:51:2e:80:5c:69"}`},
+		{"json", `{"VtepMAC":"d6:51:2e:80:5c:69","VNI":1}`},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			raw := json.RawMessage(c.raw)
+			for b.Loop() {
+				if _, _, err := VtepMAC(raw); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
