@@ -26,6 +26,7 @@
 package rules
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -114,6 +115,7 @@ type Manager struct {
 	conn    *nftables.Conn
 	desired *Desired
 	written string // fingerprint of the owned state right after the last write
+	fast    fastCheck
 }
 
 // New returns a Manager; nothing touches the kernel until Set.
@@ -129,12 +131,13 @@ func New(log *slog.Logger, opts ...Option) *Manager {
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	ferr := m.fast.close()
 	if m.conn == nil {
-		return nil
+		return ferr
 	}
 	err := m.conn.CloseLasting()
 	m.conn = nil
-	return err
+	return errors.Join(err, ferr)
 }
 
 // Set makes the kernel match d now, replacing the owned chains whole.
@@ -161,11 +164,23 @@ func (m *Manager) Check() (changed bool, err error) {
 		return false, nil
 	}
 	if m.written != "" {
+		// Fast path (rawcheck.go): the same bytes as a state already
+		// found correct. Otherwise the full comparison decides.
+		raw, rerr := m.rawDigest()
+		if rerr == nil && m.fast.good != nil && bytes.Equal(raw, m.fast.good) {
+			m.fast.hits++
+			return false, nil
+		}
 		st, err := m.read()
 		if err != nil {
 			return false, err
 		}
 		if st.fingerprint() == m.written {
+			// Remember these bytes as correct, unless the rules changed
+			// while they were being read.
+			if again, err := m.rawDigest(); rerr == nil && err == nil && bytes.Equal(raw, again) {
+				m.fast.good = again
+			}
 			return false, nil
 		}
 	}
@@ -201,6 +216,7 @@ func (m *Manager) Run(ctx context.Context, period time.Duration) {
 // apply writes the desired state and records the fingerprint of what is
 // then in the kernel. Called with mu held.
 func (m *Manager) apply() error {
+	m.fast.good = nil
 	d := *m.desired
 	st, err := m.read()
 	if err != nil {
