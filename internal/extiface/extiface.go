@@ -27,6 +27,7 @@ type Options struct {
 	IfaceRegex []string // -iface-regex, repeatable: matched against addresses first, then names; tried after all Ifaces
 	CanReach   string   // -iface-can-reach: the interface `ip route get <addr>` would use; tried last
 	PublicIP   string   // -public-ip overrides the advertised address
+	PublicIPv6 string   // -public-ipv6 overrides the advertised IPv6 address
 }
 
 // ExtIface is the chosen interface.
@@ -36,6 +37,11 @@ type ExtIface struct {
 	MTU       int
 	IfaceAddr netip.Addr // IPv4 address on the interface (used as vxlan local / source)
 	PublicIP  netip.Addr // advertised in the lease: Options.PublicIP or IfaceAddr
+	// IfaceAddr6 is the interface's global IPv6 address (zero when it has
+	// none): the IPv6 vxlan local address. PublicIPv6 is Options.PublicIPv6
+	// or IfaceAddr6. Only a dual-stack network (EnableIPv6) needs them.
+	IfaceAddr6 netip.Addr
+	PublicIPv6 netip.Addr
 }
 
 // dumpRetries bounds retries of a netlink dump the kernel reports as
@@ -54,6 +60,15 @@ func Select(h *netlink.Handle, opts Options) (ExtIface, error) {
 		public = a
 	}
 
+	var public6 netip.Addr
+	if opts.PublicIPv6 != "" {
+		a, err := netip.ParseAddr(opts.PublicIPv6)
+		if err != nil || !a.Is6() || a.Is4In6() {
+			return ExtIface{}, fmt.Errorf("-public-ipv6 %q: not an IPv6 address", opts.PublicIPv6)
+		}
+		public6 = a
+	}
+
 	ext, err := choose(h, opts)
 	if err != nil {
 		return ExtIface{}, err
@@ -62,7 +77,44 @@ func Select(h *netlink.Handle, opts Options) (ExtIface, error) {
 	if public.IsValid() {
 		ext.PublicIP = public
 	}
+	if ext.IfaceAddr6, err = global6(h, ext.Index); err != nil {
+		return ExtIface{}, fmt.Errorf("interface %s: %w", ext.Name, err)
+	}
+	ext.PublicIPv6 = ext.IfaceAddr6
+	if public6.IsValid() {
+		ext.PublicIPv6 = public6
+	}
 	return ext, nil
+}
+
+// global6 returns the first usable global IPv6 address of the interface:
+// not link-local, not temporary (privacy addresses change), not deprecated,
+// tentative or failed duplicate detection. Zero when there is none.
+func global6(h *netlink.Handle, index int) (netip.Addr, error) {
+	link, err := h.LinkByIndex(index)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("look up interface index %d: %w", index, err)
+	}
+	var addrs []netlink.Addr
+	for range dumpRetries {
+		addrs, err = h.AddrList(link, netlink.FAMILY_V6)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("list IPv6 addresses: %w", err)
+	}
+	const unusable = unix.IFA_F_TEMPORARY | unix.IFA_F_DEPRECATED | unix.IFA_F_TENTATIVE | unix.IFA_F_DADFAILED
+	for _, ad := range addrs {
+		if ad.IPNet == nil || ad.Scope != unix.RT_SCOPE_UNIVERSE || ad.Flags&unusable != 0 {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(ad.IP); ok && ip.Is6() && !ip.Is4In6() && ip.IsGlobalUnicast() {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, nil
 }
 
 func choose(h *netlink.Handle, opts Options) (ExtIface, error) {

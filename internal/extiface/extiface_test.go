@@ -171,3 +171,39 @@ func TestSelectNoDefaultRoute(t *testing.T) {
 		t.Fatalf("got %+v, %v", got, err)
 	}
 }
+
+// TestSelectIPv6: the chosen interface's global IPv6 address is found (not
+// its link-local one, not a tentative one), -public-ipv6 overrides it, and an
+// interface without one leaves it zero.
+func TestSelectIPv6(t *testing.T) {
+	host := opsNoteHost(t, true)
+	host.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0")
+	host.MustRun(t, "ip", "link", "set", "eth0", "up")
+	host.MustRun(t, "ip", "-6", "addr", "add", "fd00:64::7/64", "dev", "eth0", "nodad")
+	host.MustRun(t, "ip", "-6", "addr", "add", "fe80::7/64", "dev", "eth0", "nodad")
+
+	ext, err := Select(host.Handle, Options{Ifaces: []string{"eth0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ext.IfaceAddr6 != netip.MustParseAddr("fd00:64::7") || ext.PublicIPv6 != ext.IfaceAddr6 {
+		t.Errorf("IfaceAddr6 %s, PublicIPv6 %s; want fd00:64::7 for both", ext.IfaceAddr6, ext.PublicIPv6)
+	}
+	ext, err = Select(host.Handle, Options{Ifaces: []string{"eth0"}, PublicIPv6: "2001:db8::1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ext.IfaceAddr6 != netip.MustParseAddr("fd00:64::7") || ext.PublicIPv6 != netip.MustParseAddr("2001:db8::1") {
+		t.Errorf("with -public-ipv6: IfaceAddr6 %s, PublicIPv6 %s", ext.IfaceAddr6, ext.PublicIPv6)
+	}
+	ext, err = Select(host.Handle, Options{Ifaces: []string{"eth2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ext.IfaceAddr6.IsValid() {
+		t.Errorf("eth2 has no global IPv6 address, got %s", ext.IfaceAddr6)
+	}
+	if _, err := Select(host.Handle, Options{Ifaces: []string{"eth0"}, PublicIPv6: "10.1.2.3"}); err == nil || !strings.Contains(err.Error(), "-public-ipv6") {
+		t.Errorf("-public-ipv6 10.1.2.3: err %v, want one naming the flag", err)
+	}
+}
