@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -196,6 +197,8 @@ func readMainRoutes(h *netlink.Handle, ifaceIndex int) (mainRoutes, error) {
 	var m mainRoutes
 	var rb [unix.SizeofRtMsg]byte
 	req := appendRtmsg(rb[:0], 0, 0, unix.RT_TABLE_MAIN, 0, 0, 0, 0)
+	// Sized from the last dump: one allocation, not a doubling series.
+	m.weft = make([]kRoute, 0, int(lastWeftRoutes.Load())+16)
 	_, err := dump(func() (struct{}, error) {
 		m.weft, m.connected = m.weft[:0], m.connected[:0]
 		return struct{}{}, dumpRaw(h, unix.RTM_GETROUTE, req, unix.RTM_NEWROUTE, func(p []byte) {
@@ -215,8 +218,12 @@ func readMainRoutes(h *netlink.Handle, ifaceIndex int) (mainRoutes, error) {
 	if err != nil {
 		return m, fmt.Errorf("list IPv4 main-table routes: %w", err)
 	}
+	lastWeftRoutes.Store(int64(len(m.weft)))
 	return m, nil
 }
+
+// lastWeftRoutes is how many weft routes the last main-table dump found.
+var lastWeftRoutes atomic.Int64
 
 // scratch is the per-sync working memory, pooled so that a resync with
 // nothing to do allocates (almost) nothing.
