@@ -15,6 +15,11 @@ import (
 type Published struct {
 	BackendType string
 	BackendData json.RawMessage // nil when the backend publishes nothing (host-gw, udp, alloc)
+	// BackendV6Data is the lease's BackendV6Data: what the IPv6 side of a
+	// dual-stack backend publishes ({"VNI":1,"VtepMAC":…} of flannel-v6.<VNI>
+	// for vxlan); nil when the network is IPv4 only or the backend publishes
+	// nothing.
+	BackendV6Data json.RawMessage
 }
 
 // Backend programs one kind of data path.

@@ -22,6 +22,10 @@ type Host struct {
 	IfaceAddr  netip.Addr // its IPv4 address: the vxlan device's local address; zero = first global IPv4 on it
 	PublicIP   netip.Addr // the address other hosts send to (lease PublicIP); zero = IfaceAddr
 
+	// Only a dual-stack network (EnableIPv6) uses these two.
+	IfaceAddr6 netip.Addr // the interface's global IPv6 address: flannel-v6.<VNI>'s local address; zero = first usable one on it
+	PublicIP6  netip.Addr // lease PublicIPv6; zero = IfaceAddr6
+
 	// BlackholeRoute installs a blackhole route for the own subnet
 	// (-ip-blackhole-route), so that traffic for a container that does not
 	// exist is dropped here instead of leaking out of the default route.
@@ -46,6 +50,9 @@ func NewBackend(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Logg
 		log = slog.New(slog.DiscardHandler)
 	}
 	cfg.BackendType = strings.ToLower(cfg.BackendType) // as netconf.Parse leaves it
+	if cfg.EnableIPv6 {
+		return newDualStack(cfg, host, h, log)
+	}
 	switch cfg.BackendType {
 	case "vxlan", "":
 		opts, err := cfg.VXLAN()

@@ -1,0 +1,457 @@
+package dataplane
+
+// The IPv6 side of the vxlan backend in a dual-stack network (COMPAT.md
+// "VXLAN data path"): a second kernel vxlan device, flannel-v6.<VNI>, whose
+// underlay is IPv6 (local = the interface's IPv6 address), carrying the
+// peers' IPv6 subnets with the same three static entries per peer as the
+// IPv4 device:
+//
+//	route  <peer v6 subnet> via <its network address> dev flannel-v6.N onlink metric 1024 proto 87
+//	neigh  <its network address> lladdr <peer BackendV6Data VtepMAC> dev flannel-v6.N permanent
+//	fdb    <that VtepMAC> dst <peer PublicIPv6> dev flannel-v6.N self permanent
+//
+// A Linux vxlan device has one underlay family, so IPv6 needs its own device
+// (as in flannel); its MAC is published as BackendV6Data and, like
+// flannel.<VNI>'s, kept across restarts and recreation. The MTU is the
+// underlay's minus 70: an outer IPv6 header is 20 bytes longer than IPv4's.
+//
+// Applies are level-triggered like the IPv4 side: a full pass dumps the
+// device address, IPv6 main-table routes with weft's protocol, IPv6
+// neighbours and FDB entries of the device, and writes the differences; a
+// delta (only the snapshot changed since the last successful apply) writes
+// the difference between the two desired states.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync/atomic"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/lease"
+)
+
+// vxlan6Overhead is what VXLAN over IPv6 adds to every frame: outer IPv6
+// (40) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+const vxlan6Overhead = 70
+
+type vxlan6Backend struct {
+	opts VXLANOptions
+	host Host
+	h    *netlink.Handle
+	log  *slog.Logger
+	name string // flannel-v6.<VNI>
+	w    *watcher
+
+	// Only the loop goroutine (and Init before it) touches these.
+	mac       net.HardwareAddr
+	link      *netlink.Vxlan
+	devIndex  atomic.Int32
+	notes     peerNotes
+	macs      macCache
+	applied   *vxlanState // desired state of the last successful apply; nil: none or it failed
+	connected []netip.Prefix
+
+	// want is the desired state of the current or last apply, for the
+	// watcher's filters. It is replaced, never changed in place.
+	want   atomic.Pointer[vxlanState]
+	filter watchFilter
+	passes struct{ full, delta int }
+}
+
+func newVXLAN6(opts VXLANOptions, host Host, h *netlink.Handle, log *slog.Logger) *vxlan6Backend {
+	name := fmt.Sprintf("flannel-v6.%d", opts.VNI)
+	return &vxlan6Backend{
+		opts: opts, host: host, h: h, name: name,
+		log: log.With("device", name),
+		w:   newWatcher(host.NetNS, log),
+	}
+}
+
+func (b *vxlan6Backend) port() int {
+	if b.opts.Port == 0 {
+		return defaultVXLANPort
+	}
+	return b.opts.Port
+}
+
+func (b *vxlan6Backend) mtu() int {
+	if b.opts.MTU != 0 {
+		return b.opts.MTU
+	}
+	return b.host.IfaceMTU - vxlan6Overhead
+}
+
+// Init resolves the interface and its IPv6 address, ensures flannel-v6.<VNI>
+// and starts the kernel watch; peers wait for the first snapshot. The
+// Published BackendData is the lease's BackendV6Data.
+func (b *vxlan6Backend) Init(ctx context.Context) (Published, int, error) {
+	host, err := resolveHost6(b.h, b.host)
+	if err != nil {
+		return Published{}, 0, err
+	}
+	b.host = host
+	if _, err := b.ensureDevice(); err != nil {
+		return Published{}, 0, err
+	}
+	b.filter = watchFilter{
+		link: func(u netlink.LinkUpdate) bool {
+			idx := int32(u.Attrs().Index)
+			if u.Header.Type == unix.RTM_DELLINK {
+				return idx == b.devIndex.Load() || int(idx) == b.host.IfaceIndex
+			}
+			if u.Attrs().Name == b.name {
+				return idx != b.devIndex.Load() || u.Attrs().Flags&net.FlagUp == 0
+			}
+			return false
+		},
+		route: func(u netlink.RouteUpdate) bool {
+			var routes map[netip.Prefix]routeWant
+			if d := b.want.Load(); d != nil {
+				routes = d.routes
+			}
+			return routeDrift(routes, u)
+		},
+		neigh: func(u netlink.NeighUpdate) bool {
+			if u.Type != unix.RTM_DELNEIGH || int32(u.LinkIndex) != b.devIndex.Load() {
+				return false
+			}
+			d := b.want.Load()
+			switch {
+			case d == nil || d.routes == nil:
+				return true
+			case u.Family == unix.AF_BRIDGE:
+				if len(u.HardwareAddr) != 6 {
+					return false
+				}
+				dst, ok := d.fdb[[6]byte(u.HardwareAddr)]
+				return ok && dst == addrOf(u.IP)
+			default:
+				_, ok := d.neighs[addrOf(u.IP)]
+				return ok
+			}
+		},
+		addr: func(u netlink.AddrUpdate) bool {
+			if u.NewAddr || int32(u.LinkIndex) != b.devIndex.Load() {
+				return false
+			}
+			d := b.want.Load()
+			return d == nil || prefixOf(&u.LinkAddress) == d.addr
+		},
+	}
+	b.w.start(b.filter)
+	data, err := json.Marshal(VXLANLeaseData{VNI: b.opts.VNI, VtepMAC: b.mac.String()})
+	if err != nil {
+		return Published{}, 0, fmt.Errorf("dataplane: encode vxlan IPv6 lease data: %w", err)
+	}
+	return Published{BackendType: "vxlan", BackendData: data}, b.mtu(), nil
+}
+
+func (b *vxlan6Backend) Events() <-chan struct{} { return b.w.ch }
+
+func (b *vxlan6Backend) Close() error {
+	b.w.close()
+	return nil
+}
+
+func (b *vxlan6Backend) wantDevice() *netlink.Vxlan {
+	la := netlink.NewLinkAttrs()
+	la.Name = b.name
+	la.MTU = b.mtu()
+	la.HardwareAddr = b.mac
+	return &netlink.Vxlan{
+		LinkAttrs:    la,
+		VxlanId:      b.opts.VNI,
+		VtepDevIndex: b.host.IfaceIndex,
+		SrcAddr:      b.host.IfaceAddr6.AsSlice(),
+		Port:         b.port(),
+		Learning:     b.opts.Learning,
+		GBP:          b.opts.GBP,
+	}
+}
+
+// ensureDevice makes flannel-v6.<VNI> exist, match, and be up, keeping the
+// MAC the lease advertises; it reports whether the device was (re)created
+// (the kernel then dropped everything on it). See vxlanBackend.ensureDevice.
+func (b *vxlan6Backend) ensureDevice() (created bool, err error) {
+	want := b.wantDevice()
+	have, err := b.h.LinkByName(b.name)
+	var notFound netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &notFound):
+		have = nil
+		if b.link != nil {
+			b.log.Warn("vxlan device disappeared; recreating it with the same MAC", "mac", b.mac.String())
+		}
+	case err != nil:
+		return false, fmt.Errorf("dataplane: look up %s: %w", b.name, err)
+	}
+	if have != nil {
+		if diff := incompatible(have, want); len(diff) > 0 {
+			if b.mac == nil {
+				b.mac = have.Attrs().HardwareAddr
+				want.HardwareAddr = b.mac
+			}
+			b.log.Warn("existing vxlan device is incompatible; recreating it", "diff", strings.Join(diff, "; "))
+			if err := b.h.LinkDel(have); err != nil && !isGone(err) {
+				return false, fmt.Errorf("dataplane: delete incompatible %s: %w", b.name, err)
+			}
+			have = nil
+		}
+	}
+	if have == nil {
+		if err := b.h.LinkAdd(want); err != nil {
+			return false, fmt.Errorf("dataplane: create vxlan device %s (id %d, local %s, dev %s, dstport %d): %w",
+				b.name, want.VxlanId, b.host.IfaceAddr6, b.host.IfaceName, want.Port, err)
+		}
+		created = true
+		if have, err = b.h.LinkByName(b.name); err != nil {
+			return true, fmt.Errorf("dataplane: re-read created %s: %w", b.name, err)
+		}
+		if diff := incompatible(have, want); len(diff) > 0 {
+			return true, fmt.Errorf("dataplane: created %s does not match what was asked: %s", b.name, strings.Join(diff, "; "))
+		}
+	}
+	attrs := have.Attrs()
+	if attrs.MTU != want.MTU {
+		if err := b.h.LinkSetMTU(have, want.MTU); err != nil {
+			return created, fmt.Errorf("dataplane: set %s mtu %d: %w", b.name, want.MTU, err)
+		}
+	}
+	if attrs.Flags&net.FlagUp == 0 {
+		if err := b.h.LinkSetUp(have); err != nil {
+			return created, fmt.Errorf("dataplane: set %s up: %w", b.name, err)
+		}
+	}
+	b.link = have.(*netlink.Vxlan)
+	b.mac = attrs.HardwareAddr
+	b.devIndex.Store(int32(attrs.Index))
+	if created {
+		b.log.Info("vxlan device created", "index", attrs.Index, "mac", b.mac.String(), "mtu", want.MTU)
+	}
+	return created, nil
+}
+
+// peerWant computes one peer's IPv6 entries; skip is true for a peer with no
+// IPv6 lease (nothing to say about it), why non-empty for one that is wrong.
+func (b *vxlan6Backend) peerWant(p *lease.Lease, own netip.Prefix, dev int, connected []netip.Prefix) (e peerEntries, skip bool, why string) {
+	skip, err := peer6(p, own, b.host)
+	switch {
+	case skip:
+		return e, true, ""
+	case err != nil:
+		return e, false, err.Error()
+	case !strings.EqualFold(p.Attrs.BackendType, "vxlan"):
+		return e, false, fmt.Sprintf("backend type %q, want vxlan", p.Attrs.BackendType)
+	case len(p.Attrs.BackendV6Data) == 0:
+		return e, false, "no BackendV6Data (the peer publishes no IPv6 VTEP)"
+	}
+	mac, err := b.macs.decode(p.Attrs.BackendV6Data)
+	if err != nil {
+		return e, false, "BackendV6Data: " + err.Error()
+	}
+	sub, pub := p.IPv6Subnet.Masked(), p.Attrs.PublicIPv6
+	if b.opts.DirectRouting && coveredBy(connected, pub) {
+		return peerEntries{route: routeWant{Dst: sub, Gw: pub, Link: b.host.IfaceIndex, Metric: v6Metric}, mac: mac, dst: pub, direct: true}, false, ""
+	}
+	return peerEntries{route: routeWant{Dst: sub, Gw: sub.Addr(), Link: dev, OnLink: true, Metric: v6Metric}, mac: mac, dst: pub}, false, ""
+}
+
+// desired computes what snap asks of the IPv6 device.
+func (b *vxlan6Backend) desired(snap lease.Snapshot, dev int, connected []netip.Prefix) *vxlanState {
+	own := snap.Own.IPv6Subnet.Masked()
+	d := newVXLANState(own, dev, len(snap.Peers))
+	if own.IsValid() {
+		d.addr = netip.PrefixFrom(own.Addr(), 128)
+	}
+	b.notes.begin()
+	b.macs.begin()
+	for _, p := range snap.Peers {
+		e, skip, why := b.peerWant(p, own, dev, connected)
+		if skip {
+			continue
+		}
+		if why == "" {
+			if other, dup := d.fdb[[6]byte(e.mac)]; dup {
+				why = fmt.Sprintf("IPv6 VtepMAC %s is also published by the peer at %s", e.mac, other)
+			}
+		}
+		if why != "" {
+			b.notes.note(b.log, p.IPv6Subnet.Masked(), why)
+			d.skipped++
+			continue
+		}
+		d.add(e)
+	}
+	b.macs.end(len(snap.Peers))
+	b.notes.end()
+	if b.host.BlackholeRoute && own.IsValid() {
+		d.routes[own] = routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric}
+	}
+	return d
+}
+
+// Apply reads the kernel and makes the IPv6 device's state match snap.
+func (b *vxlan6Backend) Apply(ctx context.Context, snap lease.Snapshot) error {
+	return b.apply(ctx, snap, true)
+}
+
+// ApplyDelta writes only the difference to the last successful apply; it
+// is a full pass when there is none, the device was recreated or the own
+// IPv6 subnet changed.
+func (b *vxlan6Backend) ApplyDelta(ctx context.Context, snap lease.Snapshot) error {
+	return b.apply(ctx, snap, false)
+}
+
+func (b *vxlan6Backend) apply(ctx context.Context, snap lease.Snapshot, full bool) error {
+	var created bool
+	if full || b.applied == nil || b.link == nil {
+		var err error
+		if created, err = b.ensureDevice(); err != nil {
+			b.applied = nil
+			return err
+		}
+	}
+	dev := int(b.devIndex.Load())
+	prev := b.applied
+	b.applied = nil
+	if created || prev == nil || prev.dev != dev || prev.own != snap.Own.IPv6Subnet.Masked() {
+		full = true
+	}
+	t := &tally{what: "vxlan IPv6 apply"}
+	var (
+		st   syncStats
+		d    *vxlanState
+		errs []error
+	)
+	if full {
+		d, st, errs = b.applyFull(ctx, snap, dev, t)
+	} else {
+		d = b.desired(snap, dev, b.connected)
+		b.want.Store(d) // before any write: the deletions below are weft's own
+		st = b.applyDiff(ctx, prev, d, t)
+		errs = append(errs, ctx.Err())
+	}
+	if st != (syncStats{}) {
+		b.log.Debug("vxlan IPv6 dataplane changed", "full", full, "peers", len(snap.Peers), "added", st.Added, "replaced", st.Replaced, "deleted", st.Deleted)
+	}
+	errs = append(errs, t.err())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
+	b.applied = d
+	if full {
+		b.passes.full++
+	} else {
+		b.passes.delta++
+	}
+	return nil
+}
+
+// applyFull is vxlanBackend.applyFull for the IPv6 device.
+func (b *vxlan6Backend) applyFull(ctx context.Context, snap lease.Snapshot, dev int, t *tally) (*vxlanState, syncStats, []error) {
+	own := snap.Own.IPv6Subnet.Masked()
+	var addr netip.Prefix
+	if own.IsValid() {
+		addr = netip.PrefixFrom(own.Addr(), 128)
+	}
+	var errs []error
+	if cur := b.want.Load(); cur == nil {
+		b.want.Store(&vxlanState{own: own, dev: dev, addr: addr})
+	} else if cur.addr != addr {
+		next := *cur
+		next.addr = addr
+		b.want.Store(&next)
+	}
+	st, err := syncAddrs6(b.h, b.link, addr, t)
+	errs = append(errs, err)
+
+	have, err := readMainRoutesFam(b.h, unix.AF_INET6, b.host.IfaceIndex)
+	if err != nil {
+		return nil, st, append(errs, err)
+	}
+	b.connected = have.connected
+	d := b.desired(snap, dev, have.connected)
+	b.want.Store(d)
+	routes := make([]routeWant, 0, len(d.routes))
+	for _, r := range d.routes {
+		routes = append(routes, r)
+	}
+	// Adds in dependency order (FDB, neighbour, route), deletes in reverse.
+	fs, fdel, err := syncFDB(ctx, b.h, dev, d.fdb, t)
+	errs = append(errs, err)
+	ns, ndel, err := syncNeighsFam(ctx, b.h, unix.AF_INET6, dev, d.neighs, t)
+	errs = append(errs, err)
+	rs, rdel, err := syncRoutesFam(ctx, b.h, unix.AF_INET6, have.weft, routes, t)
+	errs = append(errs, err)
+	for _, del := range []func() error{rdel, ndel, fdel} {
+		if del != nil {
+			errs = append(errs, del())
+		}
+	}
+	st.plus(*fs)
+	st.plus(*ns)
+	st.plus(*rs)
+	return d, st, errs
+}
+
+// applyDiff writes what differs between old (what the kernel holds, as far
+// as weft knows) and d: adds FDB, neighbour, route; deletes in reverse.
+func (b *vxlan6Backend) applyDiff(ctx context.Context, old, d *vxlanState, t *tally) syncStats {
+	var st syncStats
+	fdbAdd, fdbDel := diffMaps(old.fdb, d.fdb, func(a, b netip.Addr) bool { return a == b })
+	neighAdd, neighDel := diffMaps(old.neighs, d.neighs, func(a, b net.HardwareAddr) bool { return slices.Equal(a, b) })
+	routeAdd, routeDel := diffMaps(old.routes, d.routes, func(a, b routeWant) bool { return a == b })
+	count := func(err error, what string) {
+		if err != nil {
+			t.add(fmt.Errorf("%s: %w", what, err))
+			return
+		}
+		st.Added++
+	}
+	for _, mac := range fdbAdd {
+		count(b.h.NeighSet(fdbEntry(d.dev, mac, d.fdb[mac])), fmt.Sprintf("set FDB entry %s dst %s", net.HardwareAddr(mac[:]), d.fdb[mac]))
+	}
+	for _, ip := range neighAdd {
+		count(b.h.NeighSet(neigh6Entry(d.dev, ip, d.neighs[ip])), fmt.Sprintf("set neighbour %s lladdr %s", ip, d.neighs[ip]))
+	}
+	for _, dst := range routeAdd {
+		count(b.h.RouteReplace(route6(d.routes[dst])), fmt.Sprintf("replace route %s", d.routes[dst]))
+	}
+	if ctx.Err() != nil {
+		return st
+	}
+	gone := func(err error, what string) {
+		if err != nil && !isGone(err) {
+			t.add(fmt.Errorf("%s: %w", what, err))
+			return
+		}
+		st.Deleted++
+	}
+	for _, dst := range routeDel {
+		o := old.routes[dst]
+		if w, ok := d.routes[dst]; ok && w.Metric == o.Metric {
+			continue // replaced above
+		}
+		gone(delRoute6(b.h, o), fmt.Sprintf("delete stale route %s", o))
+	}
+	for _, ip := range neighDel {
+		if _, ok := d.neighs[ip]; ok {
+			continue
+		}
+		gone(b.h.NeighDel(neigh6Entry(old.dev, ip, old.neighs[ip])), fmt.Sprintf("delete stale neighbour %s", ip))
+	}
+	for _, mac := range fdbDel {
+		dst := old.fdb[mac]
+		gone(b.h.NeighDel(fdbEntry(old.dev, mac, dst)), fmt.Sprintf("delete stale FDB entry %s dst %s", net.HardwareAddr(mac[:]), dst))
+	}
+	return st
+}
