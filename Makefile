@@ -3,6 +3,12 @@ GO      ?= go
 BIN     ?= bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/weft-net/weft/internal/daemon.Version=$(VERSION) -X github.com/weft-net/weft/internal/weftctl.Version=$(VERSION)
+# CGO_ENABLED=0: nothing in weft needs C, and a static binary does not map
+# libc and ld.so (-1.3 MiB of weftd's RSS, measured with bench/overlay).
+# -trimpath: reproducible paths; it does not change RSS (nor would -s -w,
+# whose sections are never loaded), so symbols stay for profiling.
+BUILDFLAGS ?= -trimpath
+CGO_ENABLED ?= 0
 PREFIX  ?= /usr/local
 DESTDIR ?=
 
@@ -11,7 +17,7 @@ DESTDIR ?=
 all: build
 
 build:
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/weftd ./cmd/weftctl
+	CGO_ENABLED=$(CGO_ENABLED) $(GO) build $(BUILDFLAGS) -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/weftd ./cmd/weftctl
 
 deps:
 	./scripts/install-deps.sh

@@ -72,6 +72,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, lookupEn
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	stopLimit := startMemoryLimit(o.MemoryLimit, lookupEnv, log)
+	defer stopLimit()
 	if err := run(ctx, &o, log); err != nil {
 		if ctx.Err() != nil {
 			// Stopped by a signal mid-way (waiting, acquiring): whatever

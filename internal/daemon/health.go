@@ -37,6 +37,11 @@ type loopStatus interface {
 type health struct {
 	reg     *prometheus.Registry
 	metrics *metrics.Metrics
+	// runtimeOnce registers the Go and process collectors when /metrics
+	// is first served: building them reads runtime/metrics descriptions
+	// and procfs, work (and binary pages, i.e. RSS) a weftd without
+	// -healthz-port never needs.
+	runtimeOnce sync.Once
 
 	mu      sync.Mutex
 	waiting string // what the daemon waits for before attach
@@ -46,7 +51,6 @@ type health struct {
 
 func newHealth() *health {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	h := &health{reg: reg, metrics: metrics.New(reg), waiting: "starting"}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "weft_ready", Help: "1 while the lease is held, the etcd watch is live and the last reconcile succeeded.",
@@ -99,6 +103,9 @@ func (h *health) ready() (bool, string) {
 }
 
 func (h *health) handler() http.Handler {
+	h.runtimeOnce.Do(func() {
+		h.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	})
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")

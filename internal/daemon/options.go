@@ -35,6 +35,10 @@ type Options struct {
 	HealthzIP   string
 	HealthzPort int
 
+	// MemoryLimit is the floor of the Go runtime's soft memory limit
+	// (weft's own flag; flanneld has none). GOMEMLIMIT, when set, wins.
+	MemoryLimit MemoryLimit
+
 	Version   bool
 	Verbosity int
 
@@ -65,6 +69,8 @@ func (o *Options) NewFlagSet(w io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.IPBlackholeRoute, "ip-blackhole-route", false, "blackhole route for this host's subnet")
 	fs.StringVar(&o.HealthzIP, "healthz-ip", "127.0.0.1", "address of /healthz, /readyz and /metrics")
 	fs.IntVar(&o.HealthzPort, "healthz-port", 0, "port of /healthz, /readyz and /metrics (0 = off)")
+	o.MemoryLimit = DefaultMemoryLimit
+	fs.Var(&o.MemoryLimit, "memory-limit", "soft memory limit of the Go runtime while the live heap is under it, e.g. 20MiB (0 = off; GOMEMLIMIT, when set, wins)")
 	fs.BoolVar(&o.Version, "version", false, "print the version and exit")
 	fs.IntVar(&o.Verbosity, "v", 0, "log verbosity (0 info, 1+ debug)")
 	fs.BoolVar(&o.KubeSubnetMgr, "kube-subnet-mgr", false, "not supported: weft uses etcd")
@@ -130,5 +136,6 @@ func (o *Options) LogValue() slog.Value {
 		slog.Int("iptables-resync", o.IPTablesResyncSeconds),
 		slog.Bool("ip-blackhole-route", o.IPBlackholeRoute),
 		slog.String("healthz", fmt.Sprintf("%s:%d", o.HealthzIP, o.HealthzPort)),
+		slog.String("memory-limit", o.MemoryLimit.String()),
 	)
 }

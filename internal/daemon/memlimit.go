@@ -1,0 +1,139 @@
+package daemon
+
+import (
+	"fmt"
+	"log/slog"
+	"math"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// DefaultMemoryLimit is the default of -memory-limit.
+//
+// Why a limit at all: with GOGC=100 alone the heap grows to twice what a
+// burst keeps live. A full pass over 5,000 peers (a start, a periodic
+// resync) keeps ~13 MB live for a moment, so the heap reached ~21 MB and
+// RSS stayed there. Below the floor the runtime collects a little more
+// often during such a burst instead; at 1,000 peers the heap never gets
+// near it, so the idle cost is nil. Above the floor the limit follows the
+// live heap (see memLimiter), so a larger cluster never collects in a loop.
+const DefaultMemoryLimit = 20 << 20
+
+// MemoryLimit is a byte count given as GOMEMLIMIT spells it: a number with
+// an optional B, KiB, MiB or GiB suffix. 0 turns the limit off.
+type MemoryLimit int64
+
+func (m *MemoryLimit) String() string {
+	v := int64(*m)
+	switch {
+	case v == 0:
+		return "0"
+	case v%(1<<30) == 0:
+		return strconv.FormatInt(v>>30, 10) + "GiB"
+	case v%(1<<20) == 0:
+		return strconv.FormatInt(v>>20, 10) + "MiB"
+	case v%(1<<10) == 0:
+		return strconv.FormatInt(v>>10, 10) + "KiB"
+	}
+	return strconv.FormatInt(v, 10)
+}
+
+// Set parses a size like GOMEMLIMIT does (decimal, binary suffixes).
+func (m *MemoryLimit) Set(s string) error {
+	num, unit := s, int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			num, unit = n, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/unit {
+		return fmt.Errorf("%q: want a byte count such as 20MiB (suffix B, KiB, MiB or GiB; 0 = off)", s)
+	}
+	if v := n * unit; v != 0 && v < 4<<20 {
+		return fmt.Errorf("%q: below 4MiB the runtime would collect without pause", s)
+	}
+	*m = MemoryLimit(n * unit)
+	return nil
+}
+
+// memLimiter keeps the runtime's soft memory limit at
+// max(floor, 1.5 × the heap the last collection found live). Under the
+// floor this bounds the heap's growth during a burst; when the live heap
+// outgrows the floor (a larger cluster) the limit follows it, so the
+// collector never runs back to back: each cycle has at least half the live
+// heap to allocate before the next (GOGC=100 gives it the whole).
+type memLimiter struct {
+	floor   int64
+	prev    int64 // the limit in force before, restored on stop
+	stopped atomic.Bool
+	sample  []metrics.Sample
+	last    int64
+}
+
+// limiterActive: the limit is process-wide, so only the first daemon of a
+// process (tests run several) owns it.
+var limiterActive atomic.Bool
+
+// startMemoryLimit applies -memory-limit unless GOMEMLIMIT is set (the
+// operator's runtime setting wins) or the limit is 0. It returns a stop
+// func that restores the previous limit.
+func startMemoryLimit(floor MemoryLimit, lookupEnv func(string) (string, bool), log *slog.Logger) (stop func()) {
+	if v, ok := lookupEnv("GOMEMLIMIT"); ok && v != "" {
+		log.Debug("GOMEMLIMIT is set; -memory-limit ignored", "GOMEMLIMIT", v)
+		return func() {}
+	}
+	if floor == 0 || !limiterActive.CompareAndSwap(false, true) {
+		return func() {}
+	}
+	l := &memLimiter{floor: int64(floor), sample: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}}
+	l.prev = debug.SetMemoryLimit(l.floor)
+	l.last = l.floor
+	l.arm()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.stopped.Store(true)
+			debug.SetMemoryLimit(l.prev)
+			limiterActive.Store(false)
+		})
+	}
+}
+
+// gcSentinel is garbage as soon as it is armed; its finalizer runs after
+// the next collection. It holds a pointer so that it is never batched with
+// other small objects by the tiny allocator (whose finalizers may not run).
+type gcSentinel struct{ l *memLimiter }
+
+func (l *memLimiter) arm() {
+	runtime.SetFinalizer(&gcSentinel{l: l}, func(s *gcSentinel) {
+		if s.l.stopped.Load() {
+			return
+		}
+		s.l.adjust()
+		s.l.arm()
+	})
+}
+
+// adjust runs on the finalizer goroutine after each collection.
+func (l *memLimiter) adjust() {
+	metrics.Read(l.sample)
+	if l.sample[0].Value.Kind() != metrics.KindUint64 {
+		return
+	}
+	live := int64(min(l.sample[0].Value.Uint64(), math.MaxInt64/2))
+	limit := max(l.floor, live+live/2)
+	if limit != l.last {
+		debug.SetMemoryLimit(limit)
+		l.last = limit
+	}
+}

@@ -1,0 +1,73 @@
+package daemon
+
+import (
+	"log/slog"
+	"runtime"
+	"runtime/debug"
+	"testing"
+	"time"
+)
+
+func TestMemoryLimitFlagValues(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "20MiB": 20 << 20, "1GiB": 1 << 30, "8192KiB": 8 << 20, "5000000B": 5000000, "6000000": 6000000} {
+		var m MemoryLimit
+		if err := m.Set(in); err != nil || int64(m) != want {
+			t.Errorf("Set(%q) = %d, %v; want %d", in, m, err, want)
+		}
+	}
+	for _, bad := range []string{"", "20MB", "-1MiB", "1MiB", "x", "99999999999GiB"} {
+		var m MemoryLimit
+		if err := m.Set(bad); err == nil {
+			t.Errorf("Set(%q) = %d; want an error", bad, m)
+		}
+	}
+	m := MemoryLimit(DefaultMemoryLimit)
+	if got := m.String(); got != "20MiB" {
+		t.Errorf("default prints as %q, want 20MiB", got)
+	}
+}
+
+func currentLimit() int64 { return debug.SetMemoryLimit(-1) }
+
+func TestMemoryLimitAppliedAndRestored(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	before := currentLimit()
+
+	// GOMEMLIMIT set: the operator's runtime setting wins.
+	stop := startMemoryLimit(24<<20, func(k string) (string, bool) { return "100MiB", k == "GOMEMLIMIT" }, log)
+	if got := currentLimit(); got != before {
+		t.Errorf("with GOMEMLIMIT set the limit changed to %d", got)
+	}
+	stop()
+
+	stop = startMemoryLimit(24<<20, noEnv, log)
+	if got := currentLimit(); got != 24<<20 {
+		t.Errorf("limit %d, want the floor %d", got, 24<<20)
+	}
+	// A second daemon in the process does not take over the process-wide limit.
+	stop2 := startMemoryLimit(64<<20, noEnv, log)
+	if got := currentLimit(); got != 24<<20 {
+		t.Errorf("second daemon changed the limit to %d", got)
+	}
+	stop2()
+
+	// A live heap above the floor raises the limit to 1.5× it after a
+	// collection, so the collector does not run back to back.
+	big := make([][]byte, 0, 64)
+	for range 64 {
+		big = append(big, make([]byte, 1<<20)) // 64 MiB live
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for currentLimit() < 64<<20 && time.Now().Before(deadline) {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond) // the finalizer goroutine adjusts after the cycle
+	}
+	if got := currentLimit(); got < 64<<20 {
+		t.Errorf("with 64 MiB live the limit stayed at %d", got)
+	}
+	runtime.KeepAlive(big)
+	stop()
+	if got := currentLimit(); got != before {
+		t.Errorf("after stop the limit is %d, want the previous %d", got, before)
+	}
+}
