@@ -453,3 +453,88 @@ func TestHostGW6(t *testing.T) {
 		t.Errorf("after deltas (-want +got):\n%s", d)
 	}
 }
+
+// TestVXLAN6DirectRoutingBlackhole: with DirectRouting a peer whose
+// PublicIPv6 is on the underlay's subnet gets a plain route via that
+// address; -ip-blackhole-route adds a blackhole for the own IPv6 subnet.
+func TestVXLAN6DirectRoutingBlackhole(t *testing.T) {
+	l := newLab6(t)
+	host := l.host
+	host.BlackholeRoute = true
+	b, err := NewBackend(dualConf("vxlan", `{"DirectRouting":true}`), host, l.handle(t), testLog(t))
+	must(t, err)
+	t.Cleanup(func() { b.Close() })
+	ctx := context.Background()
+	_, _, err = b.Init(ctx)
+	must(t, err)
+	near := dualPeer(2, publicIP(2), publicIP6(2))
+	far := dualPeer(3, netip.MustParseAddr("198.51.100.3"), netip.MustParseAddr("2001:db8::3"))
+	must(t, b.Apply(ctx, snapshot6(1, near, far)))
+	want := sortStrings(append(wantVXLAN6(1, far),
+		fmt.Sprintf("route %s via %s dev eth0 metric 1024", near.IPv6Subnet, publicIP6(2)),
+		fmt.Sprintf("route blackhole %s metric 65536", peerSubnet6(1))))
+	if d := cmp.Diff(want, kernelState6(t, l.ns.Handle, "flannel-v6.1")); d != "" {
+		t.Errorf("(-want +got):\n%s", d)
+	}
+	// Applying the same state again is a no-op that still succeeds.
+	must(t, b.Apply(ctx, snapshot6(1, near, far)))
+	if d := cmp.Diff(want, kernelState6(t, l.ns.Handle, "flannel-v6.1")); d != "" {
+		t.Errorf("second apply (-want +got):\n%s", d)
+	}
+}
+
+// TestDualStackRestartQuiet: a second daemon (new backend, new handle)
+// applying the same dual-stack snapshot changes nothing in the kernel: no
+// route, neighbour or link notification at all.
+func TestDualStackRestartQuiet(t *testing.T) {
+	l := newLab6(t)
+	ctx := context.Background()
+	peers := []lease.Lease{dualPeer(2, publicIP(2), publicIP6(2)), dualPeer(3, publicIP(3), publicIP6(3))}
+	first := l.dual(t, "vxlan", `{}`)
+	_, _, err := first.Init(ctx)
+	must(t, err)
+	must(t, first.Apply(ctx, snapshot6(1, peers...)))
+	must(t, first.Close())
+
+	done := make(chan struct{})
+	defer close(done)
+	rch := make(chan netlink.RouteUpdate, 1000)
+	nch := make(chan netlink.NeighUpdate, 1000)
+	lch := make(chan netlink.LinkUpdate, 1000)
+	fd := l.ns.Fd()
+	must(t, netlink.RouteSubscribeWithOptions(rch, done, netlink.RouteSubscribeOptions{Namespace: &fd}))
+	must(t, netlink.NeighSubscribeWithOptions(nch, done, netlink.NeighSubscribeOptions{Namespace: &fd}))
+	must(t, netlink.LinkSubscribeWithOptions(lch, done, netlink.LinkSubscribeOptions{Namespace: &fd}))
+
+	second := l.dual(t, "vxlan", `{}`)
+	_, _, err = second.Init(ctx)
+	must(t, err)
+	must(t, second.Apply(ctx, snapshot6(1, peers...)))
+	if d := cmp.Diff(wantVXLAN6(1, peers...), kernelState6(t, l.ns.Handle, "flannel-v6.1")); d != "" {
+		t.Errorf("after restart (-want +got):\n%s", d)
+	}
+	// A marker change made after the apply: once its notification is read,
+	// every notification the apply caused has been read too.
+	must(t, l.ns.Handle.RouteAdd(&netlink.Route{Dst: ipNet(netip.MustParsePrefix("2001:db8:ffff::/48")), Gw: swAddr6.Addr().AsSlice(), LinkIndex: l.eth0(t)}))
+	var events []string
+	deadline := time.After(5 * time.Second)
+	for marker := false; !marker; {
+		select {
+		case u := <-rch:
+			if u.Dst != nil && u.Dst.String() == "2001:db8:ffff::/48" {
+				marker = true
+				continue
+			}
+			events = append(events, fmt.Sprintf("route %d %s", u.Type, u.Dst))
+		case u := <-nch:
+			events = append(events, fmt.Sprintf("neigh %d %s %s", u.Type, u.IP, u.HardwareAddr))
+		case u := <-lch:
+			events = append(events, "link "+u.Attrs().Name)
+		case <-deadline:
+			t.Fatal("marker route notification not seen within 5 s")
+		}
+	}
+	if len(events) > 0 {
+		t.Errorf("a restart with the same leases changed the kernel: %q", events)
+	}
+}
