@@ -119,7 +119,7 @@ func ParseAttrs(data []byte) (Attrs, error) {
 		}
 		a.PublicIPv6 = ip6
 	}
-	a.BackendType = w.BackendType
+	a.BackendType = internBackendType(w.BackendType)
 	if a.BackendData, err = compactRaw(w.BackendData); err != nil {
 		return Attrs{}, fmt.Errorf("lease value: BackendData: %w", err)
 	}
@@ -135,11 +135,31 @@ func compactRaw(raw json.RawMessage) (json.RawMessage, error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, nil
 	}
+	// json.Unmarshal already copied raw and checked it is valid JSON; a
+	// value with no whitespace byte at all is compact as it is (flannel
+	// and weft write it so), and needs no second copy.
+	if bytes.IndexAny(raw, " \t\r\n") < 0 {
+		return raw, nil
+	}
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, raw); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// internBackendType returns the known backend names as constants, so that
+// thousands of decoded leases share them instead of holding a copy each.
+func internBackendType(t string) string {
+	switch t {
+	case "vxlan":
+		return "vxlan"
+	case "host-gw":
+		return "host-gw"
+	case "udp":
+		return "udp"
+	}
+	return t
 }
 
 // MarshalJSON writes the value byte-compatibly with flannel:

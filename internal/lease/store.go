@@ -96,10 +96,17 @@ func (s *Store) List(ctx context.Context) ([]Lease, int64, error) {
 		return nil, 0, fmt.Errorf("list %s: %w", s.SubnetsPrefix(), err)
 	}
 	leases := make([]Lease, 0, len(resp.Kvs))
-	seenBad := map[string]bool{}
-	for _, kv := range resp.Kvs {
+	var seenBad map[string]bool // nil until a malformed key: the usual case
+	for i, kv := range resp.Kvs {
+		// Each raw key-value is dropped once decoded, so that with
+		// thousands of leases a collection during the decode frees them
+		// instead of keeping the raw response and the decoded slice at once.
+		resp.Kvs[i] = nil
 		l, err := s.decode(kv)
 		if err != nil {
+			if seenBad == nil {
+				seenBad = map[string]bool{}
+			}
 			seenBad[string(kv.Key)] = true
 			continue
 		}
