@@ -136,15 +136,28 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 	defer nl.Close()
 	ext, err := extiface.Select(nl, extiface.Options{
 		Ifaces: o.Ifaces, IfaceRegex: o.IfaceRegex, CanReach: o.IfaceCanReach, PublicIP: o.PublicIP,
+		PublicIPv6: o.PublicIPv6,
 	})
 	if err != nil {
 		return fmt.Errorf("choose the interface for inter-host traffic: %w", err)
 	}
 	log.Info("using interface", "iface", ext.Name, "index", ext.Index, "mtu", ext.MTU, "iface-addr", ext.IfaceAddr, "public-ip", ext.PublicIP)
+	// An IPv4-only network advertises only the IPv6 address it was given;
+	// a dual-stack one needs the interface's when none was.
+	publicV6 := ext.PublicIPv6
+	if !cfg.EnableIPv6 {
+		publicV6 = netip.Addr{}
+		if o.PublicIPv6 != "" {
+			publicV6 = netip.MustParseAddr(o.PublicIPv6)
+		}
+	} else {
+		log.Info("dual-stack network", "ipv6-network", cfg.IPv6Network, "iface-addr6", ext.IfaceAddr6, "public-ipv6", publicV6)
+	}
 
 	backend, err := dataplane.NewBackend(cfg, dataplane.Host{
 		IfaceName: ext.Name, IfaceIndex: ext.Index, IfaceMTU: ext.MTU,
 		IfaceAddr: ext.IfaceAddr, PublicIP: ext.PublicIP,
+		IfaceAddr6: ext.IfaceAddr6, PublicIP6: publicV6,
 		BlackholeRoute: o.IPBlackholeRoute,
 	}, nl, log)
 	if err != nil {
@@ -157,27 +170,27 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 	}
 
 	h.setWaiting("acquiring a subnet lease")
-	var publicV6 netip.Addr
-	if o.PublicIPv6 != "" {
-		publicV6 = netip.MustParseAddr(o.PublicIPv6)
-	}
 	mgr := lease.NewManager(lease.ManagerConfig{
-		Store:       store,
-		Network:     cfg,
-		PublicIP:    ext.PublicIP,
-		PublicIPv6:  publicV6,
-		BackendType: pub.BackendType,
-		BackendData: pub.BackendData,
-		PrevSubnet:  subnetenv.LeaseSubnet(prev),
-		RenewMargin: o.RenewMargin(),
-		Logger:      log,
-		Hooks:       h.metrics.LeaseHooks(),
+		Store:         store,
+		Network:       cfg,
+		PublicIP:      ext.PublicIP,
+		PublicIPv6:    publicV6,
+		BackendType:   pub.BackendType,
+		BackendData:   pub.BackendData,
+		BackendV6Data: pub.BackendV6Data,
+		PrevSubnet:    subnetenv.LeaseSubnet(prev),
+		RenewMargin:   o.RenewMargin(),
+		Logger:        log,
+		Hooks:         h.metrics.LeaseHooks(),
 	})
 	own, err := mgr.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("acquire a subnet lease: %w", err)
 	}
 	env := subnetenv.Env{Network: cfg.Network, Subnet: subnetenv.HostSubnet(own.Subnet), MTU: mtu, IPMasq: o.IPMasq}
+	if cfg.EnableIPv6 {
+		env.IPv6Network, env.IPv6Subnet = cfg.IPv6Network, subnetenv.HostSubnet(own.IPv6Subnet)
+	}
 	if err := subnetenv.Write(o.SubnetFile, env); err != nil {
 		return fmt.Errorf("write %s: %w", o.SubnetFile, err)
 	}
@@ -248,6 +261,9 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 				log.Warn("own subnet changed", "from", current, "to", snap.Own.Subnet)
 				current = snap.Own.Subnet
 				env.Subnet = subnetenv.HostSubnet(current)
+				if cfg.EnableIPv6 {
+					env.IPv6Subnet = subnetenv.HostSubnet(snap.Own.IPv6Subnet)
+				}
 				if err := subnetenv.Write(o.SubnetFile, env); err != nil {
 					log.Error("rewrite subnet file", "file", o.SubnetFile, "err", err)
 				}

@@ -93,6 +93,10 @@ type Config struct {
 	WeftdEnv []string
 	// StateDir defaults to /run/weft-lab/<name>.
 	StateDir string
+	// IPv6 makes the overlay dual-stack: EnableIPv6 in the default network
+	// config (IPv6Network fd30::/48), an IPv6 address on every host's eth0,
+	// docker0 and container. vxlan and host-gw only.
+	IPv6 bool
 	// ReadyTimeout bounds the wait for each host's subnet.env; default 30s.
 	ReadyTimeout time.Duration
 	Log          *slog.Logger
@@ -117,6 +121,9 @@ func (c *Config) setDefaults() error {
 	c.Backend = strings.ToLower(c.Backend)
 	if !contains(backends, c.Backend) {
 		return fmt.Errorf("backend %q: must be one of %s", c.Backend, strings.Join(backends, ", "))
+	}
+	if c.IPv6 && c.Backend != "vxlan" && c.Backend != "host-gw" {
+		return fmt.Errorf("backend %q: IPv6 (dual-stack) needs vxlan or host-gw", c.Backend)
 	}
 	if c.Prefix == "" {
 		c.Prefix = DefaultPrefix
@@ -177,6 +184,11 @@ type Host struct {
 	PublicIP    netip.Addr // eth2 address, holds the default route
 	ContainerNS *netnstest.NS
 	ContainerIP netip.Addr
+	// Eth0IP6 and ContainerIP6 are the IPv6 addresses of a dual-stack lab
+	// (zero otherwise); Subnet6 is the IPv6 lease.
+	Eth0IP6      netip.Addr
+	ContainerIP6 netip.Addr
+	Subnet6      netip.Prefix
 	// Subnet is the lease subnet read from subnet.env when the host came up.
 	Subnet     netip.Prefix
 	MTU        int
@@ -277,6 +289,9 @@ func (l *Lab) up(ctx context.Context) error {
 	cfgJSON := l.cfg.NetworkConfig
 	if cfgJSON == "" {
 		cfgJSON = fmt.Sprintf(`{"Network":"172.30.0.0/16","SubnetLen":24,"Backend":{"Type":%q}}`, l.cfg.Backend)
+		if l.cfg.IPv6 {
+			cfgJSON = fmt.Sprintf(`{"Network":"172.30.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd30::/48","IPv6SubnetLen":64,"Backend":{"Type":%q}}`, l.cfg.Backend)
+		}
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	_, err = l.Etcd.Put(pctx, l.cfg.Prefix+"/config", cfgJSON)
@@ -345,12 +360,18 @@ func (l *Lab) up(ctx context.Context) error {
 func (l *Lab) waitConverged(ctx context.Context, d time.Duration) {
 	start := time.Now()
 	st := l.State()
-	type pair struct{ i, j int }
+	type pair struct {
+		i, j int
+		six  bool
+	}
 	var pending []pair
 	for i := range st.Hosts {
 		for j := range st.Hosts {
 			if i != j {
-				pending = append(pending, pair{i, j})
+				pending = append(pending, pair{i, j, false})
+				if l.cfg.IPv6 {
+					pending = append(pending, pair{i, j, true})
+				}
 			}
 		}
 	}
@@ -361,7 +382,11 @@ func (l *Lab) waitConverged(ctx context.Context, d time.Duration) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				r := pingIn(ctx, st.Hosts[p.i].ContainerNS, st.Hosts[p.j].ContainerIP, PingOptions{Timeout: 200 * time.Millisecond})
+				to := st.Hosts[p.j].ContainerIP
+				if p.six {
+					to = st.Hosts[p.j].ContainerIP6
+				}
+				r := pingIn(ctx, st.Hosts[p.i].ContainerNS, to, PingOptions{Timeout: 200 * time.Millisecond})
 				ok[k] = r.Err == nil
 			}()
 		}
@@ -408,6 +433,12 @@ func (l *Lab) addHostNet() (*Host, error) {
 	l.mu.Lock()
 	l.Hosts = append(l.Hosts, h)
 	l.mu.Unlock()
+	if l.cfg.IPv6 {
+		h.Eth0IP6 = netip.MustParseAddr(fmt.Sprintf("fd64:3::%x", 10+n))
+		if err := enableIPv6(ns, true); err != nil {
+			return nil, fmt.Errorf("host %s: %w", h.Name, err)
+		}
+	}
 
 	for _, nic := range []struct {
 		name, peer, bridge string
@@ -438,6 +469,11 @@ func (l *Lab) addHostNet() (*Host, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("host %s: enable ip_forward: %w", h.Name, err)
 	}
+	if l.cfg.IPv6 {
+		if err := addAddr(ns.Handle, "eth0", netip.PrefixFrom(h.Eth0IP6, 64)); err != nil {
+			return nil, fmt.Errorf("host %s: %w", h.Name, err)
+		}
+	}
 	for i, ep := range l.EtcdEndpoints {
 		p, err := netnstest.StartProxy(ns, hostEtcdAddrs[i], ep, l.log.With("host", h.Name))
 		if err != nil {
@@ -458,6 +494,12 @@ func (l *Lab) finishHost(ctx context.Context, h *Host, since time.Time) error {
 	}
 	h.Subnet = env.Subnet.Masked()
 	h.MTU = env.MTU
+	if l.cfg.IPv6 {
+		if !env.IPv6Subnet.IsValid() {
+			return fmt.Errorf("host %s: %s has no FLANNEL_IPV6_SUBNET in a dual-stack lab", h.Name, h.SubnetFile)
+		}
+		h.Subnet6 = env.IPv6Subnet.Masked()
+	}
 	d, err := writeDockerOpts(h.SubnetFile, filepath.Join(filepath.Dir(h.SubnetFile), "docker"))
 	if err != nil {
 		return fmt.Errorf("host %s: %w", h.Name, err)
@@ -466,6 +508,9 @@ func (l *Lab) finishHost(ctx context.Context, h *Host, since time.Time) error {
 		return fmt.Errorf("host %s: %w", h.Name, err)
 	}
 	l.log.Info("host ready", "host", h.Name, "subnet", h.Subnet, "mtu", h.MTU, "container", h.ContainerIP)
+	if h.ContainerIP6.IsValid() {
+		l.log.Info("host ready for IPv6", "host", h.Name, "subnet6", h.Subnet6, "container6", h.ContainerIP6)
+	}
 	return nil
 }
 
@@ -480,6 +525,11 @@ func (l *Lab) addContainer(h *Host, d dockerOpts) error {
 		return fmt.Errorf("create container namespace: %w", err)
 	}
 	h.ContainerNS = cns
+	if h.Subnet6.IsValid() {
+		if err := enableIPv6(cns, false); err != nil {
+			return err
+		}
+	}
 	if err := netnstest.VethPair(h.NS, containerVeth, cns, "eth0"); err != nil {
 		return err
 	}
@@ -509,6 +559,21 @@ func (l *Lab) addContainer(h *Host, d dockerOpts) error {
 	}
 	if err := cns.Handle.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: gw.AsSlice()}); err != nil {
 		return fmt.Errorf("default route via %s in %s: %w", gw, cns.Name, err)
+	}
+	if !h.Subnet6.IsValid() {
+		return nil
+	}
+	// What dockerd's --ipv6 --fixed-cidr-v6 would do with FLANNEL_IPV6_SUBNET.
+	gw6 := h.Subnet6.Addr().Next()
+	if err := addAddr(h.NS.Handle, "docker0", netip.PrefixFrom(gw6, h.Subnet6.Bits())); err != nil {
+		return err
+	}
+	h.ContainerIP6 = gw6.Next()
+	if err := addAddr(cns.Handle, "eth0", netip.PrefixFrom(h.ContainerIP6, h.Subnet6.Bits())); err != nil {
+		return err
+	}
+	if err := cns.Handle.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: gw6.AsSlice()}); err != nil {
+		return fmt.Errorf("default IPv6 route via %s in %s: %w", gw6, cns.Name, err)
 	}
 	return nil
 }

@@ -9,9 +9,11 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/dockeropts"
 	"github.com/weft-net/weft/internal/subnetenv"
+	"github.com/weft-net/weft/internal/testutil/netnstest"
 )
 
 // addBridge creates an up bridge with an optional MTU (0 = kernel default)
@@ -59,6 +61,9 @@ func addAddr(h *netlink.Handle, link string, p netip.Prefix) error {
 		return fmt.Errorf("find %s: %w", link, err)
 	}
 	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD // usable at once: the lab's addresses are unique by construction
+	}
 	if err := h.AddrAdd(l, a); err != nil {
 		return fmt.Errorf("add address %s to %s: %w", p, link, err)
 	}
@@ -140,4 +145,32 @@ func writeDockerOpts(subnetFile, outFile string) (dockerOpts, error) {
 		return d, fmt.Errorf("%s: %s lacks a usable --bip and --mtu", outFile, o.Key)
 	}
 	return d, nil
+}
+
+// enableIPv6 turns IPv6 on in a namespace (some machines default it off in
+// new namespaces) and, for a host, IPv6 forwarding. Call it before the
+// namespace's links exist: they must come up without duplicate address
+// detection. A router solicits a neighbour for a forwarded packet from its
+// link-local address, and while that is still tentative (a second or more
+// after the link comes up) nobody answers: a lab host that just started
+// would drop its first second of forwarded IPv6 traffic, which real hosts,
+// up long before, never do.
+func enableIPv6(ns *netnstest.NS, forward bool) error {
+	settings := [][2]string{
+		{"/proc/sys/net/ipv6/conf/all/disable_ipv6", "0"},
+		{"/proc/sys/net/ipv6/conf/default/disable_ipv6", "0"},
+		{"/proc/sys/net/ipv6/conf/all/accept_dad", "0"},
+		{"/proc/sys/net/ipv6/conf/default/accept_dad", "0"},
+	}
+	if forward {
+		settings = append(settings, [2]string{"/proc/sys/net/ipv6/conf/all/forwarding", "1"})
+	}
+	return ns.Do(func() error {
+		for _, s := range settings {
+			if err := os.WriteFile(s[0], []byte(s[1]+"\n"), 0o644); err != nil {
+				return fmt.Errorf("enable IPv6 in %s: %w", ns.Name, err)
+			}
+		}
+		return nil
+	})
 }

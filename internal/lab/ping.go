@@ -20,6 +20,7 @@ type PingOptions struct {
 	DF       bool          // forbid fragmentation (ping -M do): a full-MTU probe
 	Interval time.Duration // between requests (ping -i); 0 = ping's default 1 s
 	Timeout  time.Duration // wait for each reply (ping -W); default 1 s
+	IPv6     bool          // ping the containers' IPv6 addresses (dual-stack labs)
 }
 
 // PingResult is the outcome of one ping run.
@@ -93,10 +94,14 @@ func (l *Lab) Ping(ctx context.Context, from, to int, o PingOptions) PingResult 
 	if err != nil {
 		return PingResult{Err: err}
 	}
-	if hf.ContainerNS == nil || !ht.ContainerIP.IsValid() {
+	dst := ht.ContainerIP
+	if o.IPv6 {
+		dst = ht.ContainerIP6
+	}
+	if hf.ContainerNS == nil || !dst.IsValid() {
 		return PingResult{Err: fmt.Errorf("ping %s → %s: a container is not set up", hf.Name, ht.Name)}
 	}
-	return pingIn(ctx, hf.ContainerNS.Name, ht.ContainerIP, o)
+	return pingIn(ctx, hf.ContainerNS.Name, dst, o)
 }
 
 // PingMatrix pings every container from every other one, concurrently;
@@ -122,11 +127,15 @@ func pingMatrix(ctx context.Context, hosts []HostState, o PingOptions) [][]PingR
 				defer wg.Done()
 				sem <- struct{}{}
 				defer func() { <-sem }()
-				if hosts[i].ContainerNS == "" || !hosts[j].ContainerIP.IsValid() {
+				to := hosts[j].ContainerIP
+				if o.IPv6 {
+					to = hosts[j].ContainerIP6
+				}
+				if hosts[i].ContainerNS == "" || !to.IsValid() {
 					m[i][j] = PingResult{Err: fmt.Errorf("ping %s → %s: a container is not set up", hosts[i].Name, hosts[j].Name)}
 					return
 				}
-				m[i][j] = pingIn(ctx, hosts[i].ContainerNS, hosts[j].ContainerIP, o)
+				m[i][j] = pingIn(ctx, hosts[i].ContainerNS, to, o)
 			}()
 		}
 	}

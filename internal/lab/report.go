@@ -23,6 +23,8 @@ type Row struct {
 	VtepMAC     string
 	ContainerIP string
 	Weftd       string // pid or "stopped"
+	// Subnet6 and ContainerIP6 are the IPv6 side of a dual-stack lab ("" otherwise).
+	Subnet6, ContainerIP6 string
 }
 
 // Rows builds the host table of a lab from its state, each host's current
@@ -44,8 +46,14 @@ func Rows(ctx context.Context, st State, cli *clientv3.Client) []Row {
 		}
 		sub := env.Subnet.Masked()
 		r.Subnet = sub.String()
+		if env.IPv6Subnet.IsValid() {
+			r.Subnet6, r.ContainerIP6 = env.IPv6Subnet.Masked().String(), "-"
+			if h.ContainerIP6.IsValid() {
+				r.ContainerIP6 = h.ContainerIP6.String()
+			}
+		}
 		if cli != nil {
-			pub, mac, err := leaseOf(ctx, cli, st.Prefix, sub)
+			pub, mac, err := leaseOf(ctx, cli, st.Prefix, sub, env.IPv6Subnet.Masked())
 			switch {
 			case err != nil:
 				r.PublicIP = "(" + err.Error() + ")"
@@ -63,10 +71,16 @@ func LeaseKey(prefix string, subnet netip.Prefix) string {
 	return fmt.Sprintf("%s/subnets/%s-%d", prefix, subnet.Masked().Addr(), subnet.Bits())
 }
 
-func leaseOf(ctx context.Context, cli *clientv3.Client, prefix string, subnet netip.Prefix) (pub, mac string, err error) {
+// leaseOf reads a lease; subnet6 is the IPv6 half of a dual-stack key
+// (zero otherwise).
+func leaseOf(ctx context.Context, cli *clientv3.Client, prefix string, subnet, subnet6 netip.Prefix) (pub, mac string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	resp, err := cli.Get(ctx, LeaseKey(prefix, subnet))
+	key := LeaseKey(prefix, subnet)
+	if subnet6.IsValid() {
+		key += fmt.Sprintf("&%s-%d", subnet6.Addr(), subnet6.Bits())
+	}
+	resp, err := cli.Get(ctx, key)
 	if err != nil {
 		return "", "", fmt.Errorf("etcd: %w", err)
 	}
@@ -89,12 +103,31 @@ func leaseOf(ctx context.Context, cli *clientv3.Client, prefix string, subnet ne
 
 // WriteTable prints the host table.
 func WriteTable(w io.Writer, rows []Row) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tPUBLIC-IP\tSUBNET\tVTEP-MAC\tCONTAINER-IP\tWEFTD")
+	six := false
 	for _, r := range rows {
+		six = six || r.Subnet6 != ""
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	if six {
+		fmt.Fprintln(tw, "HOST\tPUBLIC-IP\tSUBNET\tVTEP-MAC\tCONTAINER-IP\tIPV6-SUBNET\tCONTAINER-IPV6\tWEFTD")
+	} else {
+		fmt.Fprintln(tw, "HOST\tPUBLIC-IP\tSUBNET\tVTEP-MAC\tCONTAINER-IP\tWEFTD")
+	}
+	for _, r := range rows {
+		if six {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Host, r.PublicIP, r.Subnet, r.VtepMAC, r.ContainerIP, dash(r.Subnet6), dash(r.ContainerIP6), r.Weftd)
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Host, r.PublicIP, r.Subnet, r.VtepMAC, r.ContainerIP, r.Weftd)
 	}
 	tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // WriteMatrix prints a ping matrix: a row per source container, a column
@@ -143,6 +176,22 @@ func Report(ctx context.Context, w io.Writer, st State) error {
 	fmt.Fprintln(w)
 	m := pingMatrix(ctx, st.Hosts, PingOptions{})
 	WriteMatrix(w, st.Hosts, m)
+	six := len(st.Hosts) > 0 && st.Hosts[0].ContainerIP6.IsValid()
+	if six {
+		// The IPv6 matrix counts with the IPv4 one: a pair fails if either does.
+		fmt.Fprintln(w, "\nIPv6:")
+		m6 := pingMatrix(ctx, st.Hosts, PingOptions{IPv6: true})
+		WriteMatrix(w, st.Hosts, m6)
+		for i := range m {
+			for j := range m[i] {
+				if i != j && m6[i][j].Err != nil && m[i][j].Err == nil {
+					m[i][j].Err = m6[i][j].Err
+				} else if i != j && m6[i][j].Err != nil {
+					m[i][j].Err = fmt.Errorf("%w; %w", m[i][j].Err, m6[i][j].Err)
+				}
+			}
+		}
+	}
 	merr := MatrixErr(m)
 	if merr != nil {
 		n := len(st.Hosts)
@@ -165,7 +214,11 @@ func Report(ctx context.Context, w io.Writer, st State) error {
 		}
 	} else {
 		n := len(st.Hosts)
-		fmt.Fprintf(w, "\nall %d pings passed\n", n*(n-1))
+		if six {
+			fmt.Fprintf(w, "\nall %d pings passed (IPv4 and IPv6)\n", 2*n*(n-1))
+		} else {
+			fmt.Fprintf(w, "\nall %d pings passed\n", n*(n-1))
+		}
 	}
 	return merr
 }

@@ -42,9 +42,13 @@ type HostState struct {
 	PublicIP    netip.Addr
 	ContainerIP netip.Addr
 	Subnet      netip.Prefix
-	SubnetFile  string
-	LogFile     string
-	WeftdPID    int
+	// The IPv6 side of a dual-stack lab (zero otherwise).
+	Eth0IP6      netip.Addr   `json:",omitzero"`
+	ContainerIP6 netip.Addr   `json:",omitzero"`
+	Subnet6      netip.Prefix `json:",omitzero"`
+	SubnetFile   string
+	LogFile      string
+	WeftdPID     int
 }
 
 const stateFile = "state.json"
@@ -66,6 +70,7 @@ func (l *Lab) State() State {
 		hs := HostState{
 			Name: h.Name, Eth0IP: h.Eth0IP, PublicIP: h.PublicIP, ContainerIP: h.ContainerIP,
 			Subnet: h.Subnet, SubnetFile: h.SubnetFile, LogFile: h.LogFile,
+			Eth0IP6: h.Eth0IP6, ContainerIP6: h.ContainerIP6, Subnet6: h.Subnet6,
 		}
 		if h.NS != nil {
 			hs.NS = h.NS.Name

@@ -58,6 +58,9 @@ type ManagerConfig struct {
 	PublicIPv6  netip.Addr
 	BackendType string
 	BackendData json.RawMessage
+	// BackendV6Data is the IPv6 half's data (vxlan: the flannel-v6 device's
+	// VtepMAC) on a dual-stack network; nil otherwise.
+	BackendV6Data json.RawMessage
 
 	// PrevSubnet is the subnet of the previous subnet.env (zero if none).
 	PrevSubnet netip.Prefix
@@ -222,7 +225,8 @@ func (m *Manager) setReason(r string) {
 }
 
 func (m *Manager) attrs() Attrs {
-	return Attrs{PublicIP: m.cfg.PublicIP, PublicIPv6: m.cfg.PublicIPv6, BackendType: m.cfg.BackendType, BackendData: m.cfg.BackendData}
+	return Attrs{PublicIP: m.cfg.PublicIP, PublicIPv6: m.cfg.PublicIPv6, BackendType: m.cfg.BackendType,
+		BackendData: m.cfg.BackendData, BackendV6Data: m.cfg.BackendV6Data}
 }
 
 // fitsOwn reports whether an existing lease can be reused under the current

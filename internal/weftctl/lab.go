@@ -22,7 +22,8 @@ const labUsage = `usage: weftctl lab <up|run|status|down> [flags]
   down    stop a running lab and remove whatever it left behind
 
 flags (up, run): --name NAME (default weft), --hosts N (default 3),
-  --backend vxlan|host-gw|alloc|udp (default vxlan), --weftd PATH (default:
+  --backend vxlan|host-gw|alloc|udp (default vxlan), --ipv6 (dual-stack:
+  EnableIPv6, IPv6 on every host and container; vxlan and host-gw), --weftd PATH (default:
   the weftd next to weftctl, else in PATH), -v (debug log)
 flags (status, down): --name NAME`
 
@@ -42,12 +43,13 @@ func runLab(ctx context.Context, env *Env, args []string) error {
 	name := fs.String("name", lab.DefaultName, "lab name: prefix of every namespace")
 	var hosts *int
 	var backend, weftd *string
-	var verbose *bool
+	var verbose, ipv6 *bool
 	switch sub {
 	case "up", "run":
 		hosts = fs.Int("hosts", lab.DefaultHosts, "number of hosts")
 		backend = fs.String("backend", lab.DefaultBackend, "vxlan, host-gw, alloc or udp")
 		weftd = fs.String("weftd", "", "weftd binary")
+		ipv6 = fs.Bool("ipv6", false, "dual-stack overlay (IPv4 and IPv6)")
 		verbose = fs.Bool("v", false, "debug log")
 	case "status", "down":
 	default:
@@ -85,7 +87,7 @@ func runLab(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	l, err := lab.Up(ctx, lab.Config{Name: *name, Hosts: *hosts, Backend: *backend, WeftdPath: path, Log: log})
+	l, err := lab.Up(ctx, lab.Config{Name: *name, Hosts: *hosts, Backend: *backend, IPv6: *ipv6, WeftdPath: path, Log: log})
 	if err != nil {
 		return err
 	}
