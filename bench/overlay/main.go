@@ -188,13 +188,15 @@ func firstLine(s string) string {
 }
 
 // buildWeftd builds the real daemon from this checkout (or takes the given
-// binary) — the figures are of the binary an operator runs.
+// binary) — the figures are of the binary an operator runs, so it is built
+// as `make build` builds it (static, -trimpath).
 func buildWeftd(explicit, dir string) (string, error) {
 	if explicit != "" {
 		return filepath.Abs(explicit)
 	}
 	out := filepath.Join(dir, "weftd")
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/weftd")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./cmd/weftd")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/weftd (run from the repository root): %w: %s", err, b)
 	}
