@@ -11,46 +11,45 @@ import (
 	"github.com/google/nftables/userdata"
 )
 
-// IPv4 header offsets of the source and destination addresses.
-const (
-	offSaddr = 12
-	offDaddr = 16
-)
-
-// applyNFT replaces table ip weft in one netlink batch and, in the same
-// batch, removes iptables mode's chains and jumps: the mode switch is one
-// transaction, so traffic never sees both rule sets or neither.
+// applyNFT replaces table weft of each family in one netlink batch and, in
+// the same batch, removes iptables mode's chains and jumps of both families:
+// the mode switch is one transaction, so traffic never sees both rule sets
+// or neither. A family d has no network for ends up without table weft.
 func (m *Manager) applyNFT(d Desired, st *state) error {
 	c, err := m.nft()
 	if err != nil {
 		return err
 	}
-	for _, o := range []*ownedChain{&st.masq, &st.fwd} {
-		for _, j := range o.jumps {
-			if err := c.DelRule(&nftables.Rule{Table: j.table, Chain: j.chain, Handle: j.handle}); err != nil {
-				return fmt.Errorf("queue deletion of jump rule %d in %s %s: %w", j.handle, j.table.Name, j.chain.Name, err)
+	for i, f := range families {
+		fs := &st.fam[i]
+		for _, o := range []*ownedChain{&fs.masq, &fs.fwd} {
+			for _, j := range o.jumps {
+				if err := c.DelRule(&nftables.Rule{Table: j.table, Chain: j.chain, Handle: j.handle}); err != nil {
+					return fmt.Errorf("queue deletion of jump rule %d in %s %s %s: %w", j.handle, f.name, j.table.Name, j.chain.Name, err)
+				}
 			}
 		}
-	}
-	for _, x := range []struct {
-		table, chain string
-		ch           *ownedChain
-	}{{"nat", MasqChain, &st.masq}, {"filter", FwdChain, &st.fwd}} {
-		if x.ch.exists {
-			ch := &nftables.Chain{Name: x.chain, Table: &nftables.Table{Name: x.table, Family: nftables.TableFamilyIPv4}}
-			c.FlushChain(ch)
-			c.DelChain(ch)
+		for _, x := range []struct {
+			table, chain string
+			ch           *ownedChain
+		}{{"nat", MasqChain, &fs.masq}, {"filter", FwdChain, &fs.fwd}} {
+			if x.ch.exists {
+				ch := &nftables.Chain{Name: x.chain, Table: &nftables.Table{Name: x.table, Family: f.tf}}
+				c.FlushChain(ch)
+				c.DelChain(ch)
+			}
 		}
-	}
 
-	t := &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyIPv4}
-	// add+delete makes the delete valid whether or not the table exists;
-	// the table is then rebuilt from scratch in the same transaction.
-	c.AddTable(t)
-	c.DelTable(t)
-	if d.IPMasq || d.ForwardRules {
+		t := &nftables.Table{Name: NFTTable, Family: f.tf}
+		// add+delete makes the delete valid whether or not the table exists;
+		// the table is then rebuilt from scratch in the same transaction.
 		c.AddTable(t)
-		masq, fwd := nftRules(d)
+		c.DelTable(t)
+		if !wantsTable(d, f) {
+			continue
+		}
+		c.AddTable(t)
+		masq, fwd := nftRules(d, f)
 		if d.IPMasq {
 			ch := c.AddChain(&nftables.Chain{
 				Name: NFTMasq, Table: t, Type: nftables.ChainTypeNAT,
@@ -72,15 +71,16 @@ func (m *Manager) applyNFT(d Desired, st *state) error {
 		}
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("replace nftables table ip %s (masq=%v forward=%v): %w", NFTTable, d.IPMasq, d.ForwardRules, err)
+		return fmt.Errorf("replace nftables tables ip/ip6 %s (masq=%v forward=%v ipv6=%v): %w", NFTTable, d.IPMasq, d.ForwardRules, d.IPv6Network.IsValid(), err)
 	}
 	return nil
 }
 
-// nftRules are the nftables equivalents of IptablesRules, in the same order.
-func nftRules(d Desired) (masq, fwd [][]expr.Any) {
-	n, s := d.Network, d.Subnet
-	mc := netip.MustParsePrefix(multicast)
+// nftRules are the nftables equivalents of iptablesRules for family f, in
+// the same order.
+func nftRules(d Desired, f *family) (masq, fwd [][]expr.Any) {
+	n, s, _ := d.nets(f)
+	mc := f.multicast
 	verdict := func(k expr.VerdictKind) expr.Any { return &expr.Verdict{Kind: k} }
 	masquerade := func() expr.Any { return &expr.Masq{FullyRandom: d.RandomFully} }
 	cat := func(parts ...[]expr.Any) []expr.Any {
@@ -92,6 +92,8 @@ func nftRules(d Desired) (masq, fwd [][]expr.Any) {
 	}
 	one := func(e expr.Any) []expr.Any { return []expr.Any{e} }
 	mark := binaryutil.NativeEndian.PutUint32(kubeProxyMark)
+	src := func(p netip.Prefix, eq bool) []expr.Any { return prefixMatch(f, f.saddr, p, eq) }
+	dst := func(p netip.Prefix, eq bool) []expr.Any { return prefixMatch(f, f.daddr, p, eq) }
 	masq = [][]expr.Any{
 		{
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
@@ -99,29 +101,31 @@ func nftRules(d Desired) (masq, fwd [][]expr.Any) {
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark},
 			&expr.Verdict{Kind: expr.VerdictReturn},
 		},
-		cat(prefixMatch(offSaddr, s, true), prefixMatch(offDaddr, n, true), one(verdict(expr.VerdictReturn))),
-		cat(prefixMatch(offSaddr, n, true), prefixMatch(offDaddr, s, true), one(verdict(expr.VerdictReturn))),
-		cat(prefixMatch(offSaddr, n, false), prefixMatch(offDaddr, s, true), one(verdict(expr.VerdictReturn))),
-		cat(prefixMatch(offSaddr, n, true), prefixMatch(offDaddr, mc, false), one(masquerade())),
-		cat(prefixMatch(offSaddr, n, false), prefixMatch(offDaddr, n, true), one(masquerade())),
+		cat(src(s, true), dst(n, true), one(verdict(expr.VerdictReturn))),
+		cat(src(n, true), dst(s, true), one(verdict(expr.VerdictReturn))),
+		cat(src(n, false), dst(s, true), one(verdict(expr.VerdictReturn))),
+		cat(src(n, true), dst(mc, false), one(masquerade())),
+		cat(src(n, false), dst(n, true), one(masquerade())),
 	}
 	fwd = [][]expr.Any{
-		cat(prefixMatch(offSaddr, n, true), one(verdict(expr.VerdictAccept))),
-		cat(prefixMatch(offDaddr, n, true), one(verdict(expr.VerdictAccept))),
+		cat(src(n, true), one(verdict(expr.VerdictAccept))),
+		cat(dst(n, true), one(verdict(expr.VerdictAccept))),
 	}
 	return masq, fwd
 }
 
-// prefixMatch matches the IPv4 address at off against p (eq: in p, else not
-// in p): load the 4 bytes, mask them, compare with the network address.
-func prefixMatch(off uint32, p netip.Prefix, eq bool) []expr.Any {
+// prefixMatch matches the address of family f at off against p (eq: in p,
+// else not in p): load the whole address, mask it, compare with the network
+// address.
+func prefixMatch(f *family, off uint32, p netip.Prefix, eq bool) []expr.Any {
 	op := expr.CmpOpEq
 	if !eq {
 		op = expr.CmpOpNeq
 	}
+	bitsLen := int(f.alen) * 8
 	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: net.CIDRMask(p.Bits(), 32), Xor: []byte{0, 0, 0, 0}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: f.alen},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: f.alen, Mask: net.CIDRMask(p.Bits(), bitsLen), Xor: make([]byte, f.alen)},
 		&expr.Cmp{Op: op, Register: 1, Data: p.Masked().Addr().AsSlice()},
 	}
 }

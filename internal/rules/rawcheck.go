@@ -61,19 +61,29 @@ var rawChains = [][2]string{
 	{"filter", "FORWARD"}, {"filter", FwdChain},
 }
 
-// rawDigest returns the owned state as bytes from raw dumps: the ip tables'
-// names, every ip chain's identity (table, name, type, hook, policy), and the
-// rules of rawChains and of table weft without their counters. Called with
-// mu held.
+// rawDigest returns the owned state as bytes from raw dumps, per family
+// (ip, then ip6): the tables' names, every chain's identity (table, name,
+// type, hook, policy), and the rules of rawChains and of table weft without
+// their counters. Called with mu held.
 func (m *Manager) rawDigest() ([]byte, error) {
 	c, err := m.rawConn()
 	if err != nil {
 		return nil, err
 	}
 	var out []byte
-	msgs, err := nftDump(c, unix.NFT_MSG_GETTABLE, nil)
+	for _, f := range families {
+		if out, err = appendFamily(out, c, f); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func appendFamily(out []byte, c *netlink.Conn, f *family) ([]byte, error) {
+	out = appendField(out, 'F', []byte{f.proto})
+	msgs, err := nftDump(c, f.proto, unix.NFT_MSG_GETTABLE, nil)
 	if err != nil {
-		return nil, fmt.Errorf("dump nf_tables ip tables: %w", err)
+		return nil, fmt.Errorf("dump nf_tables %s tables: %w", f.name, err)
 	}
 	for _, msg := range msgs {
 		for a := (nlAttrs{b: msg}); a.next(); {
@@ -82,8 +92,8 @@ func (m *Manager) rawDigest() ([]byte, error) {
 			}
 		}
 	}
-	if msgs, err = nftDump(c, unix.NFT_MSG_GETCHAIN, nil); err != nil {
-		return nil, fmt.Errorf("dump nf_tables ip chains: %w", err)
+	if msgs, err = nftDump(c, f.proto, unix.NFT_MSG_GETCHAIN, nil); err != nil {
+		return nil, fmt.Errorf("dump nf_tables %s chains: %w", f.name, err)
 	}
 	for _, msg := range msgs {
 		out = append(out, 'c')
@@ -96,27 +106,24 @@ func (m *Manager) rawDigest() ([]byte, error) {
 		}
 	}
 	for _, tc := range rawChains {
-		if out, err = appendRules(out, c, tc[0], tc[1]); err != nil {
+		if out, err = appendRules(out, c, f, tc[0], tc[1]); err != nil {
 			return nil, err
 		}
 	}
-	if out, err = appendRules(out, c, NFTTable, ""); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return appendRules(out, c, f, NFTTable, "")
 }
 
-// appendRules appends the rules of table/chain (chain "" = the whole table)
-// in kernel order, each as its chain, expressions other than counters, and
-// user data (comments).
-func appendRules(out []byte, c *netlink.Conn, table, chain string) ([]byte, error) {
+// appendRules appends the rules of family f's table/chain (chain "" = the
+// whole table) in kernel order, each as its chain, expressions other than
+// counters, and user data (comments).
+func appendRules(out []byte, c *netlink.Conn, f *family, table, chain string) ([]byte, error) {
 	req := appendNulAttr(nil, unix.NFTA_RULE_TABLE, table)
 	if chain != "" {
 		req = appendNulAttr(req, unix.NFTA_RULE_CHAIN, chain)
 	}
-	msgs, err := nftDump(c, unix.NFT_MSG_GETRULE, req)
+	msgs, err := nftDump(c, f.proto, unix.NFT_MSG_GETRULE, req)
 	if err != nil {
-		return nil, fmt.Errorf("dump rules of %s %s: %w", table, chain, err)
+		return nil, fmt.Errorf("dump rules of %s %s %s: %w", f.name, table, chain, err)
 	}
 	out = appendField(out, 'T', []byte(table+"/"+chain))
 	for _, msg := range msgs {
@@ -149,10 +156,10 @@ func isCounter(expr []byte) bool {
 	return false
 }
 
-// nftDump runs one nf_tables dump of family ip and returns each answer's
+// nftDump runs one nf_tables dump of family proto and returns each answer's
 // attributes (after the nfgenmsg header).
-func nftDump(c *netlink.Conn, msgType int, attrs []byte) ([][]byte, error) {
-	data := append([]byte{unix.NFPROTO_IPV4, unix.NFNETLINK_V0, 0, 0}, attrs...)
+func nftDump(c *netlink.Conn, proto byte, msgType int, attrs []byte) ([][]byte, error) {
+	data := append([]byte{proto, unix.NFNETLINK_V0, 0, 0}, attrs...)
 	msgs, err := c.Execute(netlink.Message{
 		Header: netlink.Header{
 			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | msgType),

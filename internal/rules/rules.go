@@ -6,6 +6,15 @@
 //     (nat FLANNEL-POSTRTG jumped to from POSTROUTING, filter FLANNEL-FWD
 //     jumped to from FORWARD) so operators' scripts and `iptables -S` keep
 //     working; nftables mode uses weft's own table `ip weft`.
+//   - Dual-stack networks (Desired.IPv6Network set) get the same rules for
+//     IPv6, as flanneld writes them: the same chains in ip6tables' nat and
+//     filter tables (multicast exception ff00::/8), or table `ip6 weft` in
+//     nftables mode. A separate ip6 table rather than one inet table keeps
+//     the IPv4 side byte for byte what it was (no migration of `ip weft`,
+//     operators' `nft list table ip weft` unchanged), mirrors flanneld's
+//     per-family tables, and lets IPv6 be removed by deleting one table.
+//     Without IPv6 in Desired the IPv6 objects are owned but must be absent:
+//     turning IPv6 off (or restarting without it) removes them.
 //   - Every write replaces whole owned chains atomically: iptables mode feeds
 //     one iptables-restore --noflush (`:CHAIN - [0:0]` flushes the chain and
 //     the rules follow in the same commit), nftables mode sends one netlink
@@ -55,6 +64,7 @@ const (
 
 	kubeProxyMark = 0x4000
 	multicast     = "224.0.0.0/4"
+	multicast6    = "ff00::/8"
 )
 
 // Desired is the rule set the kernel should hold.
@@ -65,6 +75,12 @@ type Desired struct {
 	RandomFully  bool         // !-ip-masq-fully-random-disable
 	ForwardRules bool         // -iptables-forward-rules
 	NFTables     bool         // config EnableNFTables
+
+	// IPv6Network and IPv6Subnet (config IPv6Network, the lease's IPv6
+	// subnet) add the same rules for IPv6; zero values mean no IPv6 rules,
+	// and any IPv6 objects weft finds are removed.
+	IPv6Network netip.Prefix
+	IPv6Subnet  netip.Prefix
 }
 
 // Validate checks the prefixes; the error names the value and the rule.
@@ -78,12 +94,26 @@ func (d Desired) Validate() error {
 	if d.Subnet.Bits() < d.Network.Bits() || !d.Network.Contains(d.Subnet.Addr()) {
 		return fmt.Errorf("rules: Subnet %v: must lie inside Network %v", d.Subnet, d.Network)
 	}
+	if !d.IPv6Network.IsValid() && !d.IPv6Subnet.IsValid() {
+		return nil
+	}
+	if !d.IPv6Network.IsValid() || !d.IPv6Network.Addr().Is6() || d.IPv6Network.Addr().Is4In6() {
+		return fmt.Errorf("rules: IPv6Network %v: must be an IPv6 prefix when IPv6Subnet is set", d.IPv6Network)
+	}
+	if !d.IPv6Subnet.IsValid() || !d.IPv6Subnet.Addr().Is6() || d.IPv6Subnet.Addr().Is4In6() {
+		return fmt.Errorf("rules: IPv6Subnet %v: must be an IPv6 prefix when IPv6Network is set", d.IPv6Subnet)
+	}
+	if d.IPv6Subnet.Bits() < d.IPv6Network.Bits() || !d.IPv6Network.Contains(d.IPv6Subnet.Addr()) {
+		return fmt.Errorf("rules: IPv6Subnet %v: must lie inside IPv6Network %v", d.IPv6Subnet, d.IPv6Network)
+	}
 	return nil
 }
 
 func (d Desired) canonical() Desired {
 	d.Network = d.Network.Masked()
 	d.Subnet = d.Subnet.Masked()
+	d.IPv6Network = d.IPv6Network.Masked()
+	d.IPv6Subnet = d.IPv6Subnet.Masked()
 	return d
 }
 
@@ -96,7 +126,11 @@ type Option func(*Manager)
 func WithNetNS(fd int) Option { return func(m *Manager) { m.nsFd = fd } }
 
 // WithIptablesRestore sets the iptables-restore binary (default: found in PATH).
-func WithIptablesRestore(path string) Option { return func(m *Manager) { m.restoreBin = path } }
+func WithIptablesRestore(path string) Option { return func(m *Manager) { m.restoreBin[0] = path } }
+
+// WithIP6tablesRestore sets the ip6tables-restore binary (default: found in
+// PATH), which writes the IPv6 side in iptables mode.
+func WithIP6tablesRestore(path string) Option { return func(m *Manager) { m.restoreBin[1] = path } }
 
 // WithResyncHook calls fn after every periodic check of Run (metrics):
 // changed is true when the rules had drifted and were rewritten.
@@ -108,7 +142,7 @@ func WithResyncHook(fn func(changed bool, err error)) Option {
 type Manager struct {
 	log        *slog.Logger
 	nsFd       int
-	restoreBin string
+	restoreBin [2]string // iptables-restore, ip6tables-restore (indexed like families)
 	onResync   func(changed bool, err error)
 
 	mu      sync.Mutex
@@ -120,7 +154,7 @@ type Manager struct {
 
 // New returns a Manager; nothing touches the kernel until Set.
 func New(log *slog.Logger, opts ...Option) *Manager {
-	m := &Manager{log: log, nsFd: -1, restoreBin: "iptables-restore"}
+	m := &Manager{log: log, nsFd: -1, restoreBin: [2]string{"iptables-restore", "ip6tables-restore"}}
 	for _, o := range opts {
 		o(m)
 	}
@@ -258,43 +292,51 @@ func (m *Manager) nft() (*nftables.Conn, error) {
 	return c, nil
 }
 
-// applyIptables writes iptables mode with one iptables-restore, then removes
-// nftables mode's table.
+// applyIptables writes iptables mode with one iptables-restore per family
+// whose chains differ (each family's chains change in one commit), then
+// removes nftables mode's tables of both families in one batch.
 func (m *Manager) applyIptables(d Desired, st *state) error {
-	if iptablesInPlace(d, st) {
-		// A restarted daemon finds its own rules: no process, no rewrite.
-		m.log.Debug("iptables rules already in place", "network", d.Network, "subnet", d.Subnet)
-		return nil
-	}
-	script := restoreScript(d, st)
-	if script != "" {
-		if err := m.runRestore(script); err != nil {
-			return err
+	for i, f := range families {
+		fs := &st.fam[i]
+		if iptablesInPlace(d, f, fs) {
+			// A restarted daemon finds its own rules: no process, no rewrite.
+			m.log.Debug("iptables rules already in place", "family", f.name, "network", d.Network, "ipv6_network", d.IPv6Network)
+			continue
+		}
+		if script := restoreScript(d, f, fs); script != "" {
+			if err := m.runRestore(m.restoreBin[i], script); err != nil {
+				return err
+			}
 		}
 	}
-	if st.weft != nil {
-		c, err := m.nft()
-		if err != nil {
-			return err
+	var del []string
+	for i, f := range families {
+		if st.fam[i].weft != nil {
+			c, err := m.nft()
+			if err != nil {
+				return err
+			}
+			c.DelTable(&nftables.Table{Name: NFTTable, Family: f.tf})
+			del = append(del, f.name+" "+NFTTable)
 		}
-		t := &nftables.Table{Name: NFTTable, Family: nftables.TableFamilyIPv4}
-		c.DelTable(t)
-		if err := c.Flush(); err != nil {
-			return fmt.Errorf("delete nftables table ip %s after switching to iptables mode: %w", NFTTable, err)
+	}
+	if del != nil {
+		if err := m.conn.Flush(); err != nil {
+			return fmt.Errorf("delete nftables tables %v after switching to iptables mode: %w", del, err)
 		}
 	}
 	return nil
 }
 
-// runRestore feeds script to iptables-restore --noflush, in the Manager's
-// namespace when it has one.
-func (m *Manager) runRestore(script string) error {
+// runRestore feeds script to bin (iptables-restore or ip6tables-restore)
+// with --noflush, in the Manager's namespace when it has one.
+func (m *Manager) runRestore(bin, script string) error {
 	run := func() error {
-		cmd := exec.Command(m.restoreBin, "--noflush", "-w", "5")
+		cmd := exec.Command(bin, "--noflush", "-w", "5")
 		cmd.Stdin = strings.NewReader(script)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
-			return fmt.Errorf("%s --noflush: %w: %s\ninput:\n%s", m.restoreBin, err, strings.TrimSpace(string(out)), script)
+			return fmt.Errorf("%s --noflush: %w: %s\ninput:\n%s", bin, err, strings.TrimSpace(string(out)), script)
 		}
 		return nil
 	}
@@ -329,9 +371,19 @@ func inNetNS(ns netns.NsHandle, fn func() error) error {
 
 // IptablesRules renders the rules of the owned chains for d, in order, in
 // the canonical form `iptables -S` prints them.
-func IptablesRules(d Desired) (masq, fwd []string) {
+func IptablesRules(d Desired) (masq, fwd []string) { return iptablesRules(d, ipv4) }
+
+// IP6tablesRules renders the IPv6 rules of the owned chains for d, in order,
+// in the canonical form `ip6tables -S` prints them; nil when d has no IPv6.
+func IP6tablesRules(d Desired) (masq, fwd []string) { return iptablesRules(d, ipv6) }
+
+func iptablesRules(d Desired, f *family) (masq, fwd []string) {
 	d = d.canonical()
-	n, s := d.Network.String(), d.Subnet.String()
+	network, subnet, ok := d.nets(f)
+	if !ok {
+		return nil, nil
+	}
+	n, s := network.String(), subnet.String()
 	mc := fmt.Sprintf("-m comment --comment %q", MasqComment)
 	masqTarget := "-j MASQUERADE"
 	if d.RandomFully {
@@ -342,7 +394,7 @@ func IptablesRules(d Desired) (masq, fwd []string) {
 		fmt.Sprintf("-A %s -s %s -d %s %s -j RETURN", MasqChain, s, n, mc),
 		fmt.Sprintf("-A %s -s %s -d %s %s -j RETURN", MasqChain, n, s, mc),
 		fmt.Sprintf("-A %s ! -s %s -d %s %s -j RETURN", MasqChain, n, s, mc),
-		fmt.Sprintf("-A %s -s %s ! -d %s %s %s", MasqChain, n, multicast, mc, masqTarget),
+		fmt.Sprintf("-A %s -s %s ! -d %s %s %s", MasqChain, n, f.multicast, mc, masqTarget),
 		fmt.Sprintf("-A %s ! -s %s -d %s %s %s", MasqChain, n, n, mc, masqTarget),
 	}
 	fc := fmt.Sprintf("-m comment --comment %q", FwdComment)
@@ -353,12 +405,25 @@ func IptablesRules(d Desired) (masq, fwd []string) {
 	return masq, fwd
 }
 
-// restoreScript builds the iptables-restore input that turns st into d.
-// Jumps are deleted by rule number, highest first, so earlier numbers stay
-// valid within the one commit.
-func restoreScript(d Desired, st *state) string {
-	masq, fwd := IptablesRules(d)
-	want := struct{ masq, fwd bool }{d.IPMasq && !d.NFTables, d.ForwardRules && !d.NFTables}
+// wants reports which iptables-mode chains of f d asks for.
+func wants(d Desired, f *family) (masq, fwd bool) {
+	_, _, ok := d.nets(f)
+	ipt := ok && !d.NFTables
+	return ipt && d.IPMasq, ipt && d.ForwardRules
+}
+
+// wantsTable reports whether d asks for table weft of family f.
+func wantsTable(d Desired, f *family) bool {
+	_, _, ok := d.nets(f)
+	return ok && d.NFTables && (d.IPMasq || d.ForwardRules)
+}
+
+// restoreScript builds the (ip6)tables-restore input that turns family f's
+// state fs into d. Jumps are deleted by rule number, highest first, so
+// earlier numbers stay valid within the one commit.
+func restoreScript(d Desired, f *family, fs *famState) string {
+	masq, fwd := iptablesRules(d, f)
+	wantMasq, wantFwd := wants(d, f)
 	var b strings.Builder
 	section := func(table, base, chain, comment string, rules []string, wanted bool, ch *ownedChain) {
 		if !wanted && !ch.exists && len(ch.jumps) == 0 {
@@ -387,8 +452,8 @@ func restoreScript(d Desired, st *state) string {
 		}
 		b.WriteString("COMMIT\n")
 	}
-	section("nat", "POSTROUTING", MasqChain, MasqComment, masq, want.masq, &st.masq)
-	section("filter", "FORWARD", FwdChain, FwdComment, fwd, want.fwd, &st.fwd)
+	section("nat", "POSTROUTING", MasqChain, MasqComment, masq, wantMasq, &fs.masq)
+	section("filter", "FORWARD", FwdChain, FwdComment, fwd, wantFwd, &fs.fwd)
 	return b.String()
 }
 
@@ -396,29 +461,31 @@ func restoreScript(d Desired, st *state) string {
 // a write that silently went elsewhere (e.g. a legacy-iptables host, whose
 // rules nf_tables cannot see) is an error rather than a resync loop.
 func verify(d Desired, st *state) error {
-	check := func(what string, wanted bool, ch *ownedChain, n int) error {
-		if !wanted {
-			if ch.exists || len(ch.jumps) > 0 {
-				return fmt.Errorf("after write: %s still present (chain %v, %d jumps)", what, ch.exists, len(ch.jumps))
+	for i, f := range families {
+		fs := &st.fam[i]
+		check := func(what string, wanted bool, ch *ownedChain, n int) error {
+			if !wanted {
+				if ch.exists || len(ch.jumps) > 0 {
+					return fmt.Errorf("after write: %s %s still present (chain %v, %d jumps)", f.iptables, what, ch.exists, len(ch.jumps))
+				}
+				return nil
+			}
+			if !ch.exists || len(ch.rules) != n || len(ch.jumps) != 1 {
+				return fmt.Errorf("after write: %s %s has %d rules and %d jumps (chain present: %v), want %d and 1; is %s the nf_tables variant?", f.iptables, what, len(ch.rules), len(ch.jumps), ch.exists, n, f.iptables)
 			}
 			return nil
 		}
-		if !ch.exists || len(ch.rules) != n || len(ch.jumps) != 1 {
-			return fmt.Errorf("after write: %s has %d rules and %d jumps (chain present: %v), want %d and 1; is iptables the nf_tables variant?", what, len(ch.rules), len(ch.jumps), ch.exists, n)
+		masq, fwd := iptablesRules(d, f)
+		wantMasq, wantFwd := wants(d, f)
+		if err := check("nat "+MasqChain, wantMasq, &fs.masq, len(masq)); err != nil {
+			return err
 		}
-		return nil
-	}
-	masq, fwd := IptablesRules(d)
-	ipt := !d.NFTables
-	if err := check("nat "+MasqChain, ipt && d.IPMasq, &st.masq, len(masq)); err != nil {
-		return err
-	}
-	if err := check("filter "+FwdChain, ipt && d.ForwardRules, &st.fwd, len(fwd)); err != nil {
-		return err
-	}
-	wantTable := d.NFTables && (d.IPMasq || d.ForwardRules)
-	if (st.weft != nil) != wantTable {
-		return fmt.Errorf("after write: table ip %s present=%v, want %v", NFTTable, st.weft != nil, wantTable)
+		if err := check("filter "+FwdChain, wantFwd, &fs.fwd, len(fwd)); err != nil {
+			return err
+		}
+		if want := wantsTable(d, f); (fs.weft != nil) != want {
+			return fmt.Errorf("after write: table %s %s present=%v, want %v", f.name, NFTTable, fs.weft != nil, want)
+		}
 	}
 	return nil
 }

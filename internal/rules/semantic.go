@@ -1,7 +1,6 @@
 package rules
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math/bits"
 	"net/netip"
@@ -25,7 +24,7 @@ import (
 const natRangeRandomFully = 1 << 4
 
 // semRule renders r's matches (sorted) followed by its action.
-func semRule(r *nftables.Rule) string {
+func semRule(f *family, r *nftables.Rule) string {
 	var matches []string
 	var action string
 	var load *expr.Payload
@@ -41,7 +40,7 @@ func semRule(r *nftables.Rule) string {
 		case *expr.Bitwise:
 			mask = e.Mask
 		case *expr.Cmp:
-			matches = append(matches, semCmp(load, meta, mask, e))
+			matches = append(matches, semCmp(f, load, meta, mask, e))
 			load, meta, mask = nil, nil, nil
 		case *expr.Match:
 			if c, ok := e.Info.(*xt.Comment); ok && e.Name == "comment" {
@@ -78,7 +77,7 @@ func semRule(r *nftables.Rule) string {
 	return strings.Join(matches, " ") + " => " + action
 }
 
-func semCmp(load *expr.Payload, meta *expr.Meta, mask []byte, c *expr.Cmp) string {
+func semCmp(f *family, load *expr.Payload, meta *expr.Meta, mask []byte, c *expr.Cmp) string {
 	neg := ""
 	switch c.Op {
 	case expr.CmpOpEq:
@@ -88,26 +87,30 @@ func semCmp(load *expr.Payload, meta *expr.Meta, mask []byte, c *expr.Cmp) strin
 		return fmt.Sprintf("?cmp:%d", c.Op)
 	}
 	switch {
-	case load != nil && load.Base == expr.PayloadBaseNetworkHeader && (load.Offset == offSaddr || load.Offset == offDaddr) && load.Len >= 1 && load.Len <= 4 && len(c.Data) == int(load.Len):
+	case load != nil && load.Base == expr.PayloadBaseNetworkHeader && (load.Offset == f.saddr || load.Offset == f.daddr) && load.Len >= 1 && load.Len <= f.alen && len(c.Data) == int(load.Len):
 		field := "s"
-		if load.Offset == offDaddr {
+		if load.Offset == f.daddr {
 			field = "d"
 		}
-		var addr, m [4]byte
-		copy(addr[:], c.Data)
+		// ip6tables-nft loads only the bytes a prefix covers (a /64 is an
+		// 8-byte compare), iptables-nft the same for IPv4; a mask narrows
+		// the last byte.
+		addr := make([]byte, f.alen)
+		copy(addr, c.Data)
+		m := make([]byte, f.alen)
 		if mask != nil {
-			copy(m[:], mask)
+			copy(m, mask)
 		} else {
 			for i := range int(load.Len) {
 				m[i] = 0xff
 			}
 		}
-		mv := binary.BigEndian.Uint32(m[:])
-		ones := bits.LeadingZeros32(^mv)
-		if mv<<ones != 0 { // not a contiguous prefix mask
+		ones, ok := maskOnes(m)
+		if !ok {
 			return "?mask"
 		}
-		return fmt.Sprintf("%s%s=%s", neg, field, netip.PrefixFrom(netip.AddrFrom4(addr), ones))
+		a, _ := netip.AddrFromSlice(addr)
+		return fmt.Sprintf("%s%s=%s", neg, field, netip.PrefixFrom(a, ones))
 	case meta != nil && meta.Key == expr.MetaKeyMARK && len(c.Data) == 4:
 		m := uint32(0xffffffff)
 		if len(mask) == 4 {
@@ -118,16 +121,51 @@ func semCmp(load *expr.Payload, meta *expr.Meta, mask []byte, c *expr.Cmp) strin
 	return "?cmp"
 }
 
+// maskOnes returns the prefix length of a contiguous network mask; ok is
+// false for any other mask.
+func maskOnes(m []byte) (ones int, ok bool) {
+	i := 0
+	for i < len(m) && m[i] == 0xff {
+		i++
+	}
+	ones = i * 8
+	if i == len(m) {
+		return ones, true
+	}
+	lead := bits.LeadingZeros8(^m[i])
+	if m[i]<<lead != 0 {
+		return 0, false
+	}
+	for _, b := range m[i+1:] {
+		if b != 0 {
+			return 0, false
+		}
+	}
+	return ones + lead, true
+}
+
 func semTarget(t *expr.Target) string {
 	if t.Name != "MASQUERADE" {
 		return "?target:" + t.Name
 	}
-	r, ok := t.Info.(*xt.NatIPv4MultiRangeCompat)
-	if !ok || len(*r) != 1 {
+	var flags uint32
+	switch info := t.Info.(type) {
+	case *xt.NatIPv4MultiRangeCompat:
+		if len(*info) != 1 {
+			return "?target:MASQUERADE"
+		}
+		flags = uint32((*info)[0].Flags)
+	case *xt.Unknown:
+		// IPv6 MASQUERADE carries struct nf_nat_range, which xt does not
+		// decode: its first field is the flags, in host order.
+		if len(*info) < 4 {
+			return "?target:MASQUERADE"
+		}
+		flags = binaryutil.NativeEndian.Uint32((*info)[:4])
+	default:
 		return "?target:MASQUERADE"
 	}
 	out := "MASQUERADE"
-	flags := (*r)[0].Flags
 	if flags&natRangeRandomFully != 0 {
 		out += " random-fully"
 		flags &^= natRangeRandomFully
@@ -138,13 +176,14 @@ func semTarget(t *expr.Target) string {
 	return out
 }
 
-// semWant is the semantic form of the iptables-mode chains for d.
-func semWant(d Desired) (masq, fwd []string) {
+// semWant is the semantic form of family f's iptables-mode chains for d.
+func semWant(d Desired, f *family) (masq, fwd []string) {
 	rule := func(action string, matches ...string) string {
 		slices.Sort(matches)
 		return strings.Join(matches, " ") + " => " + action
 	}
-	n, s := d.Network.String(), d.Subnet.String()
+	network, subnet, _ := d.nets(f)
+	n, s := network.String(), subnet.String()
 	mc, fc := "comment="+MasqComment, "comment="+FwdComment
 	masquerade := "MASQUERADE"
 	if d.RandomFully {
@@ -155,7 +194,7 @@ func semWant(d Desired) (masq, fwd []string) {
 		rule("RETURN", "s="+s, "d="+n, mc),
 		rule("RETURN", "s="+n, "d="+s, mc),
 		rule("RETURN", "!s="+n, "d="+s, mc),
-		rule(masquerade, "s="+n, "!d="+multicast, mc),
+		rule(masquerade, "s="+n, "!d="+f.multicast.String(), mc),
 		rule(masquerade, "!s="+n, "d="+n, mc),
 	}
 	fwd = []string{
@@ -165,19 +204,20 @@ func semWant(d Desired) (masq, fwd []string) {
 	return masq, fwd
 }
 
-// iptablesInPlace reports whether st already is iptables mode for d: owned
-// chains with exactly the desired rules, one jump each (ours), nothing of
-// nftables mode.
-func iptablesInPlace(d Desired, st *state) bool {
-	if d.NFTables || st.weft != nil {
+// iptablesInPlace reports whether fs already holds family f's iptables-mode
+// chains for d: owned chains with exactly the desired rules, one jump each
+// (ours); or, where d wants none, no chain and no jump.
+func iptablesInPlace(d Desired, f *family, fs *famState) bool {
+	if d.NFTables {
 		return false
 	}
-	masq, fwd := semWant(d)
+	masq, fwd := semWant(d, f)
+	wantMasq, wantFwd := wants(d, f)
 	ok := func(wanted bool, ch *ownedChain, rules []string) bool {
 		if !wanted {
 			return !ch.exists && len(ch.jumps) == 0
 		}
 		return ch.exists && slices.Equal(ch.sem, rules) && len(ch.jumps) == 1 && ch.jumps[0].ours
 	}
-	return ok(d.IPMasq, &st.masq, masq) && ok(d.ForwardRules, &st.fwd, fwd)
+	return ok(wantMasq, &fs.masq, masq) && ok(wantFwd, &fs.fwd, fwd)
 }

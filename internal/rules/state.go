@@ -12,8 +12,13 @@ import (
 
 // state is what weft owns, as read from the kernel over netlink.
 type state struct {
+	fam [2]famState // indexed like families
+}
+
+// famState is what weft owns in one address family.
+type famState struct {
 	masq, fwd ownedChain
-	weft      []nftChain // chains of table ip weft; nil when the table is absent
+	weft      []nftChain // chains of table weft; nil when the table is absent
 }
 
 // ownedChain is one iptables-mode chain and the jumps into it from its base
@@ -44,63 +49,78 @@ type nftChain struct {
 // left out on purpose: other software adding rules around them is not drift.
 func (st *state) fingerprint() string {
 	var b strings.Builder
-	for _, x := range []struct {
-		name string
-		ch   *ownedChain
-	}{{MasqChain, &st.masq}, {FwdChain, &st.fwd}} {
-		fmt.Fprintf(&b, "[%s exists=%v]", x.name, x.ch.exists)
-		for _, r := range x.ch.rules {
-			b.WriteString("|r:")
-			b.WriteString(r)
+	for i, f := range families {
+		fs := &st.fam[i]
+		fmt.Fprintf(&b, "{%s}", f.name)
+		for _, x := range []struct {
+			name string
+			ch   *ownedChain
+		}{{MasqChain, &fs.masq}, {FwdChain, &fs.fwd}} {
+			fmt.Fprintf(&b, "[%s exists=%v]", x.name, x.ch.exists)
+			for _, r := range x.ch.rules {
+				b.WriteString("|r:")
+				b.WriteString(r)
+			}
+			for _, j := range x.ch.jumps {
+				b.WriteString("|j:")
+				b.WriteString(j.fp)
+			}
 		}
-		for _, j := range x.ch.jumps {
-			b.WriteString("|j:")
-			b.WriteString(j.fp)
-		}
-	}
-	fmt.Fprintf(&b, "[%s exists=%v]", NFTTable, st.weft != nil)
-	for _, c := range st.weft {
-		b.WriteString("|c:")
-		b.WriteString(c.desc)
-		for _, r := range c.rules {
-			b.WriteString("|r:")
-			b.WriteString(r)
+		fmt.Fprintf(&b, "[%s exists=%v]", NFTTable, fs.weft != nil)
+		for _, c := range fs.weft {
+			b.WriteString("|c:")
+			b.WriteString(c.desc)
+			for _, r := range c.rules {
+				b.WriteString("|r:")
+				b.WriteString(r)
+			}
 		}
 	}
 	return b.String()
 }
 
-// read collects the owned state: one table dump, one chain dump and one rule
-// dump per relevant chain — no process is started.
+// read collects the owned state of both families: per family one table
+// dump, one chain dump and one rule dump per relevant chain — no process is
+// started. The IPv6 side is read even when Desired has no IPv6, so that
+// leftovers are seen and removed.
 func (m *Manager) read() (*state, error) {
 	c, err := m.nft()
 	if err != nil {
 		return nil, err
 	}
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
-	if err != nil {
-		return nil, fmt.Errorf("list nf_tables ip tables: %w", err)
+	st := &state{}
+	for i, f := range families {
+		if err := readFamily(c, f, &st.fam[i]); err != nil {
+			return nil, err
+		}
 	}
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	return st, nil
+}
+
+func readFamily(c *nftables.Conn, f *family, fs *famState) error {
+	tables, err := c.ListTablesOfFamily(f.tf)
 	if err != nil {
-		return nil, fmt.Errorf("list nf_tables ip chains: %w", err)
+		return fmt.Errorf("list nf_tables %s tables: %w", f.name, err)
+	}
+	chains, err := c.ListChainsOfTableFamily(f.tf)
+	if err != nil {
+		return fmt.Errorf("list nf_tables %s chains: %w", f.name, err)
 	}
 	byKey := make(map[string]*nftables.Chain, len(chains))
 	for _, ch := range chains {
 		byKey[ch.Table.Name+"/"+ch.Name] = ch
 	}
-	st := &state{}
 	for _, o := range []struct {
 		table, base, chain, comment string
 		dst                         *ownedChain
 	}{
-		{"nat", "POSTROUTING", MasqChain, MasqComment, &st.masq},
-		{"filter", "FORWARD", FwdChain, FwdComment, &st.fwd},
+		{"nat", "POSTROUTING", MasqChain, MasqComment, &fs.masq},
+		{"filter", "FORWARD", FwdChain, FwdComment, &fs.fwd},
 	} {
 		if base := byKey[o.table+"/"+o.base]; base != nil {
 			rules, err := c.GetRules(base.Table, base)
 			if err != nil {
-				return nil, fmt.Errorf("list rules of %s %s: %w", o.table, o.base, err)
+				return fmt.Errorf("list rules of %s %s %s: %w", f.name, o.table, o.base, err)
 			}
 			for i, r := range rules {
 				if !jumpsTo(r, o.chain) {
@@ -108,7 +128,7 @@ func (m *Manager) read() (*state, error) {
 				}
 				o.dst.jumps = append(o.dst.jumps, jump{
 					pos: i + 1, handle: r.Handle, table: base.Table, chain: base,
-					ours: isOurJump(r, o.chain, o.comment), fp: ruleFP(r),
+					ours: isOurJump(r, o.chain, o.comment), fp: ruleFP(f, r),
 				})
 			}
 		}
@@ -116,16 +136,16 @@ func (m *Manager) read() (*state, error) {
 			o.dst.exists = true
 			rules, err := c.GetRules(ch.Table, ch)
 			if err != nil {
-				return nil, fmt.Errorf("list rules of %s %s: %w", o.table, o.chain, err)
+				return fmt.Errorf("list rules of %s %s %s: %w", f.name, o.table, o.chain, err)
 			}
 			for _, r := range rules {
-				o.dst.rules = append(o.dst.rules, ruleFP(r))
-				o.dst.sem = append(o.dst.sem, semRule(r))
+				o.dst.rules = append(o.dst.rules, ruleFP(f, r))
+				o.dst.sem = append(o.dst.sem, semRule(f, r))
 			}
 		}
 	}
 	if slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == NFTTable }) {
-		st.weft = []nftChain{}
+		fs.weft = []nftChain{}
 		var own []*nftables.Chain
 		for _, ch := range chains {
 			if ch.Table.Name == NFTTable {
@@ -136,16 +156,16 @@ func (m *Manager) read() (*state, error) {
 		for _, ch := range own {
 			rules, err := c.GetRules(ch.Table, ch)
 			if err != nil {
-				return nil, fmt.Errorf("list rules of table ip %s chain %s: %w", NFTTable, ch.Name, err)
+				return fmt.Errorf("list rules of table %s %s chain %s: %w", f.name, NFTTable, ch.Name, err)
 			}
 			nc := nftChain{desc: chainDesc(ch)}
 			for _, r := range rules {
-				nc.rules = append(nc.rules, ruleFP(r))
+				nc.rules = append(nc.rules, ruleFP(f, r))
 			}
-			st.weft = append(st.weft, nc)
+			fs.weft = append(fs.weft, nc)
 		}
 	}
-	return st, nil
+	return nil
 }
 
 func chainDesc(ch *nftables.Chain) string {
@@ -165,13 +185,13 @@ func chainDesc(ch *nftables.Chain) string {
 // ruleFP is a rule's identity: its expressions in order, marshalled, with
 // counters left out (they change with every packet), plus its user data
 // (where nft keeps comments).
-func ruleFP(r *nftables.Rule) string {
+func ruleFP(f *family, r *nftables.Rule) string {
 	var b strings.Builder
 	for _, e := range r.Exprs {
 		if _, ok := e.(*expr.Counter); ok {
 			continue
 		}
-		raw, err := expr.Marshal(byte(nftables.TableFamilyIPv4), e)
+		raw, err := expr.Marshal(byte(f.tf), e)
 		if err != nil {
 			fmt.Fprintf(&b, "%T%+v;", e, e)
 			continue
