@@ -34,22 +34,29 @@ func newDualStack(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Lo
 	if !cfg.EnableIPv4 {
 		return nil, fmt.Errorf("dataplane: IPv6-only networks (EnableIPv4 false) are not supported; enable IPv4 for a dual-stack network")
 	}
-	var v4, v6 Backend
+	var opts VXLANOptions
 	switch cfg.BackendType {
 	case "vxlan", "":
-		opts, err := cfg.VXLAN()
-		if err != nil {
+		var err error
+		if opts, err = cfg.VXLAN(); err != nil {
 			return nil, fmt.Errorf("dataplane: vxlan options: %w", err)
 		}
-		v4 = newVXLAN(opts, host, h, log.With("backend", "vxlan"))
-		v6 = newVXLAN6(opts, host, h, log.With("backend", "vxlan", "family", "ipv6"))
 	case "host-gw":
-		v4 = newHostGW(host, h, log.With("backend", "host-gw"))
-		v6 = newHostGW6(host, h, log.With("backend", "host-gw", "family", "ipv6"))
 	default:
 		return nil, fmt.Errorf("dataplane: backend type %q has no IPv6 data path (EnableIPv6 is supported with vxlan and host-gw)", cfg.BackendType)
 	}
-	return newDual(v4, v6), nil
+	// One socket for both halves: they are applied one after the other by
+	// the same loop, and each half's Close closes it (idempotently).
+	rt, err := openBackendRTNL(cfg.BackendType, host)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.BackendType == "host-gw" {
+		return newDual(newHostGW(host, h, rt, log.With("backend", "host-gw")),
+			newHostGW6(host, h, rt, log.With("backend", "host-gw", "family", "ipv6"))), nil
+	}
+	return newDual(newVXLAN(opts, host, h, rt, log.With("backend", "vxlan")),
+		newVXLAN6(opts, host, h, rt, log.With("backend", "vxlan", "family", "ipv6"))), nil
 }
 
 func newDual(v4, v6 Backend) *dualBackend {

@@ -1,6 +1,6 @@
 package dataplane
 
-// Raw rtnetlink dumps and batched writes on the handle's own socket.
+// Raw rtnetlink dumps and batched writes on weft's own rtnetlink socket.
 //
 // A full apply at 1,000 peers dumps ~3,000 routes, neighbours and FDB
 // entries every resync period. vishvananda's list functions allocate a 64 KiB
@@ -17,22 +17,23 @@ package dataplane
 // failures and the batch's end. That is two syscalls per batch instead of two
 // per entry, and no per-entry request or 64 KiB reply buffer.
 //
-// Everything goes through the handle's NETLINK_ROUTE socket, under the same
-// lock vishvananda takes, so weft still uses one socket per namespace and the
-// handle stays bound to whatever namespace it was opened in.
+// Everything goes through one NETLINK_ROUTE socket that the backend opens
+// once (NewBackend), in the namespace its netlink handle works in (Host.NetNS),
+// and closes with the backend: one socket per backend, whatever the number of
+// entries. It is weft's own rather than the handle's, which vishvananda does
+// not export.
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
-	"reflect"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -46,8 +47,7 @@ const (
 	writeBatchMax = 64
 	// recvBufSize holds the largest dump chunk the kernel sends (32 KiB).
 	recvBufSize = 64 << 10
-	// ioTimeout bounds a wait for the kernel's answer when the handle's
-	// socket has no receive timeout of its own.
+	// ioTimeout bounds a wait for the kernel's answer.
 	ioTimeout = 10 * time.Second
 )
 
@@ -61,45 +61,77 @@ const rtaNHID = 30
 // resync allocates none.
 var recvBufs = sync.Pool{New: func() any { b := make([]byte, recvBufSize); return &b }}
 
-// rtnl is the handle's NETLINK_ROUTE socket.
-type rtnl struct{ sh *nl.SocketHandle }
-
-var errNoRouteSocket = errors.New("netlink handle has no NETLINK_ROUTE socket")
-
-// rtnlOf returns the NETLINK_ROUTE socket of h. vishvananda does not export
-// it; it is read from the handle's sockets map (the module version is pinned
-// in go.mod and TestRawDumpMatchesNetlink covers this).
-func rtnlOf(h *netlink.Handle) (rtnl, error) {
-	if h == nil {
-		return rtnl{}, errNoRouteSocket
-	}
-	m := reflect.ValueOf(h).Elem().FieldByName("sockets")
-	if !m.IsValid() || m.Kind() != reflect.Map || m.Type().Key().Kind() != reflect.Int ||
-		m.Type().Elem() != reflect.TypeFor[*nl.SocketHandle]() {
-		return rtnl{}, errNoRouteSocket
-	}
-	v := m.MapIndex(reflect.ValueOf(unix.NETLINK_ROUTE))
-	if !v.IsValid() || v.IsNil() {
-		return rtnl{}, errNoRouteSocket
-	}
-	sh := (*nl.SocketHandle)(v.UnsafePointer())
-	if sh.Socket == nil {
-		return rtnl{}, errNoRouteSocket
-	}
-	return rtnl{sh: sh}, nil
+// rtnl is weft's NETLINK_ROUTE socket. mu serialises request/answer
+// exchanges: answers are matched by sequence number, and a reader must not
+// take another exchange's datagrams.
+type rtnl struct {
+	mu   sync.Mutex
+	sock *nl.NetlinkSocket // nil once closed
+	seq  uint32
 }
 
-func (c rtnl) fd() int { return c.sh.Socket.GetFd() }
+var (
+	errNoRouteSocket = errors.New("no rtnetlink socket")
+	errRouteClosed   = errors.New("rtnetlink socket is closed")
+)
 
-// nextSeq reserves n sequence numbers of the handle's counter and returns
-// the first.
-func (c rtnl) nextSeq(n int) uint32 {
-	return atomic.AddUint32(&c.sh.Seq, uint32(n)) - uint32(n) + 1
+// openRTNL opens a NETLINK_ROUTE socket in ns (nil: the current namespace);
+// the calling thread is back in its own namespace when it returns.
+func openRTNL(ns *netns.NsHandle) (*rtnl, error) {
+	at, where := netns.None(), "the current namespace"
+	if ns != nil && ns.IsOpen() {
+		at, where = *ns, fmt.Sprintf("namespace fd %d", int(*ns))
+	}
+	s, err := nl.GetNetlinkSocketAt(at, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("open rtnetlink socket in %s: %w", where, err)
+	}
+	// The kernel's reason for a refused request ("Nexthop device is not
+	// up"…) goes into the error; a kernel without extended acks (< 4.12)
+	// just gives the errno.
+	_ = s.SetExtAck(true)
+	return &rtnl{sock: s}, nil
+}
+
+// close closes the socket; it is idempotent, so that the halves of a
+// dual-stack backend, which share one socket, may both close it.
+func (c *rtnl) close() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sock != nil {
+		c.sock.Close()
+		c.sock = nil
+	}
+}
+
+// lock takes the socket for one exchange; the caller unlocks c.mu unless it
+// gets an error.
+func (c *rtnl) lock() error {
+	if c == nil {
+		return errNoRouteSocket
+	}
+	c.mu.Lock()
+	if c.sock == nil {
+		c.mu.Unlock()
+		return errRouteClosed
+	}
+	return nil
+}
+
+func (c *rtnl) fd() int { return c.sock.GetFd() }
+
+// nextSeq reserves n sequence numbers and returns the first (c.mu held).
+func (c *rtnl) nextSeq(n int) uint32 {
+	c.seq += uint32(n)
+	return c.seq - uint32(n) + 1
 }
 
 var kernelAddr = &unix.SockaddrNetlink{Family: unix.AF_NETLINK}
 
-func (c rtnl) send(b []byte) error {
+func (c *rtnl) send(b []byte) error {
 	for {
 		err := unix.Sendto(c.fd(), b, 0, kernelAddr)
 		switch {
@@ -119,7 +151,7 @@ func (c rtnl) send(b []byte) error {
 
 // recv reads one datagram into buf (the socket is non-blocking: vishvananda
 // hands it to Go's poller; waiting here is a poll(2) on it).
-func (c rtnl) recv(buf []byte) (int, error) {
+func (c *rtnl) recv(buf []byte) (int, error) {
 	for {
 		n, err := unix.Read(c.fd(), buf)
 		switch {
@@ -140,11 +172,8 @@ func (c rtnl) recv(buf []byte) (int, error) {
 	}
 }
 
-func (c rtnl) wait(ev int16) error {
-	_, to := c.sh.Socket.GetTimeouts()
-	if to <= 0 {
-		to = ioTimeout
-	}
+func (c *rtnl) wait(ev int16) error {
+	to := ioTimeout
 	fds := [1]unix.PollFd{{Fd: int32(c.fd()), Events: ev}}
 	deadline := time.Now().Add(to)
 	for {
@@ -260,7 +289,7 @@ func nlError(flags uint16, payload []byte) error {
 // returned restore runs, so that the kernel applies the filters in a dump
 // request. Without it (kernels before 4.20) the dump is unfiltered and the
 // callers' own checks still hold.
-func (c rtnl) strictDump() (restore func()) {
+func (c *rtnl) strictDump() (restore func()) {
 	prev, err := unix.GetsockoptInt(c.fd(), unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK)
 	if err != nil || prev != 0 {
 		return func() {}
@@ -275,23 +304,21 @@ func (c rtnl) strictDump() (restore func()) {
 // each answer of type want; f must not keep the slice. An interrupted dump
 // (the table changed while it was read) is read to its end and reported as
 // netlink.ErrDumpInterrupted, as vishvananda does, for dump() to retry.
-func dumpRaw(h *netlink.Handle, typ uint16, req []byte, want uint16, f func(msg []byte)) error {
-	c, err := rtnlOf(h)
-	if err != nil {
-		return err
+func dumpRaw(c *rtnl, typ uint16, req []byte, want uint16, f func(msg []byte)) error {
+	if err := c.lock(); err != nil {
+		return fmt.Errorf("netlink: dump: %w", err)
 	}
+	defer c.mu.Unlock()
 	bp := recvBufs.Get().(*[]byte)
 	defer recvBufs.Put(bp)
 	buf := *bp
 
-	c.sh.Socket.Lock()
-	defer c.sh.Socket.Unlock()
 	seq := c.nextSeq(1)
 	var hdr [nlmsgHdrLen + 64]byte
 	m := append(hdr[:nlmsgHdrLen], req...)
 	putHdr(m, uint32(len(m)), typ, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, seq)
 	restore := c.strictDump()
-	err = c.send(m)
+	err := c.send(m)
 	restore()
 	if err != nil {
 		return fmt.Errorf("netlink: send dump request: %w", err)
@@ -341,8 +368,7 @@ func dumpRaw(h *netlink.Handle, typ uint16, req []byte, want uint16, f func(msg 
 // request is passed to fail with the kernel's error; fail reports whether it
 // is a failure (false: the error means success, e.g. ENOENT for a delete).
 type batch[K any] struct {
-	c     rtnl
-	err   error // the socket could not be used: every request fails with it
+	c     *rtnl
 	buf   []byte
 	start int
 	keys  []K
@@ -351,10 +377,8 @@ type batch[K any] struct {
 	nfail int // of which failed
 }
 
-func newBatch[K any](h *netlink.Handle, fail func(key K, err error) bool) *batch[K] {
-	b := &batch[K]{fail: fail}
-	b.c, b.err = rtnlOf(h)
-	return b
+func newBatch[K any](c *rtnl, fail func(key K, err error) bool) *batch[K] {
+	return &batch[K]{c: c, fail: fail}
 }
 
 // begin starts a request (its header is filled in by end).
@@ -389,13 +413,12 @@ func (b *batch[K]) flush() {
 			}
 		}
 	}
-	if b.err != nil {
-		failAll(b.err)
+	c := b.c
+	if err := c.lock(); err != nil {
+		failAll(fmt.Errorf("netlink: send %d requests: %w", n, err))
 		return
 	}
-	c := b.c
-	c.sh.Socket.Lock()
-	defer c.sh.Socket.Unlock()
+	defer c.mu.Unlock()
 	seq0 := c.nextSeq(n)
 	off := 0
 	for i := range n {

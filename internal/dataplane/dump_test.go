@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -43,7 +44,8 @@ func TestRawDumpMatchesNetlink(t *testing.T) {
 		Flags: netlink.NTF_SELF, IP: net.ParseIP("100.64.255.251"), HardwareAddr: mac(90001), VNI: 77}))
 
 	// Routes: the main table, as netlink lists it.
-	m, err := readMainRoutes(h, eth0)
+	rt := l.rtnl(t)
+	m, err := readMainRoutes(rt, eth0)
 	must(t, err)
 	var got, want []string
 	for _, r := range m.weft {
@@ -81,7 +83,7 @@ func TestRawDumpMatchesNetlink(t *testing.T) {
 		} else {
 			req = appendAttrU32(appendNdmsg(nil, c.family, 0, 0, 0, 0), unix.NDA_IFINDEX, uint32(c.link))
 		}
-		must(t, dumpRaw(h, unix.RTM_GETNEIGH, req, unix.RTM_NEWNEIGH, func(p []byte) {
+		must(t, dumpRaw(rt, unix.RTM_GETNEIGH, req, unix.RTM_NEWNEIGH, func(p []byte) {
 			n, ok := parseNeigh(p)
 			if ok && n.Family == c.family && n.Link == c.link {
 				raw = append(raw, fmt.Sprintf("%s %s state=%#x vni=%d", n.IP, net.HardwareAddr(n.MAC[:n.MACLen]), n.State, n.VNI))
@@ -113,7 +115,7 @@ func TestRawDumpMatchesNetlink(t *testing.T) {
 // still applies the others around it, across batch boundaries.
 func TestBatchFailures(t *testing.T) {
 	l := newLab(t, hostAddr, swAddr)
-	h := l.ns.Handle
+	rt := l.rtnl(t)
 	eth0 := l.eth0(t)
 	var want []routeWant
 	for i := range 150 {
@@ -124,7 +126,7 @@ func TestBatchFailures(t *testing.T) {
 		want = append(want, w)
 	}
 	tl := &tally{what: "test"}
-	st, del, err := syncRoutes(context.Background(), h, nil, want, tl)
+	st, del, err := syncRoutes(context.Background(), rt, nil, want, tl)
 	must(t, err)
 	must(t, del())
 	if st.Added != 147 || tl.n != 3 {
@@ -133,20 +135,57 @@ func TestBatchFailures(t *testing.T) {
 	if tl.first == nil || !strings.Contains(tl.first.Error(), "10.128.9.0/24") {
 		t.Errorf("first failure %v does not name the route 10.128.9.0/24", tl.first)
 	}
-	m, err := readMainRoutes(h, eth0)
+	m, err := readMainRoutes(rt, eth0)
 	must(t, err)
 	if len(m.weft) != 147 {
 		t.Errorf("kernel holds %d weft routes, want 147", len(m.weft))
 	}
 	// Now all of them are stale: deleted in batches, none left.
 	tl = &tally{what: "test"}
-	st, del, err = syncRoutes(context.Background(), h, m.weft, nil, tl)
+	st, del, err = syncRoutes(context.Background(), rt, m.weft, nil, tl)
 	must(t, err)
 	must(t, del())
 	if st.Deleted != 147 || tl.n != 0 {
 		t.Errorf("deleted %d, failed %d (%v); want 147, 0", st.Deleted, tl.n, tl.first)
 	}
-	if m, _ = readMainRoutes(h, eth0); len(m.weft) != 0 {
+	if m, _ = readMainRoutes(rt, eth0); len(m.weft) != 0 {
 		t.Errorf("%d weft routes left", len(m.weft))
+	}
+}
+
+// TestRTNLSocket: the backend's own rtnetlink socket works in the namespace
+// it was opened for, is shared by the halves of a dual-stack backend, and
+// after Close fails every dump and write with an error instead of using a
+// closed (possibly reused) descriptor.
+func TestRTNLSocket(t *testing.T) {
+	l := newLab(t, hostAddr, swAddr)
+	eth0 := l.eth0(t)
+	rt := l.rtnl(t)
+	m, err := readMainRoutes(rt, eth0)
+	must(t, err)
+	if len(m.connected) != 1 || m.connected[0] != l.under {
+		t.Errorf("connected routes on eth0 = %v, want [%s] (the lab namespace's)", m.connected, l.under)
+	}
+
+	rt.close()
+	rt.close() // idempotent: both halves of a dual-stack backend close it
+	if _, err := readMainRoutes(rt, eth0); !errors.Is(err, errRouteClosed) {
+		t.Errorf("dump after close: %v, want %v", err, errRouteClosed)
+	}
+	tl := &tally{what: "test"}
+	st, _, err := syncRoutes(context.Background(), rt, nil, []routeWant{{Dst: peerSubnet(2), Gw: l.under.Addr().Next().Next(), Link: eth0}}, tl)
+	must(t, err)
+	if st.Added != 0 || tl.n != 1 || !errors.Is(tl.first, errRouteClosed) {
+		t.Errorf("write after close: added %d, failed %d (%v); want 0, 1 with %v", st.Added, tl.n, tl.first, errRouteClosed)
+	}
+
+	b := l.dual(t, "host-gw", `{}`).(*dualBackend)
+	v4, v6 := b.v4.(*hostGWBackend), b.v6.(*hostGW6Backend)
+	if v4.rt == nil || v4.rt != v6.rt {
+		t.Fatalf("dual-stack halves use sockets %p and %p, want one shared", v4.rt, v6.rt)
+	}
+	must(t, b.Close())
+	if err := dumpRaw(v4.rt, unix.RTM_GETROUTE, appendRtmsg(nil, 0, 0, 0, 0, 0, 0, 0), unix.RTM_NEWROUTE, func([]byte) {}); !errors.Is(err, errRouteClosed) {
+		t.Errorf("dump after the backend's Close: %v, want %v", err, errRouteClosed)
 	}
 }

@@ -73,6 +73,17 @@ func (l *lab) handle(t testing.TB) *netlink.Handle {
 	return h
 }
 
+// rtnl opens an rtnetlink socket in the lab namespace, as NewBackend does.
+func (l *lab) rtnl(t testing.TB) *rtnl {
+	t.Helper()
+	rt, err := openRTNL(l.host.NetNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rt.close)
+	return rt
+}
+
 func (l *lab) backend(t testing.TB, typ, opts string) Backend {
 	t.Helper()
 	return l.backendHost(t, typ, opts, l.host)

@@ -40,7 +40,9 @@ type Host struct {
 // here explicitly rather than registered from init() by blank imports, so the
 // set of data paths a binary carries is visible in one place.
 //
-// The backend programs the kernel only through h; the handle stays the
+// The backend programs the kernel through h and through one rtnetlink socket
+// of its own (dumps and batched writes), opened here in host.NetNS, which
+// must be the namespace h works in. Close closes that socket; h stays the
 // caller's (Close does not close it).
 func NewBackend(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Logger) (Backend, error) {
 	if h == nil {
@@ -59,18 +61,44 @@ func NewBackend(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Logg
 		if err != nil {
 			return nil, fmt.Errorf("dataplane: vxlan options: %w", err)
 		}
-		return newVXLAN(opts, host, h, log.With("backend", "vxlan")), nil
+		rt, err := openBackendRTNL(cfg.BackendType, host)
+		if err != nil {
+			return nil, err
+		}
+		return newVXLAN(opts, host, h, rt, log.With("backend", "vxlan")), nil
 	case "host-gw":
-		return newHostGW(host, h, log.With("backend", "host-gw")), nil
+		rt, err := openBackendRTNL(cfg.BackendType, host)
+		if err != nil {
+			return nil, err
+		}
+		return newHostGW(host, h, rt, log.With("backend", "host-gw")), nil
 	case "alloc":
-		return newAlloc(host, h), nil
+		return newAlloc(host, h), nil // no data path: no socket
 	case "udp":
-		return newUDP(cfg, host, h, log.With("backend", "udp"))
+		rt, err := openBackendRTNL(cfg.BackendType, host)
+		if err != nil {
+			return nil, err
+		}
+		b, err := newUDP(cfg, host, h, rt, log.With("backend", "udp"))
+		if err != nil {
+			rt.close()
+			return nil, err
+		}
+		return b, nil
 	case "ipip", "wireguard":
 		return nil, fmt.Errorf("dataplane: backend type %q is not yet supported by weft (supported: vxlan, host-gw, udp, alloc)", cfg.BackendType)
 	default:
 		return nil, fmt.Errorf("dataplane: unknown backend type %q (supported: vxlan, host-gw, udp, alloc)", cfg.BackendType)
 	}
+}
+
+// openBackendRTNL opens the rtnetlink socket of a typ backend in host.NetNS.
+func openBackendRTNL(typ string, host Host) (*rtnl, error) {
+	rt, err := openRTNL(host.NetNS)
+	if err != nil {
+		return nil, fmt.Errorf("dataplane: new %q backend: %w", typ, err)
+	}
+	return rt, nil
 }
 
 // VXLANOptions are the vxlan backend's keys in the config's Backend object;

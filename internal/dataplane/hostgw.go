@@ -30,6 +30,7 @@ var ErrPeerUnreachable = errors.New("peer is not directly reachable (host-gw nee
 type hostGWBackend struct {
 	host  Host
 	h     *netlink.Handle
+	rt    *rtnl // dumps and batched writes; closed by Close
 	log   *slog.Logger
 	w     *watcher
 	notes peerNotes
@@ -44,8 +45,8 @@ type hostGWBackend struct {
 	want       atomic.Pointer[map[netip.Prefix]routeWant]
 }
 
-func newHostGW(host Host, h *netlink.Handle, log *slog.Logger) *hostGWBackend {
-	return &hostGWBackend{host: host, h: h, log: log, w: newWatcher(host.NetNS, log)}
+func newHostGW(host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) *hostGWBackend {
+	return &hostGWBackend{host: host, h: h, rt: rt, log: log, w: newWatcher(host.NetNS, log)}
 }
 
 func (b *hostGWBackend) Init(ctx context.Context) (Published, int, error) {
@@ -76,6 +77,7 @@ func (b *hostGWBackend) Events() <-chan struct{} { return b.w.ch }
 
 func (b *hostGWBackend) Close() error {
 	b.w.close()
+	b.rt.close()
 	return nil
 }
 
@@ -101,7 +103,7 @@ func (b *hostGWBackend) apply(ctx context.Context, snap lease.Snapshot, full boo
 	connected := b.connected
 	if full {
 		var err error
-		if have, err = readMainRoutes(b.h, b.host.IfaceIndex); err != nil {
+		if have, err = readMainRoutes(b.rt, b.host.IfaceIndex); err != nil {
 			return fmt.Errorf("dataplane: %w", err)
 		}
 		connected = have.connected
@@ -142,7 +144,7 @@ func (b *hostGWBackend) apply(ctx context.Context, snap lease.Snapshot, full boo
 			routes = append(routes, r)
 		}
 		var del func() error
-		_, del, err = syncRoutes(ctx, b.h, have.weft, routes, t)
+		_, del, err = syncRoutes(ctx, b.rt, have.weft, routes, t)
 		if del != nil && err == nil {
 			err = del()
 		}

@@ -26,6 +26,7 @@ import (
 type hostGW6Backend struct {
 	host  Host
 	h     *netlink.Handle
+	rt    *rtnl // shared with the IPv4 half; closed by Close
 	log   *slog.Logger
 	w     *watcher
 	notes peerNotes
@@ -36,8 +37,8 @@ type hostGW6Backend struct {
 	want       atomic.Pointer[map[netip.Prefix]routeWant]
 }
 
-func newHostGW6(host Host, h *netlink.Handle, log *slog.Logger) *hostGW6Backend {
-	return &hostGW6Backend{host: host, h: h, log: log, w: newWatcher(host.NetNS, log)}
+func newHostGW6(host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) *hostGW6Backend {
+	return &hostGW6Backend{host: host, h: h, rt: rt, log: log, w: newWatcher(host.NetNS, log)}
 }
 
 func (b *hostGW6Backend) Init(ctx context.Context) (Published, int, error) {
@@ -67,6 +68,7 @@ func (b *hostGW6Backend) Events() <-chan struct{} { return b.w.ch }
 
 func (b *hostGW6Backend) Close() error {
 	b.w.close()
+	b.rt.close()
 	return nil
 }
 
@@ -88,7 +90,7 @@ func (b *hostGW6Backend) apply(ctx context.Context, snap lease.Snapshot, full bo
 	var have mainRoutes
 	if full {
 		var err error
-		if have, err = readMainRoutesFam(b.h, unix.AF_INET6, b.host.IfaceIndex); err != nil {
+		if have, err = readMainRoutesFam(b.rt, unix.AF_INET6, b.host.IfaceIndex); err != nil {
 			return fmt.Errorf("dataplane: %w", err)
 		}
 		b.connected = have.connected
@@ -131,7 +133,7 @@ func (b *hostGW6Backend) apply(ctx context.Context, snap lease.Snapshot, full bo
 			routes = append(routes, r)
 		}
 		var del func() error
-		_, del, err = syncRoutesFam(ctx, b.h, unix.AF_INET6, have.weft, routes, t)
+		_, del, err = syncRoutesFam(ctx, b.rt, unix.AF_INET6, have.weft, routes, t)
 		if del != nil && err == nil {
 			err = del()
 		}

@@ -193,7 +193,7 @@ type mainRoutes struct {
 // readMainRoutes dumps the main table only (the kernel filters it: on a host
 // with a large local table, e.g. kube-proxy's IPVS addresses, none of that
 // is sent) and keeps weft's routes and the underlay's connected subnets.
-func readMainRoutes(h *netlink.Handle, ifaceIndex int) (mainRoutes, error) {
+func readMainRoutes(c *rtnl, ifaceIndex int) (mainRoutes, error) {
 	var m mainRoutes
 	var rb [unix.SizeofRtMsg]byte
 	req := appendRtmsg(rb[:0], 0, 0, unix.RT_TABLE_MAIN, 0, 0, 0, 0)
@@ -201,7 +201,7 @@ func readMainRoutes(h *netlink.Handle, ifaceIndex int) (mainRoutes, error) {
 	m.weft = make([]kRoute, 0, int(lastWeftRoutes.Load())+16)
 	_, err := dump(func() (struct{}, error) {
 		m.weft, m.connected = m.weft[:0], m.connected[:0]
-		return struct{}{}, dumpRaw(h, unix.RTM_GETROUTE, req, unix.RTM_NEWROUTE, func(p []byte) {
+		return struct{}{}, dumpRaw(c, unix.RTM_GETROUTE, req, unix.RTM_NEWROUTE, func(p []byte) {
 			r, ok := parseRoute(p)
 			if !ok || r.Table != unix.RT_TABLE_MAIN {
 				return
@@ -246,7 +246,7 @@ func putScratch(s *scratch) {
 
 // syncRoutes makes the IPv4 main-table routes carrying RTProtWeft (have,
 // from readMainRoutes) equal to want: only the differences are written.
-func syncRoutes(ctx context.Context, h *netlink.Handle, have []kRoute, want []routeWant, t *tally) (*syncStats, func() error, error) {
+func syncRoutes(ctx context.Context, c *rtnl, have []kRoute, want []routeWant, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
@@ -272,7 +272,7 @@ func syncRoutes(ctx context.Context, h *netlink.Handle, have []kRoute, want []ro
 	}
 	// Add and replace before deleting, so that traffic moves to the new
 	// route rather than through a gap.
-	b := newBatch(h, func(i int, err error) bool {
+	b := newBatch(c, func(i int, err error) bool {
 		t.add(fmt.Errorf("replace route %s: %w", want[i], err))
 		return true
 	})
@@ -290,7 +290,7 @@ func syncRoutes(ctx context.Context, h *netlink.Handle, have []kRoute, want []ro
 	b.flush()
 	st.Added = b.ok()
 	del := func() error {
-		d := newBatch(h, func(i int, err error) bool {
+		d := newBatch(c, func(i int, err error) bool {
 			if isGone(err) {
 				return false
 			}
@@ -328,9 +328,9 @@ func cmpMAC(a, b [6]byte) int { return bytes.Compare(a[:], b[:]) }
 // for the caller to run after every add (deletes go in reverse dependency
 // order): "already gone" counts as success, other failures are collected in
 // t so that the entry is retried by the next pass.
-func deleteNeighs(ctx context.Context, h *netlink.Handle, stale []kNeigh, st *syncStats, t *tally, what func(n kNeigh) string) func() error {
+func deleteNeighs(ctx context.Context, c *rtnl, stale []kNeigh, st *syncStats, t *tally, what func(n kNeigh) string) func() error {
 	return func() error {
-		d := newBatch(h, func(i int, err error) bool {
+		d := newBatch(c, func(i int, err error) bool {
 			if isGone(err) {
 				return false
 			}
@@ -354,7 +354,7 @@ func deleteNeighs(ctx context.Context, h *netlink.Handle, stale []kNeigh, st *sy
 // syncNeighs makes the permanent IPv4 neighbours on link equal to want
 // (address → MAC). Dynamic entries the kernel made are left alone unless
 // their address is wanted, in which case the permanent entry replaces them.
-func syncNeighs(ctx context.Context, h *netlink.Handle, link int, want map[netip.Addr]net.HardwareAddr, t *tally) (*syncStats, func() error, error) {
+func syncNeighs(ctx context.Context, c *rtnl, link int, want map[netip.Addr]net.HardwareAddr, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
@@ -365,7 +365,7 @@ func syncNeighs(ctx context.Context, h *netlink.Handle, link int, want map[netip
 	req := appendAttrU32(appendNdmsg(rb[:0], unix.AF_INET, 0, 0, 0, 0), unix.NDA_IFINDEX, uint32(link))
 	_, err := dump(func() (struct{}, error) {
 		sc.addrs, stale = sc.addrs[:0], stale[:0]
-		return struct{}{}, dumpRaw(h, unix.RTM_GETNEIGH, req, unix.RTM_NEWNEIGH, func(p []byte) {
+		return struct{}{}, dumpRaw(c, unix.RTM_GETNEIGH, req, unix.RTM_NEWNEIGH, func(p []byte) {
 			n, ok := parseNeigh(p)
 			if !ok || n.Family != unix.AF_INET || n.Link != link {
 				return
@@ -384,7 +384,7 @@ func syncNeighs(ctx context.Context, h *netlink.Handle, link int, want map[netip
 		return st, nil, fmt.Errorf("list neighbours on #%d: %w", link, err)
 	}
 	present := sortedSet(sc.addrs, netip.Addr.Compare)
-	b := newBatch(h, func(ip netip.Addr, err error) bool {
+	b := newBatch(c, func(ip netip.Addr, err error) bool {
 		t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, want[ip], err))
 		return true
 	})
@@ -403,13 +403,13 @@ func syncNeighs(ctx context.Context, h *netlink.Handle, link int, want map[netip
 		b.flush()
 	}
 	st.Added = b.ok()
-	del := deleteNeighs(ctx, h, stale, st, t, func(n kNeigh) string { return fmt.Sprintf("neighbour %s", n.IP) })
+	del := deleteNeighs(ctx, c, stale, st, t, func(n kNeigh) string { return fmt.Sprintf("neighbour %s", n.IP) })
 	return st, del, nil
 }
 
 // syncFDB makes the permanent forwarding entries of the vxlan device link
 // equal to want (VTEP MAC → underlay destination).
-func syncFDB(ctx context.Context, h *netlink.Handle, link int, want map[[6]byte]netip.Addr, t *tally) (*syncStats, func() error, error) {
+func syncFDB(ctx context.Context, c *rtnl, link int, want map[[6]byte]netip.Addr, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
@@ -420,7 +420,7 @@ func syncFDB(ctx context.Context, h *netlink.Handle, link int, want map[[6]byte]
 	req := appendNdmsg(rb[:0], unix.AF_BRIDGE, link, 0, 0, 0)
 	_, err := dump(func() (struct{}, error) {
 		sc.macs, stale = sc.macs[:0], stale[:0]
-		return struct{}{}, dumpRaw(h, unix.RTM_GETNEIGH, req, unix.RTM_NEWNEIGH, func(p []byte) {
+		return struct{}{}, dumpRaw(c, unix.RTM_GETNEIGH, req, unix.RTM_NEWNEIGH, func(p []byte) {
 			n, ok := parseNeigh(p)
 			if !ok || n.Family != unix.AF_BRIDGE || n.Link != link {
 				return
@@ -439,7 +439,7 @@ func syncFDB(ctx context.Context, h *netlink.Handle, link int, want map[[6]byte]
 		return st, nil, fmt.Errorf("list FDB entries on #%d: %w", link, err)
 	}
 	present := sortedSet(sc.macs, cmpMAC)
-	b := newBatch(h, func(mac [6]byte, err error) bool {
+	b := newBatch(c, func(mac [6]byte, err error) bool {
 		t.add(fmt.Errorf("set FDB entry %s dst %s: %w", net.HardwareAddr(mac[:]), want[mac], err))
 		return true
 	})
@@ -462,7 +462,7 @@ func syncFDB(ctx context.Context, h *netlink.Handle, link int, want map[[6]byte]
 	st.Added = b.ok()
 	// After the replace above a delete is often ENOENT (success): the
 	// kernel already swapped the destination of this MAC in place.
-	del := deleteNeighs(ctx, h, stale, st, t, func(n kNeigh) string {
+	del := deleteNeighs(ctx, c, stale, st, t, func(n kNeigh) string {
 		return fmt.Sprintf("FDB entry %s dst %s", net.HardwareAddr(n.MAC[:]), n.IP)
 	})
 	return st, del, nil

@@ -129,16 +129,16 @@ func parseRouteFam(p []byte, family uint8) (r kRoute, ok bool) {
 // readMainRoutesFam is readMainRoutes for either family. An IPv6 route has
 // no link scope, so "connected to the underlay" is: no gateway, out of the
 // interface, unicast, not link-local.
-func readMainRoutesFam(h *netlink.Handle, family uint8, ifaceIndex int) (mainRoutes, error) {
+func readMainRoutesFam(c *rtnl, family uint8, ifaceIndex int) (mainRoutes, error) {
 	if family == unix.AF_INET {
-		return readMainRoutes(h, ifaceIndex)
+		return readMainRoutes(c, ifaceIndex)
 	}
 	var m mainRoutes
 	var rb [unix.SizeofRtMsg]byte
 	req := appendRtmsgFam(rb[:0], family, 0, 0, unix.RT_TABLE_MAIN, 0, 0, 0, 0)
 	_, err := dump(func() (struct{}, error) {
 		m.weft, m.connected = m.weft[:0], m.connected[:0]
-		return struct{}{}, dumpRaw(h, unix.RTM_GETROUTE, req, unix.RTM_NEWROUTE, func(p []byte) {
+		return struct{}{}, dumpRaw(c, unix.RTM_GETROUTE, req, unix.RTM_NEWROUTE, func(p []byte) {
 			r, ok := parseRouteFam(p, family)
 			if !ok || r.Table != unix.RT_TABLE_MAIN {
 				return
@@ -160,7 +160,7 @@ func readMainRoutesFam(h *netlink.Handle, family uint8, ifaceIndex int) (mainRou
 
 // syncRoutesFam is syncRoutes for either family: it makes weft's main-table
 // routes of that family (have, from readMainRoutesFam) equal to want.
-func syncRoutesFam(ctx context.Context, h *netlink.Handle, family uint8, have []kRoute, want []routeWant, t *tally) (*syncStats, func() error, error) {
+func syncRoutesFam(ctx context.Context, c *rtnl, family uint8, have []kRoute, want []routeWant, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
 	wantBy := make(map[netip.Prefix]int, len(want))
 	for i, w := range want {
@@ -180,7 +180,7 @@ func syncRoutesFam(ctx context.Context, h *netlink.Handle, family uint8, have []
 			stale = append(stale, r)
 		}
 	}
-	b := newBatch(h, func(i int, err error) bool {
+	b := newBatch(c, func(i int, err error) bool {
 		t.add(fmt.Errorf("replace route %s: %w", want[i], err))
 		return true
 	})
@@ -198,7 +198,7 @@ func syncRoutesFam(ctx context.Context, h *netlink.Handle, family uint8, have []
 	b.flush()
 	st.Added = b.ok()
 	del := func() error {
-		d := newBatch(h, func(i int, err error) bool {
+		d := newBatch(c, func(i int, err error) bool {
 			if isGone(err) {
 				return false
 			}
@@ -222,9 +222,9 @@ func syncRoutesFam(ctx context.Context, h *netlink.Handle, family uint8, have []
 
 // syncNeighsFam is syncNeighs for either family: the permanent neighbours of
 // that family on link become exactly want.
-func syncNeighsFam(ctx context.Context, h *netlink.Handle, family uint8, link int, want map[netip.Addr]net.HardwareAddr, t *tally) (*syncStats, func() error, error) {
+func syncNeighsFam(ctx context.Context, c *rtnl, family uint8, link int, want map[netip.Addr]net.HardwareAddr, t *tally) (*syncStats, func() error, error) {
 	if family == unix.AF_INET {
-		return syncNeighs(ctx, h, link, want, t)
+		return syncNeighs(ctx, c, link, want, t)
 	}
 	st := &syncStats{}
 	var stale []kNeigh
@@ -234,7 +234,7 @@ func syncNeighsFam(ctx context.Context, h *netlink.Handle, family uint8, link in
 	_, err := dump(func() (struct{}, error) {
 		clear(present)
 		stale = stale[:0]
-		return struct{}{}, dumpRaw(h, unix.RTM_GETNEIGH, req, unix.RTM_NEWNEIGH, func(p []byte) {
+		return struct{}{}, dumpRaw(c, unix.RTM_GETNEIGH, req, unix.RTM_NEWNEIGH, func(p []byte) {
 			n, ok := parseNeigh(p)
 			if !ok || n.Family != family || n.Link != link {
 				return
@@ -252,7 +252,7 @@ func syncNeighsFam(ctx context.Context, h *netlink.Handle, family uint8, link in
 	if err != nil {
 		return st, nil, fmt.Errorf("list IPv6 neighbours on #%d: %w", link, err)
 	}
-	b := newBatch(h, func(ip netip.Addr, err error) bool {
+	b := newBatch(c, func(ip netip.Addr, err error) bool {
 		t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, want[ip], err))
 		return true
 	})
@@ -269,7 +269,7 @@ func syncNeighsFam(ctx context.Context, h *netlink.Handle, family uint8, link in
 	}
 	b.flush()
 	st.Added = b.ok()
-	del := deleteNeighs(ctx, h, stale, st, t, func(n kNeigh) string { return fmt.Sprintf("neighbour %s", n.IP) })
+	del := deleteNeighs(ctx, c, stale, st, t, func(n kNeigh) string { return fmt.Sprintf("neighbour %s", n.IP) })
 	return st, del, nil
 }
 

@@ -64,6 +64,7 @@ type udpBackend struct {
 	port    int
 	host    Host
 	h       *netlink.Handle
+	rt      *rtnl // dumps and batched writes; closed by Close
 	log     *slog.Logger
 	w       *watcher
 
@@ -75,7 +76,7 @@ type udpBackend struct {
 	closed   atomic.Bool // an Apply after Close must not start a new engine
 }
 
-func newUDP(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Logger) (*udpBackend, error) {
+func newUDP(cfg netconf.Config, host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) (*udpBackend, error) {
 	o, err := cfg.UDP()
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: udp backend options: %w", err)
@@ -90,7 +91,7 @@ func newUDP(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Logger) 
 		return nil, fmt.Errorf("dataplane: udp backend: Network %s: must be an IPv4 prefix (the route through %s)", cfg.Network, UDPDeviceName)
 	}
 	return &udpBackend{
-		network: cfg.Network.Masked(), port: o.Port, host: host, h: h,
+		network: cfg.Network.Masked(), port: o.Port, host: host, h: h, rt: rt,
 		log: log.With("device", UDPDeviceName, "port", o.Port),
 		w:   newWatcher(host.NetNS, log),
 	}, nil
@@ -172,6 +173,7 @@ func (b *udpBackend) Events() <-chan struct{} { return b.w.ch }
 func (b *udpBackend) Close() error {
 	b.closed.Store(true)
 	b.w.close()
+	b.rt.close()
 	if b.eng != nil {
 		err := b.eng.Close()
 		b.eng = nil
@@ -346,7 +348,7 @@ func (b *udpBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
 	}
 	b.eng.SetPeers(tbl)
 
-	have, err := readMainRoutes(b.h, b.host.IfaceIndex)
+	have, err := readMainRoutes(b.rt, b.host.IfaceIndex)
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
@@ -354,7 +356,7 @@ func (b *udpBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
 	if b.host.BlackholeRoute && own.IsValid() {
 		routes = append(routes, routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric})
 	}
-	rs, del, err := syncRoutes(ctx, b.h, have.weft, routes, t)
+	rs, del, err := syncRoutes(ctx, b.rt, have.weft, routes, t)
 	errs = append(errs, err)
 	if del != nil && err == nil {
 		errs = append(errs, del())

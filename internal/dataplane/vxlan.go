@@ -53,6 +53,7 @@ type vxlanBackend struct {
 	opts VXLANOptions
 	host Host
 	h    *netlink.Handle
+	rt   *rtnl // dumps and batched writes; closed by Close
 	log  *slog.Logger
 	name string // flannel.<VNI>
 
@@ -81,10 +82,10 @@ type vxlanBackend struct {
 	passes struct{ full, delta, incremental int }
 }
 
-func newVXLAN(opts VXLANOptions, host Host, h *netlink.Handle, log *slog.Logger) *vxlanBackend {
+func newVXLAN(opts VXLANOptions, host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) *vxlanBackend {
 	name := fmt.Sprintf("flannel.%d", opts.VNI)
 	return &vxlanBackend{
-		opts: opts, host: host, h: h, name: name,
+		opts: opts, host: host, h: h, rt: rt, name: name,
 		log: log.With("device", name),
 		w:   newWatcher(host.NetNS, log),
 	}
@@ -185,6 +186,7 @@ func (b *vxlanBackend) Events() <-chan struct{} { return b.w.ch }
 
 func (b *vxlanBackend) Close() error {
 	b.w.close()
+	b.rt.close()
 	return nil
 }
 
@@ -598,7 +600,7 @@ func (b *vxlanBackend) applyFull(ctx context.Context, snap lease.Snapshot, dev i
 	st, err := syncAddrs(b.h, b.link, addr, t)
 	errs = append(errs, err)
 
-	have, err := readMainRoutes(b.h, b.host.IfaceIndex)
+	have, err := readMainRoutes(b.rt, b.host.IfaceIndex)
 	if err != nil {
 		return nil, st, append(errs, err)
 	}
@@ -613,11 +615,11 @@ func (b *vxlanBackend) applyFull(ctx context.Context, snap lease.Snapshot, dev i
 	// Adds in dependency order (FDB, neighbour, then the route that uses
 	// them: a route is usable the moment it appears), deletes in reverse,
 	// so no packet is sent through a half-programmed peer.
-	fs, fdel, err := syncFDB(ctx, b.h, dev, d.fdb, t)
+	fs, fdel, err := syncFDB(ctx, b.rt, dev, d.fdb, t)
 	errs = append(errs, err)
-	ns, ndel, err := syncNeighs(ctx, b.h, dev, d.neighs, t)
+	ns, ndel, err := syncNeighs(ctx, b.rt, dev, d.neighs, t)
 	errs = append(errs, err)
-	rs, rdel, err := syncRoutes(ctx, b.h, have.weft, routes, t)
+	rs, rdel, err := syncRoutes(ctx, b.rt, have.weft, routes, t)
 	errs = append(errs, err)
 	for _, del := range []func() error{rdel, ndel, fdel} {
 		if del != nil {

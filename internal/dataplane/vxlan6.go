@@ -47,6 +47,7 @@ type vxlan6Backend struct {
 	opts VXLANOptions
 	host Host
 	h    *netlink.Handle
+	rt   *rtnl // shared with the IPv4 half; closed by Close
 	log  *slog.Logger
 	name string // flannel-v6.<VNI>
 	w    *watcher
@@ -67,10 +68,10 @@ type vxlan6Backend struct {
 	passes struct{ full, delta int }
 }
 
-func newVXLAN6(opts VXLANOptions, host Host, h *netlink.Handle, log *slog.Logger) *vxlan6Backend {
+func newVXLAN6(opts VXLANOptions, host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) *vxlan6Backend {
 	name := fmt.Sprintf("flannel-v6.%d", opts.VNI)
 	return &vxlan6Backend{
-		opts: opts, host: host, h: h, name: name,
+		opts: opts, host: host, h: h, rt: rt, name: name,
 		log: log.With("device", name),
 		w:   newWatcher(host.NetNS, log),
 	}
@@ -159,6 +160,7 @@ func (b *vxlan6Backend) Events() <-chan struct{} { return b.w.ch }
 
 func (b *vxlan6Backend) Close() error {
 	b.w.close()
+	b.rt.close()
 	return nil
 }
 
@@ -374,7 +376,7 @@ func (b *vxlan6Backend) applyFull(ctx context.Context, snap lease.Snapshot, dev 
 	st, err := syncAddrs6(b.h, b.link, addr, t)
 	errs = append(errs, err)
 
-	have, err := readMainRoutesFam(b.h, unix.AF_INET6, b.host.IfaceIndex)
+	have, err := readMainRoutesFam(b.rt, unix.AF_INET6, b.host.IfaceIndex)
 	if err != nil {
 		return nil, st, append(errs, err)
 	}
@@ -386,11 +388,11 @@ func (b *vxlan6Backend) applyFull(ctx context.Context, snap lease.Snapshot, dev 
 		routes = append(routes, r)
 	}
 	// Adds in dependency order (FDB, neighbour, route), deletes in reverse.
-	fs, fdel, err := syncFDB(ctx, b.h, dev, d.fdb, t)
+	fs, fdel, err := syncFDB(ctx, b.rt, dev, d.fdb, t)
 	errs = append(errs, err)
-	ns, ndel, err := syncNeighsFam(ctx, b.h, unix.AF_INET6, dev, d.neighs, t)
+	ns, ndel, err := syncNeighsFam(ctx, b.rt, unix.AF_INET6, dev, d.neighs, t)
 	errs = append(errs, err)
-	rs, rdel, err := syncRoutesFam(ctx, b.h, unix.AF_INET6, have.weft, routes, t)
+	rs, rdel, err := syncRoutesFam(ctx, b.rt, unix.AF_INET6, have.weft, routes, t)
 	errs = append(errs, err)
 	for _, del := range []func() error{rdel, ndel, fdel} {
 		if del != nil {

@@ -237,9 +237,12 @@ func TestVXLAN6Device(t *testing.T) {
 func TestDualStackConfig(t *testing.T) {
 	h := &netlink.Handle{}
 	for _, typ := range []string{"vxlan", "host-gw", "Host-GW"} {
-		if _, err := NewBackend(dualConf(typ, `{}`), Host{}, h, nil); err != nil {
+		b, err := NewBackend(dualConf(typ, `{}`), Host{}, h, nil)
+		if err != nil {
 			t.Errorf("NewBackend(%s, EnableIPv6): %v", typ, err)
+			continue
 		}
+		must(t, b.Close()) // its rtnetlink socket, never used
 	}
 	for _, typ := range []string{"udp", "alloc", "bogus"} {
 		_, err := NewBackend(dualConf(typ, `{}`), Host{}, h, nil)
