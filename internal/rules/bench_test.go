@@ -86,3 +86,25 @@ func BenchmarkSetIptablesInPlace(b *testing.B) {
 		}
 	}
 }
+
+// Dual-stack: both families' rules, checked in one pass.
+func benchCheckDual(b *testing.B, nft bool) {
+	_, m := newManager(b)
+	d := desired6()
+	d.NFTables = nft
+	if err := m.Set(d); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	start := cpuTime(b)
+	for b.Loop() {
+		changed, err := m.Check()
+		if err != nil || changed {
+			b.Fatalf("Check = %v, %v on an unchanged kernel", changed, err)
+		}
+	}
+	b.ReportMetric(float64(cpuTime(b)-start)/float64(b.N), "cpu-ns/op")
+}
+
+func BenchmarkCheckIptablesDual(b *testing.B) { benchCheckDual(b, false) }
+func BenchmarkCheckNFTablesDual(b *testing.B) { benchCheckDual(b, true) }
