@@ -56,7 +56,7 @@ func (m *Manager) rawConn() (*netlink.Conn, error) {
 
 // rawChains are the chains whose rules the digest covers: the owned chains
 // and the base chains that jump to them. Table weft is covered whole.
-var rawChains = [][2]string{
+var rawChains = [...][2]string{
 	{"nat", "POSTROUTING"}, {"nat", MasqChain},
 	{"filter", "FORWARD"}, {"filter", FwdChain},
 }
@@ -85,30 +85,55 @@ func appendFamily(out []byte, c *netlink.Conn, f *family) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dump nf_tables %s tables: %w", f.name, err)
 	}
+	// Rules are dumped only for chains and tables that exist: their
+	// existence is already in the digest (names above), so one appearing
+	// changes the bytes anyway, and an IPv4-only host pays two cheap dumps
+	// for the empty ip6 side rather than seven.
+	var weft bool
 	for _, msg := range msgs {
 		for a := (nlAttrs{b: msg}); a.next(); {
 			if a.typ == unix.NFTA_TABLE_NAME {
 				out = appendField(out, 't', a.val)
+				weft = weft || string(bytes.TrimRight(a.val, "\x00")) == NFTTable
 			}
 		}
 	}
 	if msgs, err = nftDump(c, f.proto, unix.NFT_MSG_GETCHAIN, nil); err != nil {
 		return nil, fmt.Errorf("dump nf_tables %s chains: %w", f.name, err)
 	}
+	var present [len(rawChains)]bool
 	for _, msg := range msgs {
 		out = append(out, 'c')
+		var table, name []byte
 		for a := (nlAttrs{b: msg}); a.next(); {
 			switch a.typ {
 			case unix.NFTA_CHAIN_TABLE, unix.NFTA_CHAIN_NAME, unix.NFTA_CHAIN_TYPE, unix.NFTA_CHAIN_HOOK,
 				unix.NFTA_CHAIN_POLICY, nftaChainFlags:
 				out = appendField(out, byte(a.typ), a.val)
 			}
+			switch a.typ {
+			case unix.NFTA_CHAIN_TABLE:
+				table = bytes.TrimRight(a.val, "\x00")
+			case unix.NFTA_CHAIN_NAME:
+				name = bytes.TrimRight(a.val, "\x00")
+			}
+		}
+		for i, tc := range rawChains {
+			if string(table) == tc[0] && string(name) == tc[1] {
+				present[i] = true
+			}
 		}
 	}
-	for _, tc := range rawChains {
+	for i, tc := range rawChains {
+		if !present[i] {
+			continue
+		}
 		if out, err = appendRules(out, c, f, tc[0], tc[1]); err != nil {
 			return nil, err
 		}
+	}
+	if !weft {
+		return out, nil
 	}
 	return appendRules(out, c, f, NFTTable, "")
 }
