@@ -31,6 +31,7 @@ func TestDualStack(t *testing.T) {
 				Name: uniqueName(), Hosts: 2, Backend: backend, IPv6: true,
 				NetworkConfig: fmt.Sprintf(`{"Network":"172.30.0.0/16","SubnetLen":24,"SubnetMax":"172.30.239.0","EnableIPv6":true,"IPv6Network":"fd30::/48","IPv6SubnetLen":64,"Backend":{"Type":%q}}`, backend),
 				WeftdPath:     filepath.Join(binDir, "weftd"),
+				WeftdArgs:     []string{"-ip-masq"},
 				Log:           slog.New(slog.NewTextHandler(testWriter{t}, nil)),
 			})
 			if err != nil {
@@ -71,6 +72,11 @@ func TestDualStack(t *testing.T) {
 				}
 				if v.PublicIPv6 != h.Eth0IP6.String() {
 					t.Errorf("%s: lease PublicIPv6 %q, want eth0's %s", h.Name, v.PublicIPv6, h.Eth0IP6)
+				}
+				// -ip-masq: the IPv6 masquerade chain mirrors the IPv4 one.
+				out, err := runCmd(ctx, "ip", "netns", "exec", h.Name, "ip6tables", "-t", "nat", "-S", "FLANNEL-POSTRTG")
+				if err != nil || !strings.Contains(out, "-s fd30::/48 ! -d ff00::/8") || !strings.Contains(out, "MASQUERADE") {
+					t.Errorf("%s: ip6tables FLANNEL-POSTRTG: %v\n%s", h.Name, err, out)
 				}
 				if backend == "vxlan" {
 					dev, err := h.NS.Handle.LinkByName("flannel-v6.1")

@@ -203,14 +203,18 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 	}
 
 	rm := rules.New(log, rules.WithResyncHook(h.metrics.OnRuleResync))
-	desiredRules := func(subnet netip.Prefix) rules.Desired {
-		return rules.Desired{
-			Network: cfg.Network, Subnet: subnet,
+	desiredRules := func(own lease.Lease) rules.Desired {
+		d := rules.Desired{
+			Network: cfg.Network, Subnet: own.Subnet,
 			IPMasq: o.IPMasq, RandomFully: !o.IPMasqFullyRandomDisable,
 			ForwardRules: o.IPTablesForwardRules, NFTables: cfg.EnableNFTables,
 		}
+		if cfg.EnableIPv6 {
+			d.IPv6Network, d.IPv6Subnet = cfg.IPv6Network, own.IPv6Subnet
+		}
+		return d
 	}
-	if err := rm.Set(desiredRules(own.Subnet)); err != nil {
+	if err := rm.Set(desiredRules(own)); err != nil {
 		// The periodic check retries; traffic within the overlay does not
 		// depend on these rules, so keep going.
 		log.Error("install traffic rules", "err", err)
@@ -247,7 +251,7 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 	// Relay snapshots to the loop; when our own subnet changes (the lease
 	// was deleted and another subnet had to be taken) the subnet file and
 	// the rules follow before the dataplane does.
-	current := own.Subnet
+	current, current6 := own.Subnet, own.IPv6Subnet
 	for {
 		select {
 		case <-ctx.Done():
@@ -257,17 +261,17 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 				return err
 			}
 		case snap := <-mgr.Snapshots():
-			if snap.Own.Subnet.IsValid() && snap.Own.Subnet != current {
-				log.Warn("own subnet changed", "from", current, "to", snap.Own.Subnet)
-				current = snap.Own.Subnet
+			if snap.Own.Subnet.IsValid() && (snap.Own.Subnet != current || snap.Own.IPv6Subnet != current6) {
+				log.Warn("own subnet changed", "from", current, "to", snap.Own.Subnet, "from6", current6, "to6", snap.Own.IPv6Subnet)
+				current, current6 = snap.Own.Subnet, snap.Own.IPv6Subnet
 				env.Subnet = subnetenv.HostSubnet(current)
 				if cfg.EnableIPv6 {
-					env.IPv6Subnet = subnetenv.HostSubnet(snap.Own.IPv6Subnet)
+					env.IPv6Subnet = subnetenv.HostSubnet(current6)
 				}
 				if err := subnetenv.Write(o.SubnetFile, env); err != nil {
 					log.Error("rewrite subnet file", "file", o.SubnetFile, "err", err)
 				}
-				if err := rm.Set(desiredRules(current)); err != nil {
+				if err := rm.Set(desiredRules(snap.Own)); err != nil {
 					log.Error("update traffic rules", "err", err)
 				}
 			}

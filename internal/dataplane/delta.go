@@ -12,8 +12,6 @@ package dataplane
 
 import (
 	"context"
-	"encoding/json"
-	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
@@ -44,49 +42,6 @@ func delRoute(h *netlink.Handle, w routeWant) error {
 		return err
 	}
 	return nil
-}
-
-// macCache keeps the decoded VtepMAC of each distinct BackendData, so an apply
-// does not json.Unmarshal every peer's lease again. Entries unused by the last
-// apply are dropped once they are the majority, which bounds the cache by the
-// number of peers.
-type macCache struct {
-	gen uint64
-	m   map[string]*macEntry
-}
-
-type macEntry struct {
-	mac net.HardwareAddr // shared and never modified
-	err error
-	gen uint64
-}
-
-func (c *macCache) begin() {
-	c.gen++
-	if c.m == nil {
-		c.m = make(map[string]*macEntry)
-	}
-}
-
-func (c *macCache) decode(raw json.RawMessage) (net.HardwareAddr, error) {
-	if e, ok := c.m[string(raw)]; ok {
-		e.gen = c.gen
-		return e.mac, e.err
-	}
-	mac, err := decodeVtepMAC(raw)
-	c.m[string(raw)] = &macEntry{mac: mac, err: err, gen: c.gen}
-	return mac, err
-}
-
-func (c *macCache) end(used int) {
-	if len(c.m) <= 2*used+64 {
-		return
-	}
-	for k, e := range c.m {
-		if e.gen != c.gen {
-			delete(c.m, k)
-		}
-	}
 }
 
 // routeDrift reports whether the deletion of route u removes a route weft

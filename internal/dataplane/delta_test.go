@@ -116,7 +116,7 @@ func TestDeltaMatchesFull(t *testing.T) {
 					// The state kept up to date peer by peer must be the
 					// state computed from scratch.
 					got := vb.want.Load()
-					exp := vb.desired(s, got.dev, vb.connected)
+					exp := vb.desired(s, got.dev, vb.connected, nil)
 					if d := cmp.Diff(exp, got, cmp.AllowUnexported(vxlanState{}), cmpopts.EquateComparable(netip.Prefix{}, netip.Addr{})); d != "" {
 						t.Fatalf("step %d: desired state kept by the delta differs from the one computed whole (-whole +kept):\n%s", i, d)
 					}

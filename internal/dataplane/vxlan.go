@@ -64,7 +64,7 @@ type vxlanBackend struct {
 	link     *netlink.Vxlan
 	devIndex atomic.Int32 // read by the watcher's filters
 	notes    peerNotes
-	macs     macCache
+	routeBuf []routeWant // the routes of a full pass, reused
 
 	// applied is the desired state of the last successful apply (nil: none,
 	// or the last apply failed), the baseline of a delta. connected is the
@@ -363,7 +363,7 @@ func (b *vxlanBackend) peerWant(p *lease.Lease, own netip.Prefix, dev int, conne
 	if !strings.EqualFold(p.Attrs.BackendType, "vxlan") {
 		return peerEntries{}, fmt.Sprintf("backend type %q, want vxlan", p.Attrs.BackendType)
 	}
-	mac, err := b.macs.decode(p.Attrs.BackendData)
+	mac, err := decodeVtepMAC(p.Attrs.BackendData)
 	if err != nil {
 		return peerEntries{}, err.Error()
 	}
@@ -374,15 +374,28 @@ func (b *vxlanBackend) peerWant(p *lease.Lease, own netip.Prefix, dev int, conne
 }
 
 // desired computes what snap asks for; connected are the underlay's
-// connected subnets (for DirectRouting).
-func (b *vxlanBackend) desired(snap lease.Snapshot, dev int, connected []netip.Prefix) *vxlanState {
+// connected subnets (for DirectRouting). With reuse (the published state a
+// full pass replaces whole), its maps are emptied and refilled in place
+// under wantMu: with thousands of peers, building a second set of maps
+// beside the first was the largest transient of a full pass.
+func (b *vxlanBackend) desired(snap lease.Snapshot, dev int, connected []netip.Prefix, reuse *vxlanState) *vxlanState {
 	own := snap.Own.Subnet.Masked()
-	d := newVXLANState(own, dev, len(snap.Peers))
+	var d *vxlanState
+	if reuse != nil && reuse.routes != nil {
+		b.wantMu.Lock()
+		defer b.wantMu.Unlock()
+		d = reuse
+		clear(d.routes)
+		clear(d.neighs)
+		clear(d.fdb)
+		d.own, d.dev, d.addr, d.skipped = own, dev, netip.Prefix{}, 0
+	} else {
+		d = newVXLANState(own, dev, len(snap.Peers))
+	}
 	if own.IsValid() {
 		d.addr = netip.PrefixFrom(own.Addr(), 32)
 	}
 	b.notes.begin()
-	b.macs.begin()
 	for _, p := range snap.Peers {
 		e, why := b.peerWant(p, own, dev, connected)
 		if why == "" {
@@ -397,7 +410,6 @@ func (b *vxlanBackend) desired(snap lease.Snapshot, dev int, connected []netip.P
 		}
 		d.add(e)
 	}
-	b.macs.end(len(snap.Peers))
 	b.notes.end()
 	if b.host.BlackholeRoute && own.IsValid() {
 		d.routes[own] = routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric}
@@ -554,7 +566,7 @@ func (b *vxlanBackend) apply(ctx context.Context, snap lease.Snapshot, full bool
 		st = b.applyDiff(ctx, old, cur, t)
 		errs = append(errs, ctx.Err())
 	} else {
-		d = b.desired(snap, dev, b.connected)
+		d = b.desired(snap, dev, b.connected, nil) // prev is the baseline of the diff
 		// Published before any write, so that the watcher recognises the
 		// deletions this apply causes as its own.
 		b.want.Store(d)
@@ -605,12 +617,13 @@ func (b *vxlanBackend) applyFull(ctx context.Context, snap lease.Snapshot, dev i
 		return nil, st, append(errs, err)
 	}
 	b.connected = have.connected
-	d := b.desired(snap, dev, have.connected)
+	d := b.desired(snap, dev, have.connected, b.want.Load())
 	b.want.Store(d)
-	routes := make([]routeWant, 0, len(d.routes))
+	routes := b.routeBuf[:0]
 	for _, r := range d.routes {
 		routes = append(routes, r)
 	}
+	b.routeBuf = routes
 
 	// Adds in dependency order (FDB, neighbour, then the route that uses
 	// them: a route is usable the moment it appears), deletes in reverse,

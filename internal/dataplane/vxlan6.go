@@ -57,7 +57,6 @@ type vxlan6Backend struct {
 	link      *netlink.Vxlan
 	devIndex  atomic.Int32
 	notes     peerNotes
-	macs      macCache
 	applied   *vxlanState // desired state of the last successful apply; nil: none or it failed
 	connected []netip.Prefix
 
@@ -256,7 +255,7 @@ func (b *vxlan6Backend) peerWant(p *lease.Lease, own netip.Prefix, dev int, conn
 	case len(p.Attrs.BackendV6Data) == 0:
 		return e, false, "no BackendV6Data (the peer publishes no IPv6 VTEP)"
 	}
-	mac, err := b.macs.decode(p.Attrs.BackendV6Data)
+	mac, err := decodeVtepMAC(p.Attrs.BackendV6Data)
 	if err != nil {
 		return e, false, "BackendV6Data: " + err.Error()
 	}
@@ -275,7 +274,6 @@ func (b *vxlan6Backend) desired(snap lease.Snapshot, dev int, connected []netip.
 		d.addr = netip.PrefixFrom(own.Addr(), 128)
 	}
 	b.notes.begin()
-	b.macs.begin()
 	for _, p := range snap.Peers {
 		e, skip, why := b.peerWant(p, own, dev, connected)
 		if skip {
@@ -293,7 +291,6 @@ func (b *vxlan6Backend) desired(snap lease.Snapshot, dev int, connected []netip.
 		}
 		d.add(e)
 	}
-	b.macs.end(len(snap.Peers))
 	b.notes.end()
 	if b.host.BlackholeRoute && own.IsValid() {
 		d.routes[own] = routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric}

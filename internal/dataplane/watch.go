@@ -51,7 +51,7 @@ func (w *watcher) start(f watchFilter) {
 	errCB := func(err error) { w.log.Debug("netlink subscription error; re-subscribing", "err", err) }
 	if f.link != nil {
 		w.keep("link", func(done chan struct{}) (func(), error) {
-			ch := make(chan netlink.LinkUpdate, 256)
+			ch := make(chan netlink.LinkUpdate, 16)
 			err := netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{
 				Namespace: w.ns, ErrorCallback: errCB, ReceiveBufferSize: watchRcvBuf, ReceiveBufferForceSize: true})
 			return func() {
@@ -65,7 +65,7 @@ func (w *watcher) start(f watchFilter) {
 	}
 	if f.route != nil {
 		w.keep("route", func(done chan struct{}) (func(), error) {
-			ch := make(chan netlink.RouteUpdate, 1024)
+			ch := make(chan netlink.RouteUpdate, 64)
 			err := netlink.RouteSubscribeWithOptions(ch, done, netlink.RouteSubscribeOptions{
 				Namespace: w.ns, ErrorCallback: errCB, ReceiveBufferSize: watchRcvBuf, ReceiveBufferForceSize: true})
 			return func() {
@@ -79,7 +79,7 @@ func (w *watcher) start(f watchFilter) {
 	}
 	if f.neigh != nil {
 		w.keep("neigh", func(done chan struct{}) (func(), error) {
-			ch := make(chan netlink.NeighUpdate, 1024)
+			ch := make(chan netlink.NeighUpdate, 64)
 			err := netlink.NeighSubscribeWithOptions(ch, done, netlink.NeighSubscribeOptions{
 				Namespace: w.ns, ErrorCallback: errCB, ReceiveBufferSize: watchRcvBuf, ReceiveBufferForceSize: true})
 			return func() {
@@ -93,7 +93,7 @@ func (w *watcher) start(f watchFilter) {
 	}
 	if f.addr != nil {
 		w.keep("addr", func(done chan struct{}) (func(), error) {
-			ch := make(chan netlink.AddrUpdate, 256)
+			ch := make(chan netlink.AddrUpdate, 16)
 			err := netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{
 				Namespace: w.ns, ErrorCallback: errCB, ReceiveBufferSize: watchRcvBuf, ReceiveBufferForceSize: true})
 			return func() {

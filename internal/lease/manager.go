@@ -125,15 +125,17 @@ type Manager struct {
 	snaps chan Snapshot
 	wake  chan struct{} // tells keepAlive that a new lease was installed
 
-	mu        sync.Mutex
-	held      bool
-	own       Lease
-	ownKey    string
-	rev       int64            // revision the peer state reflects
-	peers     map[string]Lease // etcd key → valid lease (may include our own key; filtered on publish)
+	mu     sync.Mutex
+	held   bool
+	own    Lease
+	ownKey string
+	rev    int64 // revision the peer state reflects
+	// peers maps etcd key → decoded lease (our own key included; filtered
+	// on publish). The leases are never modified once stored: the published
+	// snapshots share them.
+	peers     map[string]*Lease
 	rejected  map[string]int64 // key → ModRevision already logged as not fitting the network
-	verdicts  map[string]verdict
-	idx       *peerIndex // the published set; nil: rebuild on the next publish
+	idx       *peerIndex       // the published set; nil: rebuild on the next publish
 	watchLive bool
 	reason    string
 }
@@ -165,9 +167,8 @@ func NewManager(cfg ManagerConfig) *Manager {
 		six:      cfg.Network.EnableIPv6 && cfg.Network.IPv6Network.IsValid(),
 		snaps:    make(chan Snapshot, 1),
 		wake:     make(chan struct{}, 1),
-		peers:    map[string]Lease{},
+		peers:    map[string]*Lease{},
 		rejected: map[string]int64{},
-		verdicts: map[string]verdict{},
 		reason:   "no lease acquired yet",
 	}
 }
@@ -497,9 +498,9 @@ func (m *Manager) install(own Lease, key string, leases []Lease, rev int64) {
 }
 
 func (m *Manager) setPeersLocked(leases []Lease, rev int64) {
-	m.peers = make(map[string]Lease, len(leases))
+	m.peers = make(map[string]*Lease, len(leases))
 	for _, l := range leases {
-		m.peers[m.s.Key(l.Subnet, l.IPv6Subnet)] = l
+		m.peers[m.s.Key(l.Subnet, l.IPv6Subnet)] = new(l)
 	}
 	for k := range m.rejected {
 		if _, ok := m.peers[k]; !ok {
@@ -514,7 +515,7 @@ func (m *Manager) setPeersLocked(leases []Lease, rev int64) {
 // not the network's, public IPs inside the overlay, VTEP MACs that are not
 // unicast. Logged and counted once per write.
 func (m *Manager) peerOK(key string, l Lease) bool {
-	reason, why := m.distrustCached(key, l)
+	reason, why := m.distrust(l)
 	if why == "" {
 		return true
 	}
@@ -557,31 +558,6 @@ func badVtepMAC(l Lease) string {
 		}
 	}
 	return ""
-}
-
-// peerOKQuiet is peerOK without logging: whether the lease passed distrust.
-func (m *Manager) peerOKQuiet(key string, l Lease) bool {
-	_, why := m.distrustCached(key, l)
-	return why == ""
-}
-
-// verdict is distrust's answer for one write of a key.
-type verdict struct {
-	rev         int64
-	reason, why string
-}
-
-// distrustCached remembers distrust's answer per write of a key: it depends
-// only on the value and the config, and every publish would otherwise
-// JSON-decode every peer's BackendData again (a third of weftd's CPU on a
-// join with 1,000 peers).
-func (m *Manager) distrustCached(key string, l Lease) (reason, why string) {
-	if v, ok := m.verdicts[key]; ok && v.rev == l.ModRevision {
-		return v.reason, v.why
-	}
-	reason, why = m.distrust(l)
-	m.verdicts[key] = verdict{rev: l.ModRevision, reason: reason, why: why}
-	return reason, why
 }
 
 // rejectLocked logs and counts a skipped lease once per write of its key.
@@ -938,7 +914,6 @@ func (m *Manager) apply(events []*clientv3.Event) (lost bool, sub netip.Prefix) 
 		if ev.Type == mvccpb.DELETE {
 			delete(m.peers, key)
 			delete(m.rejected, key)
-			delete(m.verdicts, key)
 			if m.held && key == m.ownKey {
 				m.log.Warn("own lease deleted in etcd; re-acquiring", "key", key)
 				lost, sub = true, m.own.Subnet
@@ -950,8 +925,8 @@ func (m *Manager) apply(events []*clientv3.Event) (lost bool, sub netip.Prefix) 
 		if err != nil {
 			delete(m.peers, key)
 		} else {
-			m.peers[key] = l
-			m.indexAddLocked(key, l)
+			m.peers[key] = &l
+			m.indexAddLocked(key, &l)
 		}
 		if m.held && key == m.ownKey && kv.ModRevision > m.own.ModRevision {
 			if err == nil && l.Attrs.PublicIP == m.cfg.PublicIP {

@@ -30,7 +30,7 @@ type peerIndex struct {
 	// byIP holds the keys of the valid peer leases naming each PublicIP;
 	// usually one. Only the newest is published (see elect).
 	byIP map[netip.Addr][]string
-	// winner is the key and lease published for each PublicIP: the value
+	// winner is the key and lease published for each PublicIP: the lease
 	// as it sits in sorted, which m.peers may already have replaced.
 	winner map[netip.Addr]pubEntry
 	sorted []*Lease // the winners, in ComparePeers order
@@ -56,29 +56,21 @@ func (m *Manager) rebuildIndexLocked() {
 	}
 	m.idx = x
 	for k, l := range m.peers {
-		if !m.counted(k, l) {
+		if !m.counted(k, *l) {
 			continue
 		}
 		x.known++
-		if m.peerOK(k, l) {
+		if m.peerOK(k, *l) {
 			x.byIP[l.Attrs.PublicIP] = append(x.byIP[l.Attrs.PublicIP], k)
 		}
 	}
 	x.sorted = make([]*Lease, 0, len(x.byIP))
 	for ip, keys := range x.byIP {
 		w := m.elect(ip, keys)
-		l := new(m.peers[w])
-		x.winner[ip] = pubEntry{key: w, l: l}
-		x.sorted = append(x.sorted, l)
+		x.winner[ip] = pubEntry{key: w, l: m.peers[w]}
+		x.sorted = append(x.sorted, m.peers[w])
 	}
 	slices.SortFunc(x.sorted, ComparePeers)
-	if len(m.verdicts) > 2*len(m.peers)+16 {
-		for k := range m.verdicts {
-			if _, ok := m.peers[k]; !ok {
-				delete(m.verdicts, k)
-			}
-		}
-	}
 }
 
 // elect picks the lease published for a PublicIP named by several: the most
@@ -95,7 +87,7 @@ func (m *Manager) elect(ip netip.Addr, keys []string) string {
 	}
 	for _, k := range keys {
 		if k != w {
-			m.rejectLocked(k, m.peers[k], ReasonDuplicatePublicIP,
+			m.rejectLocked(k, *m.peers[k], ReasonDuplicatePublicIP,
 				fmt.Sprintf("PublicIP %s is also named by the newer lease %s", ip, w))
 		}
 	}
@@ -104,9 +96,9 @@ func (m *Manager) elect(ip netip.Addr, keys []string) string {
 
 // indexRemoveLocked takes the lease l that key held out of the index. Call
 // it before m.peers forgets or replaces l.
-func (m *Manager) indexRemoveLocked(key string, l Lease) {
+func (m *Manager) indexRemoveLocked(key string, l *Lease) {
 	x := m.idx
-	if x == nil || !m.counted(key, l) {
+	if x == nil || !m.counted(key, *l) {
 		return
 	}
 	x.known--
@@ -125,13 +117,13 @@ func (m *Manager) indexRemoveLocked(key string, l Lease) {
 }
 
 // indexAddLocked puts key's lease l (already in m.peers) into the index.
-func (m *Manager) indexAddLocked(key string, l Lease) {
+func (m *Manager) indexAddLocked(key string, l *Lease) {
 	x := m.idx
-	if x == nil || !m.counted(key, l) {
+	if x == nil || !m.counted(key, *l) {
 		return
 	}
 	x.known++
-	if !m.peerOK(key, l) {
+	if !m.peerOK(key, *l) {
 		return
 	}
 	ip := l.Attrs.PublicIP
@@ -156,7 +148,7 @@ func (m *Manager) reelectLocked(ip netip.Addr) {
 		return
 	}
 	w := m.elect(ip, keys)
-	l := new(m.peers[w])
+	l := m.peers[w]
 	x.winner[ip] = pubEntry{key: w, l: l}
 	i, _ := slices.BinarySearchFunc(x.sorted, l, ComparePeers)
 	x.sorted = slices.Insert(x.sorted, i, l)

