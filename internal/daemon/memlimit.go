@@ -17,12 +17,14 @@ import (
 //
 // Why a limit at all: with GOGC=100 alone the heap grows to twice what a
 // burst keeps live. A full pass over 5,000 peers (a start, a periodic
-// resync) keeps ~13 MB live for a moment, so the heap reached ~21 MB and
-// RSS stayed there. Below the floor the runtime collects a little more
-// often during such a burst instead; at 1,000 peers the heap never gets
-// near it, so the idle cost is nil. Above the floor the limit follows the
-// live heap (see memLimiter), so a larger cluster never collects in a loop.
-const DefaultMemoryLimit = 20 << 20
+// resync) keeps ~6 MB live for a moment, and the heap grew to twice that.
+// Below the floor the runtime collects a little more often during such a
+// burst instead; at 1,000 peers the heap never gets near it, so the idle
+// cost is nil. Above the floor the limit follows the live heap (see
+// memLimiter), so a larger cluster never collects in a loop. Measured at
+// 5,000 peers (bench/overlay, BENCHMARKS.md): floor 20 MiB → peak RSS 31.1
+// MiB, start → converged 403 ms; 16 MiB → 28.1 MiB, 474 ms.
+const DefaultMemoryLimit = 16 << 20
 
 // MemoryLimit is a byte count given as GOMEMLIMIT spells it: a number with
 // an optional B, KiB, MiB or GiB suffix. 0 turns the limit off.

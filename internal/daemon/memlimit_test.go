@@ -22,8 +22,8 @@ func TestMemoryLimitFlagValues(t *testing.T) {
 		}
 	}
 	m := MemoryLimit(DefaultMemoryLimit)
-	if got := m.String(); got != "20MiB" {
-		t.Errorf("default prints as %q, want 20MiB", got)
+	if got := m.String(); got != "16MiB" {
+		t.Errorf("default prints as %q, want 16MiB", got)
 	}
 }
 

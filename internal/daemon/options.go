@@ -70,7 +70,7 @@ func (o *Options) NewFlagSet(w io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.HealthzIP, "healthz-ip", "127.0.0.1", "address of /healthz, /readyz and /metrics")
 	fs.IntVar(&o.HealthzPort, "healthz-port", 0, "port of /healthz, /readyz and /metrics (0 = off)")
 	o.MemoryLimit = DefaultMemoryLimit
-	fs.Var(&o.MemoryLimit, "memory-limit", "soft memory limit of the Go runtime while the live heap is under it, e.g. 20MiB (0 = off; GOMEMLIMIT, when set, wins)")
+	fs.Var(&o.MemoryLimit, "memory-limit", "soft memory limit of the Go runtime while the live heap is under it, e.g. 16MiB (0 = off; GOMEMLIMIT, when set, wins)")
 	fs.BoolVar(&o.Version, "version", false, "print the version and exit")
 	fs.IntVar(&o.Verbosity, "v", 0, "log verbosity (0 info, 1+ debug)")
 	fs.BoolVar(&o.KubeSubnetMgr, "kube-subnet-mgr", false, "not supported: weft uses etcd")
