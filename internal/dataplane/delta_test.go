@@ -288,3 +288,28 @@ func TestLoopChoosesDelta(t *testing.T) {
 	step("failed delta, then retry", func() { snaps <- lease.Snapshot{Revision: 4} }, "delta", "full")
 	step("after the retry", func() { snaps <- lease.Snapshot{Revision: 5} }, "delta")
 }
+
+// TestDeltaBulk: every peer leaving in one snapshot, then all coming back,
+// through the delta path (too many changes to update peer by peer: the
+// batched diff of two whole desired states) leaves exactly what a full pass
+// would.
+func TestDeltaBulk(t *testing.T) {
+	ctx := context.Background()
+	l := newLab(t, hostAddr, swAddr)
+	b := l.backend(t, "vxlan", `{}`)
+	_, _, err := b.Init(ctx)
+	must(t, err)
+	all := benchPeers(600, func(i int) lease.Lease { return vxlanPeer(i, publicIP(i)) })
+	none := snapshot(1)
+	vb := b.(*vxlanBackend)
+	must(t, vb.Apply(ctx, all))
+	for i, s := range []lease.Snapshot{none, all, none} {
+		must(t, vb.ApplyDelta(ctx, s))
+		if d := cmp.Diff(kernelStateWant("vxlan", s), kernelState(t, l.ns.Handle, "flannel.1")); d != "" {
+			t.Fatalf("step %d (%d peers): kernel differs from the snapshot (-want +got):\n%s", i, len(s.Peers), d)
+		}
+	}
+	if vb.passes.delta != 3 || vb.passes.incremental != 0 {
+		t.Errorf("passes %+v: want 3 deltas, none of them peer by peer", vb.passes)
+	}
+}
