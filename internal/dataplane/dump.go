@@ -484,15 +484,15 @@ func appendNdmsg(b []byte, family uint8, ifindex int, state uint16, flags, typ u
 	return append(b, flags, typ)
 }
 
-// appendRtmsg appends struct rtmsg.
-func appendRtmsg(b []byte, dstLen, tos, table, proto, scope, typ uint8, flags uint32) []byte {
-	b = append(b, unix.AF_INET, dstLen, 0, tos, table, proto, scope, typ)
+// appendRtmsg appends struct rtmsg of the given family (AF_INET or AF_INET6).
+func appendRtmsg(b []byte, family, dstLen, tos, table, proto, scope, typ uint8, flags uint32) []byte {
+	b = append(b, family, dstLen, 0, tos, table, proto, scope, typ)
 	return native.AppendUint32(b, flags)
 }
 
-// appendRouteWant appends the RTM_NEWROUTE payload of w, as
-// netlink.RouteReplace(w.route()) would send it.
-func appendRouteWant(b []byte, w routeWant) []byte {
+// appendRouteWant appends the RTM_NEWROUTE payload of w, a route of family,
+// as netlink.RouteReplace(w.route()) would send it.
+func appendRouteWant(b []byte, family uint8, w routeWant) []byte {
 	typ := uint8(unix.RTN_UNICAST)
 	if w.Blackhole {
 		typ = unix.RTN_BLACKHOLE
@@ -501,7 +501,7 @@ func appendRouteWant(b []byte, w routeWant) []byte {
 	if w.OnLink {
 		flags = unix.RTNH_F_ONLINK
 	}
-	b = appendRtmsg(b, uint8(w.Dst.Bits()), 0, unix.RT_TABLE_MAIN, uint8(RTProtWeft), unix.RT_SCOPE_UNIVERSE, typ, flags)
+	b = appendRtmsg(b, family, uint8(w.Dst.Bits()), 0, unix.RT_TABLE_MAIN, uint8(RTProtWeft), unix.RT_SCOPE_UNIVERSE, typ, flags)
 	b = appendAttrAddr(b, unix.RTA_DST, w.Dst.Addr())
 	if w.Gw.IsValid() {
 		b = appendAttrAddr(b, unix.RTA_GATEWAY, w.Gw)
@@ -515,8 +515,8 @@ func appendRouteWant(b []byte, w routeWant) []byte {
 	return b
 }
 
-// kRoute is one IPv4 main-table route as a dump reports it, with what a
-// comparison or a delete needs.
+// kRoute is one main-table route (IPv4 or IPv6) as a dump reports it, with
+// what a comparison or a delete needs.
 type kRoute struct {
 	Dst      netip.Prefix
 	Gw       netip.Addr
@@ -533,9 +533,18 @@ type kRoute struct {
 }
 
 // parseRoute reads an RTM_NEWROUTE payload. ok is false for anything that is
-// not an IPv4 route.
-func parseRoute(p []byte) (r kRoute, ok bool) {
-	if len(p) < unix.SizeofRtMsg || p[0] != unix.AF_INET {
+// not a route of family (AF_INET or AF_INET6).
+func parseRoute(p []byte, family uint8) (r kRoute, ok bool) {
+	if len(p) < unix.SizeofRtMsg || p[0] != family {
+		return r, false
+	}
+	// The default route carries no RTA_DST.
+	dst, alen := netip.IPv4Unspecified(), 4
+	switch family {
+	case unix.AF_INET:
+	case unix.AF_INET6:
+		dst, alen = netip.IPv6Unspecified(), 16
+	default:
 		return r, false
 	}
 	dstLen := int(p[1])
@@ -544,17 +553,16 @@ func parseRoute(p []byte) (r kRoute, ok bool) {
 	if r.Flags&unix.RTM_F_CLONED != 0 {
 		return r, false // a cached exception (PMTU), not a FIB entry
 	}
-	dst := netip.IPv4Unspecified() // the default route carries no RTA_DST
 	a := attrs{b: p[unix.SizeofRtMsg:]}
 	for a.next() {
 		switch a.typ {
 		case unix.RTA_DST:
-			if len(a.val) == 4 {
-				dst = netip.AddrFrom4([4]byte(a.val))
+			if len(a.val) == alen {
+				dst, _ = netip.AddrFromSlice(a.val)
 			}
 		case unix.RTA_GATEWAY:
-			if len(a.val) == 4 {
-				r.Gw = netip.AddrFrom4([4]byte(a.val))
+			if len(a.val) == alen {
+				r.Gw, _ = netip.AddrFromSlice(a.val)
 			}
 		case unix.RTA_OIF:
 			if len(a.val) == 4 {
@@ -572,21 +580,21 @@ func parseRoute(p []byte) (r kRoute, ok bool) {
 			r.Other = true
 		}
 	}
-	if dstLen > 32 {
+	if dstLen > dst.BitLen() {
 		return r, false
 	}
 	r.Dst = netip.PrefixFrom(dst, dstLen)
 	return r, true
 }
 
-// appendRouteDel appends the RTM_DELROUTE payload that removes r (as
-// netlink.RouteDel of the dumped route would).
-func appendRouteDel(b []byte, r kRoute) []byte {
+// appendRouteDel appends the RTM_DELROUTE payload that removes r, a route of
+// family (as netlink.RouteDel of the dumped route would).
+func appendRouteDel(b []byte, family uint8, r kRoute) []byte {
 	table := uint8(r.Table)
 	if r.Table >= 256 {
 		table = unix.RT_TABLE_UNSPEC
 	}
-	b = appendRtmsg(b, uint8(r.Dst.Bits()), r.Tos, table, r.Protocol, r.Scope, r.Type, r.Flags)
+	b = appendRtmsg(b, family, uint8(r.Dst.Bits()), r.Tos, table, r.Protocol, r.Scope, r.Type, r.Flags)
 	b = appendAttrAddr(b, unix.RTA_DST, r.Dst.Addr())
 	if r.Table >= 256 {
 		b = appendAttrU32(b, unix.RTA_TABLE, r.Table)

@@ -45,7 +45,7 @@ func TestRawDumpMatchesNetlink(t *testing.T) {
 
 	// Routes: the main table, as netlink lists it.
 	rt := l.rtnl(t)
-	m, err := readMainRoutes(rt, eth0)
+	m, err := readMainRoutes(rt, unix.AF_INET, eth0)
 	must(t, err)
 	var got, want []string
 	for _, r := range m.weft {
@@ -126,7 +126,7 @@ func TestBatchFailures(t *testing.T) {
 		want = append(want, w)
 	}
 	tl := &tally{what: "test"}
-	st, del, err := syncRoutes(context.Background(), rt, nil, want, tl)
+	st, del, err := syncRoutes(context.Background(), rt, unix.AF_INET, nil, want, tl)
 	must(t, err)
 	must(t, del())
 	if st.Added != 147 || tl.n != 3 {
@@ -135,20 +135,20 @@ func TestBatchFailures(t *testing.T) {
 	if tl.first == nil || !strings.Contains(tl.first.Error(), "10.128.9.0/24") {
 		t.Errorf("first failure %v does not name the route 10.128.9.0/24", tl.first)
 	}
-	m, err := readMainRoutes(rt, eth0)
+	m, err := readMainRoutes(rt, unix.AF_INET, eth0)
 	must(t, err)
 	if len(m.weft) != 147 {
 		t.Errorf("kernel holds %d weft routes, want 147", len(m.weft))
 	}
 	// Now all of them are stale: deleted in batches, none left.
 	tl = &tally{what: "test"}
-	st, del, err = syncRoutes(context.Background(), rt, m.weft, nil, tl)
+	st, del, err = syncRoutes(context.Background(), rt, unix.AF_INET, m.weft, nil, tl)
 	must(t, err)
 	must(t, del())
 	if st.Deleted != 147 || tl.n != 0 {
 		t.Errorf("deleted %d, failed %d (%v); want 147, 0", st.Deleted, tl.n, tl.first)
 	}
-	if m, _ = readMainRoutes(rt, eth0); len(m.weft) != 0 {
+	if m, _ = readMainRoutes(rt, unix.AF_INET, eth0); len(m.weft) != 0 {
 		t.Errorf("%d weft routes left", len(m.weft))
 	}
 }
@@ -161,7 +161,7 @@ func TestRTNLSocket(t *testing.T) {
 	l := newLab(t, hostAddr, swAddr)
 	eth0 := l.eth0(t)
 	rt := l.rtnl(t)
-	m, err := readMainRoutes(rt, eth0)
+	m, err := readMainRoutes(rt, unix.AF_INET, eth0)
 	must(t, err)
 	if len(m.connected) != 1 || m.connected[0] != l.under {
 		t.Errorf("connected routes on eth0 = %v, want [%s] (the lab namespace's)", m.connected, l.under)
@@ -169,11 +169,11 @@ func TestRTNLSocket(t *testing.T) {
 
 	rt.close()
 	rt.close() // idempotent: both halves of a dual-stack backend close it
-	if _, err := readMainRoutes(rt, eth0); !errors.Is(err, errRouteClosed) {
+	if _, err := readMainRoutes(rt, unix.AF_INET, eth0); !errors.Is(err, errRouteClosed) {
 		t.Errorf("dump after close: %v, want %v", err, errRouteClosed)
 	}
 	tl := &tally{what: "test"}
-	st, _, err := syncRoutes(context.Background(), rt, nil, []routeWant{{Dst: peerSubnet(2), Gw: l.under.Addr().Next().Next(), Link: eth0}}, tl)
+	st, _, err := syncRoutes(context.Background(), rt, unix.AF_INET, nil, []routeWant{{Dst: peerSubnet(2), Gw: l.under.Addr().Next().Next(), Link: eth0}}, tl)
 	must(t, err)
 	if st.Added != 0 || tl.n != 1 || !errors.Is(tl.first, errRouteClosed) {
 		t.Errorf("write after close: added %d, failed %d (%v); want 0, 1 with %v", st.Added, tl.n, tl.first, errRouteClosed)
@@ -185,7 +185,7 @@ func TestRTNLSocket(t *testing.T) {
 		t.Fatalf("dual-stack halves use sockets %p and %p, want one shared", v4.rt, v6.rt)
 	}
 	must(t, b.Close())
-	if err := dumpRaw(v4.rt, unix.RTM_GETROUTE, appendRtmsg(nil, 0, 0, 0, 0, 0, 0, 0), unix.RTM_NEWROUTE, func([]byte) {}); !errors.Is(err, errRouteClosed) {
+	if err := dumpRaw(v4.rt, unix.RTM_GETROUTE, appendRtmsg(nil, unix.AF_INET, 0, 0, 0, 0, 0, 0, 0), unix.RTM_NEWROUTE, func([]byte) {}); !errors.Is(err, errRouteClosed) {
 		t.Errorf("dump after the backend's Close: %v, want %v", err, errRouteClosed)
 	}
 }

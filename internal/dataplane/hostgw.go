@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
 )
@@ -103,7 +104,7 @@ func (b *hostGWBackend) apply(ctx context.Context, snap lease.Snapshot, full boo
 	connected := b.connected
 	if full {
 		var err error
-		if have, err = readMainRoutes(b.rt, b.host.IfaceIndex); err != nil {
+		if have, err = readMainRoutes(b.rt, unix.AF_INET, b.host.IfaceIndex); err != nil {
 			return fmt.Errorf("dataplane: %w", err)
 		}
 		connected = have.connected
@@ -144,7 +145,7 @@ func (b *hostGWBackend) apply(ctx context.Context, snap lease.Snapshot, full boo
 			routes = append(routes, r)
 		}
 		var del func() error
-		_, del, err = syncRoutes(ctx, b.rt, have.weft, routes, t)
+		_, del, err = syncRoutes(ctx, b.rt, unix.AF_INET, have.weft, routes, t)
 		if del != nil && err == nil {
 			err = del()
 		}

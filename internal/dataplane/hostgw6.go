@@ -90,7 +90,7 @@ func (b *hostGW6Backend) apply(ctx context.Context, snap lease.Snapshot, full bo
 	var have mainRoutes
 	if full {
 		var err error
-		if have, err = readMainRoutesFam(b.rt, unix.AF_INET6, b.host.IfaceIndex); err != nil {
+		if have, err = readMainRoutes(b.rt, unix.AF_INET6, b.host.IfaceIndex); err != nil {
 			return fmt.Errorf("dataplane: %w", err)
 		}
 		b.connected = have.connected
@@ -133,7 +133,7 @@ func (b *hostGW6Backend) apply(ctx context.Context, snap lease.Snapshot, full bo
 			routes = append(routes, r)
 		}
 		var del func() error
-		_, del, err = syncRoutesFam(ctx, b.rt, unix.AF_INET6, have.weft, routes, t)
+		_, del, err = syncRoutes(ctx, b.rt, unix.AF_INET6, have.weft, routes, t)
 		if del != nil && err == nil {
 			err = del()
 		}

@@ -181,7 +181,7 @@ func (s *syncStats) plus(o syncStats) {
 	s.Deleted += o.Deleted
 }
 
-// mainRoutes is what one dump of the IPv4 main table tells an apply: weft's
+// mainRoutes is what one dump of the main table (one family) tells an apply: weft's
 // own routes, and the subnets directly connected to the underlay interface
 // (for "is this peer on my L2 segment" checks). One dump per apply, never
 // one per peer (flannel's host-gw dumped the table once per lease).
@@ -190,40 +190,65 @@ type mainRoutes struct {
 	connected []netip.Prefix
 }
 
-// readMainRoutes dumps the main table only (the kernel filters it: on a host
-// with a large local table, e.g. kube-proxy's IPVS addresses, none of that
-// is sent) and keeps weft's routes and the underlay's connected subnets.
-func readMainRoutes(c *rtnl, ifaceIndex int) (mainRoutes, error) {
+// readMainRoutes dumps the main table of family (AF_INET or AF_INET6) only
+// (the kernel filters it: on a host with a large local table, e.g.
+// kube-proxy's IPVS addresses, none of that is sent) and keeps weft's routes
+// and the underlay's connected subnets.
+func readMainRoutes(c *rtnl, family uint8, ifaceIndex int) (mainRoutes, error) {
 	var m mainRoutes
 	var rb [unix.SizeofRtMsg]byte
-	req := appendRtmsg(rb[:0], 0, 0, unix.RT_TABLE_MAIN, 0, 0, 0, 0)
+	req := appendRtmsg(rb[:0], family, 0, 0, unix.RT_TABLE_MAIN, 0, 0, 0, 0)
+	last := &lastWeftRoutes[0]
+	if family == unix.AF_INET6 {
+		last = &lastWeftRoutes[1]
+	}
 	// Sized from the last dump: one allocation, not a doubling series.
-	m.weft = make([]kRoute, 0, int(lastWeftRoutes.Load())+16)
+	m.weft = make([]kRoute, 0, int(last.Load())+16)
 	_, err := dump(func() (struct{}, error) {
 		m.weft, m.connected = m.weft[:0], m.connected[:0]
 		return struct{}{}, dumpRaw(c, unix.RTM_GETROUTE, req, unix.RTM_NEWROUTE, func(p []byte) {
-			r, ok := parseRoute(p)
+			r, ok := parseRoute(p, family)
 			if !ok || r.Table != unix.RT_TABLE_MAIN {
 				return
 			}
 			switch {
 			case r.Protocol == uint8(RTProtWeft):
 				m.weft = append(m.weft, r)
-			case r.Link == ifaceIndex && ifaceIndex != 0 && !r.Gw.IsValid() && r.Scope == unix.RT_SCOPE_LINK &&
-				r.Type == unix.RTN_UNICAST:
+			case r.Link == ifaceIndex && ifaceIndex != 0 && !r.Gw.IsValid() && r.Type == unix.RTN_UNICAST &&
+				connectedRoute(family, r):
 				m.connected = append(m.connected, r.Dst)
 			}
 		})
 	})
 	if err != nil {
-		return m, fmt.Errorf("list IPv4 main-table routes: %w", err)
+		return m, fmt.Errorf("list %s main-table routes: %w", famName(family), err)
 	}
-	lastWeftRoutes.Store(int64(len(m.weft)))
+	last.Store(int64(len(m.weft)))
 	return m, nil
 }
 
-// lastWeftRoutes is how many weft routes the last main-table dump found.
-var lastWeftRoutes atomic.Int64
+// connectedRoute reports whether r, a gateway-less unicast route out of the
+// underlay interface, is a subnet connected to it. An IPv4 one has link
+// scope; an IPv6 route has no link scope, so there it is any such route
+// that is not link-local and has no next hop weft never sets.
+func connectedRoute(family uint8, r kRoute) bool {
+	if family == unix.AF_INET6 {
+		return !r.Dst.Addr().IsLinkLocalUnicast() && !r.Other
+	}
+	return r.Scope == unix.RT_SCOPE_LINK
+}
+
+// famName names an address family in messages.
+func famName(family uint8) string {
+	if family == unix.AF_INET6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// lastWeftRoutes is how many weft routes the last main-table dump found,
+// IPv4 [0] and IPv6 [1] apart so that a dual-stack apply sizes each right.
+var lastWeftRoutes [2]atomic.Int64
 
 // scratch is the per-sync working memory, pooled so that a resync with
 // nothing to do allocates (almost) nothing.
@@ -244,9 +269,10 @@ func putScratch(s *scratch) {
 	scratchPool.Put(s)
 }
 
-// syncRoutes makes the IPv4 main-table routes carrying RTProtWeft (have,
-// from readMainRoutes) equal to want: only the differences are written.
-func syncRoutes(ctx context.Context, c *rtnl, have []kRoute, want []routeWant, t *tally) (*syncStats, func() error, error) {
+// syncRoutes makes the main-table routes of family carrying RTProtWeft
+// (have, from readMainRoutes) equal to want: only the differences are
+// written.
+func syncRoutes(ctx context.Context, c *rtnl, family uint8, have []kRoute, want []routeWant, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
@@ -284,7 +310,7 @@ func syncRoutes(ctx context.Context, c *rtnl, have []kRoute, want []routeWant, t
 			return st, nil, ctx.Err()
 		}
 		b.begin()
-		b.buf = appendRouteWant(b.buf, w)
+		b.buf = appendRouteWant(b.buf, family, w)
 		b.end(i, unix.RTM_NEWROUTE, setFlags)
 	}
 	b.flush()
@@ -302,7 +328,7 @@ func syncRoutes(ctx context.Context, c *rtnl, have []kRoute, want []routeWant, t
 				return ctx.Err()
 			}
 			d.begin()
-			d.buf = appendRouteDel(d.buf, r)
+			d.buf = appendRouteDel(d.buf, family, r)
 			d.end(i, unix.RTM_DELROUTE, 0)
 		}
 		d.flush()
@@ -351,10 +377,11 @@ func deleteNeighs(ctx context.Context, c *rtnl, stale []kNeigh, st *syncStats, t
 	}
 }
 
-// syncNeighs makes the permanent IPv4 neighbours on link equal to want
-// (address → MAC). Dynamic entries the kernel made are left alone unless
-// their address is wanted, in which case the permanent entry replaces them.
-func syncNeighs(ctx context.Context, c *rtnl, link int, want map[netip.Addr]net.HardwareAddr, t *tally) (*syncStats, func() error, error) {
+// syncNeighs makes the permanent neighbours of family (AF_INET or AF_INET6)
+// on link equal to want (address → MAC). Dynamic entries the kernel made are
+// left alone unless their address is wanted, in which case the permanent
+// entry replaces them.
+func syncNeighs(ctx context.Context, c *rtnl, family uint8, link int, want map[netip.Addr]net.HardwareAddr, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
@@ -362,12 +389,12 @@ func syncNeighs(ctx context.Context, c *rtnl, link int, want map[netip.Addr]net.
 	// The device goes in NDA_IFINDEX (not the header), which the kernel
 	// filters on with or without strict checking.
 	var rb [unix.SizeofNdMsg + 8]byte
-	req := appendAttrU32(appendNdmsg(rb[:0], unix.AF_INET, 0, 0, 0, 0), unix.NDA_IFINDEX, uint32(link))
+	req := appendAttrU32(appendNdmsg(rb[:0], family, 0, 0, 0, 0), unix.NDA_IFINDEX, uint32(link))
 	_, err := dump(func() (struct{}, error) {
 		sc.addrs, stale = sc.addrs[:0], stale[:0]
 		return struct{}{}, dumpRaw(c, unix.RTM_GETNEIGH, req, unix.RTM_NEWNEIGH, func(p []byte) {
 			n, ok := parseNeigh(p)
-			if !ok || n.Family != unix.AF_INET || n.Link != link {
+			if !ok || n.Family != family || n.Link != link {
 				return
 			}
 			mac, wanted := want[n.IP]
@@ -381,7 +408,7 @@ func syncNeighs(ctx context.Context, c *rtnl, link int, want map[netip.Addr]net.
 		})
 	})
 	if err != nil {
-		return st, nil, fmt.Errorf("list neighbours on #%d: %w", link, err)
+		return st, nil, fmt.Errorf("list %s neighbours on #%d: %w", famName(family), link, err)
 	}
 	present := sortedSet(sc.addrs, netip.Addr.Compare)
 	b := newBatch(c, func(ip netip.Addr, err error) bool {
@@ -397,7 +424,7 @@ func syncNeighs(ctx context.Context, c *rtnl, link int, want map[netip.Addr]net.
 				return st, nil, ctx.Err()
 			}
 			b.begin()
-			b.buf = appendNeighSet(b.buf, unix.AF_INET, link, ip, mac)
+			b.buf = appendNeighSet(b.buf, family, link, ip, mac)
 			b.end(ip, unix.RTM_NEWNEIGH, setFlags)
 		}
 		b.flush()

@@ -348,7 +348,7 @@ func (b *udpBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
 	}
 	b.eng.SetPeers(tbl)
 
-	have, err := readMainRoutes(b.rt, b.host.IfaceIndex)
+	have, err := readMainRoutes(b.rt, unix.AF_INET, b.host.IfaceIndex)
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
@@ -356,7 +356,7 @@ func (b *udpBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
 	if b.host.BlackholeRoute && own.IsValid() {
 		routes = append(routes, routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric})
 	}
-	rs, del, err := syncRoutes(ctx, b.rt, have.weft, routes, t)
+	rs, del, err := syncRoutes(ctx, b.rt, unix.AF_INET, have.weft, routes, t)
 	errs = append(errs, err)
 	if del != nil && err == nil {
 		errs = append(errs, del())

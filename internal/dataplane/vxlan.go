@@ -49,20 +49,31 @@ type VXLANLeaseData struct {
 	VtepMAC string
 }
 
-type vxlanBackend struct {
-	opts VXLANOptions
-	host Host
-	h    *netlink.Handle
-	rt   *rtnl // dumps and batched writes; closed by Close
-	log  *slog.Logger
-	name string // flannel.<VNI>
-
-	w *watcher
+// vxlanDevice is the kernel vxlan device of a vxlan backend, flannel.<VNI>
+// over IPv4 or flannel-v6.<VNI> over IPv6: what it should look like, and the
+// MAC, link and index weft last found. The MAC is published in the lease, so
+// it is kept across restarts and recreation. Both backends embed it.
+type vxlanDevice struct {
+	opts     VXLANOptions
+	h        *netlink.Handle
+	log      *slog.Logger
+	name     string
+	overhead int // what the encapsulation adds to a frame
 
 	// Only the loop goroutine (and Init before it) touches these.
 	mac      net.HardwareAddr // the VTEP MAC to keep across recreation
 	link     *netlink.Vxlan
 	devIndex atomic.Int32 // read by the watcher's filters
+}
+
+type vxlanBackend struct {
+	vxlanDevice
+	host Host
+	rt   *rtnl // dumps and batched writes; closed by Close
+
+	w *watcher
+
+	// Only the loop goroutine (and Init before it) touches these.
 	notes    peerNotes
 	routeBuf []routeWant // the routes of a full pass, reused
 
@@ -85,24 +96,25 @@ type vxlanBackend struct {
 func newVXLAN(opts VXLANOptions, host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) *vxlanBackend {
 	name := fmt.Sprintf("flannel.%d", opts.VNI)
 	return &vxlanBackend{
-		opts: opts, host: host, h: h, rt: rt, name: name,
-		log: log.With("device", name),
-		w:   newWatcher(host.NetNS, log),
+		vxlanDevice: vxlanDevice{opts: opts, h: h, log: log.With("device", name), name: name, overhead: vxlanOverhead},
+		host:        host, rt: rt,
+		w: newWatcher(host.NetNS, log),
 	}
 }
 
-func (b *vxlanBackend) port() int {
-	if b.opts.Port == 0 {
+func (v *vxlanDevice) port() int {
+	if v.opts.Port == 0 {
 		return defaultVXLANPort
 	}
-	return b.opts.Port
+	return v.opts.Port
 }
 
-func (b *vxlanBackend) mtu() int {
-	if b.opts.MTU != 0 {
-		return b.opts.MTU
+// mtu is the device MTU over an underlay of MTU ifaceMTU.
+func (v *vxlanDevice) mtu(ifaceMTU int) int {
+	if v.opts.MTU != 0 {
+		return v.opts.MTU
 	}
-	return b.host.IfaceMTU - vxlanOverhead
+	return ifaceMTU - v.overhead
 }
 
 // Init resolves the underlay interface, ensures the device and starts the
@@ -117,19 +129,40 @@ func (b *vxlanBackend) Init(ctx context.Context) (Published, int, error) {
 		return Published{}, 0, fmt.Errorf("dataplane: vxlan local address %s on %s: must be IPv4", host.IfaceAddr, host.IfaceName)
 	}
 	b.host = host
-	if _, err := b.ensureDevice(); err != nil {
+	if _, err := b.ensureDevice(b.host, b.host.IfaceAddr); err != nil {
 		return Published{}, 0, err
 	}
-	b.filter = watchFilter{
+	b.filter = b.watchFilter(b.host.IfaceIndex, &b.want, &b.wantMu)
+	b.w.start(b.filter)
+	data, err := json.Marshal(VXLANLeaseData{VNI: b.opts.VNI, VtepMAC: b.mac.String()})
+	if err != nil {
+		return Published{}, 0, fmt.Errorf("dataplane: encode vxlan lease data: %w", err)
+	}
+	return Published{BackendType: "vxlan", BackendData: data}, b.mtu(b.host.IfaceMTU), nil
+}
+
+func (b *vxlanBackend) Events() <-chan struct{} { return b.w.ch }
+
+func (b *vxlanBackend) Close() error {
+	b.w.close()
+	b.rt.close()
+	return nil
+}
+
+// watchFilter is what the backend's watcher runs: changes to the device or
+// the underlay interface (index iface), and removals of what the desired
+// state in want (read under mu) asks for.
+func (v *vxlanDevice) watchFilter(iface int, want *atomic.Pointer[vxlanState], mu *sync.RWMutex) watchFilter {
+	return watchFilter{
 		link: func(u netlink.LinkUpdate) bool {
 			idx := int32(u.Attrs().Index)
 			if u.Header.Type == unix.RTM_DELLINK {
-				return idx == b.devIndex.Load() || int(idx) == b.host.IfaceIndex
+				return idx == v.devIndex.Load() || int(idx) == iface
 			}
 			// A device of our name that is not the one we know (recreated by
 			// hand), or ours gone down.
-			if u.Attrs().Name == b.name {
-				return idx != b.devIndex.Load() || u.Attrs().Flags&net.FlagUp == 0
+			if u.Attrs().Name == v.name {
+				return idx != v.devIndex.Load() || u.Attrs().Flags&net.FlagUp == 0
 			}
 			return false
 		},
@@ -137,21 +170,21 @@ func (b *vxlanBackend) Init(ctx context.Context) (Published, int, error) {
 		// own applies make (peers that left, stale entries) are not, or a
 		// leave would cost a second, full apply.
 		route: func(u netlink.RouteUpdate) bool {
-			b.wantMu.RLock()
-			defer b.wantMu.RUnlock()
+			mu.RLock()
+			defer mu.RUnlock()
 			var routes map[netip.Prefix]routeWant
-			if d := b.want.Load(); d != nil {
+			if d := want.Load(); d != nil {
 				routes = d.routes
 			}
 			return routeDrift(routes, u)
 		},
 		neigh: func(u netlink.NeighUpdate) bool {
-			if u.Type != unix.RTM_DELNEIGH || int32(u.LinkIndex) != b.devIndex.Load() {
+			if u.Type != unix.RTM_DELNEIGH || int32(u.LinkIndex) != v.devIndex.Load() {
 				return false
 			}
-			b.wantMu.RLock()
-			defer b.wantMu.RUnlock()
-			d := b.want.Load()
+			mu.RLock()
+			defer mu.RUnlock()
+			d := want.Load()
 			switch {
 			case d == nil || d.routes == nil:
 				return true
@@ -167,43 +200,30 @@ func (b *vxlanBackend) Init(ctx context.Context) (Published, int, error) {
 			}
 		},
 		addr: func(u netlink.AddrUpdate) bool {
-			if u.NewAddr || int32(u.LinkIndex) != b.devIndex.Load() {
+			if u.NewAddr || int32(u.LinkIndex) != v.devIndex.Load() {
 				return false
 			}
-			d := b.want.Load()
+			d := want.Load()
 			return d == nil || prefixOf(&u.LinkAddress) == d.addr
 		},
 	}
-	b.w.start(b.filter)
-	data, err := json.Marshal(VXLANLeaseData{VNI: b.opts.VNI, VtepMAC: b.mac.String()})
-	if err != nil {
-		return Published{}, 0, fmt.Errorf("dataplane: encode vxlan lease data: %w", err)
-	}
-	return Published{BackendType: "vxlan", BackendData: data}, b.mtu(), nil
 }
 
-func (b *vxlanBackend) Events() <-chan struct{} { return b.w.ch }
-
-func (b *vxlanBackend) Close() error {
-	b.w.close()
-	b.rt.close()
-	return nil
-}
-
-// wantDevice is the device weft would create.
-func (b *vxlanBackend) wantDevice() *netlink.Vxlan {
+// wantDevice is the device weft would create over the underlay interface of
+// host, with local address local.
+func (v *vxlanDevice) wantDevice(host Host, local netip.Addr) *netlink.Vxlan {
 	la := netlink.NewLinkAttrs()
-	la.Name = b.name
-	la.MTU = b.mtu()
-	la.HardwareAddr = b.mac
+	la.Name = v.name
+	la.MTU = v.mtu(host.IfaceMTU)
+	la.HardwareAddr = v.mac
 	return &netlink.Vxlan{
 		LinkAttrs:    la,
-		VxlanId:      b.opts.VNI,
-		VtepDevIndex: b.host.IfaceIndex,
-		SrcAddr:      b.host.IfaceAddr.AsSlice(),
-		Port:         b.port(),
-		Learning:     b.opts.Learning,
-		GBP:          b.opts.GBP,
+		VxlanId:      v.opts.VNI,
+		VtepDevIndex: host.IfaceIndex,
+		SrcAddr:      local.AsSlice(),
+		Port:         v.port(),
+		Learning:     v.opts.Learning,
+		GBP:          v.opts.GBP,
 	}
 }
 
@@ -239,11 +259,12 @@ func incompatible(have netlink.Link, want *netlink.Vxlan) []string {
 	return d
 }
 
-// ensureDevice makes flannel.<VNI> exist, match, and be up, and records its
-// index and MAC. It reports whether the device was (re)created, in which case
-// the kernel dropped every route, neighbour and FDB entry on it.
-func (b *vxlanBackend) ensureDevice() (created bool, err error) {
-	want := b.wantDevice()
+// ensureDevice makes the device exist, match wantDevice(host, local), and be
+// up, and records its index and MAC. It reports whether the device was
+// (re)created, in which case the kernel dropped every route, neighbour and
+// FDB entry on it.
+func (b *vxlanDevice) ensureDevice(host Host, local netip.Addr) (created bool, err error) {
+	want := b.wantDevice(host, local)
 	have, err := b.h.LinkByName(b.name)
 	var notFound netlink.LinkNotFoundError
 	switch {
@@ -272,7 +293,7 @@ func (b *vxlanBackend) ensureDevice() (created bool, err error) {
 	if have == nil {
 		if err := b.h.LinkAdd(want); err != nil {
 			return false, fmt.Errorf("dataplane: create vxlan device %s (id %d, local %s, dev %s, dstport %d): %w",
-				b.name, want.VxlanId, b.host.IfaceAddr, b.host.IfaceName, want.Port, err)
+				b.name, want.VxlanId, local, host.IfaceName, want.Port, err)
 		}
 		created = true
 		// Re-read: the kernel fills in the MAC and may have adjusted attributes.
@@ -540,7 +561,7 @@ func (b *vxlanBackend) apply(ctx context.Context, snap lease.Snapshot, full bool
 	var created bool
 	if full || b.applied == nil || b.link == nil {
 		var err error
-		if created, err = b.ensureDevice(); err != nil {
+		if created, err = b.ensureDevice(b.host, b.host.IfaceAddr); err != nil {
 			b.applied = nil
 			return err
 		}
@@ -563,14 +584,14 @@ func (b *vxlanBackend) apply(ctx context.Context, snap lease.Snapshot, full bool
 	} else if old, cur, ok := b.applyIncremental(prev, b.appliedPeers, snap); ok {
 		d = prev
 		b.passes.incremental++
-		st = b.applyDiff(ctx, old, cur, t)
+		st = applyVXLANDiff(ctx, b.rt, unix.AF_INET, old, cur, t)
 		errs = append(errs, ctx.Err())
 	} else {
 		d = b.desired(snap, dev, b.connected, nil) // prev is the baseline of the diff
 		// Published before any write, so that the watcher recognises the
 		// deletions this apply causes as its own.
 		b.want.Store(d)
-		st = b.applyDiff(ctx, prev, d, t)
+		st = applyVXLANDiff(ctx, b.rt, unix.AF_INET, prev, d, t)
 		errs = append(errs, ctx.Err())
 	}
 	if st != (syncStats{}) {
@@ -612,7 +633,7 @@ func (b *vxlanBackend) applyFull(ctx context.Context, snap lease.Snapshot, dev i
 	st, err := syncAddrs(b.h, b.link, addr, t)
 	errs = append(errs, err)
 
-	have, err := readMainRoutes(b.rt, b.host.IfaceIndex)
+	have, err := readMainRoutes(b.rt, unix.AF_INET, b.host.IfaceIndex)
 	if err != nil {
 		return nil, st, append(errs, err)
 	}
@@ -630,9 +651,9 @@ func (b *vxlanBackend) applyFull(ctx context.Context, snap lease.Snapshot, dev i
 	// so no packet is sent through a half-programmed peer.
 	fs, fdel, err := syncFDB(ctx, b.rt, dev, d.fdb, t)
 	errs = append(errs, err)
-	ns, ndel, err := syncNeighs(ctx, b.rt, dev, d.neighs, t)
+	ns, ndel, err := syncNeighs(ctx, b.rt, unix.AF_INET, dev, d.neighs, t)
 	errs = append(errs, err)
-	rs, rdel, err := syncRoutes(ctx, b.rt, have.weft, routes, t)
+	rs, rdel, err := syncRoutes(ctx, b.rt, unix.AF_INET, have.weft, routes, t)
 	errs = append(errs, err)
 	for _, del := range []func() error{rdel, ndel, fdel} {
 		if del != nil {
@@ -645,19 +666,20 @@ func (b *vxlanBackend) applyFull(ctx context.Context, snap lease.Snapshot, dev i
 	return d, st, errs
 }
 
-// applyDiff writes what differs between old (which the kernel holds, as far
-// as weft knows) and d, in the same order as a full pass: adds FDB,
+// applyVXLANDiff writes what differs between old (which the kernel holds, as
+// far as weft knows) and d, the state of a vxlan device whose neighbours and
+// routes are of family, in the same order as a full pass: adds FDB,
 // neighbour, route; deletes route, neighbour, FDB. Each step goes to the
-// kernel in batches on the backend's socket, so a bulk change (every peer
+// kernel in batches on the backend's socket rt, so a bulk change (every peer
 // leaving in one transaction) costs a few hundred sendmsg calls, not one
 // round trip and one receive buffer per entry.
-func (b *vxlanBackend) applyDiff(ctx context.Context, old, d *vxlanState, t *tally) syncStats {
+func applyVXLANDiff(ctx context.Context, rt *rtnl, family uint8, old, d *vxlanState, t *tally) syncStats {
 	var st syncStats
 	fdbAdd, fdbDel := diffMaps(old.fdb, d.fdb, func(a, b netip.Addr) bool { return a == b })
 	neighAdd, neighDel := diffMaps(old.neighs, d.neighs, func(a, b net.HardwareAddr) bool { return slices.Equal(a, b) })
 	routeAdd, routeDel := diffMaps(old.routes, d.routes, func(a, b routeWant) bool { return a == b })
 
-	fb := newBatch(b.rt, func(mac [6]byte, err error) bool {
+	fb := newBatch(rt, func(mac [6]byte, err error) bool {
 		t.add(fmt.Errorf("set FDB entry %s dst %s: %w", net.HardwareAddr(mac[:]), d.fdb[mac], err))
 		return true
 	})
@@ -671,13 +693,13 @@ func (b *vxlanBackend) applyDiff(ctx context.Context, old, d *vxlanState, t *tal
 	if ctx.Err() != nil {
 		return st
 	}
-	nb := newBatch(b.rt, func(ip netip.Addr, err error) bool {
+	nb := newBatch(rt, func(ip netip.Addr, err error) bool {
 		t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, d.neighs[ip], err))
 		return true
 	})
 	for _, ip := range neighAdd {
 		nb.begin()
-		nb.buf = appendNeighSet(nb.buf, unix.AF_INET, d.dev, ip, d.neighs[ip])
+		nb.buf = appendNeighSet(nb.buf, family, d.dev, ip, d.neighs[ip])
 		nb.end(ip, unix.RTM_NEWNEIGH, setFlags)
 	}
 	nb.flush()
@@ -685,13 +707,13 @@ func (b *vxlanBackend) applyDiff(ctx context.Context, old, d *vxlanState, t *tal
 	if ctx.Err() != nil {
 		return st
 	}
-	rb := newBatch(b.rt, func(dst netip.Prefix, err error) bool {
+	rb := newBatch(rt, func(dst netip.Prefix, err error) bool {
 		t.add(fmt.Errorf("replace route %s: %w", d.routes[dst], err))
 		return true
 	})
 	for _, dst := range routeAdd {
 		rb.begin()
-		rb.buf = appendRouteWant(rb.buf, d.routes[dst])
+		rb.buf = appendRouteWant(rb.buf, family, d.routes[dst])
 		rb.end(dst, unix.RTM_NEWROUTE, setFlags)
 	}
 	rb.flush()
@@ -709,7 +731,7 @@ func (b *vxlanBackend) applyDiff(ctx context.Context, old, d *vxlanState, t *tal
 			return true
 		}
 	}
-	rd := newBatch(b.rt, gone("route"))
+	rd := newBatch(rt, gone("route"))
 	for _, dst := range routeDel {
 		// A replace keeps the key (dst, metric); one at another metric
 		// would survive it.
@@ -720,23 +742,23 @@ func (b *vxlanBackend) applyDiff(ctx context.Context, old, d *vxlanState, t *tal
 		// Whatever its gateway: the kernel matches on destination, table,
 		// metric and protocol.
 		rd.begin()
-		rd.buf = appendRouteDel(rd.buf, kRoute{Dst: o.Dst, Table: unix.RT_TABLE_MAIN, Protocol: uint8(RTProtWeft), Priority: o.Metric})
+		rd.buf = appendRouteDel(rd.buf, family, kRoute{Dst: o.Dst, Table: unix.RT_TABLE_MAIN, Protocol: uint8(RTProtWeft), Priority: o.Metric})
 		rd.end(o.String(), unix.RTM_DELROUTE, 0)
 	}
 	rd.flush()
 	st.Deleted += rd.ok()
-	nd := newBatch(b.rt, gone("neighbour"))
+	nd := newBatch(rt, gone("neighbour"))
 	for _, ip := range neighDel {
 		if _, ok := d.neighs[ip]; ok {
 			continue // replaced above
 		}
 		nd.begin()
-		nd.buf = appendNeighDel(nd.buf, kNeigh{Family: unix.AF_INET, Link: old.dev, IP: ip})
+		nd.buf = appendNeighDel(nd.buf, kNeigh{Family: family, Link: old.dev, IP: ip})
 		nd.end(ip.String(), unix.RTM_DELNEIGH, 0)
 	}
 	nd.flush()
 	st.Deleted += nd.ok()
-	fd := newBatch(b.rt, gone("FDB entry"))
+	fd := newBatch(rt, gone("FDB entry"))
 	for _, mac := range fdbDel {
 		// For a MAC that moved, the set above usually swapped the
 		// destination in place and this finds nothing.
@@ -748,28 +770,6 @@ func (b *vxlanBackend) applyDiff(ctx context.Context, old, d *vxlanState, t *tal
 	fd.flush()
 	st.Deleted += fd.ok()
 	return st
-}
-
-func neighEntry(link int, ip netip.Addr, mac net.HardwareAddr) *netlink.Neigh {
-	return &netlink.Neigh{
-		LinkIndex:    link,
-		Family:       netlink.FAMILY_V4,
-		State:        netlink.NUD_PERMANENT,
-		Type:         unix.RTN_UNICAST,
-		IP:           ip.AsSlice(),
-		HardwareAddr: mac,
-	}
-}
-
-func fdbEntry(link int, mac [6]byte, dst netip.Addr) *netlink.Neigh {
-	return &netlink.Neigh{
-		LinkIndex:    link,
-		Family:       unix.AF_BRIDGE,
-		State:        netlink.NUD_PERMANENT,
-		Flags:        netlink.NTF_SELF,
-		IP:           dst.AsSlice(),
-		HardwareAddr: net.HardwareAddr(mac[:]),
-	}
 }
 
 // checkPeer rejects leases that cannot be programmed whatever the backend.

@@ -27,10 +27,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
-	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
@@ -44,18 +43,12 @@ import (
 const vxlan6Overhead = 70
 
 type vxlan6Backend struct {
-	opts VXLANOptions
-	host Host
-	h    *netlink.Handle
-	rt   *rtnl // shared with the IPv4 half; closed by Close
-	log  *slog.Logger
-	name string // flannel-v6.<VNI>
-	w    *watcher
+	vxlanDevice // flannel-v6.<VNI>
+	host        Host
+	rt          *rtnl // shared with the IPv4 half; closed by Close
+	w           *watcher
 
 	// Only the loop goroutine (and Init before it) touches these.
-	mac       net.HardwareAddr
-	link      *netlink.Vxlan
-	devIndex  atomic.Int32
 	notes     peerNotes
 	applied   *vxlanState // desired state of the last successful apply; nil: none or it failed
 	connected []netip.Prefix
@@ -63,6 +56,7 @@ type vxlan6Backend struct {
 	// want is the desired state of the current or last apply, for the
 	// watcher's filters. It is replaced, never changed in place.
 	want   atomic.Pointer[vxlanState]
+	wantMu sync.RWMutex // never held for writing: want is replaced whole
 	filter watchFilter
 	passes struct{ full, delta int }
 }
@@ -70,24 +64,10 @@ type vxlan6Backend struct {
 func newVXLAN6(opts VXLANOptions, host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) *vxlan6Backend {
 	name := fmt.Sprintf("flannel-v6.%d", opts.VNI)
 	return &vxlan6Backend{
-		opts: opts, host: host, h: h, rt: rt, name: name,
-		log: log.With("device", name),
-		w:   newWatcher(host.NetNS, log),
+		vxlanDevice: vxlanDevice{opts: opts, h: h, log: log.With("device", name), name: name, overhead: vxlan6Overhead},
+		host:        host, rt: rt,
+		w: newWatcher(host.NetNS, log),
 	}
-}
-
-func (b *vxlan6Backend) port() int {
-	if b.opts.Port == 0 {
-		return defaultVXLANPort
-	}
-	return b.opts.Port
-}
-
-func (b *vxlan6Backend) mtu() int {
-	if b.opts.MTU != 0 {
-		return b.opts.MTU
-	}
-	return b.host.IfaceMTU - vxlan6Overhead
 }
 
 // Init resolves the interface and its IPv6 address, ensures flannel-v6.<VNI>
@@ -99,60 +79,16 @@ func (b *vxlan6Backend) Init(ctx context.Context) (Published, int, error) {
 		return Published{}, 0, err
 	}
 	b.host = host
-	if _, err := b.ensureDevice(); err != nil {
+	if _, err := b.ensureDevice(b.host, b.host.IfaceAddr6); err != nil {
 		return Published{}, 0, err
 	}
-	b.filter = watchFilter{
-		link: func(u netlink.LinkUpdate) bool {
-			idx := int32(u.Attrs().Index)
-			if u.Header.Type == unix.RTM_DELLINK {
-				return idx == b.devIndex.Load() || int(idx) == b.host.IfaceIndex
-			}
-			if u.Attrs().Name == b.name {
-				return idx != b.devIndex.Load() || u.Attrs().Flags&net.FlagUp == 0
-			}
-			return false
-		},
-		route: func(u netlink.RouteUpdate) bool {
-			var routes map[netip.Prefix]routeWant
-			if d := b.want.Load(); d != nil {
-				routes = d.routes
-			}
-			return routeDrift(routes, u)
-		},
-		neigh: func(u netlink.NeighUpdate) bool {
-			if u.Type != unix.RTM_DELNEIGH || int32(u.LinkIndex) != b.devIndex.Load() {
-				return false
-			}
-			d := b.want.Load()
-			switch {
-			case d == nil || d.routes == nil:
-				return true
-			case u.Family == unix.AF_BRIDGE:
-				if len(u.HardwareAddr) != 6 {
-					return false
-				}
-				dst, ok := d.fdb[[6]byte(u.HardwareAddr)]
-				return ok && dst == addrOf(u.IP)
-			default:
-				_, ok := d.neighs[addrOf(u.IP)]
-				return ok
-			}
-		},
-		addr: func(u netlink.AddrUpdate) bool {
-			if u.NewAddr || int32(u.LinkIndex) != b.devIndex.Load() {
-				return false
-			}
-			d := b.want.Load()
-			return d == nil || prefixOf(&u.LinkAddress) == d.addr
-		},
-	}
+	b.filter = b.watchFilter(b.host.IfaceIndex, &b.want, &b.wantMu)
 	b.w.start(b.filter)
 	data, err := json.Marshal(VXLANLeaseData{VNI: b.opts.VNI, VtepMAC: b.mac.String()})
 	if err != nil {
 		return Published{}, 0, fmt.Errorf("dataplane: encode vxlan IPv6 lease data: %w", err)
 	}
-	return Published{BackendType: "vxlan", BackendData: data}, b.mtu(), nil
+	return Published{BackendType: "vxlan", BackendData: data}, b.mtu(b.host.IfaceMTU), nil
 }
 
 func (b *vxlan6Backend) Events() <-chan struct{} { return b.w.ch }
@@ -161,84 +97,6 @@ func (b *vxlan6Backend) Close() error {
 	b.w.close()
 	b.rt.close()
 	return nil
-}
-
-func (b *vxlan6Backend) wantDevice() *netlink.Vxlan {
-	la := netlink.NewLinkAttrs()
-	la.Name = b.name
-	la.MTU = b.mtu()
-	la.HardwareAddr = b.mac
-	return &netlink.Vxlan{
-		LinkAttrs:    la,
-		VxlanId:      b.opts.VNI,
-		VtepDevIndex: b.host.IfaceIndex,
-		SrcAddr:      b.host.IfaceAddr6.AsSlice(),
-		Port:         b.port(),
-		Learning:     b.opts.Learning,
-		GBP:          b.opts.GBP,
-	}
-}
-
-// ensureDevice makes flannel-v6.<VNI> exist, match, and be up, keeping the
-// MAC the lease advertises; it reports whether the device was (re)created
-// (the kernel then dropped everything on it). See vxlanBackend.ensureDevice.
-func (b *vxlan6Backend) ensureDevice() (created bool, err error) {
-	want := b.wantDevice()
-	have, err := b.h.LinkByName(b.name)
-	var notFound netlink.LinkNotFoundError
-	switch {
-	case errors.As(err, &notFound):
-		have = nil
-		if b.link != nil {
-			b.log.Warn("vxlan device disappeared; recreating it with the same MAC", "mac", b.mac.String())
-		}
-	case err != nil:
-		return false, fmt.Errorf("dataplane: look up %s: %w", b.name, err)
-	}
-	if have != nil {
-		if diff := incompatible(have, want); len(diff) > 0 {
-			if b.mac == nil {
-				b.mac = have.Attrs().HardwareAddr
-				want.HardwareAddr = b.mac
-			}
-			b.log.Warn("existing vxlan device is incompatible; recreating it", "diff", strings.Join(diff, "; "))
-			if err := b.h.LinkDel(have); err != nil && !isGone(err) {
-				return false, fmt.Errorf("dataplane: delete incompatible %s: %w", b.name, err)
-			}
-			have = nil
-		}
-	}
-	if have == nil {
-		if err := b.h.LinkAdd(want); err != nil {
-			return false, fmt.Errorf("dataplane: create vxlan device %s (id %d, local %s, dev %s, dstport %d): %w",
-				b.name, want.VxlanId, b.host.IfaceAddr6, b.host.IfaceName, want.Port, err)
-		}
-		created = true
-		if have, err = b.h.LinkByName(b.name); err != nil {
-			return true, fmt.Errorf("dataplane: re-read created %s: %w", b.name, err)
-		}
-		if diff := incompatible(have, want); len(diff) > 0 {
-			return true, fmt.Errorf("dataplane: created %s does not match what was asked: %s", b.name, strings.Join(diff, "; "))
-		}
-	}
-	attrs := have.Attrs()
-	if attrs.MTU != want.MTU {
-		if err := b.h.LinkSetMTU(have, want.MTU); err != nil {
-			return created, fmt.Errorf("dataplane: set %s mtu %d: %w", b.name, want.MTU, err)
-		}
-	}
-	if attrs.Flags&net.FlagUp == 0 {
-		if err := b.h.LinkSetUp(have); err != nil {
-			return created, fmt.Errorf("dataplane: set %s up: %w", b.name, err)
-		}
-	}
-	b.link = have.(*netlink.Vxlan)
-	b.mac = attrs.HardwareAddr
-	b.devIndex.Store(int32(attrs.Index))
-	if created {
-		b.log.Info("vxlan device created", "index", attrs.Index, "mac", b.mac.String(), "mtu", want.MTU)
-	}
-	return created, nil
 }
 
 // peerWant computes one peer's IPv6 entries; skip is true for a peer with no
@@ -314,7 +172,7 @@ func (b *vxlan6Backend) apply(ctx context.Context, snap lease.Snapshot, full boo
 	var created bool
 	if full || b.applied == nil || b.link == nil {
 		var err error
-		if created, err = b.ensureDevice(); err != nil {
+		if created, err = b.ensureDevice(b.host, b.host.IfaceAddr6); err != nil {
 			b.applied = nil
 			return err
 		}
@@ -336,7 +194,7 @@ func (b *vxlan6Backend) apply(ctx context.Context, snap lease.Snapshot, full boo
 	} else {
 		d = b.desired(snap, dev, b.connected)
 		b.want.Store(d) // before any write: the deletions below are weft's own
-		st = b.applyDiff(ctx, prev, d, t)
+		st = applyVXLANDiff(ctx, b.rt, unix.AF_INET6, prev, d, t)
 		errs = append(errs, ctx.Err())
 	}
 	if st != (syncStats{}) {
@@ -373,7 +231,7 @@ func (b *vxlan6Backend) applyFull(ctx context.Context, snap lease.Snapshot, dev 
 	st, err := syncAddrs6(b.h, b.link, addr, t)
 	errs = append(errs, err)
 
-	have, err := readMainRoutesFam(b.rt, unix.AF_INET6, b.host.IfaceIndex)
+	have, err := readMainRoutes(b.rt, unix.AF_INET6, b.host.IfaceIndex)
 	if err != nil {
 		return nil, st, append(errs, err)
 	}
@@ -387,9 +245,9 @@ func (b *vxlan6Backend) applyFull(ctx context.Context, snap lease.Snapshot, dev 
 	// Adds in dependency order (FDB, neighbour, route), deletes in reverse.
 	fs, fdel, err := syncFDB(ctx, b.rt, dev, d.fdb, t)
 	errs = append(errs, err)
-	ns, ndel, err := syncNeighsFam(ctx, b.rt, unix.AF_INET6, dev, d.neighs, t)
+	ns, ndel, err := syncNeighs(ctx, b.rt, unix.AF_INET6, dev, d.neighs, t)
 	errs = append(errs, err)
-	rs, rdel, err := syncRoutesFam(ctx, b.rt, unix.AF_INET6, have.weft, routes, t)
+	rs, rdel, err := syncRoutes(ctx, b.rt, unix.AF_INET6, have.weft, routes, t)
 	errs = append(errs, err)
 	for _, del := range []func() error{rdel, ndel, fdel} {
 		if del != nil {
@@ -400,57 +258,4 @@ func (b *vxlan6Backend) applyFull(ctx context.Context, snap lease.Snapshot, dev 
 	st.plus(*ns)
 	st.plus(*rs)
 	return d, st, errs
-}
-
-// applyDiff writes what differs between old (what the kernel holds, as far
-// as weft knows) and d: adds FDB, neighbour, route; deletes in reverse.
-func (b *vxlan6Backend) applyDiff(ctx context.Context, old, d *vxlanState, t *tally) syncStats {
-	var st syncStats
-	fdbAdd, fdbDel := diffMaps(old.fdb, d.fdb, func(a, b netip.Addr) bool { return a == b })
-	neighAdd, neighDel := diffMaps(old.neighs, d.neighs, func(a, b net.HardwareAddr) bool { return slices.Equal(a, b) })
-	routeAdd, routeDel := diffMaps(old.routes, d.routes, func(a, b routeWant) bool { return a == b })
-	count := func(err error, what string) {
-		if err != nil {
-			t.add(fmt.Errorf("%s: %w", what, err))
-			return
-		}
-		st.Added++
-	}
-	for _, mac := range fdbAdd {
-		count(b.h.NeighSet(fdbEntry(d.dev, mac, d.fdb[mac])), fmt.Sprintf("set FDB entry %s dst %s", net.HardwareAddr(mac[:]), d.fdb[mac]))
-	}
-	for _, ip := range neighAdd {
-		count(b.h.NeighSet(neigh6Entry(d.dev, ip, d.neighs[ip])), fmt.Sprintf("set neighbour %s lladdr %s", ip, d.neighs[ip]))
-	}
-	for _, dst := range routeAdd {
-		count(b.h.RouteReplace(route6(d.routes[dst])), fmt.Sprintf("replace route %s", d.routes[dst]))
-	}
-	if ctx.Err() != nil {
-		return st
-	}
-	gone := func(err error, what string) {
-		if err != nil && !isGone(err) {
-			t.add(fmt.Errorf("%s: %w", what, err))
-			return
-		}
-		st.Deleted++
-	}
-	for _, dst := range routeDel {
-		o := old.routes[dst]
-		if w, ok := d.routes[dst]; ok && w.Metric == o.Metric {
-			continue // replaced above
-		}
-		gone(delRoute6(b.h, o), fmt.Sprintf("delete stale route %s", o))
-	}
-	for _, ip := range neighDel {
-		if _, ok := d.neighs[ip]; ok {
-			continue
-		}
-		gone(b.h.NeighDel(neigh6Entry(old.dev, ip, old.neighs[ip])), fmt.Sprintf("delete stale neighbour %s", ip))
-	}
-	for _, mac := range fdbDel {
-		dst := old.fdb[mac]
-		gone(b.h.NeighDel(fdbEntry(old.dev, mac, dst)), fmt.Sprintf("delete stale FDB entry %s dst %s", net.HardwareAddr(mac[:]), dst))
-	}
-	return st
 }
