@@ -30,16 +30,11 @@ type peerIndex struct {
 	// byIP holds the keys of the valid peer leases naming each PublicIP;
 	// usually one. Only the newest is published (see elect).
 	byIP map[netip.Addr][]string
-	// winner is the key and lease published for each PublicIP: the lease
-	// as it sits in sorted, which m.peers may already have replaced.
-	winner map[netip.Addr]pubEntry
+	// winner is the lease published for each PublicIP, as it sits in
+	// sorted (m.peers may already hold its replacement).
+	winner map[netip.Addr]*Lease
 	sorted []*Lease // the winners, in ComparePeers order
 	known  int      // peer leases counted: not ours, not naming our PublicIP
-}
-
-type pubEntry struct {
-	key string
-	l   *Lease
 }
 
 // counted reports whether a lease is a peer at all (rather than this host's
@@ -52,7 +47,7 @@ func (m *Manager) counted(key string, l Lease) bool {
 func (m *Manager) rebuildIndexLocked() {
 	x := &peerIndex{
 		byIP:   make(map[netip.Addr][]string, len(m.peers)),
-		winner: make(map[netip.Addr]pubEntry, len(m.peers)),
+		winner: make(map[netip.Addr]*Lease, len(m.peers)),
 	}
 	m.idx = x
 	for k, l := range m.peers {
@@ -67,7 +62,7 @@ func (m *Manager) rebuildIndexLocked() {
 	x.sorted = make([]*Lease, 0, len(x.byIP))
 	for ip, keys := range x.byIP {
 		w := m.elect(ip, keys)
-		x.winner[ip] = pubEntry{key: w, l: m.peers[w]}
+		x.winner[ip] = m.peers[w]
 		x.sorted = append(x.sorted, m.peers[w])
 	}
 	slices.SortFunc(x.sorted, ComparePeers)
@@ -135,7 +130,7 @@ func (m *Manager) indexAddLocked(key string, l *Lease) {
 func (m *Manager) reelectLocked(ip netip.Addr) {
 	x := m.idx
 	if old, ok := x.winner[ip]; ok {
-		if !x.unsort(old.l) {
+		if !x.unsort(old) {
 			// Cannot happen while the index is consistent; rebuilding
 			// is always correct.
 			m.idx = nil
@@ -149,7 +144,7 @@ func (m *Manager) reelectLocked(ip netip.Addr) {
 	}
 	w := m.elect(ip, keys)
 	l := m.peers[w]
-	x.winner[ip] = pubEntry{key: w, l: l}
+	x.winner[ip] = l
 	i, _ := slices.BinarySearchFunc(x.sorted, l, ComparePeers)
 	x.sorted = slices.Insert(x.sorted, i, l)
 }
