@@ -36,7 +36,7 @@ func delRoute(h *netlink.Handle, w routeWant) error {
 		Protocol: RTProtWeft,
 		Table:    unix.RT_TABLE_MAIN,
 		Priority: w.Metric,
-		Family:   netlink.FAMILY_V4,
+		Family:   routeFamily(w.Dst),
 	})
 	if err != nil && !isGone(err) {
 		return err

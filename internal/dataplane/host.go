@@ -105,8 +105,9 @@ func openBackendRTNL(typ string, host Host) (*rtnl, error) {
 // netconf owns their decoding, defaults and validation.
 type VXLANOptions = netconf.VXLANOptions
 
-// resolveHost fills in what the caller left zero, from the kernel.
-func resolveHost(h *netlink.Handle, host Host) (Host, netlink.Link, error) {
+// findUnderlay looks up the underlay interface (by index, else by name) and
+// fills in its index, name and, unless the caller set it, MTU.
+func findUnderlay(h *netlink.Handle, host Host) (Host, netlink.Link, error) {
 	var (
 		link netlink.Link
 		err  error
@@ -120,11 +121,20 @@ func resolveHost(h *netlink.Handle, host Host) (Host, netlink.Link, error) {
 		return host, nil, fmt.Errorf("dataplane: find underlay interface %q (index %d): %w", host.IfaceName, host.IfaceIndex, err)
 	}
 	attrs := link.Attrs()
-	host.IfaceIndex = attrs.Index
-	host.IfaceName = attrs.Name
+	host.IfaceIndex, host.IfaceName = attrs.Index, attrs.Name
 	if host.IfaceMTU == 0 {
 		host.IfaceMTU = attrs.MTU
 	}
+	return host, link, nil
+}
+
+// resolveHost fills in what the caller left zero, from the kernel.
+func resolveHost(h *netlink.Handle, host Host) (Host, netlink.Link, error) {
+	host, link, err := findUnderlay(h, host)
+	if err != nil {
+		return host, nil, err
+	}
+	attrs := link.Attrs()
 	if !host.IfaceAddr.IsValid() {
 		addrs, err := h.AddrList(link, netlink.FAMILY_V4)
 		if err != nil {

@@ -14,23 +14,11 @@ import (
 // the interface (index, name, MTU) and its IPv6 address, from the kernel.
 // Unlike resolveHost it does not need an IPv4 address.
 func resolveHost6(h *netlink.Handle, host Host) (Host, error) {
-	var (
-		link netlink.Link
-		err  error
-	)
-	if host.IfaceIndex != 0 {
-		link, err = h.LinkByIndex(host.IfaceIndex)
-	} else {
-		link, err = h.LinkByName(host.IfaceName)
-	}
+	host, link, err := findUnderlay(h, host)
 	if err != nil {
-		return host, fmt.Errorf("dataplane: find underlay interface %q (index %d): %w", host.IfaceName, host.IfaceIndex, err)
+		return host, err
 	}
 	attrs := link.Attrs()
-	host.IfaceIndex, host.IfaceName = attrs.Index, attrs.Name
-	if host.IfaceMTU == 0 {
-		host.IfaceMTU = attrs.MTU
-	}
 	if !host.IfaceAddr6.IsValid() {
 		addrs, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_V6) })
 		if err != nil {

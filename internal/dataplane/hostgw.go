@@ -28,10 +28,14 @@ import (
 // not on a subnet directly connected to the chosen interface.
 var ErrPeerUnreachable = errors.New("peer is not directly reachable (host-gw needs every host on one L2 segment)")
 
-type hostGWBackend struct {
+// hostGWRoutes is what the IPv4 and IPv6 halves of host-gw share: one route
+// per peer out of the underlay interface, written by a full pass (the main
+// table read once) or as the difference to the last successful apply.
+type hostGWRoutes struct {
+	fam   hostGWFamily
 	host  Host
 	h     *netlink.Handle
-	rt    *rtnl // dumps and batched writes; closed by Close
+	rt    *rtnl // dumps and batched writes; closed by Close (shared by dual-stack halves)
 	log   *slog.Logger
 	w     *watcher
 	notes peerNotes
@@ -46,8 +50,34 @@ type hostGWBackend struct {
 	want       atomic.Pointer[map[netip.Prefix]routeWant]
 }
 
+// hostGWFamily is what differs between the two halves of host-gw.
+type hostGWFamily struct {
+	family uint8
+	label  string // "host-gw" or "host-gw IPv6", in messages
+	metric int    // of every peer route
+	own    func(snap lease.Snapshot) netip.Prefix
+	// peer gives a peer's subnet and gateway (its public address of the
+	// family); skip is true for a peer with nothing of this family, err
+	// says why a peer cannot be programmed (noted under sub).
+	peer func(p *lease.Lease, own netip.Prefix, host Host) (sub netip.Prefix, gw netip.Addr, skip bool, err error)
+}
+
+type hostGWBackend struct{ hostGWRoutes }
+
+var hostGW4 = hostGWFamily{
+	family: unix.AF_INET,
+	label:  "host-gw",
+	own:    func(snap lease.Snapshot) netip.Prefix { return snap.Own.Subnet.Masked() },
+	peer: func(p *lease.Lease, own netip.Prefix, host Host) (netip.Prefix, netip.Addr, bool, error) {
+		if err := checkPeer(p, own, host); err != nil {
+			return p.Subnet, netip.Addr{}, false, err
+		}
+		return p.Subnet.Masked(), p.Attrs.PublicIP, false, nil
+	},
+}
+
 func newHostGW(host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) *hostGWBackend {
-	return &hostGWBackend{host: host, h: h, rt: rt, log: log, w: newWatcher(host.NetNS, log)}
+	return &hostGWBackend{hostGWRoutes{fam: hostGW4, host: host, h: h, rt: rt, log: log, w: newWatcher(host.NetNS, log)}}
 }
 
 func (b *hostGWBackend) Init(ctx context.Context) (Published, int, error) {
@@ -63,73 +93,78 @@ func (b *hostGWBackend) Init(ctx context.Context) (Published, int, error) {
 		route: func(u netlink.RouteUpdate) bool {
 			// Ours removed, or the connected routes that decide which peers
 			// are reachable changed.
-			var routes map[netip.Prefix]routeWant
-			if p := b.want.Load(); p != nil {
-				routes = *p
-			}
-			return routeDrift(routes, u) ||
-				(u.LinkIndex == b.host.IfaceIndex && u.Scope == netlink.SCOPE_LINK)
+			return b.drift(u) || (u.LinkIndex == b.host.IfaceIndex && u.Scope == netlink.SCOPE_LINK)
 		},
 	})
 	return Published{BackendType: "host-gw"}, host.IfaceMTU, nil
 }
 
-func (b *hostGWBackend) Events() <-chan struct{} { return b.w.ch }
+// drift reports whether route update u removes a route weft wants.
+func (b *hostGWRoutes) drift(u netlink.RouteUpdate) bool {
+	var routes map[netip.Prefix]routeWant
+	if p := b.want.Load(); p != nil {
+		routes = *p
+	}
+	return routeDrift(routes, u)
+}
 
-func (b *hostGWBackend) Close() error {
+func (b *hostGWRoutes) Events() <-chan struct{} { return b.w.ch }
+
+func (b *hostGWRoutes) Close() error {
 	b.w.close()
 	b.rt.close()
 	return nil
 }
 
 // Apply reads weft's routes and makes them equal to what snap asks for.
-func (b *hostGWBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
+func (b *hostGWRoutes) Apply(ctx context.Context, snap lease.Snapshot) error {
 	return b.apply(ctx, snap, true)
 }
 
 // ApplyDelta writes only the routes that differ from the last successful
 // apply, without reading the kernel; with no such apply it is a full one.
-func (b *hostGWBackend) ApplyDelta(ctx context.Context, snap lease.Snapshot) error {
+func (b *hostGWRoutes) ApplyDelta(ctx context.Context, snap lease.Snapshot) error {
 	return b.apply(ctx, snap, false)
 }
 
-func (b *hostGWBackend) apply(ctx context.Context, snap lease.Snapshot, full bool) error {
+func (b *hostGWRoutes) apply(ctx context.Context, snap lease.Snapshot, full bool) error {
 	prev := b.applied
 	b.applied = nil // until this apply succeeds nothing is known
-	own := snap.Own.Subnet.Masked()
+	own := b.fam.own(snap)
 	if prev == nil || own != b.appliedOwn {
 		full = true
 	}
 	var have mainRoutes
-	connected := b.connected
 	if full {
 		var err error
-		if have, err = readMainRoutes(b.rt, unix.AF_INET, b.host.IfaceIndex); err != nil {
+		if have, err = readMainRoutes(b.rt, b.fam.family, b.host.IfaceIndex); err != nil {
 			return fmt.Errorf("dataplane: %w", err)
 		}
-		connected = have.connected
-		b.connected = connected
+		b.connected = have.connected
 	}
 	want := make(map[netip.Prefix]routeWant, len(snap.Peers)+1)
 	var unreachable []error
 	b.notes.begin()
 	for _, p := range snap.Peers {
-		if err := checkPeer(p, own, b.host); err != nil {
-			b.notes.note(b.log, p.Subnet, err.Error())
+		sub, gw, skip, err := b.fam.peer(p, own, b.host)
+		if skip {
 			continue
 		}
-		sub := p.Subnet.Masked()
+		if err != nil {
+			b.notes.note(b.log, sub, err.Error())
+			continue
+		}
 		if !strings.EqualFold(p.Attrs.BackendType, "host-gw") {
 			b.notes.note(b.log, sub, fmt.Sprintf("backend type %q, want host-gw", p.Attrs.BackendType))
 			continue
 		}
-		if !coveredBy(connected, p.Attrs.PublicIP) {
-			err := fmt.Errorf("host-gw peer %s at %s via %s: %w", sub, p.Attrs.PublicIP, b.host.IfaceName, ErrPeerUnreachable)
+		if !coveredBy(b.connected, gw) {
+			err := fmt.Errorf("host-gw peer %s at %s via %s: %w", sub, gw, b.host.IfaceName, ErrPeerUnreachable)
 			b.notes.note(b.log, sub, err.Error())
 			unreachable = append(unreachable, err)
 			continue
 		}
-		want[sub] = routeWant{Dst: sub, Gw: p.Attrs.PublicIP, Link: b.host.IfaceIndex}
+		want[sub] = routeWant{Dst: sub, Gw: gw, Link: b.host.IfaceIndex, Metric: b.fam.metric}
 	}
 	b.notes.end()
 	if b.host.BlackholeRoute && own.IsValid() {
@@ -137,7 +172,7 @@ func (b *hostGWBackend) apply(ctx context.Context, snap lease.Snapshot, full boo
 	}
 	// Published before any write: the deletions below are weft's own.
 	b.want.Store(&want)
-	t := &tally{what: "host-gw apply"}
+	t := &tally{what: b.fam.label + " apply"}
 	var err error
 	if full {
 		routes := make([]routeWant, 0, len(want))
@@ -145,7 +180,7 @@ func (b *hostGWBackend) apply(ctx context.Context, snap lease.Snapshot, full boo
 			routes = append(routes, r)
 		}
 		var del func() error
-		_, del, err = syncRoutes(ctx, b.rt, unix.AF_INET, have.weft, routes, t)
+		_, del, err = syncRoutes(ctx, b.rt, b.fam.family, have.weft, routes, t)
 		if del != nil && err == nil {
 			err = del()
 		}
@@ -158,7 +193,7 @@ func (b *hostGWBackend) apply(ctx context.Context, snap lease.Snapshot, full boo
 	case 1:
 		errs = append(errs, unreachable[0])
 	default:
-		errs = append(errs, fmt.Errorf("%d host-gw peers unreachable, first: %w", len(unreachable), unreachable[0]))
+		errs = append(errs, fmt.Errorf("%d %s peers unreachable, first: %w", len(unreachable), b.fam.label, unreachable[0]))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("dataplane: %w", err)
@@ -169,7 +204,7 @@ func (b *hostGWBackend) apply(ctx context.Context, snap lease.Snapshot, full boo
 
 // applyDiff adds and replaces, then deletes, the routes that differ between
 // old (what the kernel holds, as far as weft knows) and want.
-func (b *hostGWBackend) applyDiff(ctx context.Context, old, want map[netip.Prefix]routeWant, t *tally) error {
+func (b *hostGWRoutes) applyDiff(ctx context.Context, old, want map[netip.Prefix]routeWant, t *tally) error {
 	add, del := diffMaps(old, want, func(a, b routeWant) bool { return a == b })
 	for _, dst := range add {
 		w := want[dst]

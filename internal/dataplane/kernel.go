@@ -36,6 +36,11 @@ const RTProtWeft netlink.RouteProtocol = 87
 // when no container bridge claims the subnet.
 const blackholeMetric = 1 << 16
 
+// v6Metric is the metric the kernel gives an IPv6 route added without one.
+// Weft's IPv6 routes carry it explicitly, so that what a dump reports
+// compares equal to what was asked and a delete names the same route.
+const v6Metric = 1024
+
 // ctxCheckEvery bounds how many kernel calls run between context checks, so
 // a shutdown does not wait for a 15,000-call batch.
 const ctxCheckEvery = 512
@@ -131,7 +136,7 @@ func (w routeWant) route() *netlink.Route {
 		Table:     unix.RT_TABLE_MAIN,
 		Priority:  w.Metric,
 		LinkIndex: w.Link,
-		Family:    netlink.FAMILY_V4,
+		Family:    routeFamily(w.Dst),
 	}
 	if w.Gw.IsValid() {
 		r.Gw = w.Gw.AsSlice()
@@ -143,6 +148,14 @@ func (w routeWant) route() *netlink.Route {
 		r.Type = unix.RTN_BLACKHOLE
 	}
 	return r
+}
+
+// routeFamily is the netlink family of a route to dst.
+func routeFamily(dst netip.Prefix) int {
+	if dst.Addr().Is6() {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
 }
 
 func (w routeWant) matches(r kRoute) bool {
@@ -495,30 +508,50 @@ func syncFDB(ctx context.Context, c *rtnl, link int, want map[[6]byte]netip.Addr
 	return st, del, nil
 }
 
-// syncAddrs makes the IPv4 addresses on link exactly want (zero = none).
-// Anything else — e.g. the /16 that flannel before 0.7.0 put on flannel.1,
-// whose connected route swallowed the whole overlay — is removed. The new
-// address goes on before old ones come off: removing a device's last IPv4
-// address makes the kernel flush every route through it.
-func syncAddrs(h *netlink.Handle, link netlink.Link, want netip.Prefix, t *tally) (syncStats, error) {
+// syncAddrs makes the addresses of family (AF_INET or AF_INET6) on link
+// exactly want (zero = none). Anything else — e.g. the /16 that flannel
+// before 0.7.0 put on flannel.1, whose connected route swallowed the whole
+// overlay — is removed. The new address goes on before old ones come off:
+// removing a device's last IPv4 address makes the kernel flush every route
+// through it.
+//
+// For IPv6 only global addresses are weft's: link-local ones are the
+// kernel's and stay. The address is added without duplicate address
+// detection: it is a /128 nobody else can hold on this device, and a
+// tentative address cannot be used as a source for the second or so DAD
+// takes.
+func syncAddrs(h *netlink.Handle, family uint8, link netlink.Link, want netip.Prefix, t *tally) (syncStats, error) {
 	var st syncStats
-	have, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_V4) })
+	v6 := family == unix.AF_INET6
+	nlFamily, what := netlink.FAMILY_V4, "addresses"
+	if v6 {
+		nlFamily, what = netlink.FAMILY_V6, "IPv6 addresses"
+	}
+	have, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(link, nlFamily) })
 	if err != nil {
-		return st, fmt.Errorf("list addresses on %s: %w", link.Attrs().Name, err)
+		return st, fmt.Errorf("list %s on %s: %w", what, link.Attrs().Name, err)
 	}
 	found := false
 	for _, a := range have {
 		found = found || (want.IsValid() && prefixOf(a.IPNet) == want)
 	}
 	if want.IsValid() && !found {
-		if err := h.AddrAdd(link, &netlink.Addr{IPNet: ipNet(want)}); err != nil && !errors.Is(err, unix.EEXIST) {
+		add := &netlink.Addr{IPNet: ipNet(want)}
+		if v6 {
+			add.Flags = unix.IFA_F_NODAD
+		}
+		if err := h.AddrAdd(link, add); err != nil && !errors.Is(err, unix.EEXIST) {
 			t.add(fmt.Errorf("add address %s to %s: %w", want, link.Attrs().Name, err))
 		} else {
 			st.Added++
 		}
 	}
 	for _, a := range have {
-		if want.IsValid() && prefixOf(a.IPNet) == want {
+		p := prefixOf(a.IPNet)
+		if want.IsValid() && p == want {
+			continue
+		}
+		if v6 && (a.Scope != unix.RT_SCOPE_UNIVERSE || p.Addr().IsLinkLocalUnicast()) {
 			continue
 		}
 		if err := h.AddrDel(link, &a); err != nil && !isGone(err) && !errors.Is(err, unix.EADDRNOTAVAIL) {

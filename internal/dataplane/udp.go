@@ -321,7 +321,7 @@ func (b *udpBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
 		addr = netip.PrefixFrom(own.Addr(), 32)
 	}
 	var errs []error
-	st, err := syncAddrs(b.h, b.link, addr, t)
+	st, err := syncAddrs(b.h, unix.AF_INET, b.link, addr, t)
 	errs = append(errs, err)
 
 	// The peer table goes in before the route: the route makes the kernel

@@ -630,7 +630,7 @@ func (b *vxlanBackend) applyFull(ctx context.Context, snap lease.Snapshot, dev i
 		next.addr = addr
 		b.want.Store(&next)
 	}
-	st, err := syncAddrs(b.h, b.link, addr, t)
+	st, err := syncAddrs(b.h, unix.AF_INET, b.link, addr, t)
 	errs = append(errs, err)
 
 	have, err := readMainRoutes(b.rt, unix.AF_INET, b.host.IfaceIndex)

@@ -228,7 +228,7 @@ func (b *vxlan6Backend) applyFull(ctx context.Context, snap lease.Snapshot, dev 
 		next.addr = addr
 		b.want.Store(&next)
 	}
-	st, err := syncAddrs6(b.h, b.link, addr, t)
+	st, err := syncAddrs(b.h, unix.AF_INET6, b.link, addr, t)
 	errs = append(errs, err)
 
 	have, err := readMainRoutes(b.rt, unix.AF_INET6, b.host.IfaceIndex)

@@ -363,7 +363,7 @@ func TestVXLAN6Drift(t *testing.T) {
 	must(t, h.NeighDel(&netlink.Neigh{LinkIndex: dev.Attrs().Index, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
 		State: netlink.NUD_PERMANENT, HardwareAddr: mac6(2), IP: publicIP6(2).AsSlice()}))
 	// A leftover of a lease that no longer exists.
-	must(t, h.RouteReplace(route6(routeWant{Dst: peerSubnet6(77), Gw: peerSubnet6(77).Addr(), Link: dev.Attrs().Index, OnLink: true, Metric: v6Metric})))
+	must(t, h.RouteReplace((routeWant{Dst: peerSubnet6(77), Gw: peerSubnet6(77).Addr(), Link: dev.Attrs().Index, OnLink: true, Metric: v6Metric}).route()))
 	if d := cmp.Diff(want, kernelState6(t, h, "flannel-v6.1")); d == "" {
 		t.Fatal("damage did not show in the kernel state")
 	}
