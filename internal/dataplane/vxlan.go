@@ -621,15 +621,8 @@ func (b *vxlanBackend) applyFull(ctx context.Context, snap lease.Snapshot, dev i
 	}
 	var errs []error
 	// The address first: changing it can make the kernel drop routes, and
-	// the route dump below must see the result. Its removals are echoes,
-	// not drift: publish the address before.
-	if cur := b.want.Load(); cur == nil {
-		b.want.Store(&vxlanState{own: own, dev: dev, addr: addr})
-	} else if cur.addr != addr {
-		next := *cur
-		next.addr = addr
-		b.want.Store(&next)
-	}
+	// the route dump below must see the result.
+	publishAddr(&b.want, own, dev, addr)
 	st, err := syncAddrs(b.h, unix.AF_INET, b.link, addr, t)
 	errs = append(errs, err)
 
@@ -645,15 +638,36 @@ func (b *vxlanBackend) applyFull(ctx context.Context, snap lease.Snapshot, dev i
 		routes = append(routes, r)
 	}
 	b.routeBuf = routes
+	errs = append(errs, syncVXLAN(ctx, b.rt, unix.AF_INET, d, have.weft, routes, &st, t)...)
+	return d, st, errs
+}
 
-	// Adds in dependency order (FDB, neighbour, then the route that uses
-	// them: a route is usable the moment it appears), deletes in reverse,
-	// so no packet is sent through a half-programmed peer.
-	fs, fdel, err := syncFDB(ctx, b.rt, dev, d.fdb, t)
+// publishAddr makes the desired state in want ask for device address addr
+// before a full pass changes it: the removals that change causes are
+// echoes, not drift.
+func publishAddr(want *atomic.Pointer[vxlanState], own netip.Prefix, dev int, addr netip.Prefix) {
+	if cur := want.Load(); cur == nil {
+		want.Store(&vxlanState{own: own, dev: dev, addr: addr})
+	} else if cur.addr != addr {
+		next := *cur
+		next.addr = addr
+		want.Store(&next)
+	}
+}
+
+// syncVXLAN makes the FDB entries, neighbours (of family) and routes of the
+// device d.dev equal to d, given weft's routes of family in the main table
+// (have) and d's routes as a slice; it adds what it changed to st. Adds go
+// in dependency order (FDB, neighbour, then the route that uses them: a
+// route is usable the moment it appears), deletes in reverse, so no packet
+// is sent through a half-programmed peer.
+func syncVXLAN(ctx context.Context, rt *rtnl, family uint8, d *vxlanState, have []kRoute, routes []routeWant, st *syncStats, t *tally) []error {
+	var errs []error
+	fs, fdel, err := syncFDB(ctx, rt, d.dev, d.fdb, t)
 	errs = append(errs, err)
-	ns, ndel, err := syncNeighs(ctx, b.rt, unix.AF_INET, dev, d.neighs, t)
+	ns, ndel, err := syncNeighs(ctx, rt, family, d.dev, d.neighs, t)
 	errs = append(errs, err)
-	rs, rdel, err := syncRoutes(ctx, b.rt, unix.AF_INET, have.weft, routes, t)
+	rs, rdel, err := syncRoutes(ctx, rt, family, have, routes, t)
 	errs = append(errs, err)
 	for _, del := range []func() error{rdel, ndel, fdel} {
 		if del != nil {
@@ -663,7 +677,7 @@ func (b *vxlanBackend) applyFull(ctx context.Context, snap lease.Snapshot, dev i
 	st.plus(*fs)
 	st.plus(*ns)
 	st.plus(*rs)
-	return d, st, errs
+	return errs
 }
 
 // applyVXLANDiff writes what differs between old (which the kernel holds, as

@@ -221,13 +221,7 @@ func (b *vxlan6Backend) applyFull(ctx context.Context, snap lease.Snapshot, dev 
 		addr = netip.PrefixFrom(own.Addr(), 128)
 	}
 	var errs []error
-	if cur := b.want.Load(); cur == nil {
-		b.want.Store(&vxlanState{own: own, dev: dev, addr: addr})
-	} else if cur.addr != addr {
-		next := *cur
-		next.addr = addr
-		b.want.Store(&next)
-	}
+	publishAddr(&b.want, own, dev, addr)
 	st, err := syncAddrs(b.h, unix.AF_INET6, b.link, addr, t)
 	errs = append(errs, err)
 
@@ -242,20 +236,6 @@ func (b *vxlan6Backend) applyFull(ctx context.Context, snap lease.Snapshot, dev 
 	for _, r := range d.routes {
 		routes = append(routes, r)
 	}
-	// Adds in dependency order (FDB, neighbour, route), deletes in reverse.
-	fs, fdel, err := syncFDB(ctx, b.rt, dev, d.fdb, t)
-	errs = append(errs, err)
-	ns, ndel, err := syncNeighs(ctx, b.rt, unix.AF_INET6, dev, d.neighs, t)
-	errs = append(errs, err)
-	rs, rdel, err := syncRoutes(ctx, b.rt, unix.AF_INET6, have.weft, routes, t)
-	errs = append(errs, err)
-	for _, del := range []func() error{rdel, ndel, fdel} {
-		if del != nil {
-			errs = append(errs, del())
-		}
-	}
-	st.plus(*fs)
-	st.plus(*ns)
-	st.plus(*rs)
+	errs = append(errs, syncVXLAN(ctx, b.rt, unix.AF_INET6, d, have.weft, routes, &st, t)...)
 	return d, st, errs
 }
