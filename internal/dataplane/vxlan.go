@@ -64,6 +64,21 @@ type vxlanDevice struct {
 	mac      net.HardwareAddr // the VTEP MAC to keep across recreation
 	link     *netlink.Vxlan
 	devIndex atomic.Int32 // read by the watcher's filters
+	// applied is the desired state of the last successful apply (nil: none,
+	// or the last apply failed), the baseline of a delta.
+	applied *vxlanState
+	// passes counts successful full and delta applies (and the deltas that
+	// went peer by peer, IPv4 only), for tests.
+	passes struct{ full, delta, incremental int }
+}
+
+// vxlanPasses are the two ways a vxlan backend brings its device to the
+// state a snapshot asks for, given the device index: a full pass (read the
+// kernel, write the differences) and a delta from prev, the state of the
+// last successful apply (write the difference, read nothing).
+type vxlanPasses interface {
+	applyFull(ctx context.Context, snap lease.Snapshot, dev int, t *tally) (*vxlanState, syncStats, []error)
+	applyDelta(ctx context.Context, snap lease.Snapshot, prev *vxlanState, dev int, t *tally) (*vxlanState, syncStats, []error)
 }
 
 type vxlanBackend struct {
@@ -77,11 +92,10 @@ type vxlanBackend struct {
 	notes    peerNotes
 	routeBuf []routeWant // the routes of a full pass, reused
 
-	// applied is the desired state of the last successful apply (nil: none,
-	// or the last apply failed), the baseline of a delta. connected is the
-	// underlay's connected subnets as the last full pass read them.
-	applied      *vxlanState
-	appliedPeers []*lease.Lease // the snapshot peers applied was computed for
+	// appliedPeers are the snapshot peers applied was computed for.
+	// connected is the underlay's connected subnets as the last full pass
+	// read them.
+	appliedPeers []*lease.Lease
 	connected    []netip.Prefix
 	// want is the desired state of the current or last apply, for the
 	// watcher's filters: removing what is not wanted is weft's own doing.
@@ -89,8 +103,6 @@ type vxlanBackend struct {
 	wantMu sync.RWMutex // held by the loop while it changes want's maps in place
 	// filter is what the watcher runs (kept for tests).
 	filter watchFilter
-	// passes counts successful full and delta applies, for tests.
-	passes struct{ full, delta, incremental int }
 }
 
 func newVXLAN(opts VXLANOptions, host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) *vxlanBackend {
@@ -555,59 +567,76 @@ func (b *vxlanBackend) ApplyDelta(ctx context.Context, snap lease.Snapshot) erro
 }
 
 func (b *vxlanBackend) apply(ctx context.Context, snap lease.Snapshot, full bool) error {
+	if err := b.run(ctx, b, "vxlan", b.host, b.host.IfaceAddr, snap, snap.Own.Subnet.Masked(), full); err != nil {
+		return err
+	}
+	b.appliedPeers = snap.Peers
+	return nil
+}
+
+// run is one apply of the device, over the underlay of host with local
+// address local, for snap whose own subnet of the device's family is own;
+// label ("vxlan", "vxlan IPv6") names it in messages.
+func (v *vxlanDevice) run(ctx context.Context, p vxlanPasses, label string, host Host, local netip.Addr, snap lease.Snapshot, own netip.Prefix, full bool) error {
 	// A delta trusts the device as the last apply left it: its removal,
 	// recreation or going down is a link event, which makes the next apply
 	// full, and until then writes to the old index fail, which does too.
 	var created bool
-	if full || b.applied == nil || b.link == nil {
+	if full || v.applied == nil || v.link == nil {
 		var err error
-		if created, err = b.ensureDevice(b.host, b.host.IfaceAddr); err != nil {
-			b.applied = nil
+		if created, err = v.ensureDevice(host, local); err != nil {
+			v.applied = nil
 			return err
 		}
 	}
-	dev := int(b.devIndex.Load())
-	prev := b.applied
+	dev := int(v.devIndex.Load())
+	prev := v.applied
 	// Until this apply succeeds nothing is known about the kernel.
-	b.applied = nil
-	if created || prev == nil || prev.dev != dev || prev.own != snap.Own.Subnet.Masked() {
+	v.applied = nil
+	if created || prev == nil || prev.dev != dev || prev.own != own {
 		full = true
 	}
-	t := &tally{what: "vxlan apply"}
+	t := &tally{what: label + " apply"}
 	var (
 		st   syncStats
 		d    *vxlanState
 		errs []error
 	)
 	if full {
-		d, st, errs = b.applyFull(ctx, snap, dev, t)
-	} else if old, cur, ok := b.applyIncremental(prev, b.appliedPeers, snap); ok {
-		d = prev
-		b.passes.incremental++
-		st = applyVXLANDiff(ctx, b.rt, unix.AF_INET, old, cur, t)
-		errs = append(errs, ctx.Err())
+		d, st, errs = p.applyFull(ctx, snap, dev, t)
 	} else {
-		d = b.desired(snap, dev, b.connected, nil) // prev is the baseline of the diff
-		// Published before any write, so that the watcher recognises the
-		// deletions this apply causes as its own.
-		b.want.Store(d)
-		st = applyVXLANDiff(ctx, b.rt, unix.AF_INET, prev, d, t)
-		errs = append(errs, ctx.Err())
+		d, st, errs = p.applyDelta(ctx, snap, prev, dev, t)
 	}
 	if st != (syncStats{}) {
-		b.log.Debug("vxlan dataplane changed", "full", full, "peers", len(snap.Peers), "added", st.Added, "replaced", st.Replaced, "deleted", st.Deleted)
+		v.log.Debug(label+" dataplane changed", "full", full, "peers", len(snap.Peers), "added", st.Added, "replaced", st.Replaced, "deleted", st.Deleted)
 	}
 	errs = append(errs, t.err())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
-	b.applied, b.appliedPeers = d, snap.Peers
+	v.applied = d
 	if full {
-		b.passes.full++
+		v.passes.full++
 	} else {
-		b.passes.delta++
+		v.passes.delta++
 	}
 	return nil
+}
+
+// applyDelta goes peer by peer when few peers changed (applyIncremental),
+// else diffs a freshly computed desired state against prev.
+func (b *vxlanBackend) applyDelta(ctx context.Context, snap lease.Snapshot, prev *vxlanState, dev int, t *tally) (*vxlanState, syncStats, []error) {
+	if old, cur, ok := b.applyIncremental(prev, b.appliedPeers, snap); ok {
+		b.passes.incremental++
+		st := applyVXLANDiff(ctx, b.rt, unix.AF_INET, old, cur, t)
+		return prev, st, []error{ctx.Err()}
+	}
+	d := b.desired(snap, dev, b.connected, nil) // prev is the baseline of the diff
+	// Published before any write, so that the watcher recognises the
+	// deletions this apply causes as its own.
+	b.want.Store(d)
+	st := applyVXLANDiff(ctx, b.rt, unix.AF_INET, prev, d, t)
+	return d, st, []error{ctx.Err()}
 }
 
 // applyFull reads addresses, routes, neighbours and FDB entries and makes

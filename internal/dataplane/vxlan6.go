@@ -24,7 +24,6 @@ package dataplane
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -50,7 +49,6 @@ type vxlan6Backend struct {
 
 	// Only the loop goroutine (and Init before it) touches these.
 	notes     peerNotes
-	applied   *vxlanState // desired state of the last successful apply; nil: none or it failed
 	connected []netip.Prefix
 
 	// want is the desired state of the current or last apply, for the
@@ -58,7 +56,6 @@ type vxlan6Backend struct {
 	want   atomic.Pointer[vxlanState]
 	wantMu sync.RWMutex // never held for writing: want is replaced whole
 	filter watchFilter
-	passes struct{ full, delta int }
 }
 
 func newVXLAN6(opts VXLANOptions, host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) *vxlan6Backend {
@@ -169,48 +166,15 @@ func (b *vxlan6Backend) ApplyDelta(ctx context.Context, snap lease.Snapshot) err
 }
 
 func (b *vxlan6Backend) apply(ctx context.Context, snap lease.Snapshot, full bool) error {
-	var created bool
-	if full || b.applied == nil || b.link == nil {
-		var err error
-		if created, err = b.ensureDevice(b.host, b.host.IfaceAddr6); err != nil {
-			b.applied = nil
-			return err
-		}
-	}
-	dev := int(b.devIndex.Load())
-	prev := b.applied
-	b.applied = nil
-	if created || prev == nil || prev.dev != dev || prev.own != snap.Own.IPv6Subnet.Masked() {
-		full = true
-	}
-	t := &tally{what: "vxlan IPv6 apply"}
-	var (
-		st   syncStats
-		d    *vxlanState
-		errs []error
-	)
-	if full {
-		d, st, errs = b.applyFull(ctx, snap, dev, t)
-	} else {
-		d = b.desired(snap, dev, b.connected)
-		b.want.Store(d) // before any write: the deletions below are weft's own
-		st = applyVXLANDiff(ctx, b.rt, unix.AF_INET6, prev, d, t)
-		errs = append(errs, ctx.Err())
-	}
-	if st != (syncStats{}) {
-		b.log.Debug("vxlan IPv6 dataplane changed", "full", full, "peers", len(snap.Peers), "added", st.Added, "replaced", st.Replaced, "deleted", st.Deleted)
-	}
-	errs = append(errs, t.err())
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("dataplane: %w", err)
-	}
-	b.applied = d
-	if full {
-		b.passes.full++
-	} else {
-		b.passes.delta++
-	}
-	return nil
+	return b.run(ctx, b, "vxlan IPv6", b.host, b.host.IfaceAddr6, snap, snap.Own.IPv6Subnet.Masked(), full)
+}
+
+// applyDelta diffs a freshly computed desired state against prev.
+func (b *vxlan6Backend) applyDelta(ctx context.Context, snap lease.Snapshot, prev *vxlanState, dev int, t *tally) (*vxlanState, syncStats, []error) {
+	d := b.desired(snap, dev, b.connected)
+	b.want.Store(d) // before any write: the deletions below are weft's own
+	st := applyVXLANDiff(ctx, b.rt, unix.AF_INET6, prev, d, t)
+	return d, st, []error{ctx.Err()}
 }
 
 // applyFull is vxlanBackend.applyFull for the IPv6 device.
