@@ -50,12 +50,16 @@ type VXLANLeaseData struct {
 }
 
 // vxlanDevice is the kernel vxlan device of a vxlan backend, flannel.<VNI>
-// over IPv4 or flannel-v6.<VNI> over IPv6: what it should look like, and the
-// MAC, link and index weft last found. The MAC is published in the lease, so
-// it is kept across restarts and recreation. Both backends embed it.
+// over IPv4 or flannel-v6.<VNI> over IPv6, and what weft keeps about it:
+// what it should look like, the MAC, link and index last found, and the
+// desired state of the current and last applies. The MAC is published in
+// the lease, so it is kept across restarts and recreation. Both backends
+// embed it.
 type vxlanDevice struct {
 	opts     VXLANOptions
+	family   uint8 // of the underlay, the neighbours and the routes
 	h        *netlink.Handle
+	rt       *rtnl // dumps and batched writes; closed by Close
 	log      *slog.Logger
 	name     string
 	overhead int // what the encapsulation adds to a frame
@@ -70,37 +74,33 @@ type vxlanDevice struct {
 	// passes counts successful full and delta applies (and the deltas that
 	// went peer by peer, IPv4 only), for tests.
 	passes struct{ full, delta, incremental int }
+	// connected is the underlay's connected subnets as the last full pass
+	// read them; routeBuf holds the routes of a full pass, reused.
+	connected []netip.Prefix
+	routeBuf  []routeWant
+	// want is the desired state of the current or last apply, for the
+	// watcher's filters: removing what is not wanted is weft's own doing.
+	want   atomic.Pointer[vxlanState]
+	wantMu sync.RWMutex // held by the loop while it changes want's maps in place
 }
 
-// vxlanPasses are the two ways a vxlan backend brings its device to the
-// state a snapshot asks for, given the device index: a full pass (read the
-// kernel, write the differences) and a delta from prev, the state of the
+// vxlanPasses is what differs between the backends of the two families:
+// the desired state of a full pass (given the device index and the
+// underlay's connected subnets), and a delta from prev, the state of the
 // last successful apply (write the difference, read nothing).
 type vxlanPasses interface {
-	applyFull(ctx context.Context, snap lease.Snapshot, dev int, t *tally) (*vxlanState, syncStats, []error)
+	desiredFull(snap lease.Snapshot, dev int, connected []netip.Prefix) *vxlanState
 	applyDelta(ctx context.Context, snap lease.Snapshot, prev *vxlanState, dev int, t *tally) (*vxlanState, syncStats, []error)
 }
 
 type vxlanBackend struct {
 	vxlanDevice
 	host Host
-	rt   *rtnl // dumps and batched writes; closed by Close
-
-	w *watcher
+	w    *watcher
 
 	// Only the loop goroutine (and Init before it) touches these.
-	notes    peerNotes
-	routeBuf []routeWant // the routes of a full pass, reused
-
-	// appliedPeers are the snapshot peers applied was computed for.
-	// connected is the underlay's connected subnets as the last full pass
-	// read them.
-	appliedPeers []*lease.Lease
-	connected    []netip.Prefix
-	// want is the desired state of the current or last apply, for the
-	// watcher's filters: removing what is not wanted is weft's own doing.
-	want   atomic.Pointer[vxlanState]
-	wantMu sync.RWMutex // held by the loop while it changes want's maps in place
+	notes        peerNotes
+	appliedPeers []*lease.Lease // the snapshot peers applied was computed for
 	// filter is what the watcher runs (kept for tests).
 	filter watchFilter
 }
@@ -108,9 +108,12 @@ type vxlanBackend struct {
 func newVXLAN(opts VXLANOptions, host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) *vxlanBackend {
 	name := fmt.Sprintf("flannel.%d", opts.VNI)
 	return &vxlanBackend{
-		vxlanDevice: vxlanDevice{opts: opts, h: h, log: log.With("device", name), name: name, overhead: vxlanOverhead},
-		host:        host, rt: rt,
-		w: newWatcher(host.NetNS, log),
+		vxlanDevice: vxlanDevice{
+			opts: opts, family: unix.AF_INET, h: h, rt: rt,
+			log: log.With("device", name), name: name, overhead: vxlanOverhead,
+		},
+		host: host,
+		w:    newWatcher(host.NetNS, log),
 	}
 }
 
@@ -144,7 +147,7 @@ func (b *vxlanBackend) Init(ctx context.Context) (Published, int, error) {
 	if _, err := b.ensureDevice(b.host, b.host.IfaceAddr); err != nil {
 		return Published{}, 0, err
 	}
-	b.filter = b.watchFilter(b.host.IfaceIndex, &b.want, &b.wantMu)
+	b.filter = b.watchFilter(b.host.IfaceIndex)
 	b.w.start(b.filter)
 	data, err := json.Marshal(VXLANLeaseData{VNI: b.opts.VNI, VtepMAC: b.mac.String()})
 	if err != nil {
@@ -163,8 +166,9 @@ func (b *vxlanBackend) Close() error {
 
 // watchFilter is what the backend's watcher runs: changes to the device or
 // the underlay interface (index iface), and removals of what the desired
-// state in want (read under mu) asks for.
-func (v *vxlanDevice) watchFilter(iface int, want *atomic.Pointer[vxlanState], mu *sync.RWMutex) watchFilter {
+// state in v.want asks for.
+func (v *vxlanDevice) watchFilter(iface int) watchFilter {
+	want, mu := &v.want, &v.wantMu
 	return watchFilter{
 		link: func(u netlink.LinkUpdate) bool {
 			idx := int32(u.Attrs().Index)
@@ -603,7 +607,7 @@ func (v *vxlanDevice) run(ctx context.Context, p vxlanPasses, label string, host
 		errs []error
 	)
 	if full {
-		d, st, errs = p.applyFull(ctx, snap, dev, t)
+		d, st, errs = v.applyFull(ctx, p, snap, host.IfaceIndex, own, dev, t)
 	} else {
 		d, st, errs = p.applyDelta(ctx, snap, prev, dev, t)
 	}
@@ -640,35 +644,44 @@ func (b *vxlanBackend) applyDelta(ctx context.Context, snap lease.Snapshot, prev
 }
 
 // applyFull reads addresses, routes, neighbours and FDB entries and makes
-// them equal to what snap asks for. It returns the desired state (nil when
-// it could not even be computed).
-func (b *vxlanBackend) applyFull(ctx context.Context, snap lease.Snapshot, dev int, t *tally) (*vxlanState, syncStats, []error) {
-	own := snap.Own.Subnet.Masked()
-	var addr netip.Prefix
+// them equal to what snap asks for (own: this host's subnet of the family;
+// iface: the underlay interface's index). It returns the desired state (nil
+// when it could not even be computed).
+func (v *vxlanDevice) applyFull(ctx context.Context, p vxlanPasses, snap lease.Snapshot, iface int, own netip.Prefix, dev int, t *tally) (*vxlanState, syncStats, []error) {
+	var addr netip.Prefix // the device's address: a host route of own's first address
 	if own.IsValid() {
-		addr = netip.PrefixFrom(own.Addr(), 32)
+		bits := 32
+		if v.family == unix.AF_INET6 {
+			bits = 128
+		}
+		addr = netip.PrefixFrom(own.Addr(), bits)
 	}
 	var errs []error
 	// The address first: changing it can make the kernel drop routes, and
 	// the route dump below must see the result.
-	publishAddr(&b.want, own, dev, addr)
-	st, err := syncAddrs(b.h, unix.AF_INET, b.link, addr, t)
+	publishAddr(&v.want, own, dev, addr)
+	st, err := syncAddrs(v.h, v.family, v.link, addr, t)
 	errs = append(errs, err)
 
-	have, err := readMainRoutes(b.rt, unix.AF_INET, b.host.IfaceIndex)
+	have, err := readMainRoutes(v.rt, v.family, iface)
 	if err != nil {
 		return nil, st, append(errs, err)
 	}
-	b.connected = have.connected
-	d := b.desired(snap, dev, have.connected, b.want.Load())
-	b.want.Store(d)
-	routes := b.routeBuf[:0]
+	v.connected = have.connected
+	d := p.desiredFull(snap, dev, have.connected)
+	v.want.Store(d)
+	routes := v.routeBuf[:0]
 	for _, r := range d.routes {
 		routes = append(routes, r)
 	}
-	b.routeBuf = routes
-	errs = append(errs, syncVXLAN(ctx, b.rt, unix.AF_INET, d, have.weft, routes, &st, t)...)
+	v.routeBuf = routes
+	errs = append(errs, syncVXLAN(ctx, v.rt, v.family, d, have.weft, routes, &st, t)...)
 	return d, st, errs
+}
+
+// desiredFull refills the published desired state in place (see desired).
+func (b *vxlanBackend) desiredFull(snap lease.Snapshot, dev int, connected []netip.Prefix) *vxlanState {
+	return b.desired(snap, dev, connected, b.want.Load())
 }
 
 // publishAddr makes the desired state in want ask for device address addr

@@ -28,8 +28,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
-	"sync"
-	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -41,29 +39,28 @@ import (
 // (40) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 const vxlan6Overhead = 70
 
+// vxlan6Backend's desired state (want) is replaced whole, never changed in
+// place, so its wantMu is never held for writing. Its rtnl socket is shared
+// with the IPv4 half.
 type vxlan6Backend struct {
 	vxlanDevice // flannel-v6.<VNI>
 	host        Host
-	rt          *rtnl // shared with the IPv4 half; closed by Close
 	w           *watcher
 
 	// Only the loop goroutine (and Init before it) touches these.
-	notes     peerNotes
-	connected []netip.Prefix
-
-	// want is the desired state of the current or last apply, for the
-	// watcher's filters. It is replaced, never changed in place.
-	want   atomic.Pointer[vxlanState]
-	wantMu sync.RWMutex // never held for writing: want is replaced whole
+	notes  peerNotes
 	filter watchFilter
 }
 
 func newVXLAN6(opts VXLANOptions, host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) *vxlan6Backend {
 	name := fmt.Sprintf("flannel-v6.%d", opts.VNI)
 	return &vxlan6Backend{
-		vxlanDevice: vxlanDevice{opts: opts, h: h, log: log.With("device", name), name: name, overhead: vxlan6Overhead},
-		host:        host, rt: rt,
-		w: newWatcher(host.NetNS, log),
+		vxlanDevice: vxlanDevice{
+			opts: opts, family: unix.AF_INET6, h: h, rt: rt,
+			log: log.With("device", name), name: name, overhead: vxlan6Overhead,
+		},
+		host: host,
+		w:    newWatcher(host.NetNS, log),
 	}
 }
 
@@ -79,7 +76,7 @@ func (b *vxlan6Backend) Init(ctx context.Context) (Published, int, error) {
 	if _, err := b.ensureDevice(b.host, b.host.IfaceAddr6); err != nil {
 		return Published{}, 0, err
 	}
-	b.filter = b.watchFilter(b.host.IfaceIndex, &b.want, &b.wantMu)
+	b.filter = b.watchFilter(b.host.IfaceIndex)
 	b.w.start(b.filter)
 	data, err := json.Marshal(VXLANLeaseData{VNI: b.opts.VNI, VtepMAC: b.mac.String()})
 	if err != nil {
@@ -177,29 +174,7 @@ func (b *vxlan6Backend) applyDelta(ctx context.Context, snap lease.Snapshot, pre
 	return d, st, []error{ctx.Err()}
 }
 
-// applyFull is vxlanBackend.applyFull for the IPv6 device.
-func (b *vxlan6Backend) applyFull(ctx context.Context, snap lease.Snapshot, dev int, t *tally) (*vxlanState, syncStats, []error) {
-	own := snap.Own.IPv6Subnet.Masked()
-	var addr netip.Prefix
-	if own.IsValid() {
-		addr = netip.PrefixFrom(own.Addr(), 128)
-	}
-	var errs []error
-	publishAddr(&b.want, own, dev, addr)
-	st, err := syncAddrs(b.h, unix.AF_INET6, b.link, addr, t)
-	errs = append(errs, err)
-
-	have, err := readMainRoutes(b.rt, unix.AF_INET6, b.host.IfaceIndex)
-	if err != nil {
-		return nil, st, append(errs, err)
-	}
-	b.connected = have.connected
-	d := b.desired(snap, dev, have.connected)
-	b.want.Store(d)
-	routes := make([]routeWant, 0, len(d.routes))
-	for _, r := range d.routes {
-		routes = append(routes, r)
-	}
-	errs = append(errs, syncVXLAN(ctx, b.rt, unix.AF_INET6, d, have.weft, routes, &st, t)...)
-	return d, st, errs
+// desiredFull is desired: the IPv6 state is always built anew.
+func (b *vxlan6Backend) desiredFull(snap lease.Snapshot, dev int, connected []netip.Prefix) *vxlanState {
+	return b.desired(snap, dev, connected)
 }
