@@ -54,6 +54,7 @@ type hostGWRoutes struct {
 type hostGWFamily struct {
 	family uint8
 	label  string // "host-gw" or "host-gw IPv6", in messages
+	what   string // label + " apply", built once
 	metric int    // of every peer route
 	own    func(snap lease.Snapshot) netip.Prefix
 	// peer gives a peer's subnet and gateway (its public address of the
@@ -67,6 +68,7 @@ type hostGWBackend struct{ hostGWRoutes }
 var hostGW4 = hostGWFamily{
 	family: unix.AF_INET,
 	label:  "host-gw",
+	what:   "host-gw apply",
 	own:    func(snap lease.Snapshot) netip.Prefix { return snap.Own.Subnet.Masked() },
 	peer: func(p *lease.Lease, own netip.Prefix, host Host) (netip.Prefix, netip.Addr, bool, error) {
 		if err := checkPeer(p, own, host); err != nil {
@@ -172,7 +174,7 @@ func (b *hostGWRoutes) apply(ctx context.Context, snap lease.Snapshot, full bool
 	}
 	// Published before any write: the deletions below are weft's own.
 	b.want.Store(&want)
-	t := &tally{what: b.fam.label + " apply"}
+	t := &tally{what: b.fam.what}
 	var err error
 	if full {
 		routes := make([]routeWant, 0, len(want))

@@ -24,6 +24,7 @@ type hostGW6Backend struct{ hostGWRoutes }
 var hostGW6 = hostGWFamily{
 	family: unix.AF_INET6,
 	label:  "host-gw IPv6",
+	what:   "host-gw IPv6 apply",
 	metric: v6Metric,
 	own:    func(snap lease.Snapshot) netip.Prefix { return snap.Own.IPv6Subnet.Masked() },
 	peer: func(p *lease.Lease, own netip.Prefix, host Host) (netip.Prefix, netip.Addr, bool, error) {

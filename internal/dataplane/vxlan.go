@@ -63,6 +63,9 @@ type vxlanDevice struct {
 	log      *slog.Logger
 	name     string
 	overhead int // what the encapsulation adds to a frame
+	// label names the device's applies in messages ("vxlan", "vxlan IPv6");
+	// the two messages are built once, not on every apply.
+	applyWhat, changedMsg string
 
 	// Only the loop goroutine (and Init before it) touches these.
 	mac      net.HardwareAddr // the VTEP MAC to keep across recreation
@@ -90,7 +93,7 @@ type vxlanDevice struct {
 // last successful apply (write the difference, read nothing).
 type vxlanPasses interface {
 	desiredFull(snap lease.Snapshot, dev int, connected []netip.Prefix) *vxlanState
-	applyDelta(ctx context.Context, snap lease.Snapshot, prev *vxlanState, dev int, t *tally) (*vxlanState, syncStats, []error)
+	applyDelta(ctx context.Context, snap lease.Snapshot, prev *vxlanState, dev int, t *tally) (*vxlanState, syncStats, error)
 }
 
 type vxlanBackend struct {
@@ -111,6 +114,7 @@ func newVXLAN(opts VXLANOptions, host Host, h *netlink.Handle, rt *rtnl, log *sl
 		vxlanDevice: vxlanDevice{
 			opts: opts, family: unix.AF_INET, h: h, rt: rt,
 			log: log.With("device", name), name: name, overhead: vxlanOverhead,
+			applyWhat: "vxlan apply", changedMsg: "vxlan dataplane changed",
 		},
 		host: host,
 		w:    newWatcher(host.NetNS, log),
@@ -571,7 +575,7 @@ func (b *vxlanBackend) ApplyDelta(ctx context.Context, snap lease.Snapshot) erro
 }
 
 func (b *vxlanBackend) apply(ctx context.Context, snap lease.Snapshot, full bool) error {
-	if err := b.run(ctx, b, "vxlan", b.host, b.host.IfaceAddr, snap, snap.Own.Subnet.Masked(), full); err != nil {
+	if err := b.run(ctx, b, b.host, b.host.IfaceAddr, snap, snap.Own.Subnet.Masked(), full); err != nil {
 		return err
 	}
 	b.appliedPeers = snap.Peers
@@ -579,9 +583,8 @@ func (b *vxlanBackend) apply(ctx context.Context, snap lease.Snapshot, full bool
 }
 
 // run is one apply of the device, over the underlay of host with local
-// address local, for snap whose own subnet of the device's family is own;
-// label ("vxlan", "vxlan IPv6") names it in messages.
-func (v *vxlanDevice) run(ctx context.Context, p vxlanPasses, label string, host Host, local netip.Addr, snap lease.Snapshot, own netip.Prefix, full bool) error {
+// address local, for snap whose own subnet of the device's family is own.
+func (v *vxlanDevice) run(ctx context.Context, p vxlanPasses, host Host, local netip.Addr, snap lease.Snapshot, own netip.Prefix, full bool) error {
 	// A delta trusts the device as the last apply left it: its removal,
 	// recreation or going down is a link event, which makes the next apply
 	// full, and until then writes to the old index fail, which does too.
@@ -600,19 +603,24 @@ func (v *vxlanDevice) run(ctx context.Context, p vxlanPasses, label string, host
 	if created || prev == nil || prev.dev != dev || prev.own != own {
 		full = true
 	}
-	t := &tally{what: label + " apply"}
+	t := &tally{what: v.applyWhat}
 	var (
-		st   syncStats
-		d    *vxlanState
-		errs []error
+		st     syncStats
+		d      *vxlanState
+		errBuf [8]error // a delta allocates no error slice
+		errs   = errBuf[:0]
 	)
 	if full {
-		d, st, errs = v.applyFull(ctx, p, snap, host.IfaceIndex, own, dev, t)
+		var fe []error
+		d, st, fe = v.applyFull(ctx, p, snap, host.IfaceIndex, own, dev, t)
+		errs = append(errs, fe...)
 	} else {
-		d, st, errs = p.applyDelta(ctx, snap, prev, dev, t)
+		var err error
+		d, st, err = p.applyDelta(ctx, snap, prev, dev, t)
+		errs = append(errs, err)
 	}
 	if st != (syncStats{}) {
-		v.log.Debug(label+" dataplane changed", "full", full, "peers", len(snap.Peers), "added", st.Added, "replaced", st.Replaced, "deleted", st.Deleted)
+		v.log.Debug(v.changedMsg, "full", full, "peers", len(snap.Peers), "added", st.Added, "replaced", st.Replaced, "deleted", st.Deleted)
 	}
 	errs = append(errs, t.err())
 	if err := errors.Join(errs...); err != nil {
@@ -629,18 +637,18 @@ func (v *vxlanDevice) run(ctx context.Context, p vxlanPasses, label string, host
 
 // applyDelta goes peer by peer when few peers changed (applyIncremental),
 // else diffs a freshly computed desired state against prev.
-func (b *vxlanBackend) applyDelta(ctx context.Context, snap lease.Snapshot, prev *vxlanState, dev int, t *tally) (*vxlanState, syncStats, []error) {
+func (b *vxlanBackend) applyDelta(ctx context.Context, snap lease.Snapshot, prev *vxlanState, dev int, t *tally) (*vxlanState, syncStats, error) {
 	if old, cur, ok := b.applyIncremental(prev, b.appliedPeers, snap); ok {
 		b.passes.incremental++
 		st := applyVXLANDiff(ctx, b.rt, unix.AF_INET, old, cur, t)
-		return prev, st, []error{ctx.Err()}
+		return prev, st, ctx.Err()
 	}
 	d := b.desired(snap, dev, b.connected, nil) // prev is the baseline of the diff
 	// Published before any write, so that the watcher recognises the
 	// deletions this apply causes as its own.
 	b.want.Store(d)
 	st := applyVXLANDiff(ctx, b.rt, unix.AF_INET, prev, d, t)
-	return d, st, []error{ctx.Err()}
+	return d, st, ctx.Err()
 }
 
 // applyFull reads addresses, routes, neighbours and FDB entries and makes

@@ -58,6 +58,7 @@ func newVXLAN6(opts VXLANOptions, host Host, h *netlink.Handle, rt *rtnl, log *s
 		vxlanDevice: vxlanDevice{
 			opts: opts, family: unix.AF_INET6, h: h, rt: rt,
 			log: log.With("device", name), name: name, overhead: vxlan6Overhead,
+			applyWhat: "vxlan IPv6 apply", changedMsg: "vxlan IPv6 dataplane changed",
 		},
 		host: host,
 		w:    newWatcher(host.NetNS, log),
@@ -163,15 +164,15 @@ func (b *vxlan6Backend) ApplyDelta(ctx context.Context, snap lease.Snapshot) err
 }
 
 func (b *vxlan6Backend) apply(ctx context.Context, snap lease.Snapshot, full bool) error {
-	return b.run(ctx, b, "vxlan IPv6", b.host, b.host.IfaceAddr6, snap, snap.Own.IPv6Subnet.Masked(), full)
+	return b.run(ctx, b, b.host, b.host.IfaceAddr6, snap, snap.Own.IPv6Subnet.Masked(), full)
 }
 
 // applyDelta diffs a freshly computed desired state against prev.
-func (b *vxlan6Backend) applyDelta(ctx context.Context, snap lease.Snapshot, prev *vxlanState, dev int, t *tally) (*vxlanState, syncStats, []error) {
+func (b *vxlan6Backend) applyDelta(ctx context.Context, snap lease.Snapshot, prev *vxlanState, dev int, t *tally) (*vxlanState, syncStats, error) {
 	d := b.desired(snap, dev, b.connected)
 	b.want.Store(d) // before any write: the deletions below are weft's own
 	st := applyVXLANDiff(ctx, b.rt, unix.AF_INET6, prev, d, t)
-	return d, st, []error{ctx.Err()}
+	return d, st, ctx.Err()
 }
 
 // desiredFull is desired: the IPv6 state is always built anew.
