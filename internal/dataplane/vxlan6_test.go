@@ -498,6 +498,22 @@ func TestDualStackRestartQuiet(t *testing.T) {
 	must(t, err)
 	must(t, first.Apply(ctx, snapshot6(1, peers...)))
 	must(t, first.Close())
+	// The kernel adds the local route of the device's IPv6 address from a
+	// work queue, after the address itself: wait for it, or its late
+	// notification would look like the restart's doing.
+	own6 := snapshot6(1).Own.IPv6Subnet.Addr()
+	eventually(t, 5*time.Second, "local route of "+own6.String(), func() (bool, string) {
+		rs, err := l.ns.Handle.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Table: unix.RT_TABLE_LOCAL}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, r := range rs {
+			if r.Dst != nil && r.Dst.IP.Equal(own6.AsSlice()) {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%d local routes, none to %s", len(rs), own6)
+	})
 
 	done := make(chan struct{})
 	defer close(done)
