@@ -433,29 +433,55 @@ func (b *vxlanBackend) desired(snap lease.Snapshot, dev int, connected []netip.P
 	} else {
 		d = newVXLANState(own, dev, len(snap.Peers))
 	}
-	if own.IsValid() {
-		d.addr = netip.PrefixFrom(own.Addr(), 32)
-	}
-	b.notes.begin()
-	for _, p := range snap.Peers {
+	b.fillDesired(d, snap, &b.notes, b.host.BlackholeRoute, func(p *lease.Lease) (peerEntries, bool, string) {
 		e, why := b.peerWant(p, own, dev, connected)
+		return e, false, why
+	})
+	return d
+}
+
+// fillDesired completes d, whose maps are empty and whose own subnet is
+// set: the device address, what every peer of snap asks for, in snapshot
+// order (the order decides which of two peers publishing one VtepMAC is
+// programmed), and the own subnet's blackhole route when asked. A peer
+// with nothing in this family (skip) is passed over silently; a wrong one
+// is counted in d.skipped and noted once.
+func (v *vxlanDevice) fillDesired(d *vxlanState, snap lease.Snapshot, notes *peerNotes, blackhole bool,
+	want func(p *lease.Lease) (e peerEntries, skip bool, why string)) {
+	six := v.family == unix.AF_INET6
+	macWhat, bits := "VtepMAC", 32
+	if six {
+		macWhat, bits = "IPv6 VtepMAC", 128
+	}
+	if d.own.IsValid() {
+		d.addr = netip.PrefixFrom(d.own.Addr(), bits)
+	}
+	notes.begin()
+	for _, p := range snap.Peers {
+		e, skip, why := want(p)
+		if skip {
+			continue
+		}
 		if why == "" {
 			if other, dup := d.fdb[[6]byte(e.mac)]; dup {
-				why = fmt.Sprintf("VtepMAC %s is also published by the peer at %s", e.mac, other)
+				why = fmt.Sprintf("%s %s is also published by the peer at %s", macWhat, e.mac, other)
 			}
 		}
 		if why != "" {
-			b.notes.note(b.log, p.Subnet.Masked(), why)
+			key := p.Subnet.Masked()
+			if six {
+				key = p.IPv6Subnet.Masked()
+			}
+			notes.note(v.log, key, why)
 			d.skipped++
 			continue
 		}
 		d.add(e)
 	}
-	b.notes.end()
-	if b.host.BlackholeRoute && own.IsValid() {
-		d.routes[own] = routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric}
+	notes.end()
+	if blackhole && d.own.IsValid() {
+		d.routes[d.own] = routeWant{Dst: d.own, Blackhole: true, Metric: blackholeMetric}
 	}
-	return d
 }
 
 // maxIncremental bounds the peers a delta updates one by one; beyond it,

@@ -123,31 +123,9 @@ func (b *vxlan6Backend) peerWant(p *lease.Lease, own netip.Prefix, dev int, conn
 func (b *vxlan6Backend) desired(snap lease.Snapshot, dev int, connected []netip.Prefix) *vxlanState {
 	own := snap.Own.IPv6Subnet.Masked()
 	d := newVXLANState(own, dev, len(snap.Peers))
-	if own.IsValid() {
-		d.addr = netip.PrefixFrom(own.Addr(), 128)
-	}
-	b.notes.begin()
-	for _, p := range snap.Peers {
-		e, skip, why := b.peerWant(p, own, dev, connected)
-		if skip {
-			continue
-		}
-		if why == "" {
-			if other, dup := d.fdb[[6]byte(e.mac)]; dup {
-				why = fmt.Sprintf("IPv6 VtepMAC %s is also published by the peer at %s", e.mac, other)
-			}
-		}
-		if why != "" {
-			b.notes.note(b.log, p.IPv6Subnet.Masked(), why)
-			d.skipped++
-			continue
-		}
-		d.add(e)
-	}
-	b.notes.end()
-	if b.host.BlackholeRoute && own.IsValid() {
-		d.routes[own] = routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric}
-	}
+	b.fillDesired(d, snap, &b.notes, b.host.BlackholeRoute, func(p *lease.Lease) (peerEntries, bool, string) {
+		return b.peerWant(p, own, dev, connected)
+	})
 	return d
 }
 
