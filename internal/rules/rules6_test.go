@@ -1,12 +1,10 @@
 package rules
 
 import (
-	"context"
 	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -53,48 +51,6 @@ var (
 	}
 )
 
-// chainLines6 is `ip6tables -t table -S chain`, or nil when the chain is absent.
-func chainLines6(t testing.TB, ns *netnstest.NS, table, chain string) []string {
-	t.Helper()
-	out := ns.MustRun(t, "ip6tables", "-w", "-t", table, "-S")
-	var lines []string
-	for _, l := range strings.Split(out, "\n") {
-		if l == "-N "+chain || strings.HasPrefix(l, "-A "+chain+" ") || strings.HasPrefix(l, "-P "+chain+" ") {
-			lines = append(lines, l)
-		}
-	}
-	return lines
-}
-
-func jumps6(t testing.TB, ns *netnstest.NS, table, base, chain string) []string {
-	t.Helper()
-	var out []string
-	for _, l := range chainLines6(t, ns, table, base) {
-		if strings.HasSuffix(l, "-j "+chain) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
-// nftChainLines6 returns the body lines of chain in table ip6 weft, or nil.
-func nftChainLines6(t testing.TB, ns *netnstest.NS, chain string) []string {
-	t.Helper()
-	out, err := ns.Run("nft", "list", "chain", "ip6", NFTTable, chain)
-	if err != nil {
-		return nil
-	}
-	var lines []string
-	for _, l := range strings.Split(out, "\n") {
-		l = strings.TrimSpace(l)
-		if l == "" || l == "}" || strings.HasPrefix(l, "table ") || strings.HasPrefix(l, "chain ") {
-			continue
-		}
-		lines = append(lines, l)
-	}
-	return lines
-}
-
 func nftTable6(t testing.TB, ns *netnstest.NS) bool {
 	t.Helper()
 	_, err := ns.Run("nft", "list", "table", "ip6", NFTTable)
@@ -105,26 +61,7 @@ func nftTable6(t testing.TB, ns *netnstest.NS) bool {
 // and that no table ip6 weft exists.
 func assertIP6tables(t *testing.T, ns *netnstest.NS, masq, fwd []string) {
 	t.Helper()
-	if diff := cmp.Diff(masq, chainLines6(t, ns, "nat", MasqChain)); diff != "" {
-		t.Errorf("ip6 nat %s (-want +got):\n%s", MasqChain, diff)
-	}
-	wantJ := []string{masqJump}
-	if masq == nil {
-		wantJ = nil
-	}
-	if diff := cmp.Diff(wantJ, jumps6(t, ns, "nat", "POSTROUTING", MasqChain)); diff != "" {
-		t.Errorf("ip6 POSTROUTING jumps (-want +got):\n%s", diff)
-	}
-	if diff := cmp.Diff(fwd, chainLines6(t, ns, "filter", FwdChain)); diff != "" {
-		t.Errorf("ip6 filter %s (-want +got):\n%s", FwdChain, diff)
-	}
-	wantJ = []string{fwdJump}
-	if fwd == nil {
-		wantJ = nil
-	}
-	if diff := cmp.Diff(wantJ, jumps6(t, ns, "filter", "FORWARD", FwdChain)); diff != "" {
-		t.Errorf("ip6 FORWARD jumps (-want +got):\n%s", diff)
-	}
+	fam6.assertIptables(t, ns, masq, fwd)
 	if nftTable6(t, ns) {
 		t.Error("table ip6 weft exists in iptables mode")
 	}
@@ -134,20 +71,20 @@ func assertIP6tables(t *testing.T, ns *netnstest.NS, masq, fwd []string) {
 // iptables-mode object remains.
 func assertNFT6(t *testing.T, ns *netnstest.NS, masq, fwd []string) {
 	t.Helper()
-	if diff := cmp.Diff(masq, nftChainLines6(t, ns, NFTMasq)); diff != "" {
+	if diff := cmp.Diff(masq, fam6.nftChainLines(t, ns, NFTMasq)); diff != "" {
 		t.Errorf("ip6 weft %s (-want +got):\n%s", NFTMasq, diff)
 	}
-	if diff := cmp.Diff(fwd, nftChainLines6(t, ns, NFTFwd)); diff != "" {
+	if diff := cmp.Diff(fwd, fam6.nftChainLines(t, ns, NFTFwd)); diff != "" {
 		t.Errorf("ip6 weft %s (-want +got):\n%s", NFTFwd, diff)
 	}
 	if masq == nil && fwd == nil && nftTable6(t, ns) {
 		t.Error("table ip6 weft present, want none")
 	}
 	for _, x := range [][3]string{{"nat", "POSTROUTING", MasqChain}, {"filter", "FORWARD", FwdChain}} {
-		if l := chainLines6(t, ns, x[0], x[2]); l != nil {
+		if l := fam6.chainLines(t, ns, x[0], x[2]); l != nil {
 			t.Errorf("ip6 %s %s still present: %v", x[0], x[2], l)
 		}
-		if j := jumps6(t, ns, x[0], x[1], x[2]); j != nil {
+		if j := fam6.jumps(t, ns, x[0], x[1], x[2]); j != nil {
 			t.Errorf("ip6 %s jumps remain: %v", x[1], j)
 		}
 	}
@@ -217,24 +154,7 @@ func TestIP6tablesDrift(t *testing.T) {
 
 // Run repairs `ip6tables -F FLANNEL-POSTRTG` within its period.
 func TestRunRepairsIPv6(t *testing.T) {
-	ns, m := newManager(t)
-	if err := m.Set(desired6()); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { m.Run(ctx, 20*time.Millisecond); close(done) }()
-	defer func() { cancel(); <-done }()
-
-	ns.MustRun(t, "ip6tables", "-w", "-t", "nat", "-F", MasqChain)
-	deadline := time.Now().Add(5 * time.Second)
-	for len(chainLines6(t, ns, "nat", MasqChain)) != len(wantMasq6) {
-		if time.Now().After(deadline) {
-			t.Fatalf("ip6 chain not restored by Run: %v", chainLines6(t, ns, "nat", MasqChain))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	assertIP6tables(t, ns, wantMasq6, wantFwd6)
+	runRepairs(t, fam6, desired6(), func(t *testing.T, ns *netnstest.NS) { assertIP6tables(t, ns, wantMasq6, wantFwd6) })
 }
 
 func TestModeSwitchIPv6(t *testing.T) {
@@ -278,106 +198,94 @@ func TestModeSwitchIPv6(t *testing.T) {
 // Turning IPv6 off removes every IPv6 object, in both modes, and a restarted
 // daemon without IPv6 removes the leftovers of one that had it.
 func TestIPv6Off(t *testing.T) {
-	for _, nft := range []bool{false, true} {
-		name := "iptables"
-		if nft {
-			name = "nftables"
+	bothModes(t, func(t *testing.T, nft bool) {
+		ns, m := newManager(t)
+		d := desired6()
+		d.NFTables = nft
+		if err := m.Set(d); err != nil {
+			t.Fatal(err)
 		}
-		t.Run(name, func(t *testing.T) {
-			ns, m := newManager(t)
-			d := desired6()
-			d.NFTables = nft
-			if err := m.Set(d); err != nil {
-				t.Fatal(err)
-			}
-			d4 := desired()
-			d4.NFTables = nft
-			if err := m.Set(d4); err != nil {
-				t.Fatal(err)
-			}
-			assertIP6tables(t, ns, nil, nil)
-			assertNFT6(t, ns, nil, nil)
-			if nft {
-				assertNFT(t, ns, wantNFTMasq, wantNFTFwd)
-			} else {
-				assertIptables(t, ns, wantMasq, wantFwd)
-			}
-			mustCheck(t, m, false)
-			// IPv6 objects made by hand while IPv6 is off are drift.
-			if nft {
-				ns.MustRun(t, "nft", "add", "table", "ip6", NFTTable)
-			} else {
-				ns.MustRun(t, "ip6tables", "-w", "-t", "nat", "-N", MasqChain)
-			}
-			mustCheck(t, m, true)
-			assertIP6tables(t, ns, nil, nil)
-			assertNFT6(t, ns, nil, nil)
+		d4 := desired()
+		d4.NFTables = nft
+		if err := m.Set(d4); err != nil {
+			t.Fatal(err)
+		}
+		assertIP6tables(t, ns, nil, nil)
+		assertNFT6(t, ns, nil, nil)
+		if nft {
+			assertNFT(t, ns, wantNFTMasq, wantNFTFwd)
+		} else {
+			assertIptables(t, ns, wantMasq, wantFwd)
+		}
+		mustCheck(t, m, false)
+		// IPv6 objects made by hand while IPv6 is off are drift.
+		if nft {
+			ns.MustRun(t, "nft", "add", "table", "ip6", NFTTable)
+		} else {
+			ns.MustRun(t, "ip6tables", "-w", "-t", "nat", "-N", MasqChain)
+		}
+		mustCheck(t, m, true)
+		assertIP6tables(t, ns, nil, nil)
+		assertNFT6(t, ns, nil, nil)
 
-			// Back on, then a fresh Manager (a restart) without IPv6.
-			if err := m.Set(d); err != nil {
-				t.Fatal(err)
-			}
-			restarted := New(slog.New(slog.NewTextHandler(t.Output(), nil)), WithNetNS(int(ns.Fd())))
-			defer restarted.Close()
-			if err := restarted.Set(d4); err != nil {
-				t.Fatal(err)
-			}
-			assertIP6tables(t, ns, nil, nil)
-			assertNFT6(t, ns, nil, nil)
-		})
-	}
+		// Back on, then a fresh Manager (a restart) without IPv6.
+		if err := m.Set(d); err != nil {
+			t.Fatal(err)
+		}
+		restarted := New(slog.New(slog.NewTextHandler(t.Output(), nil)), WithNetNS(int(ns.Fd())))
+		defer restarted.Close()
+		if err := restarted.Set(d4); err != nil {
+			t.Fatal(err)
+		}
+		assertIP6tables(t, ns, nil, nil)
+		assertNFT6(t, ns, nil, nil)
+	})
 }
 
 // The raw fast path of Check covers the ip6 family: IPv6 drift leaves it.
 func TestCheckFastPathIPv6(t *testing.T) {
-	for _, nft := range []bool{false, true} {
-		name := "iptables"
-		if nft {
-			name = "nftables"
+	bothModes(t, func(t *testing.T, nft bool) {
+		ns, m := newManager(t)
+		d := desired6()
+		d.NFTables = nft
+		if err := m.Set(d); err != nil {
+			t.Fatal(err)
 		}
-		t.Run(name, func(t *testing.T) {
-			ns, m := newManager(t)
-			d := desired6()
-			d.NFTables = nft
-			if err := m.Set(d); err != nil {
-				t.Fatal(err)
-			}
-			mustCheck(t, m, false)
-			hits := m.fast.hits
-			mustCheck(t, m, false)
-			if m.fast.hits != hits+1 {
-				t.Fatalf("second check did not take the fast path (hits %d → %d)", hits, m.fast.hits)
-			}
-			if nft {
-				ns.MustRun(t, "nft", "flush", "chain", "ip6", NFTTable, NFTMasq)
-			} else {
-				ns.MustRun(t, "ip6tables", "-w", "-t", "nat", "-F", MasqChain)
-			}
-			mustCheck(t, m, true)
-			if nft {
-				assertNFT6(t, ns, wantNFTMasq6, wantNFTFwd6)
-			} else {
-				assertIP6tables(t, ns, wantMasq6, wantFwd6)
-			}
-			mustCheck(t, m, false)
-			hits = m.fast.hits
-			mustCheck(t, m, false)
-			if m.fast.hits != hits+1 {
-				t.Errorf("fast path not taken after the repair (hits %d → %d)", hits, m.fast.hits)
-			}
-			// An IPv6 object appearing while IPv6 is off is seen as well.
-			d4 := desired()
-			d4.NFTables = nft
-			if err := m.Set(d4); err != nil {
-				t.Fatal(err)
-			}
-			mustCheck(t, m, false)
-			mustCheck(t, m, false)
-			ns.MustRun(t, "ip6tables", "-w", "-N", FwdChain)
-			mustCheck(t, m, true)
-			assertIP6tables(t, ns, nil, nil)
-		})
-	}
+		mustCheck(t, m, false)
+		hits := m.fast.hits
+		mustCheck(t, m, false)
+		if m.fast.hits != hits+1 {
+			t.Fatalf("second check did not take the fast path (hits %d → %d)", hits, m.fast.hits)
+		}
+		if nft {
+			ns.MustRun(t, "nft", "flush", "chain", "ip6", NFTTable, NFTMasq)
+		} else {
+			ns.MustRun(t, "ip6tables", "-w", "-t", "nat", "-F", MasqChain)
+		}
+		mustCheck(t, m, true)
+		if nft {
+			assertNFT6(t, ns, wantNFTMasq6, wantNFTFwd6)
+		} else {
+			assertIP6tables(t, ns, wantMasq6, wantFwd6)
+		}
+		mustCheck(t, m, false)
+		hits = m.fast.hits
+		mustCheck(t, m, false)
+		if m.fast.hits != hits+1 {
+			t.Errorf("fast path not taken after the repair (hits %d → %d)", hits, m.fast.hits)
+		}
+		// An IPv6 object appearing while IPv6 is off is seen as well.
+		d4 := desired()
+		d4.NFTables = nft
+		if err := m.Set(d4); err != nil {
+			t.Fatal(err)
+		}
+		mustCheck(t, m, false)
+		mustCheck(t, m, false)
+		ns.MustRun(t, "ip6tables", "-w", "-N", FwdChain)
+		mustCheck(t, m, true)
+		assertIP6tables(t, ns, nil, nil)
+	})
 }
 
 // A restarted dual-stack daemon finds both families in place and starts no

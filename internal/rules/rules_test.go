@@ -52,12 +52,24 @@ var (
 	fwdJump  = `-A FORWARD -m comment --comment "weftd forward" -j FLANNEL-FWD`
 )
 
+// testFamily is what the test helpers need to know of one address family.
+type testFamily struct {
+	iptables string // iptables or ip6tables
+	nft      string // the nftables family of table weft: ip or ip6
+	label    string // prefix of messages: "" or "ip6 "
+}
+
+var (
+	fam4 = testFamily{iptables: "iptables", nft: "ip"}
+	fam6 = testFamily{iptables: "ip6tables", nft: "ip6", label: "ip6 "}
+)
+
 // chainLines is `iptables -t table -S chain`, or nil when the chain is
 // absent. The whole table is listed and filtered because iptables 1.8.9
 // reports a missing chain as "incompatible".
-func chainLines(t testing.TB, ns *netnstest.NS, table, chain string) []string {
+func (f testFamily) chainLines(t testing.TB, ns *netnstest.NS, table, chain string) []string {
 	t.Helper()
-	out := ns.MustRun(t, "iptables", "-w", "-t", table, "-S")
+	out := ns.MustRun(t, f.iptables, "-w", "-t", table, "-S")
 	var lines []string
 	for _, l := range strings.Split(out, "\n") {
 		if l == "-N "+chain || strings.HasPrefix(l, "-A "+chain+" ") || strings.HasPrefix(l, "-P "+chain+" ") {
@@ -68,15 +80,95 @@ func chainLines(t testing.TB, ns *netnstest.NS, table, chain string) []string {
 }
 
 // jumps returns the rules of base that jump to chain.
-func jumps(t testing.TB, ns *netnstest.NS, table, base, chain string) []string {
+func (f testFamily) jumps(t testing.TB, ns *netnstest.NS, table, base, chain string) []string {
 	t.Helper()
 	var out []string
-	for _, l := range chainLines(t, ns, table, base) {
+	for _, l := range f.chainLines(t, ns, table, base) {
 		if strings.HasSuffix(l, "-j "+chain) {
 			out = append(out, l)
 		}
 	}
 	return out
+}
+
+// nftChainLines returns the body lines of chain in table <f.nft> weft, or nil.
+func (f testFamily) nftChainLines(t testing.TB, ns *netnstest.NS, chain string) []string {
+	t.Helper()
+	out, err := ns.Run("nft", "list", "chain", f.nft, NFTTable, chain)
+	if err != nil {
+		return nil
+	}
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || l == "}" || strings.HasPrefix(l, "table ") || strings.HasPrefix(l, "chain ") {
+			continue
+		}
+		lines = append(lines, l)
+	}
+	return lines
+}
+
+// assertIptables checks the family's whole iptables-mode state (nil = the
+// chain absent).
+func (f testFamily) assertIptables(t *testing.T, ns *netnstest.NS, masq, fwd []string) {
+	t.Helper()
+	for _, c := range []struct {
+		table, base, chain, jump string
+		want                     []string
+	}{{"nat", "POSTROUTING", MasqChain, masqJump, masq}, {"filter", "FORWARD", FwdChain, fwdJump, fwd}} {
+		if diff := cmp.Diff(c.want, f.chainLines(t, ns, c.table, c.chain)); diff != "" {
+			t.Errorf("%s%s %s (-want +got):\n%s", f.label, c.table, c.chain, diff)
+		}
+		wantJ := []string{c.jump}
+		if c.want == nil {
+			wantJ = nil
+		}
+		if diff := cmp.Diff(wantJ, f.jumps(t, ns, c.table, c.base, c.chain)); diff != "" {
+			t.Errorf("%s%s jumps (-want +got):\n%s", f.label, c.base, diff)
+		}
+	}
+}
+
+// assertIptables checks the whole IPv4 iptables-mode state.
+func assertIptables(t *testing.T, ns *netnstest.NS, masq, fwd []string) {
+	t.Helper()
+	fam4.assertIptables(t, ns, masq, fwd)
+}
+
+// bothModes runs f as a subtest in iptables mode and in nftables mode.
+func bothModes(t *testing.T, f func(t *testing.T, nft bool)) {
+	for _, nft := range []bool{false, true} {
+		name := "iptables"
+		if nft {
+			name = "nftables"
+		}
+		t.Run(name, func(t *testing.T) { f(t, nft) })
+	}
+}
+
+// runRepairs checks that Run restores f's masquerade chain, flushed by
+// hand, within its period.
+func runRepairs(t *testing.T, f testFamily, d Desired, assert func(t *testing.T, ns *netnstest.NS)) {
+	ns, m := newManager(t)
+	if err := m.Set(d); err != nil {
+		t.Fatal(err)
+	}
+	want := len(f.chainLines(t, ns, "nat", MasqChain))
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { m.Run(ctx, 20*time.Millisecond); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	ns.MustRun(t, f.iptables, "-w", "-t", "nat", "-F", MasqChain)
+	deadline := time.Now().Add(5 * time.Second)
+	for len(f.chainLines(t, ns, "nat", MasqChain)) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%schain not restored by Run: %v", f.label, f.chainLines(t, ns, "nat", MasqChain))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	assert(t, ns)
 }
 
 func nftTable(t testing.TB, ns *netnstest.NS) (string, bool) {
@@ -86,31 +178,6 @@ func nftTable(t testing.TB, ns *netnstest.NS) (string, bool) {
 		return "", false
 	}
 	return out, true
-}
-
-// assertIptables checks the whole iptables-mode state for d.
-func assertIptables(t *testing.T, ns *netnstest.NS, masq, fwd []string) {
-	t.Helper()
-	if diff := cmp.Diff(masq, chainLines(t, ns, "nat", MasqChain)); diff != "" {
-		t.Errorf("nat %s (-want +got):\n%s", MasqChain, diff)
-	}
-	wantJ := []string{masqJump}
-	if masq == nil {
-		wantJ = nil
-	}
-	if diff := cmp.Diff(wantJ, jumps(t, ns, "nat", "POSTROUTING", MasqChain)); diff != "" {
-		t.Errorf("POSTROUTING jumps (-want +got):\n%s", diff)
-	}
-	if diff := cmp.Diff(fwd, chainLines(t, ns, "filter", FwdChain)); diff != "" {
-		t.Errorf("filter %s (-want +got):\n%s", FwdChain, diff)
-	}
-	wantJ = []string{fwdJump}
-	if fwd == nil {
-		wantJ = nil
-	}
-	if diff := cmp.Diff(wantJ, jumps(t, ns, "filter", "FORWARD", FwdChain)); diff != "" {
-		t.Errorf("FORWARD jumps (-want +got):\n%s", diff)
-	}
 }
 
 func mustCheck(t *testing.T, m *Manager, wantChanged bool) {
@@ -290,43 +357,25 @@ var (
 	}
 )
 
-// nftChain returns the body lines of chain in table ip weft, or nil.
-func nftChainLines(t testing.TB, ns *netnstest.NS, chain string) []string {
-	t.Helper()
-	out, err := ns.Run("nft", "list", "chain", "ip", NFTTable, chain)
-	if err != nil {
-		return nil
-	}
-	var lines []string
-	for _, l := range strings.Split(out, "\n") {
-		l = strings.TrimSpace(l)
-		if l == "" || l == "}" || strings.HasPrefix(l, "table ") || strings.HasPrefix(l, "chain ") {
-			continue
-		}
-		lines = append(lines, l)
-	}
-	return lines
-}
-
 func assertNFT(t *testing.T, ns *netnstest.NS, masq, fwd []string) {
 	t.Helper()
-	if diff := cmp.Diff(masq, nftChainLines(t, ns, NFTMasq)); diff != "" {
+	if diff := cmp.Diff(masq, fam4.nftChainLines(t, ns, NFTMasq)); diff != "" {
 		t.Errorf("ip weft %s (-want +got):\n%s", NFTMasq, diff)
 	}
-	if diff := cmp.Diff(fwd, nftChainLines(t, ns, NFTFwd)); diff != "" {
+	if diff := cmp.Diff(fwd, fam4.nftChainLines(t, ns, NFTFwd)); diff != "" {
 		t.Errorf("ip weft %s (-want +got):\n%s", NFTFwd, diff)
 	}
 	// No iptables-mode object may remain.
-	if l := chainLines(t, ns, "nat", MasqChain); l != nil {
+	if l := fam4.chainLines(t, ns, "nat", MasqChain); l != nil {
 		t.Errorf("nat %s still present: %v", MasqChain, l)
 	}
-	if l := chainLines(t, ns, "filter", FwdChain); l != nil {
+	if l := fam4.chainLines(t, ns, "filter", FwdChain); l != nil {
 		t.Errorf("filter %s still present: %v", FwdChain, l)
 	}
-	if j := jumps(t, ns, "nat", "POSTROUTING", MasqChain); j != nil {
+	if j := fam4.jumps(t, ns, "nat", "POSTROUTING", MasqChain); j != nil {
 		t.Errorf("POSTROUTING jumps remain: %v", j)
 	}
-	if j := jumps(t, ns, "filter", "FORWARD", FwdChain); j != nil {
+	if j := fam4.jumps(t, ns, "filter", "FORWARD", FwdChain); j != nil {
 		t.Errorf("FORWARD jumps remain: %v", j)
 	}
 }
@@ -406,24 +455,7 @@ func TestNFTablesOptionsAndDrift(t *testing.T) {
 }
 
 func TestRunRepairs(t *testing.T) {
-	ns, m := newManager(t)
-	if err := m.Set(desired()); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { m.Run(ctx, 20*time.Millisecond); close(done) }()
-	defer func() { cancel(); <-done }()
-
-	ns.MustRun(t, "iptables", "-w", "-t", "nat", "-F", MasqChain)
-	deadline := time.Now().Add(5 * time.Second)
-	for len(chainLines(t, ns, "nat", MasqChain)) != len(wantMasq) {
-		if time.Now().After(deadline) {
-			t.Fatalf("chain not restored by Run: %v", chainLines(t, ns, "nat", MasqChain))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	assertIptables(t, ns, wantMasq, wantFwd)
+	runRepairs(t, fam4, desired(), func(t *testing.T, ns *netnstest.NS) { assertIptables(t, ns, wantMasq, wantFwd) })
 }
 
 func TestValidate(t *testing.T) {
