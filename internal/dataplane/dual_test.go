@@ -1,7 +1,6 @@
 package dataplane
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -60,20 +59,8 @@ func TestDualStackOverlayPing(t *testing.T) {
 				must(t, err)
 				must(t, dh.ns.Handle.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(dh.public, 24))}))
 				addAddr6(t, dh.ns.Handle, "eth0", netip.PrefixFrom(dh.public6, 64))
-				h, err := netlink.NewHandleAt(dh.ns.Fd())
-				must(t, err)
-				t.Cleanup(h.Close)
-				fd := dh.ns.Fd()
-				be, err := NewBackend(dualConf(c.backend, `{}`), Host{IfaceName: "eth0", NetNS: &fd}, h, testLog(t))
-				must(t, err)
-				t.Cleanup(func() { be.Close() })
-				pub, mtu, err := be.Init(context.Background())
-				must(t, err)
-				if mtu != c.mtu {
-					t.Errorf("%s dual-stack MTU = %d, want %d", c.backend, mtu, c.mtu)
-				}
+				be, pub, ch := startBackend(t, dh.ns, dualConf(c.backend, `{}`), c.mtu)
 				dh.b, dh.pub = be, pub
-				ch, _ := runLoop(t, be, time.Minute)
 				snaps = append(snaps, ch)
 			}
 			own := func(dh *dualHost) lease.Lease {

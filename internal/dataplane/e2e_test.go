@@ -1,7 +1,6 @@
 package dataplane
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -75,20 +74,8 @@ func TestOverlayPing(t *testing.T) {
 				eth0, err := oh.ns.Handle.LinkByName("eth0")
 				must(t, err)
 				must(t, oh.ns.Handle.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(oh.public, 24))}))
-				h, err := netlink.NewHandleAt(oh.ns.Fd())
-				must(t, err)
-				t.Cleanup(h.Close)
-				fd := oh.ns.Fd()
-				be, err := NewBackend(netconfOf(c.backend, `{}`), Host{IfaceName: "eth0", NetNS: &fd}, h, testLog(t))
-				must(t, err)
-				t.Cleanup(func() { be.Close() })
-				pub, mtu, err := be.Init(context.Background())
-				must(t, err)
-				if mtu != c.mtu {
-					t.Errorf("%s MTU = %d, want %d", c.backend, mtu, c.mtu)
-				}
+				be, pub, ch := startBackend(t, oh.ns, netconfOf(c.backend, `{}`), c.mtu)
 				oh.b, oh.pub = be, pub
-				ch, _ := runLoop(t, be, time.Minute)
 				snaps = append(snaps, ch)
 			}
 			snaps[0] <- lease.Snapshot{Own: a.lease(), Peers: []*lease.Lease{new(b.lease())}}

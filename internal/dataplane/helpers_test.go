@@ -163,6 +163,14 @@ func values(ps []*lease.Lease) []lease.Lease {
 // so a test compares whole states with cmp.Diff (Tailscale-style).
 func kernelState(t testing.TB, h *netlink.Handle, dev string) []string {
 	t.Helper()
+	return kernelStateOf(t, h, dev, netlink.FAMILY_V4)
+}
+
+// kernelStateOf is kernelState for one family: IPv6 routes name their
+// metric (the kernel gives every IPv6 route one), and the device's IPv6
+// link-local address is left out.
+func kernelStateOf(t testing.TB, h *netlink.Handle, dev string, family int) []string {
+	t.Helper()
 	var out []string
 	links, err := h.LinkList()
 	if err != nil {
@@ -176,7 +184,7 @@ func kernelState(t testing.TB, h *netlink.Handle, dev string) []string {
 			vx = l
 		}
 	}
-	routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: RTProtWeft, Table: unix.RT_TABLE_MAIN},
+	routes, err := h.RouteListFiltered(family, &netlink.Route{Protocol: RTProtWeft, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		t.Fatal(err)
@@ -187,20 +195,25 @@ func kernelState(t testing.TB, h *netlink.Handle, dev string) []string {
 			continue
 		}
 		s := fmt.Sprintf("route %s via %s dev %s", r.Dst, r.Gw, names[r.LinkIndex])
+		if family == netlink.FAMILY_V6 {
+			s += fmt.Sprintf(" metric %d", r.Priority)
+		}
 		if r.Flags&int(netlink.FLAG_ONLINK) != 0 {
 			s += " onlink"
 		}
 		out = append(out, s)
 	}
 	if vx != nil {
-		addrs, err := h.AddrList(vx, netlink.FAMILY_V4)
+		addrs, err := h.AddrList(vx, family)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, a := range addrs {
-			out = append(out, "addr "+a.IPNet.String())
+			if family == netlink.FAMILY_V4 || a.Scope == unix.RT_SCOPE_UNIVERSE {
+				out = append(out, "addr "+a.IPNet.String())
+			}
 		}
-		ns, err := h.NeighList(vx.Attrs().Index, netlink.FAMILY_V4)
+		ns, err := h.NeighList(vx.Attrs().Index, family)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -275,4 +288,25 @@ func sortStrings(s []string) []string {
 
 func netconfOf(typ, opts string) netconf.Config {
 	return netconf.Config{BackendType: typ, Backend: json.RawMessage(opts)}
+}
+
+// startBackend builds the backend of cfg on eth0 of the host namespace ns,
+// initialises it (its MTU must be wantMTU) and runs a loop for it; snapshots
+// go to the returned channel. Everything is closed when the test ends.
+func startBackend(t *testing.T, ns *netnstest.NS, cfg netconf.Config, wantMTU int) (Backend, Published, chan<- lease.Snapshot) {
+	t.Helper()
+	h, err := netlink.NewHandleAt(ns.Fd())
+	must(t, err)
+	t.Cleanup(h.Close)
+	fd := ns.Fd()
+	be, err := NewBackend(cfg, Host{IfaceName: "eth0", NetNS: &fd}, h, testLog(t))
+	must(t, err)
+	t.Cleanup(func() { be.Close() })
+	pub, mtu, err := be.Init(context.Background())
+	must(t, err)
+	if mtu != wantMTU {
+		t.Errorf("%s backend (IPv6 %t): MTU %d, want %d", cfg.BackendType, cfg.EnableIPv6, mtu, wantMTU)
+	}
+	ch, _ := runLoop(t, be, time.Minute)
+	return be, pub, ch
 }

@@ -107,58 +107,7 @@ func snapshot6(own int, peers ...lease.Lease) lease.Snapshot {
 // and the global addresses, permanent IPv6 neighbours and FDB entries of dev.
 func kernelState6(t testing.TB, h *netlink.Handle, dev string) []string {
 	t.Helper()
-	var out []string
-	links, err := h.LinkList()
-	must(t, err)
-	names := map[int]string{}
-	var vx netlink.Link
-	for _, l := range links {
-		names[l.Attrs().Index] = l.Attrs().Name
-		if l.Attrs().Name == dev {
-			vx = l
-		}
-	}
-	routes, err := h.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Protocol: RTProtWeft, Table: unix.RT_TABLE_MAIN},
-		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	must(t, err)
-	for _, r := range routes {
-		if r.Type == unix.RTN_BLACKHOLE {
-			out = append(out, fmt.Sprintf("route blackhole %s metric %d", r.Dst, r.Priority))
-			continue
-		}
-		s := fmt.Sprintf("route %s via %s dev %s metric %d", r.Dst, r.Gw, names[r.LinkIndex], r.Priority)
-		if r.Flags&int(netlink.FLAG_ONLINK) != 0 {
-			s += " onlink"
-		}
-		out = append(out, s)
-	}
-	if vx != nil {
-		addrs, err := h.AddrList(vx, netlink.FAMILY_V6)
-		must(t, err)
-		for _, a := range addrs {
-			if a.Scope == unix.RT_SCOPE_UNIVERSE {
-				out = append(out, "addr "+a.IPNet.String())
-			}
-		}
-		ns, err := h.NeighList(vx.Attrs().Index, netlink.FAMILY_V6)
-		must(t, err)
-		for _, n := range ns {
-			if n.State&netlink.NUD_PERMANENT != 0 {
-				out = append(out, fmt.Sprintf("neigh %s lladdr %s dev %s permanent", n.IP, n.HardwareAddr, dev))
-			}
-		}
-		fdb, err := h.NeighList(vx.Attrs().Index, unix.AF_BRIDGE)
-		must(t, err)
-		for _, n := range fdb {
-			perm := ""
-			if n.State&netlink.NUD_PERMANENT != 0 {
-				perm = " permanent"
-			}
-			out = append(out, fmt.Sprintf("fdb %s dst %s dev %s%s", n.HardwareAddr, n.IP, dev, perm))
-		}
-	}
-	slices.Sort(out)
-	return out
+	return kernelStateOf(t, h, dev, netlink.FAMILY_V6)
 }
 
 // wantVXLAN6 renders the expected IPv6 state for own + peers on flannel-v6.1.
