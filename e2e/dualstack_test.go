@@ -4,10 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -27,25 +25,10 @@ func TestDualStack(t *testing.T) {
 		t.Run(backend, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			l, err := lab.Up(ctx, lab.Config{
-				Name: uniqueName(), Hosts: 2, Backend: backend, IPv6: true,
+			l := newLabWith(t, lab.Config{
+				Hosts: 2, Backend: backend, IPv6: true,
 				NetworkConfig: fmt.Sprintf(`{"Network":"172.30.0.0/16","SubnetLen":24,"SubnetMax":"172.30.239.0","EnableIPv6":true,"IPv6Network":"fd30::/48","IPv6SubnetLen":64,"Backend":{"Type":%q}}`, backend),
-				WeftdPath:     filepath.Join(binDir, "weftd"),
 				WeftdArgs:     []string{"-ip-masq"},
-				Log:           slog.New(slog.NewTextHandler(testWriter{t}, nil)),
-			})
-			if err != nil {
-				t.Fatalf("lab up: %v", err)
-			}
-			t.Cleanup(func() {
-				if t.Failed() {
-					for _, h := range l.Hosts {
-						if b, err := os.ReadFile(h.LogFile); err == nil {
-							t.Logf("%s weftd log:\n%s", h.Name, b)
-						}
-					}
-				}
-				l.Close()
 			})
 
 			for _, h := range l.Hosts {

@@ -72,13 +72,18 @@ func networkConfig(backend string) string {
 // newLab brings up a lab with real weftd; it is removed when the test ends.
 func newLab(t *testing.T, backend string, hosts int, weftdArgs ...string) *lab.Lab {
 	t.Helper()
+	return newLabWith(t, lab.Config{Hosts: hosts, Backend: backend, NetworkConfig: networkConfig(backend), WeftdArgs: weftdArgs})
+}
+
+// newLabWith is newLab for any lab config; the name, weftd and log are the
+// test's.
+func newLabWith(t *testing.T, cfg lab.Config) *lab.Lab {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	l, err := lab.Up(ctx, lab.Config{
-		Name: uniqueName(), Hosts: hosts, Backend: backend, NetworkConfig: networkConfig(backend),
-		WeftdPath: filepath.Join(binDir, "weftd"), WeftdArgs: weftdArgs,
-		Log: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
-	})
+	cfg.Name, cfg.WeftdPath = uniqueName(), filepath.Join(binDir, "weftd")
+	cfg.Log = slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	l, err := lab.Up(ctx, cfg)
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
