@@ -163,6 +163,49 @@ func (f family) is(a netip.Addr) bool {
 	return a.Is6() && !a.Is4In6()
 }
 
+// MinNetworkBits is the shortest Network (and IPv6Network) prefix accepted.
+// A wider overlay would cover most of the address space: the underlay,
+// etcd and the default route would fall inside it, and every host's routes
+// to the overlay would shadow them. /8 still leaves 10.0.0.0/8 and
+// fc00::/8 whole.
+const MinNetworkBits = 8
+
+// reserved are the ranges an overlay may not overlap, per family, with the
+// reason: the kernel gives their addresses a meaning (loopback never leaves
+// the host, multicast is not routed per host, link-local is not forwarded)
+// that routing a subnet per host would contradict.
+var reserved = map[int][]struct {
+	p    netip.Prefix
+	rule string
+}{
+	32: {
+		{netip.MustParsePrefix("127.0.0.0/8"), "overlaps loopback 127.0.0.0/8"},
+		{netip.MustParsePrefix("169.254.0.0/16"), "overlaps link-local 169.254.0.0/16"},
+		{netip.MustParsePrefix("224.0.0.0/4"), "overlaps multicast 224.0.0.0/4"},
+		{netip.MustParsePrefix("255.255.255.255/32"), "overlaps the broadcast address 255.255.255.255"},
+		{netip.MustParsePrefix("0.0.0.0/8"), "overlaps 0.0.0.0/8 (\"this network\")"},
+	},
+	128: {
+		{netip.MustParsePrefix("::/8"), "overlaps ::/8 (unspecified, loopback ::1, IPv4-mapped)"},
+		{netip.MustParsePrefix("fe80::/10"), "overlaps link-local fe80::/10"},
+		{netip.MustParsePrefix("ff00::/8"), "overlaps multicast ff00::/8"},
+	},
+}
+
+// usable refuses a Network that is too wide or overlaps a reserved range.
+func (f family) usable(key string, p netip.Prefix) error {
+	if p.Bits() < MinNetworkBits {
+		return &Error{Key: key, Value: p.String(),
+			Rule: fmt.Sprintf("too wide: the prefix must be at least /%d (the overlay would cover the underlay and the default route)", MinNetworkBits)}
+	}
+	for _, r := range reserved[f.bits] {
+		if r.p.Overlaps(p) {
+			return &Error{Key: key, Value: p.String(), Rule: r.rule}
+		}
+	}
+	return nil
+}
+
 type resolved struct {
 	network   netip.Prefix
 	subnetLen int
@@ -190,6 +233,9 @@ func (f family) resolve(top map[string]json.RawMessage) (resolved, error) {
 	if p.Masked() != p {
 		return r, &Error{Key: netKey, Value: strconv.Quote(s),
 			Rule: fmt.Sprintf("host bits set (the network address is %s)", p.Masked())}
+	}
+	if err := f.usable(netKey, p); err != nil {
+		return r, err
 	}
 	r.network = p
 	ones := p.Bits()

@@ -173,6 +173,18 @@ func TestParseErrors(t *testing.T) {
 		{`{"Network":"172.30.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc01::"}`, `IPv6SubnetMin fc01::: outside IPv6Network fc00::/48`},
 		{`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/120","IPv6SubnetMin":"fc00::10"}`, `IPv6SubnetMin fc00::10: not on a /122 boundary`},
 		{`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/125"}`, `IPv6Network fc00::/125: too small: with no IPv6SubnetLen the prefix must be at most /124`},
+		{`{"Network":"0.0.0.0/0"}`, `Network 0.0.0.0/0: too wide: the prefix must be at least /8 (the overlay would cover the underlay and the default route)`},
+		{`{"Network":"64.0.0.0/2"}`, `Network 64.0.0.0/2: too wide: the prefix must be at least /8 (the overlay would cover the underlay and the default route)`},
+		{`{"Network":"127.0.0.0/16"}`, `Network 127.0.0.0/16: overlaps loopback 127.0.0.0/8`},
+		{`{"Network":"169.254.0.0/16"}`, `Network 169.254.0.0/16: overlaps link-local 169.254.0.0/16`},
+		{`{"Network":"169.0.0.0/8"}`, `Network 169.0.0.0/8: overlaps link-local 169.254.0.0/16`},
+		{`{"Network":"224.1.0.0/16"}`, `Network 224.1.0.0/16: overlaps multicast 224.0.0.0/4`},
+		{`{"Network":"0.0.0.0/8"}`, `Network 0.0.0.0/8: overlaps 0.0.0.0/8 ("this network")`},
+		{`{"Network":"255.0.0.0/8"}`, `Network 255.0.0.0/8: overlaps the broadcast address 255.255.255.255`},
+		{`{"Network":"172.30.0.0/16","EnableIPv6":true,"IPv6Network":"::/0"}`, `IPv6Network ::/0: too wide: the prefix must be at least /8 (the overlay would cover the underlay and the default route)`},
+		{`{"Network":"172.30.0.0/16","EnableIPv6":true,"IPv6Network":"::/120"}`, `IPv6Network ::/120: overlaps ::/8 (unspecified, loopback ::1, IPv4-mapped)`},
+		{`{"Network":"172.30.0.0/16","EnableIPv6":true,"IPv6Network":"fe80::/64"}`, `IPv6Network fe80::/64: overlaps link-local fe80::/10`},
+		{`{"Network":"172.30.0.0/16","EnableIPv6":true,"IPv6Network":"ff05::/64"}`, `IPv6Network ff05::/64: overlaps multicast ff00::/8`},
 		{`[1,2]`, `config [1,2]: must be a JSON object`},
 		{`null`, `config null: must be a JSON object`},
 		{`{"Network":"172.30.0.0/16",}`, `malformed JSON at byte offset 28: invalid character '}' looking for beginning of object key string`},
@@ -360,6 +372,13 @@ func TestValidateRejects(t *testing.T) {
 		"len too long":   func(c *Config) { c.SubnetLen = 31 },
 		"zero network":   func(c *Config) { c.Network = netip.Prefix{} },
 		"wrong min len":  func(c *Config) { c.SubnetMin = pfx("10.1.1.0/25") },
+		"loopback net": func(c *Config) {
+			c.Network, c.SubnetMin, c.SubnetMax = pfx("127.1.0.0/16"), pfx("127.1.1.0/24"), pfx("127.1.255.0/24")
+		},
+		"v6 link-local": func(c *Config) {
+			c.EnableIPv6, c.IPv6Network, c.IPv6SubnetLen = true, pfx("fe80::/48"), 64
+			c.IPv6SubnetMin, c.IPv6SubnetMax = pfx("fe80:0:0:1::/64"), pfx("fe80:0:0:ffff::/64")
+		},
 	} {
 		c := good
 		mut(&c)

@@ -112,6 +112,9 @@ func (f family) validate(network netip.Prefix, subnetLen int, min, max netip.Pre
 	if network.Masked() != network {
 		return &Error{Key: netKey, Value: network.String(), Rule: "host bits set"}
 	}
+	if err := f.usable(netKey, network); err != nil {
+		return err
+	}
 	if subnetLen > f.maxLen {
 		return &Error{Key: lenKey, Value: fmt.Sprint(subnetLen), Rule: fmt.Sprintf("must be at most %d", f.maxLen)}
 	}
