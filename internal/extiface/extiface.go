@@ -51,22 +51,17 @@ const dumpRetries = 5
 // Select chooses the external interface according to opts. Every failure
 // names each selector that was tried and why it did not match.
 func Select(h *netlink.Handle, opts Options) (ExtIface, error) {
-	var public netip.Addr
+	var public, public6 netip.Addr
+	var err error
 	if opts.PublicIP != "" {
-		a, err := netip.ParseAddr(opts.PublicIP)
-		if err != nil || !a.Is4() {
-			return ExtIface{}, fmt.Errorf("-public-ip %q: not an IPv4 address", opts.PublicIP)
+		if public, err = ParsePublicIP("-public-ip", opts.PublicIP, false); err != nil {
+			return ExtIface{}, err
 		}
-		public = a
 	}
-
-	var public6 netip.Addr
 	if opts.PublicIPv6 != "" {
-		a, err := netip.ParseAddr(opts.PublicIPv6)
-		if err != nil || !a.Is6() || a.Is4In6() {
-			return ExtIface{}, fmt.Errorf("-public-ipv6 %q: not an IPv6 address", opts.PublicIPv6)
+		if public6, err = ParsePublicIP("-public-ipv6", opts.PublicIPv6, true); err != nil {
+			return ExtIface{}, err
 		}
-		public6 = a
 	}
 
 	ext, err := choose(h, opts)
@@ -85,6 +80,40 @@ func Select(h *netlink.Handle, opts Options) (ExtIface, error) {
 		ext.PublicIPv6 = public6
 	}
 	return ext, nil
+}
+
+// ParsePublicIP parses the value of flag, an address advertised to every
+// peer in the lease: IPv4 unless v6. Only an address peers can send to is
+// accepted; each error names the flag, the value and the rule. A zone
+// (fe80::1%eth0) is refused because the lease cannot carry it: peers would
+// store fe80::1 and send to their own link, isolating this host.
+func ParsePublicIP(flag, s string, v6 bool) (netip.Addr, error) {
+	family := "an IPv4"
+	if v6 {
+		family = "an IPv6"
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Is4() == v6 || a.Is4In6() {
+		return netip.Addr{}, fmt.Errorf("%s %q: not %s address", flag, s, family)
+	}
+	var rule string
+	switch {
+	case a.Zone() != "":
+		rule = "a zone (%" + a.Zone() + ") is not allowed: the lease carries no zone, so peers could not reach it"
+	case a.IsUnspecified():
+		rule = "the unspecified address is not allowed: peers cannot send to it"
+	case a.IsLoopback():
+		rule = "a loopback address is not allowed: peers cannot reach it"
+	case a.IsLinkLocalUnicast():
+		rule = "a link-local address is not allowed: it is not routed between hosts"
+	case a.IsMulticast() || a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast():
+		rule = "a multicast address is not allowed: it does not name one host"
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		rule = "the broadcast address is not allowed: it does not name one host"
+	default:
+		return a, nil
+	}
+	return netip.Addr{}, fmt.Errorf("%s %q: %s", flag, s, rule)
 }
 
 // global6 returns the first usable global IPv6 address of the interface:

@@ -138,6 +138,21 @@ func TestSelectErrors(t *testing.T) {
 			[]string{"-iface eth9: no such interface", "-iface 10.9.9.9: no interface has this address", `-iface-regex "^foo"`}},
 		{"bad public ip", Options{Ifaces: []string{"eth0"}, PublicIP: "1.2.3"}, []string{`-public-ip "1.2.3": not an IPv4 address`}},
 		{"ipv6 public ip", Options{Ifaces: []string{"eth0"}, PublicIP: "fc00::1"}, []string{`-public-ip "fc00::1"`}},
+		// Addresses no peer can send to: the host would be isolated.
+		{"zoned public ipv6", Options{Ifaces: []string{"eth0"}, PublicIPv6: "fe80::1%eth0"},
+			[]string{`-public-ipv6 "fe80::1%eth0": a zone (%eth0) is not allowed`}},
+		{"zoned global public ipv6", Options{Ifaces: []string{"eth0"}, PublicIPv6: "2001:db8::1%eth0"},
+			[]string{`-public-ipv6 "2001:db8::1%eth0": a zone (%eth0) is not allowed`}},
+		{"link-local public ipv6", Options{Ifaces: []string{"eth0"}, PublicIPv6: "fe80::1"},
+			[]string{`-public-ipv6 "fe80::1": a link-local address is not allowed`}},
+		{"multicast public ipv6", Options{Ifaces: []string{"eth0"}, PublicIPv6: "ff02::1"}, []string{`-public-ipv6 "ff02::1": a multicast address`}},
+		{"loopback public ipv6", Options{Ifaces: []string{"eth0"}, PublicIPv6: "::1"}, []string{`-public-ipv6 "::1": a loopback address`}},
+		{"unspecified public ipv6", Options{Ifaces: []string{"eth0"}, PublicIPv6: "::"}, []string{`-public-ipv6 "::": the unspecified address`}},
+		{"loopback public ip", Options{Ifaces: []string{"eth0"}, PublicIP: "127.0.0.1"}, []string{`-public-ip "127.0.0.1": a loopback address`}},
+		{"unspecified public ip", Options{Ifaces: []string{"eth0"}, PublicIP: "0.0.0.0"}, []string{`-public-ip "0.0.0.0": the unspecified address`}},
+		{"link-local public ip", Options{Ifaces: []string{"eth0"}, PublicIP: "169.254.1.1"}, []string{`-public-ip "169.254.1.1": a link-local address`}},
+		{"multicast public ip", Options{Ifaces: []string{"eth0"}, PublicIP: "224.0.0.5"}, []string{`-public-ip "224.0.0.5": a multicast address`}},
+		{"broadcast public ip", Options{Ifaces: []string{"eth0"}, PublicIP: "255.255.255.255"}, []string{`-public-ip "255.255.255.255": the broadcast address`}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
