@@ -13,6 +13,15 @@ package dataplane
 // flannel0. The lease carries no BackendData: peers' ports are the network's
 // Port, so a weft host and a flanneld host with the udp backend interoperate.
 //
+// Trust. The engine accepts a datagram only from a peer's PublicIP:Port
+// carrying a packet from that peer's subnet to this host's subnet (see
+// internal/udpfwd), so a stranger on the underlay cannot inject traffic "from"
+// a container of another host and no host is an open relay; the socket is
+// bound to the underlay interface's address, not to every address (flanneld
+// listens on 0.0.0.0 and [::]). A peer lease that cannot be trusted with a
+// place in that table (a duplicate subnet or address, a subnet covering ours)
+// is skipped with a log line and counted; the other peers are programmed.
+//
 // The /32 gives host-to-container traffic a source address inside the overlay
 // without a connected route (flannel before 0.7.0 put the /16 there). The
 // Network route is more general than every host's docker0 /24, so the own
@@ -74,6 +83,27 @@ type udpBackend struct {
 	devIndex atomic.Int32 // read by the watcher's filters
 	notes    peerNotes
 	closed   atomic.Bool // an Apply after Close must not start a new engine
+	hooks    UDPHooks    // set before Init
+}
+
+// UDPHooks are the udp backend's counters; internal/metrics implements them.
+type UDPHooks struct {
+	// Dropped is called by the engine's receive goroutines with a count of
+	// datagrams dropped per reason (udpfwd.DropReasons) in one batch.
+	Dropped func(reason string, n uint64)
+	// SkippedPeers is called after each Apply with the number of peer leases
+	// left out of the engine's table.
+	SkippedPeers func(n int)
+}
+
+// SetUDPHooks sets the hooks of b when it is a udp backend, and reports
+// whether it is. Call it before Init: the engine starts there.
+func SetUDPHooks(b Backend, h UDPHooks) bool {
+	ub, ok := b.(*udpBackend)
+	if ok {
+		ub.hooks = h
+	}
+	return ok
 }
 
 func newUDP(cfg netconf.Config, host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) (*udpBackend, error) {
@@ -272,7 +302,8 @@ func (b *udpBackend) startEngine() (*udpfwd.Engine, error) {
 			dev.Close()
 			return err
 		}
-		eng, err = udpfwd.New(udpfwd.Config{TUN: dev, Bind: conn.NewStdNetBind(), Port: uint16(b.port), MTU: b.mtu(), Log: b.log})
+		eng, err = udpfwd.New(udpfwd.Config{TUN: dev, Bind: conn.NewStdNetBind(), Port: uint16(b.port), MTU: b.mtu(), Log: b.log,
+			OnDrop: b.hooks.Dropped})
 		if err != nil {
 			dev.Close()
 			return fmt.Errorf("dataplane: %w", err)
@@ -340,11 +371,13 @@ func (b *udpBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
 		}
 		peers = append(peers, udpfwd.Peer{Subnet: sub, Addr: netip.AddrPortFrom(p.Attrs.PublicIP, uint16(b.port))})
 	}
+	tbl, skipped := udpfwd.NewTable(own, peers)
+	for _, sk := range skipped {
+		b.notes.note(b.log, sk.Subnet, sk.Reason)
+	}
 	b.notes.end()
-	tbl, err := udpfwd.NewTable(peers)
-	if err != nil {
-		// Snapshots hold one lease per subnet; a failure here is a bug.
-		return fmt.Errorf("dataplane: build udp peer table from %d leases: %w", len(peers), err)
+	if b.hooks.SkippedPeers != nil {
+		b.hooks.SkippedPeers(len(snap.Peers) - tbl.Len())
 	}
 	b.eng.SetPeers(tbl)
 

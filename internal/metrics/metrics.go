@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/udpfwd"
 )
 
 // Metrics is every weft_ metric of one daemon.
@@ -30,6 +31,8 @@ type Metrics struct {
 	WatchRestarts        prometheus.Counter
 	RejectedLeases       *prometheus.CounterVec
 	RuleResyncs          *prometheus.CounterVec
+	UDPDroppedPackets    *prometheus.CounterVec
+	UDPSkippedPeers      prometheus.Gauge
 
 	// lastWatch is the UnixNano of the last watch answer; the lag gauge is
 	// computed at scrape time so that a stalled watch shows a growing value
@@ -97,6 +100,14 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "weft_rule_resyncs_total",
 			Help: "Periodic checks of the traffic rules, by result (unchanged, rewritten, failed).",
 		}, []string{"result"}),
+		UDPDroppedPackets: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_udp_dropped_packets_total",
+			Help: "Datagrams received by the udp backend and dropped as untrusted or malformed, by reason.",
+		}, []string{"reason"}),
+		UDPSkippedPeers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weft_udp_skipped_peers",
+			Help: "Peer leases left out of the udp backend's peer table at the last apply (logged once each).",
+		}),
 		now: time.Now,
 	}
 	// Every reason and result is present from the start, so that a query
@@ -108,13 +119,16 @@ func New(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{ResyncUnchanged, ResyncRewritten, ResyncFailed} {
 		m.RuleResyncs.WithLabelValues(r)
 	}
+	for _, r := range udpfwd.DropReasons() {
+		m.UDPDroppedPackets.WithLabelValues(r)
+	}
 	lag := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "weft_watch_lag_seconds",
 		Help: "Seconds since the etcd lease watch last answered (events or progress notification, requested every few seconds); grows while the watch is stalled.",
 	}, m.watchLag)
 	reg.MustRegister(m.LeaseExpiry, m.LeaseRenewals, m.LeaseRenewalFailures, m.PeersKnown, m.PeersAccepted,
 		m.PeersProgrammed, m.ReconcileRuns, m.ReconcileErrors, m.ReconcileDuration, m.WatchRestarts,
-		m.RejectedLeases, m.RuleResyncs, lag)
+		m.RejectedLeases, m.RuleResyncs, m.UDPDroppedPackets, m.UDPSkippedPeers, lag)
 	return m
 }
 
@@ -175,3 +189,11 @@ func (m *Metrics) OnRuleResync(changed bool, err error) {
 		m.RuleResyncs.WithLabelValues(ResyncUnchanged).Inc()
 	}
 }
+
+// OnUDPDrop is the hook for dataplane.UDPHooks.Dropped.
+func (m *Metrics) OnUDPDrop(reason string, n uint64) {
+	m.UDPDroppedPackets.WithLabelValues(reason).Add(float64(n))
+}
+
+// OnUDPSkippedPeers is the hook for dataplane.UDPHooks.SkippedPeers.
+func (m *Metrics) OnUDPSkippedPeers(n int) { m.UDPSkippedPeers.Set(float64(n)) }

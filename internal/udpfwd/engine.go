@@ -18,7 +18,16 @@
 //     an immutable table (Table) read through an atomic pointer, so the
 //     control plane swaps the peer set without stopping or locking the engine.
 //
-// Per packet the engine does what flannel's does: longest-prefix match of the
+// Per received datagram the engine does what flannel's does not: it trusts
+// nothing on the wire. A datagram is written to flannel0 only when it comes
+// from a current peer's PublicIP:Port, holds a well-formed IPv4 packet whose
+// source lies in that peer's subnet and whose destination lies in this
+// host's subnet; anything else (a stranger on the underlay forging a
+// container's address, a peer relaying for a third party) is dropped,
+// counted by reason and logged at most once per reason every 10 s. The check
+// is one map probe per change of sender in a batch and two masked compares.
+//
+// Per packet sent the engine does what flannel's does: longest-prefix match of the
 // destination to a peer, TTL decrement with an incremental checksum update
 // (packets whose TTL would reach 0 are dropped), ICMP net unreachable back
 // into flannel0 for destinations no peer owns; and, beyond flannel, ICMP
@@ -31,6 +40,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -65,7 +75,37 @@ type Config struct {
 	// the datagram. 0 = no check.
 	MTU int
 	Log *slog.Logger
+	// OnDrop, when set, is called after each received batch with a count per
+	// reason (one of DropReasons) of the datagrams dropped in it.
+	OnDrop func(reason string, n uint64)
 }
+
+// Why a received datagram is dropped: the reason labels of
+// weft_udp_dropped_packets_total.
+const (
+	DropUnknownSender = "unknown_sender"               // not from a current peer's PublicIP:Port (or no peer table yet)
+	DropInnerSource   = "inner_source_not_peer_subnet" // inner source outside the sending peer's subnet
+	DropInnerDest     = "inner_dest_not_local"         // inner destination outside this host's subnet (an open relay)
+	DropMalformed     = "malformed"                    // not one whole IPv4 packet
+)
+
+// rx* index the receive drop counters, in the order of dropNames.
+const (
+	rxUnknownSender = iota
+	rxInnerSource
+	rxInnerDest
+	rxMalformed
+	rxReasons
+)
+
+var dropNames = [rxReasons]string{DropUnknownSender, DropInnerSource, DropInnerDest, DropMalformed}
+
+// DropReasons lists every reason OnDrop may report.
+func DropReasons() []string { return dropNames[:] }
+
+// dropLogEvery is the shortest interval between two log lines about drops of
+// one reason: a flood of forged datagrams must not become a flood of logs.
+const dropLogEvery = 10 * time.Second
 
 // Stats are cumulative packet counters.
 type Stats struct {
@@ -74,14 +114,17 @@ type Stats struct {
 	NoRoute            uint64 // no peer for the destination (ICMP net unreachable)
 	TooBig             uint64 // DF and bigger than MTU (ICMP fragmentation needed)
 	TTLExpired         uint64
-	Malformed          uint64
+	Malformed          uint64 // not one whole IPv4 packet, from the TUN or the socket
 	NotReady           uint64 // dropped before the first peer table arrived
 	SendErrors         uint64 // failed sendmmsg batches
 	TUNWriteErrors     uint64
+	// Received datagrams dropped as untrusted (see the package notes).
+	UnknownSender, InnerSourceNotPeer, InnerDestNotLocal uint64
 }
 
 type counters struct {
 	txPackets, txBytes, rxPackets, rxBytes, noRoute, tooBig, ttl, malformed, notReady, sendErrs, tunErrs atomic.Uint64
+	drops                                                                                               [rxReasons]atomic.Uint64
 }
 
 // Engine forwards packets between a TUN device and a UDP socket.
@@ -90,6 +133,9 @@ type Engine struct {
 	log   *slog.Logger
 	table atomic.Pointer[Table]
 	c     counters
+	// dropLogged is the UnixNano of the last log line per drop reason,
+	// shared by the receive goroutines.
+	dropLogged [rxReasons]atomic.Int64
 
 	wg        sync.WaitGroup
 	done      chan struct{}
@@ -114,8 +160,9 @@ func New(cfg Config) (*Engine, error) {
 
 // SetPeers replaces the peer table atomically; packets in flight finish with
 // the table they started with. Until the first call the engine drops what it
-// reads from the TUN without ICMP errors: after a restart, "no peer known
-// yet" must not be reported to containers as "network unreachable".
+// reads from the TUN without ICMP errors (after a restart, "no peer known
+// yet" must not be reported to containers as "network unreachable"), and
+// every received datagram as from an unknown sender.
 func (e *Engine) SetPeers(t *Table) { e.table.Store(t) }
 
 // Peers returns the current table (nil before the first SetPeers).
@@ -161,8 +208,10 @@ func (e *Engine) Stats() Stats {
 		TxPackets: c.txPackets.Load(), TxBytes: c.txBytes.Load(),
 		RxPackets: c.rxPackets.Load(), RxBytes: c.rxBytes.Load(),
 		NoRoute: c.noRoute.Load(), TooBig: c.tooBig.Load(), TTLExpired: c.ttl.Load(),
-		Malformed: c.malformed.Load(), NotReady: c.notReady.Load(),
+		Malformed: c.malformed.Load() + c.drops[rxMalformed].Load(), NotReady: c.notReady.Load(),
 		SendErrors: c.sendErrs.Load(), TUNWriteErrors: c.tunErrs.Load(),
+		UnknownSender: c.drops[rxUnknownSender].Load(), InnerSourceNotPeer: c.drops[rxInnerSource].Load(),
+		InnerDestNotLocal: c.drops[rxInnerDest].Load(),
 	}
 }
 
@@ -330,8 +379,9 @@ func (e *Engine) tunToUDP() {
 	}
 }
 
-// udpToTUN receives batches from the socket and writes the packets into the
-// TUN device in one call, which coalesces TCP and UDP segments (GRO).
+// udpToTUN receives batches from the socket, drops what is not from a peer
+// for this host (admit), and writes the rest into the TUN device in one call,
+// which coalesces TCP and UDP segments (GRO).
 func (e *Engine) udpToTUN(recv conn.ReceiveFunc) {
 	defer e.wg.Done()
 	batch := e.cfg.Bind.BatchSize()
@@ -355,12 +405,20 @@ func (e *Engine) udpToTUN(recv conn.ReceiveFunc) {
 			recvErrs.note(err)
 			continue
 		}
-		var rxp, rxb, ttl, bad uint64
+		var (
+			rxp, rxb, ttl uint64
+			drops         [rxReasons]uint64
+			a             admission
+		)
+		tbl := e.table.Load()
 		out = out[:0]
 		for i := range n {
 			pkt := pkts[i][:sizes[i]]
-			if sizes[i] == 0 || checkIPv4(pkt) == 0 {
-				bad++
+			if why := a.admit(tbl, eps[i], pkt); why >= 0 {
+				if drops[why] == 0 {
+					e.logDrop(why, a.src, pkt)
+				}
+				drops[why]++
 				continue
 			}
 			if !decTTL(pkt) {
@@ -383,11 +441,72 @@ func (e *Engine) udpToTUN(recv conn.ReceiveFunc) {
 		}
 		c.rxPackets.Add(rxp)
 		c.rxBytes.Add(rxb)
-		if ttl|bad != 0 {
+		if ttl != 0 {
 			c.ttl.Add(ttl)
-			c.malformed.Add(bad)
+		}
+		for why, k := range drops {
+			if k == 0 {
+				continue
+			}
+			c.drops[why].Add(k)
+			if e.cfg.OnDrop != nil {
+				e.cfg.OnDrop(dropNames[why], k)
+			}
 		}
 	}
+}
+
+// admission decides, datagram by datagram, whether a received datagram may
+// enter flannel0. It remembers the last sender: the datagrams of a batch
+// usually come from one peer, so the table is probed once per sender change.
+type admission struct {
+	src    netip.AddrPort
+	peer   int
+	probed bool
+}
+
+// admit returns -1 if pkt, received from ep, is a well-formed IPv4 packet
+// from a current peer's address, from that peer's subnet to this host's
+// subnet; otherwise the rx* reason to drop it. tbl nil (no peer table yet)
+// admits nothing.
+func (a *admission) admit(tbl *Table, ep conn.Endpoint, pkt []byte) int {
+	var src netip.AddrPort
+	if se, ok := ep.(*conn.StdNetEndpoint); ok {
+		src = se.AddrPort
+	}
+	if !a.probed || src != a.src {
+		a.src, a.peer, a.probed = src, -1, true
+		if tbl != nil {
+			a.peer = tbl.Sender(src)
+		}
+	}
+	switch {
+	case a.peer < 0:
+		return rxUnknownSender
+	case checkIPv4(pkt) == 0:
+		return rxMalformed
+	case !tbl.nets[a.peer].contains(binary.BigEndian.Uint32(pkt[offSrc:])):
+		return rxInnerSource
+	case !tbl.local.contains(binary.BigEndian.Uint32(pkt[offDst:])):
+		return rxInnerDest
+	}
+	return -1
+}
+
+// logDrop logs one dropped datagram, at most once per reason every
+// dropLogEvery whatever the number of receive goroutines, naming the sender
+// and what the inner packet claimed.
+func (e *Engine) logDrop(why int, sender netip.AddrPort, pkt []byte) {
+	now := time.Now().UnixNano()
+	last := e.dropLogged[why].Load()
+	if now-last < int64(dropLogEvery) || !e.dropLogged[why].CompareAndSwap(last, now) {
+		return
+	}
+	args := []any{"reason", dropNames[why], "sender", sender, "bytes", len(pkt), "dropped_before", e.c.drops[why].Load()}
+	if len(pkt) >= ipv4MinHeader {
+		args = append(args, "inner_src", netip.AddrFrom4([4]byte(pkt[offSrc:offSrc+4])), "inner_dst", netip.AddrFrom4([4]byte(pkt[offDst:offDst+4])))
+	}
+	e.log.Warn("dropped a datagram from the underlay", args...)
 }
 
 // readiness asks the kernel, without blocking, whether the TUN device has a

@@ -5,21 +5,21 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"testing"
+
+	"golang.zx2c4.com/wireguard/conn"
 )
 
 func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
 func TestTableLongestPrefix(t *testing.T) {
-	tbl, err := NewTable([]Peer{
+	tbl := mustTable(t, pfx("10.9.0.0/24"), []Peer{
 		{Subnet: pfx("10.5.0.0/16"), Addr: netip.MustParseAddrPort("192.0.2.1:8285")},
 		{Subnet: pfx("10.5.7.0/24"), Addr: netip.MustParseAddrPort("192.0.2.2:8285")},
 		{Subnet: pfx("10.5.7.128/25"), Addr: netip.MustParseAddrPort("192.0.2.3:8285")},
 		{Subnet: pfx("10.6.1.9/24"), Addr: netip.MustParseAddrPort("192.0.2.4:8285")}, // unmasked on purpose
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, c := range []struct{ dst, want string }{
 		{"10.5.7.200", "192.0.2.3:8285"},
 		{"10.5.7.1", "192.0.2.2:8285"},
@@ -38,16 +38,47 @@ func TestTableLongestPrefix(t *testing.T) {
 	}
 }
 
-func TestTableRejects(t *testing.T) {
-	for _, peers := range [][]Peer{
-		{{Subnet: pfx("fc00::/64"), Addr: netip.MustParseAddrPort("192.0.2.1:8285")}},
-		{{Subnet: pfx("10.0.0.0/24"), Addr: netip.MustParseAddrPort("[2001:db8::1]:8285")}},
-		{{Subnet: pfx("10.0.0.0/24"), Addr: netip.MustParseAddrPort("192.0.2.1:0")}},
-		{{Subnet: pfx("10.0.0.0/24"), Addr: netip.MustParseAddrPort("192.0.2.1:1")},
-			{Subnet: pfx("10.0.0.0/24"), Addr: netip.MustParseAddrPort("192.0.2.2:1")}},
+func mustTable(t testing.TB, local netip.Prefix, peers []Peer) *Table {
+	t.Helper()
+	tbl, skipped := NewTable(local, peers)
+	if len(skipped) > 0 {
+		t.Fatalf("NewTable skipped peers: %v", skipped)
+	}
+	return tbl
+}
+
+// TestTableSkips: a peer that cannot be trusted with a place in the table is
+// left out with an error naming it, and the good peers stay (one bad lease
+// must not make the whole Apply fail, as two leases of one subnet did).
+func TestTableSkips(t *testing.T) {
+	good := Peer{Subnet: pfx("10.0.9.0/24"), Addr: netip.MustParseAddrPort("192.0.2.9:8285")}
+	for _, c := range []struct {
+		name  string
+		peers []Peer
+		want  string
+	}{
+		{"ipv6 subnet", []Peer{{Subnet: pfx("fc00::/64"), Addr: netip.MustParseAddrPort("192.0.2.1:8285")}}, "must be an IPv4 prefix"},
+		{"slash 0", []Peer{{Subnet: pfx("0.0.0.0/0"), Addr: netip.MustParseAddrPort("192.0.2.1:8285")}}, "longer than /0"},
+		{"ipv6 address", []Peer{{Subnet: pfx("10.0.0.0/24"), Addr: netip.MustParseAddrPort("[2001:db8::1]:8285")}}, "global unicast IPv4"},
+		{"port 0", []Peer{{Subnet: pfx("10.0.0.0/24"), Addr: netip.MustParseAddrPort("192.0.2.1:0")}}, "non-zero port"},
+		{"multicast", []Peer{{Subnet: pfx("10.0.0.0/24"), Addr: netip.MustParseAddrPort("224.0.0.1:8285")}}, "global unicast"},
+		{"loopback", []Peer{{Subnet: pfx("10.0.0.0/24"), Addr: netip.MustParseAddrPort("127.0.0.1:8285")}}, "global unicast"},
+		{"own subnet", []Peer{{Subnet: pfx("10.0.1.0/24"), Addr: netip.MustParseAddrPort("192.0.2.1:8285")}}, "overlaps this host's subnet 10.0.1.0/24"},
+		{"covers own subnet", []Peer{{Subnet: pfx("10.0.0.0/16"), Addr: netip.MustParseAddrPort("192.0.2.1:8285")}}, "overlaps"},
+		{"subnet twice", []Peer{good, {Subnet: pfx("10.0.9.0/24"), Addr: netip.MustParseAddrPort("192.0.2.2:8285")}}, "subnet 10.0.9.0/24: listed twice (kept the one at 192.0.2.9:8285)"},
+		{"address twice", []Peer{good, {Subnet: pfx("10.0.8.0/24"), Addr: netip.MustParseAddrPort("192.0.2.9:8285")}}, "address 192.0.2.9:8285: already the address of subnet 10.0.9.0/24"},
 	} {
-		if _, err := NewTable(peers); err == nil {
-			t.Errorf("NewTable(%v) accepted", peers)
+		peers := append(c.peers, Peer{Subnet: pfx("10.0.7.0/24"), Addr: netip.MustParseAddrPort("192.0.2.7:8285")})
+		tbl, skipped := NewTable(pfx("10.0.1.0/24"), peers)
+		if len(skipped) != 1 || !strings.Contains(skipped[0].Error(), c.want) {
+			t.Errorf("%s: skipped %v, want one error containing %q", c.name, skipped, c.want)
+			continue
+		}
+		if tbl.Len() != len(peers)-1 {
+			t.Errorf("%s: %d peers in the table, want %d", c.name, tbl.Len(), len(peers)-1)
+		}
+		if p, ok := tbl.LookupAddr(netip.MustParseAddr("10.0.7.1")); !ok || p.Addr.String() != "192.0.2.7:8285" {
+			t.Errorf("%s: the good peer is gone: %v %v", c.name, p, ok)
 		}
 	}
 }
@@ -66,10 +97,7 @@ func manyPeers(n int) []Peer {
 
 func TestTableThousandPeers(t *testing.T) {
 	peers := manyPeers(1000)
-	tbl, err := NewTable(peers)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tbl := mustTable(t, pfx("10.255.0.0/24"), peers)
 	for i, p := range peers {
 		a := p.Subnet.Addr().As4()
 		a[3] = byte(1 + i%250)
@@ -86,10 +114,7 @@ func TestTableThousandPeers(t *testing.T) {
 func BenchmarkLookup(b *testing.B) {
 	for _, n := range []int{10, 1000, 10000} {
 		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
-			tbl, err := NewTable(manyPeers(n))
-			if err != nil {
-				b.Fatal(err)
-			}
+			tbl := mustTable(b, pfx("10.255.0.0/24"), manyPeers(n))
 			dsts := make([]uint32, 4096)
 			for i := range dsts {
 				dsts[i] = 10<<24 | uint32(rand.IntN(n))<<8 | 7
@@ -230,5 +255,89 @@ func BenchmarkDecTTL(b *testing.B) {
 		if !decTTL(p) {
 			p[8] = 255
 		}
+	}
+}
+
+// TestAdmit: a datagram enters flannel0 only from a peer's PublicIP:Port,
+// from that peer's subnet, to this host's subnet; anything else is dropped
+// with its reason, before and after a peer table exists.
+func TestAdmit(t *testing.T) {
+	peerA := netip.MustParseAddrPort("192.0.2.1:8285")
+	tbl := mustTable(t, pfx("10.5.1.0/24"), []Peer{
+		{Subnet: pfx("10.5.2.0/24"), Addr: peerA},
+		{Subnet: pfx("10.5.3.0/24"), Addr: netip.MustParseAddrPort("192.0.2.3:8285")},
+	})
+	ep := func(s string) conn.Endpoint { return &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort(s)} }
+	good := ipPacket("10.5.2.7", "10.5.1.9", 63, 1, false, 8)
+	for _, c := range []struct {
+		name string
+		tbl  *Table
+		ep   conn.Endpoint
+		pkt  []byte
+		want int
+	}{
+		{"peer to own container", tbl, ep("192.0.2.1:8285"), good, -1},
+		{"no table yet", nil, ep("192.0.2.1:8285"), good, rxUnknownSender},
+		{"stranger", tbl, ep("192.0.2.99:8285"), good, rxUnknownSender},
+		{"peer address, other port", tbl, ep("192.0.2.1:9999"), good, rxUnknownSender},
+		{"ipv6 sender", tbl, ep("[2001:db8::1]:8285"), good, rxUnknownSender},
+		{"mapped ipv4 sender", tbl, ep("[::ffff:192.0.2.1]:8285"), good, rxUnknownSender},
+		{"no endpoint", tbl, nil, good, rxUnknownSender},
+		{"other peer's source", tbl, ep("192.0.2.1:8285"), ipPacket("10.5.3.7", "10.5.1.9", 63, 1, false, 8), rxInnerSource},
+		{"outside source", tbl, ep("192.0.2.1:8285"), ipPacket("8.8.8.8", "10.5.1.9", 63, 1, false, 8), rxInnerSource},
+		{"relay to the world", tbl, ep("192.0.2.1:8285"), ipPacket("10.5.2.7", "1.1.1.1", 63, 1, false, 8), rxInnerDest},
+		{"relay to another peer", tbl, ep("192.0.2.1:8285"), ipPacket("10.5.2.7", "10.5.3.1", 63, 1, false, 8), rxInnerDest},
+		{"truncated", tbl, ep("192.0.2.1:8285"), good[:20], rxMalformed},
+		{"empty", tbl, ep("192.0.2.1:8285"), nil, rxMalformed},
+		{"no own lease", mustTable(t, netip.Prefix{}, tbl.Peers()), ep("192.0.2.1:8285"), good, rxInnerDest},
+	} {
+		var a admission
+		if got := a.admit(c.tbl, c.ep, c.pkt); got != c.want {
+			t.Errorf("%s: admit = %d, want %d", c.name, got, c.want)
+		}
+	}
+	// The remembered sender is re-probed when the sender changes.
+	var a admission
+	for i, c := range []struct {
+		ep   string
+		want int
+	}{{"192.0.2.1:8285", -1}, {"192.0.2.99:8285", rxUnknownSender}, {"192.0.2.1:8285", -1}} {
+		if got := a.admit(tbl, ep(c.ep), good); got != c.want {
+			t.Errorf("batch datagram %d from %s: admit = %d, want %d", i, c.ep, got, c.want)
+		}
+	}
+}
+
+// BenchmarkReceiveCheck is the per-datagram cost of admit in a batch of 64
+// from one peer, and with the sender changing on every datagram, with 5,000
+// peers.
+func BenchmarkReceiveCheck(b *testing.B) {
+	peers := manyPeers(5000)
+	tbl := mustTable(b, pfx("10.255.0.0/24"), peers)
+	for _, c := range []struct {
+		name    string
+		senders int
+	}{{"one-sender", 1}, {"sender-per-datagram", 64}} {
+		b.Run(c.name, func(b *testing.B) {
+			eps := make([]conn.Endpoint, 64)
+			pkts := make([][]byte, 64)
+			for i := range eps {
+				p := peers[(i%c.senders)*71]
+				eps[i] = &conn.StdNetEndpoint{AddrPort: p.Addr}
+				s := p.Subnet.Addr().As4()
+				s[3] = 7
+				pkts[i] = ipPacket(netip.AddrFrom4(s).String(), "10.255.0.9", 64, 6, true, 1380)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				var a admission
+				for j := range pkts {
+					if a.admit(tbl, eps[j], pkts[j]) >= 0 {
+						b.Fatal("dropped")
+					}
+				}
+			}
+		})
 	}
 }
