@@ -124,7 +124,7 @@ type Stats struct {
 
 type counters struct {
 	txPackets, txBytes, rxPackets, rxBytes, noRoute, tooBig, ttl, malformed, notReady, sendErrs, tunErrs atomic.Uint64
-	drops                                                                                               [rxReasons]atomic.Uint64
+	drops                                                                                                [rxReasons]atomic.Uint64
 }
 
 // Engine forwards packets between a TUN device and a UDP socket.
