@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -229,4 +230,81 @@ func TestEndpointsFailover(t *testing.T) {
 	l2.Close()
 	err = connect(t, Options{Endpoints: dead + "," + dead2})
 	wantErr(t, err, dead+": connection refused", dead2+": connection refused")
+}
+
+// -etcd-password-file: the password is read from a file only its owner can
+// read (one trailing newline ignored); a file others can read, a missing
+// one, or both the flag and the file are refused with the flag, the file
+// and the rule; a wrong password names the file, never its content.
+func TestPasswordFile(t *testing.T) {
+	srv := etcdtest.New(t)
+	etcdtest.EnableAuth(t, etcdtest.NewClient(t, srv), "weft", "s3cret", DefaultPrefix+"/")
+	ep := srv.Endpoint
+	dir := t.TempDir()
+	file := func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil { // past the umask
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := file("good", "s3cret\n", 0o600)
+
+	t.Run("good", func(t *testing.T) {
+		if err := connect(t, Options{Endpoints: ep, Username: "weft", PasswordFile: good}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("wrong password", func(t *testing.T) {
+		wrong := file("wrong", "guess\n", 0o400)
+		err := connect(t, Options{Endpoints: ep, Username: "weft", PasswordFile: wrong})
+		wantErr(t, err, ep, "authentication failed", `wrong password in -etcd-password-file "`+wrong+`"`)
+		if strings.Contains(err.Error(), "guess") {
+			t.Errorf("error %q contains the password", err)
+		}
+	})
+	for _, c := range []struct {
+		name string
+		o    Options
+		want []string
+	}{
+		{"readable by others", Options{PasswordFile: file("world", "s3cret\n", 0o644)},
+			[]string{`-etcd-password-file "` + dir + `/world": mode 0644 lets group or others access the password: must be readable by its owner only (chmod 600)`}},
+		{"readable by group", Options{PasswordFile: file("group", "s3cret\n", 0o640)}, []string{"mode 0640 lets group or others"}},
+		{"missing", Options{PasswordFile: dir + "/none"}, []string{`-etcd-password-file "` + dir + `/none": open`, "no such file"}},
+		{"empty", Options{PasswordFile: file("empty", "\n", 0o600)}, []string{`-etcd-password-file "` + dir + `/empty": empty`}},
+		{"both", Options{Password: "s3cret", PasswordFile: good}, []string{`-etcd-password and -etcd-password-file "` + good + `": give one or the other`}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			c.o.Endpoints, c.o.Username = ep, "weft"
+			err := connect(t, c.o)
+			wantErr(t, err, c.want...)
+			if strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("error %q contains the password", err)
+			}
+		})
+	}
+}
+
+// A password crossing an endpoint without TLS is reported so that weftd can
+// warn; none is reported without a password, or over https.
+func TestPlaintextEndpoints(t *testing.T) {
+	for _, c := range []struct {
+		o    Options
+		want string
+	}{
+		{Options{Endpoints: "http://a:2379,https://b:2379", Password: "x"}, "[http://a:2379]"},
+		{Options{Endpoints: "http://a:2379", PasswordFile: "/f"}, "[http://a:2379]"},
+		{Options{Endpoints: "a:2379", Password: "x"}, "[a:2379]"},
+		{Options{Endpoints: "a:2379", Password: "x", CAFile: "/ca.pem"}, "[]"},
+		{Options{Endpoints: "https://a:2379", Password: "x"}, "[]"},
+		{Options{Endpoints: "http://a:2379"}, "[]"},
+	} {
+		if got := fmt.Sprint(c.o.PlaintextEndpoints()); got != c.want {
+			t.Errorf("%+v: PlaintextEndpoints %s, want %s", c.o, got, c.want)
+		}
+	}
 }

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -38,6 +40,11 @@ type Options struct {
 	CAFile    string
 	Username  string
 	Password  string
+	// PasswordFile holds the password (-etcd-password-file): a file keeps
+	// it out of /proc/<pid>/cmdline and the environment, both readable by
+	// more than root. It is read on every connection attempt, so a fixed
+	// file is picked up without a restart.
+	PasswordFile string
 	// DialTimeout bounds connecting; each call has its own deadline too.
 	DialTimeout time.Duration
 }
@@ -50,7 +57,69 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.CertFile, "etcd-certfile", "", "TLS client certificate file for etcd")
 	fs.StringVar(&o.CAFile, "etcd-cafile", "", "CA file that signs etcd's server certificate")
 	fs.StringVar(&o.Username, "etcd-username", "", "etcd username")
-	fs.StringVar(&o.Password, "etcd-password", "", "etcd password (never logged)")
+	fs.StringVar(&o.Password, "etcd-password", "", "etcd password (never logged; prefer -etcd-password-file or FLANNELD_ETCD_PASSWORD: a flag is visible in the process list)")
+	fs.StringVar(&o.PasswordFile, "etcd-password-file", "", "file holding the etcd password (one trailing newline ignored; must not be readable by group or others)")
+}
+
+// password is the password to authenticate with: -etcd-password, or the
+// content of -etcd-password-file.
+func (o Options) password() (string, error) {
+	if o.PasswordFile == "" {
+		return o.Password, nil
+	}
+	f, err := os.Open(o.PasswordFile)
+	if err != nil {
+		return "", fmt.Errorf("-etcd-password-file %q: %w", o.PasswordFile, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("-etcd-password-file %q: %w", o.PasswordFile, err)
+	}
+	// Like ssh with a private key: a secret others can read is no secret,
+	// and refusing is the only way the operator learns it.
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return "", fmt.Errorf("-etcd-password-file %q: mode %04o lets group or others access the password: must be readable by its owner only (chmod 600)", o.PasswordFile, perm)
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("-etcd-password-file %q: not a regular file", o.PasswordFile)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxPasswordFile+1))
+	if err != nil {
+		return "", fmt.Errorf("-etcd-password-file %q: %w", o.PasswordFile, err)
+	}
+	if len(b) > maxPasswordFile {
+		return "", fmt.Errorf("-etcd-password-file %q: longer than %d bytes: not a password file", o.PasswordFile, maxPasswordFile)
+	}
+	// Editors and `echo` end the file with a newline; it is not part of
+	// the password.
+	pw := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	if pw == "" {
+		return "", fmt.Errorf("-etcd-password-file %q: empty", o.PasswordFile)
+	}
+	return pw, nil
+}
+
+// maxPasswordFile bounds what is read from -etcd-password-file.
+const maxPasswordFile = 4096
+
+// PlaintextEndpoints returns the endpoints a password would cross
+// unencrypted: http://, or no scheme without a TLS certificate or CA. Empty
+// when no password is given.
+func (o Options) PlaintextEndpoints() []string {
+	if o.Password == "" && o.PasswordFile == "" {
+		return nil
+	}
+	withTLS := o.CertFile != "" || o.CAFile != ""
+	var plain []string
+	for _, ep := range o.EndpointList() {
+		switch {
+		case strings.HasPrefix(ep, "https://"), strings.HasPrefix(ep, "unix://"), strings.HasPrefix(ep, "unixs://"):
+		case strings.HasPrefix(ep, "http://"), !withTLS:
+			plain = append(plain, ep)
+		}
+	}
+	return plain
 }
 
 // EndpointList splits Endpoints, dropping empty items.
@@ -75,6 +144,12 @@ func (o Options) Validate() error {
 	if (o.KeyFile == "") != (o.CertFile == "") {
 		return fmt.Errorf("-etcd-keyfile %q and -etcd-certfile %q: give both or neither", o.KeyFile, o.CertFile)
 	}
+	if o.Password != "" && o.PasswordFile != "" {
+		return fmt.Errorf("-etcd-password and -etcd-password-file %q: give one or the other", o.PasswordFile)
+	}
+	if _, err := o.password(); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -83,6 +158,9 @@ func (o Options) LogValue() slog.Value {
 	pw := ""
 	if o.Password != "" {
 		pw = "<redacted>"
+	}
+	if o.PasswordFile != "" {
+		pw = "<from " + o.PasswordFile + ">"
 	}
 	return slog.GroupValue(
 		slog.String("endpoints", o.Endpoints),
@@ -105,6 +183,10 @@ func (o Options) Client() (*clientv3.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	pw, err := o.password()
+	if err != nil {
+		return nil, err
+	}
 	dt := o.DialTimeout
 	if dt == 0 {
 		dt = 5 * time.Second
@@ -113,7 +195,7 @@ func (o Options) Client() (*clientv3.Client, error) {
 		Endpoints:            o.EndpointList(),
 		TLS:                  tlsCfg,
 		Username:             o.Username,
-		Password:             o.Password,
+		Password:             pw,
 		DialTimeout:          dt,
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 5 * time.Second,
@@ -279,7 +361,11 @@ func (o Options) Diagnose(err error) string {
 	var cause string
 	switch {
 	case errors.Is(err, rpctypes.ErrAuthFailed) || has("authentication failed"):
-		cause = fmt.Sprintf("authentication failed: unknown -etcd-username %q or wrong -etcd-password", o.Username)
+		pw := "-etcd-password"
+		if o.PasswordFile != "" {
+			pw = fmt.Sprintf("password in -etcd-password-file %q", o.PasswordFile)
+		}
+		cause = fmt.Sprintf("authentication failed: unknown -etcd-username %q or wrong %s", o.Username, pw)
 	case errors.Is(err, rpctypes.ErrPermissionDenied) || has("permission denied"):
 		cause = fmt.Sprintf("permission denied: user %q may not read %s", o.Username, o.Prefix)
 	case errors.Is(err, rpctypes.ErrUserEmpty) || has("user name is empty", "user name not found"):
