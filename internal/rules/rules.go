@@ -32,6 +32,10 @@
 //   - The jump into an owned chain must exist exactly once: duplicates and
 //     foreign jumps (flanneld's "flanneld masq" leftovers after a binary swap)
 //     are deleted by rule number in the same restore.
+//   - The underlay guard (guard.go): in both modes, table inet weft-guard
+//     accepts the backend's encapsulation ports (Desired.EncapPorts) only
+//     from the peers' PublicIPs (SetPeers, OfferPeers) and drops and counts
+//     the rest, so a host with no lease cannot inject into the overlay.
 package rules
 
 import (
@@ -81,6 +85,11 @@ type Desired struct {
 	// and any IPv6 objects weft finds are removed.
 	IPv6Network netip.Prefix
 	IPv6Subnet  netip.Prefix
+
+	// EncapPorts are the UDP ports the backend receives encapsulated
+	// traffic on (EncapPorts(cfg)); the guard accepts them only from peers.
+	// Empty: no guard (host-gw, alloc), and any guard weft finds is removed.
+	EncapPorts []uint16
 }
 
 // Validate checks the prefixes; the error names the value and the rule.
@@ -93,6 +102,9 @@ func (d Desired) Validate() error {
 	}
 	if d.Subnet.Bits() < d.Network.Bits() || !d.Network.Contains(d.Subnet.Addr()) {
 		return fmt.Errorf("rules: Subnet %v: must lie inside Network %v", d.Subnet, d.Network)
+	}
+	if slices.Contains(d.EncapPorts, 0) {
+		return fmt.Errorf("rules: EncapPorts %v: port 0 is not a port to guard", d.EncapPorts)
 	}
 	if !d.IPv6Network.IsValid() && !d.IPv6Subnet.IsValid() {
 		return nil
@@ -114,6 +126,8 @@ func (d Desired) canonical() Desired {
 	d.Subnet = d.Subnet.Masked()
 	d.IPv6Network = d.IPv6Network.Masked()
 	d.IPv6Subnet = d.IPv6Subnet.Masked()
+	// A copy: the caller's slice may change after Set.
+	d.EncapPorts = slices.Compact(slices.Sorted(slices.Values(d.EncapPorts)))
 	return d
 }
 
@@ -144,17 +158,20 @@ type Manager struct {
 	nsFd       int
 	restoreBin [2]string // iptables-restore, ip6tables-restore (indexed like families)
 	onResync   func(changed bool, err error)
+	onDrop     func(packets uint64)
 
 	mu      sync.Mutex
 	conn    *nftables.Conn
 	desired *Desired
 	written string // fingerprint of the owned state right after the last write
 	fast    fastCheck
+	guard   guardState
 }
 
 // New returns a Manager; nothing touches the kernel until Set.
 func New(log *slog.Logger, opts ...Option) *Manager {
 	m := &Manager{log: log, nsFd: -1, restoreBin: [2]string{"iptables-restore", "ip6tables-restore"}}
+	m.guard.wake = make(chan struct{}, 1)
 	for _, o := range opts {
 		o(m)
 	}
@@ -174,7 +191,8 @@ func (m *Manager) Close() error {
 	return errors.Join(err, ferr)
 }
 
-// Set makes the kernel match d now, replacing the owned chains whole.
+// Set makes the kernel match d now, replacing the owned chains whole, and
+// the underlay guard (once the peers are known, SetPeers).
 func (m *Manager) Set(d Desired) error {
 	if err := d.Validate(); err != nil {
 		return err
@@ -184,19 +202,30 @@ func (m *Manager) Set(d Desired) error {
 	defer m.mu.Unlock()
 	m.desired = &d
 	m.written = ""
-	return m.apply()
+	m.guard.fill = true // IPv6 may have been turned on or off
+	err := m.apply()
+	_, gerr := m.syncGuard(true)
+	return errors.Join(err, gerr)
 }
 
 // Check re-reads the owned state and rewrites it when it differs from what
 // the last write left (a flushed chain, a deleted, duplicated or reordered
-// rule, a lost or doubled jump, the other mode's leftovers). Before the first
-// Set it does nothing.
+// rule, a lost or doubled jump, the other mode's leftovers), then checks the
+// underlay guard (a deleted table, chain or set, a missing or extra peer)
+// and reports its new drops. Before the first Set it does nothing.
 func (m *Manager) Check() (changed bool, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.desired == nil {
 		return false, nil
 	}
+	changed, err = m.checkRules()
+	gchanged, gerr := m.syncGuard(true)
+	return changed || gchanged, errors.Join(err, gerr)
+}
+
+// checkRules is Check of the traffic rules. Called with mu held.
+func (m *Manager) checkRules() (changed bool, err error) {
 	if m.written != "" {
 		// Fast path (rawcheck.go): the same bytes as a state already
 		// found correct. Otherwise the full comparison decides.
@@ -221,7 +250,8 @@ func (m *Manager) Check() (changed bool, err error) {
 	return true, m.apply()
 }
 
-// Run calls Check every period until ctx ends (-iptables-resync).
+// Run calls Check every period until ctx ends (-iptables-resync), and
+// applies the peers of OfferPeers as they come.
 func (m *Manager) Run(ctx context.Context, period time.Duration) {
 	if period <= 0 {
 		period = 5 * time.Second
@@ -232,6 +262,11 @@ func (m *Manager) Run(ctx context.Context, period time.Duration) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-m.guard.wake:
+			if err := m.applyOffer(); err != nil {
+				m.log.Warn("update the underlay guard's peers failed; the periodic check retries", "err", err)
+			}
+			continue
 		case <-t.C:
 		}
 		changed, err := m.Check()
@@ -280,7 +315,7 @@ func (m *Manager) nft() (*nftables.Conn, error) {
 	if m.conn != nil {
 		return m.conn, nil
 	}
-	opts := []nftables.ConnOption{nftables.AsLasting()}
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(growSendBuffer)}
 	if m.nsFd >= 0 {
 		opts = append(opts, nftables.WithNetNSFd(m.nsFd))
 	}

@@ -1,0 +1,691 @@
+package rules
+
+// The underlay guard (issue 11, finding 5). The kernel decapsulates any
+// VXLAN frame that reaches the vxlan port, and the udp backend's socket
+// reads any datagram: without a filter a host with no lease can inject
+// packets into the overlay. The guard accepts the encapsulation's UDP ports
+// only from the peers' PublicIPs and drops and counts the rest:
+//
+//	table inet weft-guard {
+//		counter dropped {}
+//		set encap-ports { type inet_service; elements = { 8472 } }
+//		set peers4 { type ipv4_addr; elements = { ...every peer's PublicIP } }
+//		set peers6 { type ipv6_addr; elements = { ...PublicIPv6, dual-stack only } }
+//		chain input {
+//			type filter hook input priority filter; policy accept;
+//			udp dport @encap-ports ip saddr != @peers4 counter name "dropped" drop
+//			udp dport @encap-ports ip6 saddr != @peers6 counter name "dropped" drop
+//		}
+//	}
+//
+// Why its own nf_tables table, in both modes: iptables mode must keep
+// flanneld's chains byte for byte (operators' scripts read `iptables -S`),
+// and iptables cannot hold a set that changes one element at a time without
+// ipset. An nf_tables table lives beside iptables-nft's tables (a drop in
+// any base chain is final), so one implementation serves both modes, and
+// switching modes never touches it. One inet table covers both families in
+// one transaction, with one counter.
+//
+// Why sets: a join or leave changes one element — one netlink batch of add
+// and delete element messages, never a rewrite of the table — so the cost of
+// an event does not grow with the number of peers. A full write (first
+// start, a repair, new ports) replaces the whole table in one transaction, so
+// no packet sees a half-built guard.
+//
+// Restart and etcd outages: the guard is written only once the peers are
+// known (SetPeers); until then a table left by the previous run stays as it
+// is — neither flushed (peers would be cut off) nor emptied. The daemon
+// hands over only the snapshots the lease manager publishes, and an
+// unreachable etcd publishes none, so the last peer set stays.
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netconf"
+)
+
+// Names of the guard's objects.
+const (
+	GuardTable   = "weft-guard" // table inet weft-guard, both modes
+	GuardChain   = "input"
+	GuardCounter = "dropped"
+	guardPorts   = "encap-ports"
+	guardPeers4  = "peers4"
+	guardPeers6  = "peers6"
+
+	// vxlanKernelPort is the port the kernel's vxlan device listens on when
+	// the config's Port is 0 (IANA's 4789 is not Linux's default); the
+	// dataplane creates flannel.<VNI> with it.
+	vxlanKernelPort = 8472
+	// elemChunk bounds the elements of one netlink message: its nested
+	// element list has a 16-bit length (1,024 IPv6 elements are ~29 KiB).
+	elemChunk = 1024
+	// nftSendBuffer lets one batch carry a full write of 5,000 IPv4 and
+	// 5,000 IPv6 peers (~250 KiB); the default buffer (~208 KiB) refuses it
+	// with EMSGSIZE.
+	nftSendBuffer = 4 << 20
+)
+
+// inet is the guard's table family; it is not in families, which are the
+// per-family traffic rules.
+var inet = &family{name: "inet", tf: nftables.TableFamilyINet, proto: unix.NFPROTO_INET}
+
+// EncapPorts returns the UDP ports on which cfg's backend receives
+// encapsulated traffic from peers: vxlan's Port (0: the kernel's 8472),
+// udp's Port, wireguard's ListenPort. host-gw and alloc encapsulate nothing:
+// nil, and no guard.
+func EncapPorts(cfg netconf.Config) ([]uint16, error) {
+	var port int
+	switch cfg.BackendType {
+	case "vxlan":
+		o, err := cfg.VXLAN()
+		if err != nil {
+			return nil, err
+		}
+		port = cmpOr(o.Port, vxlanKernelPort)
+	case "udp":
+		o, err := cfg.UDP()
+		if err != nil {
+			return nil, err
+		}
+		port = o.Port
+	case "wireguard":
+		o, err := cfg.WireGuard()
+		if err != nil {
+			return nil, err
+		}
+		port = o.ListenPort
+	default:
+		return nil, nil
+	}
+	if port < 1 || port > 65535 {
+		return nil, fmt.Errorf("rules: %s port %d: must be in 1..65535", cfg.BackendType, port)
+	}
+	return []uint16{uint16(port)}, nil
+}
+
+func cmpOr(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// WithGuardDropHook calls fn with the number of packets the guard dropped
+// since the previous call, after each periodic check that saw new drops
+// (metrics: weft_underlay_dropped_packets_total).
+func WithGuardDropHook(fn func(packets uint64)) Option {
+	return func(m *Manager) { m.onDrop = fn }
+}
+
+// guardState is the guard's part of the Manager; fields other than offer are
+// guarded by Manager.mu.
+type guardState struct {
+	known bool           // SetPeers has been called: the peers are known
+	peers []*lease.Lease // the latest peers handed over
+	fill  bool           // peers changed since sets were last filled from them
+	sets  [2]peerSet     // desired peer addresses, indexed like families
+	ports []uint16       // the ports of the last full write
+	// written is the raw digest of the table's structure (chains, rules,
+	// sets, ports) right after the last full write; nil: write it whole.
+	written []byte
+	drops   uint64 // the kernel counter's value at the last read
+
+	offer struct { // the newest peers from OfferPeers, for Run
+		sync.Mutex
+		peers []*lease.Lease
+		set   bool
+	}
+	wake chan struct{}
+}
+
+// peerSet is one family's desired peer addresses. Each address carries the
+// generation of the last update that named it, so one pass over the new
+// peers and one over the map find what to add and what to delete, with no
+// second map (5,000 peers: one map, ~160 KiB; keys hold no pointers).
+type peerSet struct {
+	gen      uint32
+	addrs    map[[16]byte]uint32
+	add, del [][16]byte // the last update's difference, reused
+}
+
+// update makes s hold exactly the addresses each yields and records the
+// difference in s.add and s.del.
+func (s *peerSet) update(each func(yield func([16]byte))) {
+	if s.addrs == nil {
+		s.addrs = map[[16]byte]uint32{}
+	}
+	s.gen++
+	s.add, s.del = s.add[:0], s.del[:0]
+	each(func(a [16]byte) {
+		if g, ok := s.addrs[a]; !ok {
+			s.add = append(s.add, a)
+		} else if g == s.gen {
+			return // two leases, one address
+		}
+		s.addrs[a] = s.gen
+	})
+	for a, g := range s.addrs {
+		if g != s.gen {
+			s.del = append(s.del, a)
+			delete(s.addrs, a)
+		}
+	}
+}
+
+// OfferPeers hands the peers of a lease snapshot to Run, which updates the
+// guard's sets; it never blocks, and only the newest offer is applied. The
+// leases must not be modified afterwards (lease.Snapshot's are never).
+func (m *Manager) OfferPeers(peers []*lease.Lease) {
+	o := &m.guard.offer
+	o.Lock()
+	o.peers, o.set = peers, true
+	o.Unlock()
+	select {
+	case m.guard.wake <- struct{}{}:
+	default:
+	}
+}
+
+// applyOffer applies the newest offer of OfferPeers, if any.
+func (m *Manager) applyOffer() error {
+	o := &m.guard.offer
+	o.Lock()
+	peers, ok := o.peers, o.set
+	o.peers, o.set = nil, false
+	o.Unlock()
+	if !ok {
+		return nil
+	}
+	return m.SetPeers(peers)
+}
+
+// SetPeers makes the guard's sets hold exactly the peers' PublicIPs (and
+// PublicIPv6 when Desired has IPv6) now: one batch adding and deleting the
+// elements that changed. Before the first Set only the peers are recorded.
+func (m *Manager) SetPeers(peers []*lease.Lease) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.guard.known, m.guard.peers, m.guard.fill = true, peers, true
+	if m.desired == nil {
+		return nil
+	}
+	_, err := m.syncGuard(false)
+	return err
+}
+
+// refill updates the desired sets from the latest peers.
+func (m *Manager) refill() {
+	g := &m.guard
+	if !g.fill {
+		return
+	}
+	g.fill = false
+	six := m.desired.IPv6Network.IsValid()
+	g.sets[0].update(func(yield func([16]byte)) {
+		for _, p := range g.peers {
+			if a := p.Attrs.PublicIP; a.Is4() {
+				var k [16]byte
+				*(*[4]byte)(k[:4]) = a.As4()
+				yield(k)
+			}
+		}
+	})
+	g.sets[1].update(func(yield func([16]byte)) {
+		for _, p := range g.peers {
+			if a := p.Attrs.PublicIPv6; six && a.Is6() && !a.Is4In6() {
+				yield(a.As16())
+			}
+		}
+	})
+}
+
+// syncGuard makes the kernel's guard match the desired state. check: read
+// the kernel (the periodic check: structure digest and every element);
+// otherwise trust the last write and send only the difference (a join or
+// leave). Called with mu held and m.desired set.
+func (m *Manager) syncGuard(check bool) (changed bool, err error) {
+	g := &m.guard
+	if len(m.desired.EncapPorts) == 0 {
+		return m.removeGuard()
+	}
+	if !g.known {
+		return false, nil // keep what a previous run left until the peers are known
+	}
+	m.refill()
+	if !slices.Equal(g.ports, m.desired.EncapPorts) {
+		g.written = nil
+	}
+	if check && g.written != nil {
+		digest, err := m.guardDigest()
+		if err != nil {
+			return false, err
+		}
+		if !bytes.Equal(digest, g.written) {
+			m.log.Warn("underlay guard differed from what weft wrote; rewriting it", "table", "inet "+GuardTable)
+			g.written = nil
+		}
+	}
+	if g.written == nil {
+		return true, m.writeGuard()
+	}
+	if check {
+		changed, err = m.repairElems()
+	} else {
+		changed, err = m.sendDiff()
+	}
+	if err != nil {
+		// The kernel is not what weft last wrote: replace the table whole.
+		m.log.Warn("update the underlay guard's peer sets; rewriting the table", "err", err)
+		return true, m.writeGuard()
+	}
+	if check {
+		err = m.readDrops()
+	}
+	return changed, err
+}
+
+// guardSets are the peer sets' descriptions, indexed like families.
+func guardSets(t *nftables.Table) [2]*nftables.Set {
+	return [2]*nftables.Set{
+		{Table: t, Name: guardPeers4, KeyType: nftables.TypeIPAddr},
+		{Table: t, Name: guardPeers6, KeyType: nftables.TypeIP6Addr},
+	}
+}
+
+func guardTableRef() *nftables.Table {
+	return &nftables.Table{Name: GuardTable, Family: nftables.TableFamilyINet}
+}
+
+// writeGuard replaces table inet weft-guard with the desired one, elements
+// included, in one transaction.
+func (m *Manager) writeGuard() error {
+	g := &m.guard
+	c, err := m.nft()
+	if err != nil {
+		return err
+	}
+	t := guardTableRef()
+	c.AddTable(t)
+	c.DelTable(t)
+	c.AddTable(t)
+	c.AddObj(&nftables.CounterObj{Table: t, Name: GuardCounter})
+	ports := &nftables.Set{Table: t, Name: guardPorts, KeyType: nftables.TypeInetService}
+	pe := make([]nftables.SetElement, len(m.desired.EncapPorts))
+	for i, p := range m.desired.EncapPorts {
+		pe[i] = nftables.SetElement{Key: binaryutil.BigEndian.PutUint16(p)}
+	}
+	if err := c.AddSet(ports, pe); err != nil {
+		return fmt.Errorf("queue set %s of table inet %s: %w", guardPorts, GuardTable, err)
+	}
+	sets := guardSets(t)
+	for i, f := range families {
+		if err := c.AddSet(sets[i], nil); err != nil {
+			return fmt.Errorf("queue set %s of table inet %s: %w", sets[i].Name, GuardTable, err)
+		}
+		keys := make([][16]byte, 0, len(g.sets[i].addrs))
+		for a := range g.sets[i].addrs {
+			keys = append(keys, a)
+		}
+		if err := queueElems(c.SetAddElements, sets[i], keys, f.alen); err != nil {
+			return err
+		}
+	}
+	accept := nftables.ChainPolicyAccept
+	ch := c.AddChain(&nftables.Chain{
+		Name: GuardChain, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept,
+	})
+	for i, f := range families {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: guardRule(f, sets[i].Name)})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("replace table inet %s (ports %v, %d IPv4 and %d IPv6 peers): %w",
+			GuardTable, m.desired.EncapPorts, len(g.sets[0].addrs), len(g.sets[1].addrs), err)
+	}
+	digest, err := m.guardDigest()
+	if err != nil {
+		return fmt.Errorf("read back table inet %s: %w", GuardTable, err)
+	}
+	if digest == nil {
+		return fmt.Errorf("after write: table inet %s is absent", GuardTable)
+	}
+	g.written, g.ports, g.drops = digest, slices.Clone(m.desired.EncapPorts), 0
+	m.log.Info("underlay guard written", "table", "inet "+GuardTable, "ports", m.desired.EncapPorts,
+		"peers4", len(g.sets[0].addrs), "peers6", len(g.sets[1].addrs))
+	return nil
+}
+
+// growSendBuffer lets one batch carry a full write of the guard with
+// thousands of peers: SO_SNDBUFFORCE (weftd runs with CAP_NET_ADMIN) goes
+// past net.core.wmem_max, SO_SNDBUF is the fallback.
+func growSendBuffer(c *netlink.Conn) error {
+	if sc, err := c.SyscallConn(); err == nil {
+		var serr error
+		if cerr := sc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, nftSendBuffer)
+		}); cerr == nil && serr == nil {
+			return nil
+		}
+	}
+	return c.SetWriteBuffer(nftSendBuffer)
+}
+
+// guardRule drops UDP to an encapsulation port from a source of family f
+// that is not in set, and counts it.
+func guardRule(f *family, set string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(f.proto)}},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: 1, SetName: guardPorts},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.saddr, Len: f.alen},
+		&expr.Lookup{SourceRegister: 1, SetName: set, Invert: true},
+		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: GuardCounter},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
+}
+
+// queueElems queues op (add or delete) of keys, alen bytes of each, in
+// messages of at most elemChunk elements.
+func queueElems(op func(*nftables.Set, []nftables.SetElement) error, s *nftables.Set, keys [][16]byte, alen uint32) error {
+	for len(keys) > 0 {
+		n := min(len(keys), elemChunk)
+		el := make([]nftables.SetElement, n)
+		for i := range el {
+			el[i].Key = keys[i][:alen]
+		}
+		if err := op(s, el); err != nil {
+			return fmt.Errorf("queue %d elements of set %s of table inet %s: %w", n, s.Name, GuardTable, err)
+		}
+		keys = keys[n:]
+	}
+	return nil
+}
+
+// sendDiff sends the last update's additions and deletions of both
+// families in one batch.
+func (m *Manager) sendDiff() (changed bool, err error) {
+	g := &m.guard
+	c, err := m.nft()
+	if err != nil {
+		return false, err
+	}
+	sets := guardSets(guardTableRef())
+	var n int
+	for i, f := range families {
+		s := &g.sets[i]
+		if err := queueElems(c.SetAddElements, sets[i], s.add, f.alen); err != nil {
+			return false, err
+		}
+		if err := queueElems(c.SetDeleteElements, sets[i], s.del, f.alen); err != nil {
+			return false, err
+		}
+		n += len(s.add) + len(s.del)
+	}
+	if n == 0 {
+		return false, nil
+	}
+	if err := c.Flush(); err != nil {
+		return false, fmt.Errorf("add %d and delete %d IPv4, add %d and delete %d IPv6 peers in table inet %s: %w",
+			len(g.sets[0].add), len(g.sets[0].del), len(g.sets[1].add), len(g.sets[1].del), GuardTable, err)
+	}
+	return true, nil
+}
+
+// repairElems reads both peer sets from the kernel and adds what is missing
+// and deletes what is extra, in one batch. A set that holds exactly the
+// peers is read once and costs no allocation per element.
+func (m *Manager) repairElems() (changed bool, err error) {
+	rc, err := m.rawConn()
+	if err != nil {
+		return false, err
+	}
+	g := &m.guard
+	var missing, extra [2][][16]byte
+	for i, f := range families {
+		want, name := g.sets[i].addrs, guardSets(nil)[i].Name
+		var seen int
+		err := dumpElems(rc, name, func(key []byte) {
+			var k [16]byte
+			copy(k[:], key)
+			if _, ok := want[k]; ok && len(key) == int(f.alen) {
+				seen++
+			} else {
+				extra[i] = append(extra[i], k)
+			}
+		})
+		if err != nil {
+			return false, err
+		}
+		if seen == len(want) {
+			continue
+		}
+		// Some are missing: a second pass records which are there.
+		got := make(map[[16]byte]bool, seen)
+		if err := dumpElems(rc, name, func(key []byte) {
+			var k [16]byte
+			copy(k[:], key)
+			got[k] = true
+		}); err != nil {
+			return false, err
+		}
+		for a := range want {
+			if !got[a] {
+				missing[i] = append(missing[i], a)
+			}
+		}
+	}
+	if extra[0] == nil && extra[1] == nil && missing[0] == nil && missing[1] == nil {
+		return false, nil
+	}
+	c, err := m.nft()
+	if err != nil {
+		return false, err
+	}
+	sets := guardSets(guardTableRef())
+	for i, f := range families {
+		if err := queueElems(c.SetAddElements, sets[i], missing[i], f.alen); err != nil {
+			return false, err
+		}
+		if err := queueElems(c.SetDeleteElements, sets[i], extra[i], f.alen); err != nil {
+			return false, err
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return false, fmt.Errorf("repair peer sets of table inet %s: %w", GuardTable, err)
+	}
+	m.log.Warn("underlay guard's peer sets differed from the peers; repaired", "table", "inet "+GuardTable,
+		"missing4", len(missing[0]), "extra4", len(extra[0]), "missing6", len(missing[1]), "extra6", len(extra[1]))
+	return true, nil
+}
+
+// removeGuard deletes table inet weft-guard when it exists (a backend
+// without encapsulation).
+func (m *Manager) removeGuard() (changed bool, err error) {
+	m.guard.written, m.guard.ports = nil, nil
+	rc, err := m.rawConn()
+	if err != nil {
+		return false, err
+	}
+	if ok, err := guardPresent(rc); err != nil || !ok {
+		return false, err
+	}
+	c, err := m.nft()
+	if err != nil {
+		return false, err
+	}
+	c.DelTable(guardTableRef())
+	if err := c.Flush(); err != nil {
+		return false, fmt.Errorf("delete table inet %s (the backend has no encapsulation port): %w", GuardTable, err)
+	}
+	m.log.Info("underlay guard removed: the backend has no encapsulation port", "table", "inet "+GuardTable)
+	return true, nil
+}
+
+func guardPresent(rc *netlink.Conn) (bool, error) {
+	msgs, err := nftDump(rc, inet.proto, unix.NFT_MSG_GETTABLE, nil)
+	if err != nil {
+		return false, fmt.Errorf("dump nf_tables inet tables: %w", err)
+	}
+	for _, msg := range msgs {
+		for a := (nlAttrs{b: msg}); a.next(); {
+			if a.typ == unix.NFTA_TABLE_NAME && string(bytes.TrimRight(a.val, "\x00")) == GuardTable {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
+
+// guardDigest returns the guard's structure as bytes from raw dumps — its
+// chains' identities, its rules without counters, its sets' definitions and
+// the ports' elements — or nil when the table is absent. Peer elements are
+// left out: they change with every join and are checked by repairElems.
+func (m *Manager) guardDigest() ([]byte, error) {
+	rc, err := m.rawConn()
+	if err != nil {
+		return nil, err
+	}
+	if ok, err := guardPresent(rc); err != nil || !ok {
+		return nil, err
+	}
+	out := []byte("G")
+	msgs, err := nftDump(rc, inet.proto, unix.NFT_MSG_GETCHAIN, nil)
+	if err != nil {
+		return nil, fmt.Errorf("dump nf_tables inet chains: %w", err)
+	}
+	for _, msg := range msgs {
+		var table []byte
+		var fields []byte
+		for a := (nlAttrs{b: msg}); a.next(); {
+			switch a.typ {
+			case unix.NFTA_CHAIN_TABLE:
+				table = bytes.TrimRight(a.val, "\x00")
+				fields = appendField(fields, byte(a.typ), a.val)
+			case unix.NFTA_CHAIN_NAME, unix.NFTA_CHAIN_TYPE, unix.NFTA_CHAIN_HOOK, unix.NFTA_CHAIN_POLICY, nftaChainFlags:
+				fields = appendField(fields, byte(a.typ), a.val)
+			}
+		}
+		if string(table) == GuardTable {
+			out = append(append(out, 'c'), fields...)
+		}
+	}
+	if out, err = appendRules(out, rc, inet, GuardTable, ""); err != nil {
+		return nil, err
+	}
+	if msgs, err = nftDump(rc, inet.proto, unix.NFT_MSG_GETSET, appendNulAttr(nil, unix.NFTA_SET_TABLE, GuardTable)); err != nil {
+		return nil, fmt.Errorf("dump sets of table inet %s: %w", GuardTable, err)
+	}
+	for _, msg := range msgs {
+		out = append(out, 's')
+		for a := (nlAttrs{b: msg}); a.next(); {
+			switch a.typ {
+			case unix.NFTA_SET_NAME, unix.NFTA_SET_FLAGS, unix.NFTA_SET_KEY_TYPE, unix.NFTA_SET_KEY_LEN:
+				out = appendField(out, byte(a.typ), a.val)
+			}
+		}
+	}
+	err = dumpElems(rc, guardPorts, func(key []byte) { out = appendField(out, 'p', key) })
+	return out, err
+}
+
+// dumpElems calls fn with the key of every element of the guard's set.
+func dumpElems(rc *netlink.Conn, set string, fn func(key []byte)) error {
+	req := appendNulAttr(nil, unix.NFTA_SET_ELEM_LIST_TABLE, GuardTable)
+	req = appendNulAttr(req, unix.NFTA_SET_ELEM_LIST_SET, set)
+	msgs, err := nftDump(rc, inet.proto, unix.NFT_MSG_GETSETELEM, req)
+	if err != nil {
+		return fmt.Errorf("dump elements of set %s of table inet %s: %w", set, GuardTable, err)
+	}
+	for _, msg := range msgs {
+		for a := (nlAttrs{b: msg}); a.next(); {
+			if a.typ != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+				continue
+			}
+			for e := (nlAttrs{b: a.val}); e.next(); {
+				for k := (nlAttrs{b: e.val}); k.next(); {
+					if k.typ != unix.NFTA_SET_ELEM_KEY {
+						continue
+					}
+					for v := (nlAttrs{b: k.val}); v.next(); {
+						if v.typ == unix.NFTA_DATA_VALUE {
+							fn(v.val)
+						}
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// readDrops reads the guard's counter and reports the packets dropped since
+// the last read: a hook call and one log line per check at most.
+func (m *Manager) readDrops() error {
+	rc, err := m.rawConn()
+	if err != nil {
+		return err
+	}
+	req := appendNulAttr(nil, unix.NFTA_OBJ_TABLE, GuardTable)
+	req = appendNulAttr(req, unix.NFTA_OBJ_NAME, GuardCounter)
+	req = binary.NativeEndian.AppendUint16(req, 8)
+	req = binary.NativeEndian.AppendUint16(req, unix.NFTA_OBJ_TYPE)
+	req = binary.BigEndian.AppendUint32(req, unix.NFT_OBJECT_COUNTER)
+	msgs, err := rc.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETOBJ), Flags: netlink.Request},
+		Data:   append([]byte{inet.proto, unix.NFNETLINK_V0, 0, 0}, req...),
+	})
+	if err != nil {
+		return fmt.Errorf("read counter %s of table inet %s: %w", GuardCounter, GuardTable, err)
+	}
+	var packets uint64
+	var found bool
+	for _, msg := range msgs {
+		if len(msg.Data) < 4 {
+			continue
+		}
+		for a := (nlAttrs{b: msg.Data[4:]}); a.next(); {
+			if a.typ != unix.NFTA_OBJ_DATA {
+				continue
+			}
+			for d := (nlAttrs{b: a.val}); d.next(); {
+				if d.typ == unix.NFTA_COUNTER_PACKETS && len(d.val) == 8 {
+					packets, found = binaryutil.BigEndian.Uint64(d.val), true
+				}
+			}
+		}
+	}
+	if !found {
+		return errors.New("read counter " + GuardCounter + " of table inet " + GuardTable + ": no packet count in the answer")
+	}
+	g := &m.guard
+	delta := packets - g.drops
+	if packets < g.drops { // the table was replaced by someone else
+		delta = packets
+	}
+	g.drops = packets
+	if delta == 0 {
+		return nil
+	}
+	m.log.Warn("underlay guard dropped encapsulated packets from addresses that are not peers",
+		"packets", delta, "ports", m.desired.EncapPorts, "total", packets, "table", "inet "+GuardTable)
+	if m.onDrop != nil {
+		m.onDrop(delta)
+	}
+	return nil
+}

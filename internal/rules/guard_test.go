@@ -1,0 +1,357 @@
+package rules
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netconf"
+	"github.com/weft-net/weft/internal/testutil/netnstest"
+)
+
+// peer is a lease with the given PublicIP (and PublicIPv6, "" for none).
+func peer(pub, pub6 string) *lease.Lease {
+	l := &lease.Lease{Attrs: lease.Attrs{PublicIP: netip.MustParseAddr(pub), BackendType: "vxlan"}}
+	if pub6 != "" {
+		l.Attrs.PublicIPv6 = netip.MustParseAddr(pub6)
+	}
+	return l
+}
+
+func guarded(nft bool) Desired {
+	d := desired()
+	d.NFTables = nft
+	d.EncapPorts = []uint16{8472}
+	return d
+}
+
+// guardSet returns the elements of a set of table inet weft-guard, sorted,
+// and whether the set exists.
+func guardSet(t testing.TB, ns *netnstest.NS, name string) ([]string, bool) {
+	t.Helper()
+	out, err := ns.Run("nft", "-j", "list", "set", "inet", GuardTable, name)
+	if err != nil {
+		return nil, false
+	}
+	var doc struct {
+		Nftables []struct {
+			Set *struct {
+				Elem []json.RawMessage `json:"elem"`
+			} `json:"set"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("parse nft -j list set %s: %v\n%s", name, err, out)
+	}
+	elems := []string{}
+	for _, o := range doc.Nftables {
+		if o.Set == nil {
+			continue
+		}
+		for _, e := range o.Set.Elem {
+			var s string
+			var n int
+			if json.Unmarshal(e, &s) == nil {
+				elems = append(elems, s)
+			} else if json.Unmarshal(e, &n) == nil {
+				elems = append(elems, strconv.Itoa(n))
+			} else {
+				t.Fatalf("set %s: element %s", name, e)
+			}
+		}
+	}
+	slices.Sort(elems)
+	return elems, true
+}
+
+// assertPeers checks the guard's peer sets (nil: the set is absent).
+func assertPeers(t *testing.T, ns *netnstest.NS, want4, want6 []string) {
+	t.Helper()
+	for _, x := range []struct {
+		set  string
+		want []string
+	}{{guardPeers4, want4}, {guardPeers6, want6}} {
+		got, ok := guardSet(t, ns, x.set)
+		if !ok {
+			got = nil
+		}
+		if diff := cmp.Diff(x.want, got); diff != "" {
+			t.Errorf("set inet %s %s (-want +got):\n%s", GuardTable, x.set, diff)
+		}
+	}
+}
+
+// guardDrops is the packets count of the guard's counter.
+func guardDrops(t testing.TB, ns *netnstest.NS) uint64 {
+	t.Helper()
+	out := ns.MustRun(t, "nft", "-j", "list", "counter", "inet", GuardTable, GuardCounter)
+	var doc struct {
+		Nftables []struct {
+			Counter *struct {
+				Packets uint64 `json:"packets"`
+			} `json:"counter"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("parse counter: %v\n%s", err, out)
+	}
+	for _, o := range doc.Nftables {
+		if o.Counter != nil {
+			return o.Counter.Packets
+		}
+	}
+	t.Fatalf("no counter in %s", out)
+	return 0
+}
+
+// The guard's chain, as nft prints it (written out, not rendered by the code
+// under test).
+var wantGuardChain = []string{
+	`udp dport @encap-ports ip saddr != @peers4 counter name "dropped" drop`,
+	`udp dport @encap-ports ip6 saddr != @peers6 counter name "dropped" drop`,
+}
+
+func guardChainLines(t testing.TB, ns *netnstest.NS) []string {
+	t.Helper()
+	out, err := ns.Run("nft", "list", "chain", "inet", GuardTable, GuardChain)
+	if err != nil {
+		return nil
+	}
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || l == "}" || strings.HasPrefix(l, "table ") || strings.HasPrefix(l, "chain ") || strings.HasPrefix(l, "type ") {
+			continue
+		}
+		lines = append(lines, l)
+	}
+	return lines
+}
+
+func TestEncapPorts(t *testing.T) {
+	for _, c := range []struct {
+		config string
+		want   []uint16
+	}{
+		{`{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}`, []uint16{8472}},
+		{`{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan","Port":4789}}`, []uint16{4789}},
+		{`{"Network":"10.0.0.0/8","Backend":{"Type":"udp"}}`, []uint16{8285}},
+		{`{"Network":"10.0.0.0/8","Backend":{"Type":"udp","Port":9000}}`, []uint16{9000}},
+		{`{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw"}}`, nil},
+		{`{"Network":"10.0.0.0/8","Backend":{"Type":"alloc"}}`, nil},
+	} {
+		cfg, _, err := netconf.Parse([]byte(c.config))
+		if err != nil {
+			t.Fatalf("%s: %v", c.config, err)
+		}
+		got, err := EncapPorts(cfg)
+		if err != nil || !slices.Equal(got, c.want) {
+			t.Errorf("EncapPorts(%s) = %v, %v; want %v", c.config, got, err, c.want)
+		}
+	}
+}
+
+// The set holds exactly the peers, follows joins and leaves, and the mode's
+// own rules are untouched, in both modes.
+func TestGuardPeers(t *testing.T) {
+	bothModes(t, func(t *testing.T, nft bool) {
+		ns, m := newManager(t)
+		if err := m.Set(guarded(nft)); err != nil {
+			t.Fatal(err)
+		}
+		a, b, c := peer("10.99.0.2", ""), peer("10.99.0.3", ""), peer("10.99.0.4", "")
+		if err := m.SetPeers([]*lease.Lease{a, b}); err != nil {
+			t.Fatal(err)
+		}
+		assertPeers(t, ns, []string{"10.99.0.2", "10.99.0.3"}, []string{})
+		if ports, _ := guardSet(t, ns, guardPorts); !slices.Equal(ports, []string{"8472"}) {
+			t.Errorf("set %s = %v, want [8472]", guardPorts, ports)
+		}
+		if diff := cmp.Diff(wantGuardChain, guardChainLines(t, ns)); diff != "" {
+			t.Errorf("chain inet %s %s (-want +got):\n%s", GuardTable, GuardChain, diff)
+		}
+		if err := m.SetPeers([]*lease.Lease{a, b, c}); err != nil { // join
+			t.Fatal(err)
+		}
+		assertPeers(t, ns, []string{"10.99.0.2", "10.99.0.3", "10.99.0.4"}, []string{})
+		if err := m.SetPeers([]*lease.Lease{b, c, peer("10.99.0.4", "")}); err != nil { // leave, and two leases naming one address
+			t.Fatal(err)
+		}
+		assertPeers(t, ns, []string{"10.99.0.3", "10.99.0.4"}, []string{})
+		mustCheck(t, m, false)
+		if nft {
+			if _, ok := nftTable(t, ns); !ok {
+				t.Error("table ip weft missing next to the guard")
+			}
+		} else {
+			assertIptables(t, ns, wantMasq, wantFwd)
+		}
+		if err := m.SetPeers(nil); err != nil { // every peer gone: the guard stays, empty
+			t.Fatal(err)
+		}
+		assertPeers(t, ns, []string{}, []string{})
+	})
+}
+
+// Dual-stack: the peers' PublicIPv6 go into peers6; IPv4-only networks
+// leave it empty even when leases carry an IPv6 address.
+func TestGuardIPv6(t *testing.T) {
+	bothModes(t, func(t *testing.T, nft bool) {
+		ns, m := newManager(t)
+		d := desired6()
+		d.NFTables, d.EncapPorts = nft, []uint16{8472}
+		if err := m.Set(d); err != nil {
+			t.Fatal(err)
+		}
+		peers := []*lease.Lease{peer("10.99.0.2", "fd99::2"), peer("10.99.0.3", "")}
+		if err := m.SetPeers(peers); err != nil {
+			t.Fatal(err)
+		}
+		assertPeers(t, ns, []string{"10.99.0.2", "10.99.0.3"}, []string{"fd99::2"})
+		if err := m.SetPeers(append(peers, peer("10.99.0.4", "fd99::4"))); err != nil {
+			t.Fatal(err)
+		}
+		assertPeers(t, ns, []string{"10.99.0.2", "10.99.0.3", "10.99.0.4"}, []string{"fd99::2", "fd99::4"})
+		mustCheck(t, m, false)
+
+		d.IPv6Network, d.IPv6Subnet = netip.Prefix{}, netip.Prefix{} // IPv6 turned off
+		if err := m.Set(d); err != nil {
+			t.Fatal(err)
+		}
+		assertPeers(t, ns, []string{"10.99.0.2", "10.99.0.3", "10.99.0.4"}, []string{})
+	})
+}
+
+// Check repairs a deleted table, chain or set, a deleted or foreign element
+// and a foreign rule; an intact guard costs no rewrite.
+func TestGuardRepair(t *testing.T) {
+	ns, m := newManager(t)
+	if err := m.Set(guarded(true)); err != nil {
+		t.Fatal(err)
+	}
+	peers := []*lease.Lease{peer("10.99.0.2", ""), peer("10.99.0.3", "")}
+	if err := m.SetPeers(peers); err != nil {
+		t.Fatal(err)
+	}
+	mustCheck(t, m, false)
+	want := []string{"10.99.0.2", "10.99.0.3"}
+	for _, c := range []struct {
+		name string
+		cmd  []string
+	}{
+		{"table deleted", []string{"nft", "delete", "table", "inet", GuardTable}},
+		{"chain flushed", []string{"nft", "flush", "chain", "inet", GuardTable, GuardChain}},
+		{"chain deleted", []string{"nft", "delete", "chain", "inet", GuardTable, GuardChain}},
+		{"set flushed", []string{"nft", "flush", "set", "inet", GuardTable, guardPeers4}},
+		{"element deleted", []string{"nft", "delete", "element", "inet", GuardTable, guardPeers4, "{ 10.99.0.2 }"}},
+		{"stranger added", []string{"nft", "add", "element", "inet", GuardTable, guardPeers4, "{ 10.66.6.6 }"}},
+		{"port changed", []string{"nft", "add", "element", "inet", GuardTable, guardPorts, "{ 53 }"}},
+		{"accept rule inserted", []string{"nft", "insert", "rule", "inet", GuardTable, GuardChain, "accept"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ns.MustRun(t, c.cmd...)
+			mustCheck(t, m, true)
+			assertPeers(t, ns, want, []string{})
+			if diff := cmp.Diff(wantGuardChain, guardChainLines(t, ns)); diff != "" {
+				t.Errorf("chain (-want +got):\n%s", diff)
+			}
+			if ports, _ := guardSet(t, ns, guardPorts); !slices.Equal(ports, []string{"8472"}) {
+				t.Errorf("set %s = %v, want [8472]", guardPorts, ports)
+			}
+			mustCheck(t, m, false)
+		})
+	}
+}
+
+// Until the peers are known (a restart, before the first snapshot) a guard
+// left by the previous run is kept as it is, not flushed; the first peers
+// then make it exact.
+func TestGuardKeptUntilPeersKnown(t *testing.T) {
+	ns, m := newManager(t)
+	if err := m.Set(guarded(false)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := guardSet(t, ns, guardPeers4); ok {
+		t.Fatal("guard written before the peers are known: its empty set would drop every peer")
+	}
+	if err := m.SetPeers([]*lease.Lease{peer("10.99.0.2", ""), peer("10.99.0.3", "")}); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+
+	restarted := New(m.log, WithNetNS(int(ns.Fd())))
+	t.Cleanup(func() { restarted.Close() })
+	if err := restarted.Set(guarded(false)); err != nil {
+		t.Fatal(err)
+	}
+	mustCheck(t, restarted, false)
+	assertPeers(t, ns, []string{"10.99.0.2", "10.99.0.3"}, []string{})
+	if err := restarted.SetPeers([]*lease.Lease{peer("10.99.0.3", "")}); err != nil {
+		t.Fatal(err)
+	}
+	assertPeers(t, ns, []string{"10.99.0.3"}, []string{})
+}
+
+// A backend without encapsulation (host-gw, alloc) has no guard; switching
+// to one removes it.
+func TestGuardRemovedWithoutPort(t *testing.T) {
+	bothModes(t, func(t *testing.T, nft bool) {
+		ns, m := newManager(t)
+		if err := m.Set(guarded(nft)); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.SetPeers([]*lease.Lease{peer("10.99.0.2", "")}); err != nil {
+			t.Fatal(err)
+		}
+		assertPeers(t, ns, []string{"10.99.0.2"}, []string{})
+		d := guarded(nft)
+		d.EncapPorts = nil
+		if err := m.Set(d); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ns.Run("nft", "list", "table", "inet", GuardTable); err == nil {
+			t.Fatal("table inet weft-guard still present with no encapsulation port")
+		}
+		mustCheck(t, m, false)
+		if err := m.SetPeers([]*lease.Lease{peer("10.99.0.3", "")}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ns.Run("nft", "list", "table", "inet", GuardTable); err == nil {
+			t.Fatal("SetPeers wrote a guard with no encapsulation port")
+		}
+	})
+}
+
+// Run applies the peers handed over by OfferPeers (the daemon's relay never
+// waits for the kernel).
+func TestGuardOfferPeers(t *testing.T) {
+	ns, m := newManager(t)
+	if err := m.Set(guarded(true)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { m.Run(ctx, time.Hour); close(done) }()
+	defer func() { cancel(); <-done }()
+	m.OfferPeers([]*lease.Lease{peer("10.99.0.9", "")}) // replaced before Run may read it
+	m.OfferPeers([]*lease.Lease{peer("10.99.0.2", ""), peer("10.99.0.3", "")})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got, _ := guardSet(t, ns, guardPeers4)
+		if slices.Equal(got, []string{"10.99.0.2", "10.99.0.3"}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("peers4 = %v after OfferPeers, want [10.99.0.2 10.99.0.3]", got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
