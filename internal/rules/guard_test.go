@@ -2,7 +2,10 @@ package rules
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -11,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
@@ -353,5 +357,124 @@ func TestGuardOfferPeers(t *testing.T) {
 			t.Fatalf("peers4 = %v after OfferPeers, want [10.99.0.2 10.99.0.3]", got)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// vxlanFrame is a hand-made VXLAN packet (the UDP payload): VNI 1, an
+// Ethernet frame to dstMAC carrying an IPv4/UDP packet src:5555 → dst:dport
+// with payload.
+func vxlanFrame(dstMAC net.HardwareAddr, src, dst netip.Addr, dport uint16, payload []byte) []byte {
+	b := []byte{0x08, 0, 0, 0, 0, 0, 1, 0} // flags: VNI present; VNI 1
+	b = append(b, dstMAC...)
+	b = append(b, 0x02, 0, 0, 0, 0, 0x99, 0x08, 0x00) // source MAC, EtherType IPv4
+	ip := make([]byte, 20)
+	ip[0], ip[8], ip[9] = 0x45, 64, unix.IPPROTO_UDP
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+8+len(payload)))
+	s4, d4 := src.As4(), dst.As4()
+	copy(ip[12:], s4[:])
+	copy(ip[16:], d4[:])
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
+	udp := make([]byte, 8) // checksum 0: none, allowed for IPv4
+	binary.BigEndian.PutUint16(udp[0:], 5555)
+	binary.BigEndian.PutUint16(udp[2:], dport)
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
+	return append(append(append(b, ip...), udp...), payload...)
+}
+
+// The attack of finding 5: a namespace with an address that is no peer's
+// sends a hand-made VXLAN frame to the host's vxlan port; the host must not
+// receive the inner packet, and the drop is counted. The same frame from
+// the peer's address is delivered. The host's vxlan device is made as weft
+// makes flannel.1 (VNI 1, dstport 8472, nolearning, local address on the
+// underlay interface).
+func TestGuardDropsStrangersVXLAN(t *testing.T) {
+	host := netnstest.New(t, "ghst")
+	out := netnstest.New(t, "gout")
+	if err := netnstest.VethPair(host, "eth0", out, "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	host.MustRun(t, "ip", "addr", "add", "10.99.0.1/24", "dev", "eth0")
+	out.MustRun(t, "ip", "addr", "add", "10.99.0.2/24", "dev", "eth0") // the peer
+	out.MustRun(t, "ip", "addr", "add", "10.99.0.3/24", "dev", "eth0") // the stranger
+	host.MustRun(t, "ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", "10.99.0.1",
+		"dev", "eth0", "dstport", "8472", "nolearning")
+	host.MustRun(t, "ip", "addr", "add", "172.30.19.0/32", "dev", "flannel.1")
+	host.MustRun(t, "ip", "link", "set", "flannel.1", "up")
+	host.MustRun(t, "ip", "route", "add", "172.30.83.0/24", "via", "172.30.83.0", "dev", "flannel.1", "onlink")
+	link, err := host.Handle.LinkByName("flannel.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := link.Attrs().HardwareAddr
+
+	// The container side: a listener on the host's overlay address.
+	var ln *net.UDPConn
+	if err := host.Do(func() (err error) {
+		ln, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(172, 30, 19, 0), Port: 9999})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	received := func(within time.Duration) string {
+		ln.SetReadDeadline(time.Now().Add(within))
+		buf := make([]byte, 100)
+		n, _, err := ln.ReadFromUDP(buf)
+		if err != nil {
+			return ""
+		}
+		return string(buf[:n])
+	}
+	send := func(from string, payload string) {
+		t.Helper()
+		err := out.Do(func() error {
+			c, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP(from)}, &net.UDPAddr{IP: net.IPv4(10, 99, 0, 1), Port: 8472})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_, err = c.Write(vxlanFrame(mac, netip.MustParseAddr("172.30.83.5"), netip.MustParseAddr("172.30.19.0"), 9999, []byte(payload)))
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	var hooked uint64
+	m := New(slog.New(slog.NewTextHandler(t.Output(), nil)), WithNetNS(int(host.Fd())),
+		WithGuardDropHook(func(n uint64) { hooked += n }))
+	t.Cleanup(func() { m.Close() })
+	if err := m.Set(guarded(true)); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SetPeers([]*lease.Lease{peer("10.99.0.2", "")}); err != nil {
+		t.Fatal(err)
+	}
+
+	send("10.99.0.3", "from a stranger")
+	if got := received(300 * time.Millisecond); got != "" {
+		t.Fatalf("the host received %q, decapsulated from a VXLAN frame sent by 10.99.0.3, which holds no lease", got)
+	}
+	if n := guardDrops(t, host); n != 1 {
+		t.Errorf("guard counter = %d packets, want 1", n)
+	}
+	mustCheck(t, m, false)
+	if hooked != 1 {
+		t.Errorf("drop hook reported %d packets, want 1", hooked)
+	}
+	send("10.99.0.2", "from the peer")
+	if got := received(5 * time.Second); got != "from the peer" {
+		t.Fatalf("the host received %q from the peer 10.99.0.2, want %q", got, "from the peer")
+	}
+	if n := guardDrops(t, host); n != 1 {
+		t.Errorf("guard counter = %d packets after the peer's frame, want still 1", n)
 	}
 }
