@@ -8,8 +8,10 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -28,6 +30,36 @@ type loopStatus interface {
 	Status() (lastApply time.Time, lastErr error)
 }
 
+// warner is what the lease manager and the loop may also offer: conditions
+// that do not make the node unready but need an operator (another lease
+// names our PublicIP, a peer could not be programmed). It is optional so
+// that either side can add it on its own.
+type warner interface {
+	Warnings() []string
+}
+
+// maxWarnings bounds the warning lines of /readyz: the warnings may come
+// from etcd, which anybody with write access can fill.
+const maxWarnings = 20
+
+// serverLimits bound what clients of the health server can hold: without
+// them one local process that opens connections and never finishes its
+// headers, never reads, or idles would pin goroutines and file
+// descriptors for ever, and /readyz would stop answering kubelet or
+// systemd.
+type serverLimits struct {
+	readHeader, read, write, idle time.Duration
+	maxHeaderBytes                int
+	maxConns                      int
+}
+
+// defaultLimits fit what is served: requests without a body, answers of
+// at most a few hundred KB (/metrics), a scraper or two and a probe.
+var defaultLimits = serverLimits{
+	readHeader: 5 * time.Second, read: 10 * time.Second, write: 10 * time.Second, idle: 30 * time.Second,
+	maxHeaderBytes: 8 << 10, maxConns: 16,
+}
+
 // health answers /healthz (the process runs), /readyz (the lease is held,
 // the etcd watch is live and the last reconcile succeeded) and /metrics.
 //
@@ -43,6 +75,9 @@ type health struct {
 	// -healthz-port never needs.
 	runtimeOnce sync.Once
 
+	limits  serverLimits
+	evicted prometheus.Counter
+
 	mu      sync.Mutex
 	waiting string // what the daemon waits for before attach
 	mgr     leaseStatus
@@ -51,7 +86,14 @@ type health struct {
 
 func newHealth() *health {
 	reg := prometheus.NewRegistry()
-	h := &health{reg: reg, metrics: metrics.New(reg), waiting: "starting"}
+	h := &health{reg: reg, metrics: metrics.New(reg), waiting: "starting", limits: defaultLimits}
+	h.evicted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "weft_health_connections_evicted_total",
+		Help: "Connections to the health server closed to make room for a new one (the connection limit was reached).",
+	})
+	reg.MustRegister(h.evicted, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "weft_warnings", Help: "Warnings /readyz reports (impersonation alerts, peers not programmed, ...): each needs an operator.",
+	}, func() float64 { _, n := h.warnings(); return float64(n) }))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "weft_ready", Help: "1 while the lease is held, the etcd watch is live and the last reconcile succeeded.",
 	}, func() float64 {
@@ -102,6 +144,47 @@ func (h *health) ready() (bool, string) {
 	return true, "ok"
 }
 
+// warnings collects the warnings of the attached manager and loop, with
+// control characters escaped (they may quote etcd keys, and a newline
+// would forge a /readyz line) and at most maxWarnings of them; total is
+// how many there are.
+func (h *health) warnings() (shown []string, total int) {
+	h.mu.Lock()
+	sources := []any{h.mgr, h.loop}
+	h.mu.Unlock()
+	var out []string
+	for _, src := range sources {
+		if w, ok := src.(warner); ok {
+			out = append(out, w.Warnings()...)
+		}
+	}
+	total = len(out)
+	if total > maxWarnings {
+		out = append(out[:maxWarnings:maxWarnings], fmt.Sprintf("%d more warnings not shown", total-maxWarnings))
+	}
+	for i, w := range out {
+		out[i] = escapeControl(w)
+	}
+	return out, total
+}
+
+// escapeControl quotes control characters (newlines, ESC) as Go escapes.
+func escapeControl(s string) string {
+	if !strings.ContainsFunc(s, unicode.IsControl) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
 func (h *health) handler() http.Handler {
 	h.runtimeOnce.Do(func() {
 		h.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -116,6 +199,10 @@ func (h *health) handler() http.Handler {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 		fmt.Fprintln(w, reason)
+		shown, _ := h.warnings()
+		for _, warning := range shown {
+			fmt.Fprintln(w, "warning: "+warning)
+		}
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(h.reg, promhttp.HandlerOpts{}))
 	return mux
@@ -129,9 +216,20 @@ func (h *health) serve(ip string, port int, log *slog.Logger) (string, func(), e
 	if err != nil {
 		return "", nil, fmt.Errorf("listen for health checks on %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: h.handler(), ReadHeaderTimeout: 5 * time.Second}
+	lim := h.limits
+	cl := newConnLimiter(ln, lim.maxConns, h.evicted, log)
+	srv := &http.Server{
+		Handler:           h.handler(),
+		ReadHeaderTimeout: lim.readHeader,
+		ReadTimeout:       lim.read,
+		WriteTimeout:      lim.write,
+		IdleTimeout:       lim.idle,
+		MaxHeaderBytes:    lim.maxHeaderBytes,
+		ConnState:         cl.track,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
 	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(cl); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("health server", "addr", addr, "err", err)
 		}
 	}()
@@ -163,5 +261,88 @@ func (h *health) logTransitions(ctx context.Context, log *slog.Logger, every tim
 			log.Warn("not ready", "reason", reason)
 		}
 		wasReady, lastReason = ok, reason
+	}
+}
+
+// connLimiter bounds the open connections of the health server. At the
+// limit a new connection is not made to wait (then a few clients that
+// never finish their headers would starve every probe until their
+// timeouts, again and again): it evicts the connection that has waited
+// longest, preferring one that has no request in flight. A probe sends its
+// request at once and is served in microseconds, so it wins against
+// slow clients.
+type connLimiter struct {
+	net.Listener
+	max     int
+	evicted prometheus.Counter
+	log     *slog.Logger
+
+	mu       sync.Mutex
+	conns    map[net.Conn]connEntry
+	seq      uint64
+	lastWarn time.Time
+	unlogged int // evictions since the last warning
+}
+
+type connEntry struct {
+	seq  uint64 // order of acceptance or of the last state change
+	busy bool   // a request is in flight
+}
+
+func newConnLimiter(ln net.Listener, max int, evicted prometheus.Counter, log *slog.Logger) *connLimiter {
+	return &connLimiter{Listener: ln, max: max, evicted: evicted, log: log, conns: map[net.Conn]connEntry{}}
+}
+
+func (l *connLimiter) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.conns) >= l.max {
+		l.evictLocked()
+	}
+	l.seq++
+	l.conns[c] = connEntry{seq: l.seq}
+	return c, nil
+}
+
+// evictLocked closes the oldest idle connection, or the oldest busy one
+// when all are busy, counts it and logs at most once a minute.
+func (l *connLimiter) evictLocked() {
+	var victim net.Conn
+	var best connEntry
+	for c, e := range l.conns {
+		if victim == nil || (best.busy && !e.busy) || (best.busy == e.busy && e.seq < best.seq) {
+			victim, best = c, e
+		}
+	}
+	delete(l.conns, victim)
+	victim.Close()
+	l.evicted.Inc()
+	l.unlogged++
+	if now := time.Now(); now.Sub(l.lastWarn) >= time.Minute {
+		l.log.Warn("health server: connection limit reached, closed the longest-waiting connections",
+			"limit", l.max, "closed", l.unlogged, "last-from", victim.RemoteAddr().String())
+		l.lastWarn, l.unlogged = now, 0
+	}
+}
+
+// track is the server's ConnState hook: it marks requests in flight and
+// forgets closed connections.
+func (l *connLimiter) track(c net.Conn, s http.ConnState) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, ok := l.conns[c]
+	if !ok {
+		return // evicted
+	}
+	switch s {
+	case http.StateClosed, http.StateHijacked:
+		delete(l.conns, c)
+	case http.StateActive, http.StateIdle:
+		l.seq++
+		l.conns[c] = connEntry{seq: l.seq, busy: s == http.StateActive}
 	}
 }
