@@ -202,12 +202,19 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 		log.Debug("told systemd we are ready")
 	}
 
-	rm := rules.New(log, rules.WithResyncHook(h.metrics.OnRuleResync))
+	// The underlay guard accepts the backend's encapsulation ports only
+	// from peers (the snapshots below hand them over).
+	encapPorts, err := rules.EncapPorts(cfg)
+	if err != nil {
+		return fmt.Errorf("underlay guard of backend %q: %w", cfg.BackendType, err)
+	}
+	rm := rules.New(log, rules.WithResyncHook(h.metrics.OnRuleResync), rules.WithGuardDropHook(h.metrics.OnUnderlayDrop))
 	desiredRules := func(own lease.Lease) rules.Desired {
 		d := rules.Desired{
 			Network: cfg.Network, Subnet: own.Subnet,
 			IPMasq: o.IPMasq, RandomFully: !o.IPMasqFullyRandomDisable,
 			ForwardRules: o.IPTablesForwardRules, NFTables: cfg.EnableNFTables,
+			EncapPorts: encapPorts,
 		}
 		if cfg.EnableIPv6 {
 			d.IPv6Network, d.IPv6Subnet = cfg.IPv6Network, own.IPv6Subnet
@@ -275,6 +282,9 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 					log.Error("update traffic rules", "err", err)
 				}
 			}
+			// The guard's peer set follows in the rules goroutine: the
+			// relay never waits for the kernel.
+			rm.OfferPeers(snap.Peers)
 			sendLatest(toLoop, snap)
 		}
 	}

@@ -31,6 +31,7 @@ type Metrics struct {
 	WatchRestarts        prometheus.Counter
 	RejectedLeases       *prometheus.CounterVec
 	RuleResyncs          *prometheus.CounterVec
+	UnderlayDropped      prometheus.Counter
 	UDPDroppedPackets    *prometheus.CounterVec
 	UDPSkippedPeers      prometheus.Gauge
 
@@ -100,6 +101,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "weft_rule_resyncs_total",
 			Help: "Periodic checks of the traffic rules, by result (unchanged, rewritten, failed).",
 		}, []string{"result"}),
+		UnderlayDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_underlay_dropped_packets_total",
+			Help: "Packets to the backend's encapsulation port (vxlan, udp) from addresses that are no peer's PublicIP, dropped by table inet weft-guard (read from its kernel counter at each rules check).",
+		}),
 		UDPDroppedPackets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "weft_udp_dropped_packets_total",
 			Help: "Datagrams received by the udp backend and dropped as untrusted or malformed, by reason.",
@@ -129,6 +134,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.LeaseExpiry, m.LeaseRenewals, m.LeaseRenewalFailures, m.PeersKnown, m.PeersAccepted,
 		m.PeersProgrammed, m.ReconcileRuns, m.ReconcileErrors, m.ReconcileDuration, m.WatchRestarts,
 		m.RejectedLeases, m.RuleResyncs, m.UDPDroppedPackets, m.UDPSkippedPeers, lag)
+	reg.MustRegister(m.UnderlayDropped)
 	return m
 }
 
@@ -189,6 +195,9 @@ func (m *Metrics) OnRuleResync(changed bool, err error) {
 		m.RuleResyncs.WithLabelValues(ResyncUnchanged).Inc()
 	}
 }
+
+// OnUnderlayDrop is the hook for rules.WithGuardDropHook.
+func (m *Metrics) OnUnderlayDrop(packets uint64) { m.UnderlayDropped.Add(float64(packets)) }
 
 // OnUDPDrop is the hook for dataplane.UDPHooks.Dropped.
 func (m *Metrics) OnUDPDrop(reason string, n uint64) {
