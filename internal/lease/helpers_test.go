@@ -3,6 +3,7 @@ package lease
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -73,10 +74,13 @@ func hostIP(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{10, 64, byte(i >> 8), byte(i)})
 }
 
+// newTestManager is a vxlan host; its VtepMAC is derived from ip, as each
+// real host has its own (a shared one would be a clash every host rejects).
 func newTestManager(s *Store, cfg netconf.Config, ip netip.Addr, log *slog.Logger) *Manager {
+	b := ip.As4()
 	return NewManager(ManagerConfig{
 		Store: s, Network: cfg, PublicIP: ip, BackendType: "vxlan",
-		BackendData: []byte(`{"VNI":1,"VtepMAC":"d6:51:2e:80:5c:69"}`), Logger: log,
+		BackendData: []byte(fmt.Sprintf(`{"VNI":1,"VtepMAC":"d6:51:%02x:%02x:%02x:%02x"}`, b[0], b[1], b[2], b[3])), Logger: log,
 	})
 }
 

@@ -33,6 +33,10 @@ type Lease struct {
 	EtcdLease int64
 	// ModRevision is the etcd revision of the last write, for compare-and-swap.
 	ModRevision int64
+	// CreateRevision is the etcd revision that created the key. When leases
+	// clash (one subnet, PublicIP or VtepMAC named by two keys), the older
+	// key wins: a forgery is always newer than the lease it copies.
+	CreateRevision int64
 }
 
 // Reserved reports whether the lease is a reservation: a key without an etcd

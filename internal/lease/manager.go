@@ -18,6 +18,7 @@ package lease
 // it would disturb traffic for nothing.
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -99,6 +100,9 @@ type Hooks struct {
 	// Peers is called on every published snapshot with the number of other
 	// hosts' leases known in etcd and the number handed to the dataplane.
 	Peers func(known, accepted int)
+	// Alert is called once per offending write with one of the Alert*
+	// constants: something in etcd attacks this host (see Warnings).
+	Alert func(kind string)
 }
 
 // Reasons a lease read from etcd is skipped, the label values of the
@@ -111,7 +115,43 @@ const (
 	ReasonPublicIPInside    = "public_ip_in_overlay"
 	ReasonVtepMAC           = "vtep_mac_not_unicast"
 	ReasonDuplicatePublicIP = "duplicate_public_ip"
+	// ReasonIPv6Off: a lease with an IPv6 part in a network without IPv6;
+	// 172.30.5.0-24&fc00::-64 next to 172.30.5.0-24 is a second key for one
+	// subnet, never a real host's.
+	ReasonIPv6Off = "ipv6_subnet_ipv6_off"
+	// ReasonPublicIPNotUnicast: a PublicIP(v6) that is multicast, broadcast,
+	// loopback, unspecified or link-local: no host can be reached there, and
+	// traffic sent there would loop back or flood.
+	ReasonPublicIPNotUnicast  = "public_ip_not_unicast"
+	ReasonDuplicateSubnet     = "duplicate_subnet"
+	ReasonDuplicateIPv6Subnet = "duplicate_ipv6_subnet"
+	ReasonDuplicateVtepMAC    = "duplicate_vtep_mac"
+	// ReasonClaimsOwn: another key names this host's subnet or VtepMAC.
+	ReasonClaimsOwn = "claims_this_host"
 )
+
+// RejectReasons lists every Reason* constant, for metrics that must exist
+// before the first rejection.
+var RejectReasons = []string{ReasonMalformed, ReasonOutsideNetwork, ReasonWrongLength, ReasonIPv6Subnet,
+	ReasonPublicIPInside, ReasonVtepMAC, ReasonDuplicatePublicIP, ReasonIPv6Off, ReasonPublicIPNotUnicast,
+	ReasonDuplicateSubnet, ReasonDuplicateIPv6Subnet, ReasonDuplicateVtepMAC, ReasonClaimsOwn}
+
+// Kinds of Hooks.Alert, the label values of the lease-alerts metric.
+const (
+	// AlertOwnRewritten: someone else rewrote this host's own key (value or
+	// etcd lease); the host wrote its own back.
+	AlertOwnRewritten = "own_lease_rewritten"
+	// AlertOwnClaimed: another key names this host's PublicIP, VtepMAC or
+	// subnet.
+	AlertOwnClaimed = "own_value_claimed"
+)
+
+// AlertKinds lists every Alert* constant.
+var AlertKinds = []string{AlertOwnRewritten, AlertOwnClaimed}
+
+// ownAlertFor is how long a restored rewrite of our own key stays among the
+// Warnings: long enough for an operator to see it on /readyz.
+const ownAlertFor = time.Hour
 
 // Manager acquires this host's lease, keeps it alive and watches the peers.
 type Manager struct {
@@ -138,6 +178,24 @@ type Manager struct {
 	idx       *peerIndex       // the published set; nil: rebuild on the next publish
 	watchLive bool
 	reason    string
+
+	// ownMAC, ownMAC6: our VtepMACs (vxlan), which no peer may claim.
+	ownMAC, ownMAC6 claim
+	// claimed holds the other keys naming our PublicIP, VtepMAC or subnet,
+	// with the warning shown for each (see Warnings).
+	claimed map[string]ownClaim
+	// restoreRev is the ModRevision of a foreign write of our own key that
+	// Run must overwrite with our value (0: none); rewritten/rewrittenAt is
+	// the warning about the last one.
+	restoreRev  int64
+	rewritten   string
+	rewrittenAt time.Time
+	warn        warnLimit
+}
+
+type ownClaim struct {
+	rev int64 // ModRevision alerted on
+	msg string
 }
 
 // NewManager returns a manager; call Acquire, then Run.
@@ -157,7 +215,16 @@ func NewManager(cfg ManagerConfig) *Manager {
 	if cfg.Hooks.Rejected != nil {
 		cfg.Store.setRejectHook(cfg.Hooks.Rejected)
 	}
+	var mac, mac6 claim
+	if strings.EqualFold(cfg.BackendType, "vxlan") {
+		mac, _ = macClaim(claimVtepMAC, cfg.BackendData)
+		mac6, _ = macClaim(claimVtepMAC6, cfg.BackendV6Data)
+	}
 	return &Manager{
+		ownMAC:   mac,
+		ownMAC6:  mac6,
+		claimed:  map[string]ownClaim{},
+		warn:     warnLimit{period: time.Minute, burst: 20},
 		cfg:      cfg,
 		s:        cfg.Store,
 		cli:      cfg.Store.cli,
@@ -490,6 +557,7 @@ func (m *Manager) install(own Lease, key string, leases []Lease, rev int64) {
 	if rev > m.rev || len(m.peers) == 0 {
 		m.setPeersLocked(leases, rev)
 	}
+	m.noteAllClaimsLocked()
 	m.publishLocked()
 	select {
 	case m.wake <- struct{}{}:
@@ -512,8 +580,9 @@ func (m *Manager) setPeersLocked(leases []Lease, rev int64) {
 }
 
 // peerOK filters what the dataplane must never program: subnets that are
-// not the network's, public IPs inside the overlay, VTEP MACs that are not
-// unicast. Logged and counted once per write.
+// not the network's, public IPs inside the overlay or not unicast, VTEP MACs
+// that are not unicast, anything of this host's. Logged and counted once per
+// write.
 func (m *Manager) peerOK(key string, l Lease) bool {
 	reason, why := m.distrust(l)
 	if why == "" {
@@ -524,23 +593,89 @@ func (m *Manager) peerOK(key string, l Lease) bool {
 }
 
 // distrust names what is wrong with a peer's lease ("" when nothing is).
+// It is the one place a peer's lease is judged on its own; clashes between
+// peers are decided by the peer index's election (claimsOf).
 func (m *Manager) distrust(l Lease) (reason, why string) {
 	switch {
 	case !l.Subnet.IsValid() || !m.r4.network.Contains(l.Subnet.Addr()) || l.Subnet.Masked() != l.Subnet:
 		return ReasonOutsideNetwork, fmt.Sprintf("subnet %s is not inside %s", l.Subnet, m.r4.network)
 	case !m.r4.fits(l.Subnet):
 		return ReasonWrongLength, fmt.Sprintf("subnet %s is not a /%d (SubnetLen of %s)", l.Subnet, m.r4.bits, m.r4.network)
-	case l.IPv6Subnet.IsValid() && m.six && !m.r6.fits(l.IPv6Subnet):
+	case l.IPv6Subnet.IsValid() && !m.six:
+		return ReasonIPv6Off, fmt.Sprintf("IPv6 subnet %s in a network without IPv6 (EnableIPv6 is off)", l.IPv6Subnet)
+	case l.IPv6Subnet.IsValid() && !m.r6.fits(l.IPv6Subnet):
 		return ReasonIPv6Subnet, fmt.Sprintf("IPv6 subnet %s is not a /%d inside %s", l.IPv6Subnet, m.r6.bits, m.r6.network)
 	case m.r4.network.Contains(l.Attrs.PublicIP):
 		return ReasonPublicIPInside, fmt.Sprintf("PublicIP %s lies inside the overlay %s", l.Attrs.PublicIP, m.r4.network)
 	case m.six && m.r6.network.Contains(l.Attrs.PublicIPv6):
 		return ReasonPublicIPInside, fmt.Sprintf("PublicIPv6 %s lies inside the overlay %s", l.Attrs.PublicIPv6, m.r6.network)
 	}
+	if why := notUnicast("PublicIP", l.Attrs.PublicIP); why != "" {
+		return ReasonPublicIPNotUnicast, why
+	}
+	if why := notUnicast("PublicIPv6", l.Attrs.PublicIPv6); why != "" {
+		return ReasonPublicIPNotUnicast, why
+	}
 	if why := badVtepMAC(l); why != "" {
 		return ReasonVtepMAC, why
 	}
+	if what := m.claimsOwnLocked(&l); what != "" {
+		return ReasonClaimsOwn, what + " of this host"
+	}
 	return "", ""
+}
+
+// notUnicast says why a peer's public address cannot be a host's ("" when
+// it can, or when it is absent).
+func notUnicast(field string, a netip.Addr) string {
+	var what string
+	switch {
+	case !a.IsValid():
+		return ""
+	case a.IsUnspecified():
+		what = "unspecified"
+	case a.IsLoopback():
+		what = "loopback"
+	case a.IsMulticast():
+		what = "multicast"
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		what = "the broadcast address"
+	case a.IsLinkLocalUnicast():
+		what = "link-local"
+	default:
+		return ""
+	}
+	return fmt.Sprintf("%s %s is %s, not a host's unicast address", field, a, what)
+}
+
+// claimsOwnLocked names what of this host's l claims too: our subnets or
+// VtepMACs ("" when none). Our PublicIP is not a claim here: a lease naming
+// it is not counted as a peer at all (see counted).
+func (m *Manager) claimsOwnLocked(l *Lease) string {
+	switch {
+	case !m.held:
+		return ""
+	case l.Subnet == m.own.Subnet:
+		return "subnet " + l.Subnet.String()
+	case l.IPv6Subnet.IsValid() && l.IPv6Subnet == m.own.IPv6Subnet:
+		return "IPv6 subnet " + l.IPv6Subnet.String()
+	}
+	if m.ownMAC.kind != claimVtepMAC || !strings.EqualFold(l.Attrs.BackendType, "vxlan") {
+		return ""
+	}
+	for _, c := range []claim{m.ownMAC, m.ownMAC6} {
+		if c.kind < claimVtepMAC {
+			continue
+		}
+		raw := l.Attrs.BackendData
+		if c.kind == claimVtepMAC6 {
+			raw = l.Attrs.BackendV6Data
+		}
+		if got, ok := macClaim(c.kind, raw); ok && got == c {
+			return c.String()
+		}
+	}
+	return ""
 }
 
 // badVtepMAC checks the VtepMAC of a vxlan lease. A lease without
@@ -560,13 +695,16 @@ func badVtepMAC(l Lease) string {
 	return ""
 }
 
-// rejectLocked logs and counts a skipped lease once per write of its key.
+// rejectLocked logs and counts a skipped lease once per write of its key;
+// the log is rate-limited too, the count is not.
 func (m *Manager) rejectLocked(key string, l Lease, reason, why string) {
 	if r, seen := m.rejected[key]; seen && r == l.ModRevision {
 		return
 	}
 	m.rejected[key] = l.ModRevision
-	m.log.Warn("skipping lease", "key", key, "reason", reason, "why", why)
+	if ok, dropped := m.warn.allow(time.Now()); ok {
+		m.log.Warn("skipping lease", "key", key, "reason", reason, "why", clip(why), "suppressedWarnings", dropped)
+	}
 	if m.cfg.Hooks.Rejected != nil {
 		m.cfg.Hooks.Rejected(reason)
 	}
@@ -612,8 +750,10 @@ func (m *Manager) Run(ctx context.Context) error {
 		lastResp  time.Time
 		relistC   <-chan time.Time
 		reacqC    <-chan time.Time
+		restoreC  <-chan time.Time
 		relistB   = newBackoff(100*time.Millisecond, 2*time.Second) // short: a peer change after an etcd outage waits at most this long
 		reacqB    = newBackoff(100*time.Millisecond, 5*time.Second)
+		restoreB  = newBackoff(100*time.Millisecond, 5*time.Second)
 		renewLost = make(chan int64, 1)
 		check     = time.NewTicker(m.cfg.WatchCheck)
 		lostOwn   netip.Prefix // subnet to get back, while not held
@@ -655,12 +795,36 @@ func (m *Manager) Run(ctx context.Context) error {
 		reacqB.reset()
 		reacqC = time.After(0)
 	}
+	// restoreOwn writes our value back when someone else rewrote our key;
+	// a failure (etcd unreachable) is retried with backoff.
+	var restoreKey string
+	var restoreRev, restoreID int64
+	restoreOwn := func(retry bool) {
+		if k, rev, id, ok := m.takeRestore(); ok {
+			restoreKey, restoreRev, restoreID = k, rev, id
+			restoreB.reset()
+		} else if !retry || restoreRev == 0 {
+			return // nothing new; a pending retry waits for its timer
+		}
+		if err := m.restore(ctx, restoreKey, restoreRev, restoreID); err != nil {
+			if ctx.Err() == nil {
+				m.log.Warn("writing own lease back failed; retrying", "key", restoreKey, "err", err)
+				restoreC = time.After(restoreB.delay())
+			}
+			return
+		}
+		restoreRev, restoreC = 0, nil
+	}
 	startWatch(startRev)
 
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+
+		case <-restoreC:
+			restoreC = nil
+			restoreOwn(true)
 
 		case wresp, ok := <-wch:
 			if why := watchFailure(wresp, ok); why != "" {
@@ -693,6 +857,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			if lost {
 				ownLost(sub)
 			}
+			restoreOwn(false)
 			// A progress notification (no events) changes nothing: publishing
 			// it would make the dataplane re-apply every peer every few seconds.
 			if changed || lost {
@@ -722,6 +887,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			if lost {
 				ownLost(sub)
 			}
+			restoreOwn(false)
 			m.mu.Lock()
 			m.publishLocked()
 			m.mu.Unlock()
@@ -914,6 +1080,8 @@ func (m *Manager) apply(events []*clientv3.Event) (lost bool, sub netip.Prefix) 
 		if ev.Type == mvccpb.DELETE {
 			delete(m.peers, key)
 			delete(m.rejected, key)
+			delete(m.claimed, key)
+			m.s.forget(key)
 			if m.held && key == m.ownKey {
 				m.log.Warn("own lease deleted in etcd; re-acquiring", "key", key)
 				lost, sub = true, m.own.Subnet
@@ -921,30 +1089,204 @@ func (m *Manager) apply(events []*clientv3.Event) (lost bool, sub netip.Prefix) 
 			}
 			continue
 		}
-		l, err := m.s.decode(kv)
-		if err != nil {
+		var lp *Lease
+		if l, err := m.s.decode(kv); err != nil {
 			delete(m.peers, key)
 		} else {
-			m.peers[key] = &l
-			m.indexAddLocked(key, &l)
+			lp = &l
+			m.peers[key] = lp
+			m.indexAddLocked(key, lp)
 		}
+		m.noteClaimLocked(key, lp)
 		if m.held && key == m.ownKey && kv.ModRevision > m.own.ModRevision {
-			if err == nil && l.Attrs.PublicIP == m.cfg.PublicIP {
-				// Rewritten for us (e.g. turned into a reservation by an
-				// operator): adopt what etcd now says.
-				exp := m.own.Expiration
-				if l.Reserved() {
-					exp = time.Time{}
-				}
-				m.own = Lease{Subnet: l.Subnet, IPv6Subnet: l.IPv6Subnet, Attrs: m.own.Attrs, EtcdLease: l.EtcdLease, ModRevision: l.ModRevision, Expiration: exp}
-				continue
+			if m.ownWrittenLocked(key, lp, kv.ModRevision) {
+				lost, sub = true, netip.Prefix{}
 			}
-			m.log.Warn("own lease rewritten for another host; acquiring another subnet", "key", key)
-			lost, sub = true, netip.Prefix{}
-			m.held = false
 		}
 	}
 	return lost, sub
+}
+
+// ownWrittenLocked judges a write of our own key that we did not make (lp
+// nil: a malformed value). It reports whether the key is no longer ours.
+//
+// The whole value is compared, not only the PublicIP: a rewrite that kept
+// our PublicIP but dropped the backend fields (what `weftctl leases
+// reserve` wrote) or changed the VtepMAC left every peer unable to reach us
+// while we went on as if nothing happened. Such a write is undone with a
+// compare-and-swap (by Run), logged, counted and shown in Warnings. What is
+// adopted: our own value turned into a reservation in place (the operator's
+// `leases reserve`, which keeps a live lease's values), and a reservation
+// moved to another PublicIP (the operator giving our reserved subnet to
+// another host; we acquire another).
+func (m *Manager) ownWrittenLocked(key string, lp *Lease, rev int64) (lost bool) {
+	want := m.attrs()
+	if lp != nil && m.own.Reserved() && lp.Attrs.PublicIP != want.PublicIP {
+		m.log.Warn("own reservation rewritten for another host; acquiring another subnet", "key", key, "publicIP", lp.Attrs.PublicIP)
+		m.held = false
+		return true
+	}
+	changed := ownDiff(lp, want, m.own.EtcdLease)
+	if len(changed) == 0 || (len(changed) == 1 && changed[0] == "etcd lease" && lp.Reserved()) {
+		// Ours as we wrote it, or turned into a reservation in place.
+		exp := m.own.Expiration
+		if lp.Reserved() {
+			exp = time.Time{}
+		}
+		m.own = Lease{Subnet: lp.Subnet, IPv6Subnet: lp.IPv6Subnet, Attrs: m.own.Attrs, EtcdLease: lp.EtcdLease,
+			ModRevision: lp.ModRevision, CreateRevision: lp.CreateRevision, Expiration: exp}
+		if m.cfg.Hooks.Expiry != nil {
+			m.cfg.Hooks.Expiry(exp)
+		}
+		return false
+	}
+	what := strings.Join(changed, ", ")
+	m.log.Warn("own lease rewritten by someone else; writing ours back", "key", key, "revision", rev, "changed", what)
+	m.rewritten = fmt.Sprintf("own lease %s was rewritten by someone else at revision %d (%s); restoring it", key, rev, what)
+	m.rewrittenAt = time.Now()
+	m.restoreRev = rev
+	if m.cfg.Hooks.Alert != nil {
+		m.cfg.Hooks.Alert(AlertOwnRewritten)
+	}
+	return false
+}
+
+// ownDiff names the fields of our own key's value lp that differ from
+// want, and "etcd lease" when it is not on etcd lease id.
+func ownDiff(lp *Lease, want Attrs, id int64) []string {
+	if lp == nil {
+		return []string{"value malformed"}
+	}
+	var out []string
+	a := lp.Attrs
+	if a.PublicIP != want.PublicIP {
+		out = append(out, "PublicIP "+a.PublicIP.String())
+	}
+	if a.PublicIPv6 != want.PublicIPv6 {
+		out = append(out, "PublicIPv6")
+	}
+	if a.BackendType != want.BackendType {
+		out = append(out, fmt.Sprintf("BackendType %.40q", a.BackendType))
+	}
+	if !sameJSON(a.BackendData, want.BackendData) {
+		out = append(out, "BackendData")
+	}
+	if !sameJSON(a.BackendV6Data, want.BackendV6Data) {
+		out = append(out, "BackendV6Data")
+	}
+	if lp.EtcdLease != id {
+		out = append(out, "etcd lease")
+	}
+	return out
+}
+
+// sameJSON compares backend data as ParseAttrs keeps it (compacted; null is
+// none) with ours as configured.
+func sameJSON(got, want json.RawMessage) bool {
+	w, err := compactRaw(want)
+	return err == nil && bytes.Equal(got, w)
+}
+
+// takeRestore returns what Run must write back over a foreign write of our
+// own key: the key, the revision seen, our value and etcd lease.
+func (m *Manager) takeRestore() (key string, rev int64, id int64, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	rev, m.restoreRev = m.restoreRev, 0
+	if rev == 0 || !m.held {
+		return "", 0, 0, false
+	}
+	return m.ownKey, rev, m.own.EtcdLease, true
+}
+
+// restore writes our value back over a foreign write of our own key seen at
+// rev. A lost compare-and-swap means yet another write, which the watch
+// brings and ownWrittenLocked judges again.
+func (m *Manager) restore(ctx context.Context, key string, rev, id int64) error {
+	val, err := m.attrs().MarshalJSON()
+	if err != nil {
+		return fmt.Errorf("restore %s: lease value for this host: %w", key, err)
+	}
+	wrev, ok, err := m.cas(ctx, key, rev, string(val), clientv3.LeaseID(id))
+	if err != nil || !ok {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.held && m.ownKey == key && wrev > m.own.ModRevision {
+		m.own.ModRevision = wrev
+		m.rewritten = strings.TrimSuffix(m.rewritten, "restoring it") + "restored"
+	}
+	m.log.Info("own lease restored", "key", key, "revision", wrev)
+	return nil
+}
+
+// noteClaimLocked keeps m.claimed up to date for key's new lease (nil:
+// deleted or malformed): another key naming our PublicIP, VtepMAC or subnet
+// is a forgery or a stale copy, and peers may drop us for it, so it is
+// logged, counted (once per write) and shown in Warnings.
+func (m *Manager) noteClaimLocked(key string, l *Lease) {
+	var what string
+	if l != nil && m.held && key != m.ownKey {
+		if l.Attrs.PublicIP == m.cfg.PublicIP {
+			what = "PublicIP " + l.Attrs.PublicIP.String()
+		} else {
+			what = m.claimsOwnLocked(l)
+		}
+	}
+	if what == "" {
+		delete(m.claimed, key)
+		return
+	}
+	if c, ok := m.claimed[key]; ok && c.rev == l.ModRevision {
+		return
+	}
+	msg := fmt.Sprintf("lease %s names this host's %s", key, what)
+	m.claimed[key] = ownClaim{rev: l.ModRevision, msg: msg}
+	if ok, dropped := m.warn.allow(time.Now()); ok {
+		m.log.Warn("another lease names this host's address or subnet", "key", key, "claims", what, "revision", l.ModRevision, "suppressedWarnings", dropped)
+	}
+	if m.cfg.Hooks.Alert != nil {
+		m.cfg.Hooks.Alert(AlertOwnClaimed)
+	}
+}
+
+// noteAllClaimsLocked recomputes m.claimed from m.peers, after a relist or
+// a new own lease.
+func (m *Manager) noteAllClaimsLocked() {
+	for k := range m.claimed {
+		if _, ok := m.peers[k]; !ok {
+			delete(m.claimed, k)
+		}
+	}
+	for k, l := range m.peers {
+		m.noteClaimLocked(k, l)
+	}
+}
+
+// maxWarnings bounds Warnings: a flood of forged keys must not make
+// /readyz a flood too.
+const maxWarnings = 10
+
+// Warnings returns the current alerts about this host's lease, for /readyz:
+// other keys naming this host's PublicIP, VtepMAC or subnet, and a recent
+// rewrite of our own key by someone else. Empty when there are none.
+func (m *Manager) Warnings() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	if m.rewritten != "" && time.Since(m.rewrittenAt) < ownAlertFor {
+		out = append(out, m.rewritten)
+	}
+	claims := make([]string, 0, len(m.claimed))
+	for _, c := range m.claimed {
+		claims = append(claims, c.msg)
+	}
+	slices.Sort(claims)
+	if len(claims) > maxWarnings {
+		claims = append(claims[:maxWarnings], fmt.Sprintf("and %d more leases naming this host's values", len(claims)-maxWarnings))
+	}
+	return append(out, claims...)
 }
 
 // relisted replaces the state with a fresh list and reports whether our own
@@ -956,15 +1298,14 @@ func (m *Manager) relisted(leases []Lease, rev int64) (lost bool, sub netip.Pref
 	if !m.held {
 		return false, netip.Prefix{}
 	}
+	m.noteAllClaimsLocked()
 	l, ok := m.peers[m.ownKey]
 	switch {
 	case !ok:
 		m.log.Warn("own lease missing after re-list; re-acquiring", "key", m.ownKey)
 		m.held = false
 		return true, m.own.Subnet
-	case l.Attrs.PublicIP != m.cfg.PublicIP:
-		m.log.Warn("own lease rewritten for another host; acquiring another subnet", "key", m.ownKey)
-		m.held = false
+	case l.ModRevision > m.own.ModRevision && m.ownWrittenLocked(m.ownKey, l, l.ModRevision):
 		return true, netip.Prefix{}
 	}
 	return false, netip.Prefix{}

@@ -3,8 +3,10 @@ package lease
 import (
 	"cmp"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // ComparePeers is the order of Snapshot.Peers: by IPv4 subnet, then IPv6
@@ -22,19 +24,149 @@ func ComparePeers(a, b *Lease) int {
 	return cmp.Compare(a.IPv6Subnet.Bits(), b.IPv6Subnet.Bits())
 }
 
+// A claim is a value that only one peer may hold: its IPv4 subnet, its IPv6
+// subnet, its PublicIP, its VtepMAC (per device). Two keys naming one IPv4
+// subnet (172.30.5.0-24 and 172.30.5.0-24&fc00::-64) would point one route
+// at two hosts; two naming one PublicIP or VtepMAC make one FDB entry serve
+// two subnets. Every conflict rule lives here, so the dataplane never sees
+// a clash: among the valid peer leases claiming one value, the oldest key
+// (lowest CreateRevision, then lowest key) wins, and a lease is published
+// only when it wins every claim it makes. A forgery is always newer than
+// the lease it copies, so it can never push a live host out.
+type claim struct {
+	kind claimKind
+	bits uint8    // prefix length, for subnets
+	val  [16]byte // address or MAC; no pointer, so the GC does not scan the map
+}
+
+type claimKind uint8
+
+const (
+	claimSubnet claimKind = iota
+	claimSubnet6
+	claimPublicIP
+	claimVtepMAC
+	claimVtepMAC6
+)
+
+// reason is the rejected-leases label of a lost claim.
+func (k claimKind) reason() string {
+	switch k {
+	case claimSubnet:
+		return ReasonDuplicateSubnet
+	case claimSubnet6:
+		return ReasonDuplicateIPv6Subnet
+	case claimPublicIP:
+		return ReasonDuplicatePublicIP
+	}
+	return ReasonDuplicateVtepMAC
+}
+
+func (c claim) String() string {
+	switch c.kind {
+	case claimSubnet, claimSubnet6:
+		a := netip.AddrFrom16(c.val)
+		if c.kind == claimSubnet {
+			a = a.Unmap()
+		}
+		return "subnet " + netip.PrefixFrom(a, int(c.bits)).String()
+	case claimPublicIP:
+		return "PublicIP " + netip.AddrFrom16(c.val).Unmap().String()
+	}
+	return "VtepMAC " + net.HardwareAddr(c.val[:6]).String()
+}
+
+// claimsOf appends the claims of l to buf. The IPv4 subnet claim is always
+// first: the index uses it to tell whether a key is a candidate.
+func claimsOf(l *Lease, buf []claim) []claim {
+	buf = append(buf, claim{kind: claimSubnet, bits: uint8(l.Subnet.Bits()), val: l.Subnet.Addr().As16()})
+	if l.IPv6Subnet.IsValid() {
+		buf = append(buf, claim{kind: claimSubnet6, bits: uint8(l.IPv6Subnet.Bits()), val: l.IPv6Subnet.Addr().As16()})
+	}
+	buf = append(buf, claim{kind: claimPublicIP, val: l.Attrs.PublicIP.As16()})
+	if strings.EqualFold(l.Attrs.BackendType, "vxlan") {
+		if c, ok := macClaim(claimVtepMAC, l.Attrs.BackendData); ok {
+			buf = append(buf, c)
+		}
+		if c, ok := macClaim(claimVtepMAC6, l.Attrs.BackendV6Data); ok {
+			buf = append(buf, c)
+		}
+	}
+	return buf
+}
+
+// macClaim is the claim of a valid VtepMAC in raw backend data. The form
+// flannel and weft write is read without allocating: it runs for every
+// join and leave, and for every lease on a rebuild.
+func macClaim(kind claimKind, raw []byte) (claim, bool) {
+	if len(raw) == 0 {
+		return claim{}, false
+	}
+	c := claim{kind: kind}
+	if s, ok := canonicalVtepMAC(string(raw)); ok && hexMAC(s, c.val[:6]) {
+		return c, c.val[0]&1 == 0 && c.val != [16]byte{}
+	}
+	mac, present, err := VtepMAC(raw)
+	if !present || err != nil {
+		return claim{}, false
+	}
+	copy(c.val[:], mac)
+	return c, true
+}
+
+// hexMAC parses "xx:xx:xx:xx:xx:xx" into out; false for anything else.
+func hexMAC(s string, out []byte) bool {
+	if len(s) != 17 {
+		return false
+	}
+	for i := range 6 {
+		if i > 0 && s[3*i-1] != ':' {
+			return false
+		}
+		hi, ok1 := unhex(s[3*i])
+		lo, ok2 := unhex(s[3*i+1])
+		if !ok1 || !ok2 {
+			return false
+		}
+		out[i] = hi<<4 | lo
+	}
+	return true
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+// older reports whether key a (lease la) wins a claim against key b.
+func older(a string, la *Lease, b string, lb *Lease) bool {
+	if la.CreateRevision != lb.CreateRevision {
+		return la.CreateRevision < lb.CreateRevision
+	}
+	return a < b
+}
+
 // peerIndex is the published peer set, kept up to date per watch event: with
 // thousands of peers, rebuilding, deduplicating and sorting the whole set for
-// every join or leave was most of weftd's work on that path. A relist or a
-// new own lease drops the index, and the next publish rebuilds it whole.
+// every join or leave was most of weftd's work on that path. Only a join or
+// leave without any clash is folded in; one touching a contested claim (rare)
+// drops the index, and the next publish rebuilds it whole, as a relist or a
+// new own lease does.
 type peerIndex struct {
-	// byIP holds the keys of the valid peer leases naming each PublicIP;
-	// usually one. Only the newest is published (see elect).
-	byIP map[netip.Addr][]string
-	// winner is the lease published for each PublicIP, as it sits in
-	// sorted (m.peers may already hold its replacement).
-	winner map[netip.Addr]*Lease
-	sorted []*Lease // the winners, in ComparePeers order
-	known  int      // peer leases counted: not ours, not naming our PublicIP
+	// owner holds, for every claim of every valid peer lease, one key making
+	// it; contested the other keys making it, when there are several.
+	owner     map[claim]string
+	contested map[claim][]string
+	sorted    []*Lease // the published leases, in ComparePeers order
+	known     int      // peer leases counted: not ours, not naming our PublicIP
+	buf       [5]claim // scratch for claimsOf, so a join or leave allocates nothing
 }
 
 // counted reports whether a lease is a peer at all (rather than this host's
@@ -45,48 +177,72 @@ func (m *Manager) counted(key string, l Lease) bool {
 
 // rebuildIndexLocked computes the published set from m.peers from scratch.
 func (m *Manager) rebuildIndexLocked() {
-	x := &peerIndex{
-		byIP:   make(map[netip.Addr][]string, len(m.peers)),
-		winner: make(map[netip.Addr]*Lease, len(m.peers)),
-	}
+	x := &peerIndex{owner: make(map[claim]string, 3*len(m.peers))}
 	m.idx = x
+	cands := make([]string, 0, len(m.peers))
 	for k, l := range m.peers {
 		if !m.counted(k, *l) {
 			continue
 		}
 		x.known++
-		if m.peerOK(k, *l) {
-			x.byIP[l.Attrs.PublicIP] = append(x.byIP[l.Attrs.PublicIP], k)
+		if !m.peerOK(k, *l) {
+			continue
+		}
+		cands = append(cands, k)
+		for _, c := range claimsOf(l, x.buf[:0]) {
+			if _, taken := x.owner[c]; !taken {
+				x.owner[c] = k
+				continue
+			}
+			if x.contested == nil {
+				x.contested = map[claim][]string{}
+			}
+			x.contested[c] = append(x.contested[c], k)
 		}
 	}
-	x.sorted = make([]*Lease, 0, len(x.byIP))
-	for ip, keys := range x.byIP {
-		w := m.elect(ip, keys)
-		x.winner[ip] = m.peers[w]
-		x.sorted = append(x.sorted, m.peers[w])
+	lost := m.electLocked()
+	x.sorted = make([]*Lease, 0, len(cands)-len(lost))
+	for _, k := range cands {
+		if !lost[k] {
+			x.sorted = append(x.sorted, m.peers[k])
+		}
 	}
 	slices.SortFunc(x.sorted, ComparePeers)
 }
 
-// elect picks the lease published for a PublicIP named by several: the most
-// recently written (the other is a host's stale lease or a forgery; either
-// way one FDB entry per address), ties broken by key so every host agrees.
-// The others are reported, once per write.
-func (m *Manager) elect(ip netip.Addr, keys []string) string {
-	w := keys[0]
-	for _, k := range keys[1:] {
-		l, cur := m.peers[k], m.peers[w]
-		if l.ModRevision > cur.ModRevision || (l.ModRevision == cur.ModRevision && k < w) {
-			w = k
+// electLocked decides every contested claim and returns the keys that lost
+// one, each reported once per write with the first claim it lost (in claim
+// order, so that every host gives the same reason).
+func (m *Manager) electLocked() map[string]bool {
+	x := m.idx
+	if len(x.contested) == 0 {
+		return nil
+	}
+	type loss struct {
+		c      claim
+		winner string
+	}
+	losses := map[string]loss{}
+	for c, others := range x.contested {
+		w := x.owner[c]
+		for _, k := range others {
+			if older(k, m.peers[k], w, m.peers[w]) {
+				w = k
+			}
+		}
+		for _, k := range append([]string{x.owner[c]}, others...) {
+			if prev, seen := losses[k]; k != w && (!seen || c.kind < prev.c.kind) {
+				losses[k] = loss{c, w}
+			}
 		}
 	}
-	for _, k := range keys {
-		if k != w {
-			m.rejectLocked(k, *m.peers[k], ReasonDuplicatePublicIP,
-				fmt.Sprintf("PublicIP %s is also named by the newer lease %s", ip, w))
-		}
+	lost := make(map[string]bool, len(losses))
+	for k, l := range losses {
+		lost[k] = true
+		m.rejectLocked(k, *m.peers[k], l.c.kind.reason(),
+			fmt.Sprintf("%s is also claimed by the older lease %s", l.c, l.winner))
 	}
-	return w
+	return lost
 }
 
 // indexRemoveLocked takes the lease l that key held out of the index. Call
@@ -97,18 +253,26 @@ func (m *Manager) indexRemoveLocked(key string, l *Lease) {
 		return
 	}
 	x.known--
-	ip := l.Attrs.PublicIP
-	keys := x.byIP[ip]
-	i := slices.Index(keys, key)
-	if i < 0 {
+	cs := claimsOf(l, x.buf[:0])
+	if len(x.contested) > 0 {
+		for _, c := range cs {
+			if _, ok := x.contested[c]; ok {
+				m.idx = nil // a clash may have a new winner: rebuild
+				return
+			}
+		}
+	}
+	if x.owner[cs[0]] != key {
 		return // it was rejected, so never published
 	}
-	if len(keys) == 1 {
-		delete(x.byIP, ip)
-	} else {
-		x.byIP[ip] = slices.Delete(keys, i, i+1)
+	for _, c := range cs {
+		delete(x.owner, c)
 	}
-	m.reelectLocked(ip)
+	if !x.unsort(l) {
+		// Cannot happen while the index is consistent; rebuilding is
+		// always correct.
+		m.idx = nil
+	}
 }
 
 // indexAddLocked puts key's lease l (already in m.peers) into the index.
@@ -121,30 +285,16 @@ func (m *Manager) indexAddLocked(key string, l *Lease) {
 	if !m.peerOK(key, *l) {
 		return
 	}
-	ip := l.Attrs.PublicIP
-	x.byIP[ip] = append(x.byIP[ip], key)
-	m.reelectLocked(ip)
-}
-
-// reelectLocked republishes the winner for ip after its keys changed.
-func (m *Manager) reelectLocked(ip netip.Addr) {
-	x := m.idx
-	if old, ok := x.winner[ip]; ok {
-		if !x.unsort(old) {
-			// Cannot happen while the index is consistent; rebuilding
-			// is always correct.
-			m.idx = nil
+	cs := claimsOf(l, x.buf[:0])
+	for _, c := range cs {
+		if _, taken := x.owner[c]; taken {
+			m.idx = nil // a clash: the election decides, on the rebuild
 			return
 		}
-		delete(x.winner, ip)
 	}
-	keys := x.byIP[ip]
-	if len(keys) == 0 {
-		return
+	for _, c := range cs {
+		x.owner[c] = key
 	}
-	w := m.elect(ip, keys)
-	l := m.peers[w]
-	x.winner[ip] = l
 	i, _ := slices.BinarySearchFunc(x.sorted, l, ComparePeers)
 	x.sorted = slices.Insert(x.sorted, i, l)
 }

@@ -2,6 +2,7 @@ package lease
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -12,40 +13,58 @@ import (
 )
 
 // referencePeers is the published set computed the obvious way: every valid
-// peer lease, one per PublicIP (newest write, then lowest key), sorted.
+// peer lease that wins each of its claims (subnets, PublicIP, VtepMACs)
+// against every other valid peer lease (oldest CreateRevision, then lowest
+// key), sorted.
 func referencePeers(m *Manager) ([]*Lease, int) {
 	known := 0
-	best := map[netip.Addr]string{}
+	var cands []string
 	for k, l := range m.peers {
 		if !m.counted(k, *l) {
 			continue
 		}
 		known++
-		if _, why := m.distrust(*l); why != "" {
-			continue
+		if _, why := m.distrust(*l); why == "" {
+			cands = append(cands, k)
 		}
-		ip := l.Attrs.PublicIP
-		w, ok := best[ip]
-		if !ok || l.ModRevision > m.peers[w].ModRevision || (l.ModRevision == m.peers[w].ModRevision && k < w) {
-			best[ip] = k
+	}
+	best := map[claim]string{}
+	for _, k := range cands {
+		for _, c := range claimsOf(m.peers[k], nil) {
+			if w, ok := best[c]; !ok || older(k, m.peers[k], w, m.peers[w]) {
+				best[c] = k
+			}
 		}
 	}
 	var out []*Lease
-	for _, k := range best {
-		out = append(out, m.peers[k])
+	for _, k := range cands {
+		wins := true
+		for _, c := range claimsOf(m.peers[k], nil) {
+			wins = wins && best[c] == k
+		}
+		if wins {
+			out = append(out, m.peers[k])
+		}
 	}
 	slices.SortFunc(out, ComparePeers)
 	return out, known
 }
 
 // TestPeerIndexMatchesReference drives the incremental index with random
-// watch events — joins, leaves, rewrites, duplicate PublicIPs, invalid
-// leases, garbage, our own key — and checks after every batch that what would
-// be published equals the set computed from scratch.
+// watch events — joins, leaves, rewrites, invalid leases, garbage, our own
+// key, and clashes of every kind: two keys for one IPv4 subnet (its IPv4-only
+// and dual-stack spellings), for one IPv6 subnet, one PublicIP, one VtepMAC,
+// keys naming our subnet or VtepMAC — and checks after every batch that what
+// would be published equals the set computed from scratch.
 func TestPeerIndexMatchesReference(t *testing.T) {
 	s := NewStore(nil, testPrefix, nil)
 	own := netip.MustParseAddr("10.9.0.1")
-	m := NewManager(ManagerConfig{Store: s, Network: testNet(), PublicIP: own, BackendType: "vxlan"})
+	cfg := testNet()
+	cfg.EnableIPv6 = true
+	cfg.IPv6Network = netip.MustParsePrefix("fc00::/48")
+	cfg.IPv6SubnetLen = 64
+	m := NewManager(ManagerConfig{Store: s, Network: cfg, PublicIP: own, BackendType: "vxlan",
+		BackendData: []byte(`{"VNI":1,"VtepMAC":"0e:00:00:00:00:00"}`)})
 	ownSub := netip.MustParsePrefix("172.30.7.0/24")
 	ownKey := s.Key(ownSub, netip.Prefix{})
 	m.install(Lease{Subnet: ownSub, Attrs: Attrs{PublicIP: own}}, ownKey, nil, 1)
@@ -53,39 +72,70 @@ func TestPeerIndexMatchesReference(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	rev := int64(1)
 	value := func() string {
-		ip := fmt.Sprintf("10.9.0.%d", 1+r.IntN(12)) // .1 is ours; few IPs: many duplicates
-		mac := fmt.Sprintf("0e:00:00:00:00:%02x", r.IntN(40))
-		switch r.IntN(12) {
+		ip := fmt.Sprintf("10.9.0.%d", 1+r.IntN(40))          // .1 is ours; few IPs: duplicates
+		mac := fmt.Sprintf("0e:00:00:00:00:%02x", r.IntN(80)) // :00 is ours
+		switch r.IntN(14) {
 		case 0:
 			mac = "01:00:5e:00:00:01" // multicast: distrusted
 		case 1:
 			ip = "172.30.99.9" // inside the overlay: distrusted
 		case 2:
 			return "{not json"
+		case 3:
+			ip = "224.0.0.1" // multicast PublicIP: distrusted
 		}
-		return fmt.Sprintf(`{"PublicIP":%q,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":%q}}`, ip, mac)
+		v6 := ""
+		if r.IntN(3) == 0 {
+			v6 = fmt.Sprintf(`,"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:01:%02x"}`, r.IntN(40))
+		}
+		return fmt.Sprintf(`{"PublicIP":%q,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":%q}%s}`, ip, mac, v6)
 	}
 	key := func() string {
 		if r.IntN(50) == 0 {
 			return ownKey
 		}
-		return s.Key(netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 30, byte(1 + r.IntN(30)), 0}), 24), netip.Prefix{})
+		n := byte(1 + r.IntN(30))
+		v4 := netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 30, n, 0}), 24)
+		var v6 netip.Prefix
+		switch x := r.IntN(20); {
+		case x < 10: // IPv4 only
+		case x < 17: // dual-stack, the IPv6 subnet going with the IPv4 one
+			v6 = netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfc, 7: n}), 64)
+		case x < 19: // another host's IPv6 subnet
+			v6 = netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfc, 7: byte(1 + r.IntN(30))}), 64)
+		default: // outside the IPv6 network: distrusted
+			v6 = netip.MustParsePrefix("fd00::/64")
+		}
+		return s.Key(v4, v6)
 	}
+	created := map[string]int64{} // key → CreateRevision, as etcd keeps it
 	for batch := range 3000 {
 		rev++
 		var evs []*clientv3.Event
 		seen := map[string]bool{} // etcd refuses a transaction that names a key twice
 		for range 1 + r.IntN(3) {
 			k := key()
+			del := r.IntN(2) == 0
+			if del && len(created) > 0 && r.IntN(4) != 0 {
+				// Mostly leaves of existing keys, so that the set stays
+				// about 40 keys with their clashes, not hundreds.
+				ks := slices.Sorted(maps.Keys(created))
+				k = ks[r.IntN(len(ks))]
+			}
 			if seen[k] {
 				continue
 			}
 			seen[k] = true
-			if r.IntN(3) == 0 {
+			if del {
+				delete(created, k)
 				evs = append(evs, &clientv3.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: []byte(k), ModRevision: rev}})
 				continue
 			}
-			evs = append(evs, &clientv3.Event{Type: mvccpb.PUT, Kv: &mvccpb.KeyValue{Key: []byte(k), Value: []byte(value()), ModRevision: rev, Lease: 7}})
+			if _, ok := created[k]; !ok {
+				created[k] = rev
+			}
+			evs = append(evs, &clientv3.Event{Type: mvccpb.PUT, Kv: &mvccpb.KeyValue{Key: []byte(k), Value: []byte(value()),
+				ModRevision: rev, CreateRevision: created[k], Lease: 7}})
 		}
 		if lost, _ := m.apply(evs); lost {
 			// Our key was deleted or taken: re-install it, as Run would.
@@ -101,6 +151,9 @@ func TestPeerIndexMatchesReference(t *testing.T) {
 		if !slices.EqualFunc(got, want, sameLease) || !slices.EqualFunc(snap.Peers, want, sameLease) || gotKnown != wantKnown {
 			t.Fatalf("batch %d: index has %d peers (known %d), snapshot %d, reference %d (known %d)\nindex: %v\nref:   %v",
 				batch, len(got), gotKnown, len(snap.Peers), len(want), wantKnown, subnets(got), subnets(want))
+		}
+		if batch%500 == 0 {
+			t.Logf("batch %d: %d peers known, %d published", batch, gotKnown, len(got))
 		}
 	}
 }

@@ -35,12 +35,25 @@ type Store struct {
 	prefix string // without trailing slash
 	log    *slog.Logger
 
-	// bad remembers malformed keys already logged (key → ModRevision), so a
-	// re-list does not repeat the same warning; a new write is logged again.
+	// bad remembers malformed keys already logged (clipped key → ModRevision),
+	// so a re-list does not repeat the same warning; a new write is logged
+	// again. Entries go on delete (forget) and on a re-list, and there are at
+	// most maxBad of them: whoever can write etcd must not grow our memory.
 	mu       sync.Mutex
 	bad      map[string]int64
 	rejected func(reason string) // counts malformed leases (Hooks.Rejected)
+	warn     warnLimit
 }
+
+// Size limits of a lease read from etcd. The longest valid key name,
+// "255.255.255.255-32&ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff-128", has 62
+// bytes, and flannel's values have about 150: anything far beyond is not a
+// lease, and is rejected before it is parsed, copied or logged whole.
+const (
+	maxKeyName = 100
+	maxValue   = 4 << 10
+	maxBad     = 1024
+)
 
 func (s *Store) setRejectHook(fn func(reason string)) {
 	s.mu.Lock()
@@ -53,7 +66,8 @@ func NewStore(cli *clientv3.Client, prefix string, log *slog.Logger) *Store {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{cli: cli, prefix: strings.TrimRight(prefix, "/"), log: log, bad: map[string]int64{}}
+	return &Store{cli: cli, prefix: strings.TrimRight(prefix, "/"), log: log, bad: map[string]int64{},
+		warn: warnLimit{period: time.Minute, burst: 20}}
 }
 
 // Client returns the etcd client the store uses.
@@ -107,7 +121,7 @@ func (s *Store) List(ctx context.Context) ([]Lease, int64, error) {
 			if seenBad == nil {
 				seenBad = map[string]bool{}
 			}
-			seenBad[string(kv.Key)] = true
+			seenBad[clip(string(kv.Key))] = true
 			continue
 		}
 		leases = append(leases, l)
@@ -134,8 +148,13 @@ func (s *Store) decode(kv *mvccpb.KeyValue) (Lease, error) {
 
 func (s *Store) parseKV(kv *mvccpb.KeyValue) (Lease, error) {
 	name, ok := strings.CutPrefix(string(kv.Key), s.SubnetsPrefix())
-	if !ok || strings.Contains(name, "/") {
-		return Lease{}, fmt.Errorf("key %q is not a lease key under %s", kv.Key, s.SubnetsPrefix())
+	switch {
+	case !ok || strings.Contains(name, "/"):
+		return Lease{}, fmt.Errorf("key %.120q is not a lease key under %s", kv.Key, s.SubnetsPrefix())
+	case len(name) > maxKeyName:
+		return Lease{}, fmt.Errorf("key name of %d bytes: a lease key name has at most %d", len(name), maxKeyName)
+	case len(kv.Value) > maxValue:
+		return Lease{}, fmt.Errorf("value of %d bytes: a lease value has at most %d", len(kv.Value), maxValue)
 	}
 	v4, v6, err := ParseKey(name)
 	if err != nil {
@@ -145,21 +164,38 @@ func (s *Store) parseKV(kv *mvccpb.KeyValue) (Lease, error) {
 	if err != nil {
 		return Lease{}, err
 	}
-	return Lease{Subnet: v4, IPv6Subnet: v6, Attrs: a, EtcdLease: kv.Lease, ModRevision: kv.ModRevision}, nil
+	return Lease{Subnet: v4, IPv6Subnet: v6, Attrs: a, EtcdLease: kv.Lease, ModRevision: kv.ModRevision,
+		CreateRevision: kv.CreateRevision}, nil
 }
 
+// reportBad counts a malformed write once and logs it, clipped and
+// rate-limited: a flood of garbage keys must not become a flood of log.
 func (s *Store) reportBad(key string, rev int64, err error) {
+	key = clip(key)
 	s.mu.Lock()
 	old, seen := s.bad[key]
-	s.bad[key] = rev
+	if seen || len(s.bad) < maxBad {
+		s.bad[key] = rev
+	}
 	hook := s.rejected
 	s.mu.Unlock()
-	if !seen || old != rev {
-		s.log.Warn("skipping malformed lease", "key", key, "revision", rev, "err", err)
-		if hook != nil {
-			hook(ReasonMalformed)
-		}
+	if seen && old == rev {
+		return
 	}
+	if hook != nil {
+		hook(ReasonMalformed)
+	}
+	if ok, dropped := s.warn.allow(time.Now()); ok {
+		s.log.Warn("skipping malformed lease", "key", key, "revision", rev, "err", clip(err.Error()), "suppressedWarnings", dropped)
+	}
+}
+
+// forget drops what is remembered of a key that was deleted, so that
+// put/delete cycles of garbage keys leave nothing behind.
+func (s *Store) forget(key string) {
+	s.mu.Lock()
+	delete(s.bad, clip(key))
+	s.mu.Unlock()
 }
 
 // find returns the key-value of the lease whose IPv4 subnet is subnet, in
@@ -281,14 +317,36 @@ func (s *Store) Delete(ctx context.Context, subnet netip.Prefix) error {
 // (ErrSubnetTaken) when another host holds the subnet; the operator deletes
 // that lease first. A lease already held by the same PublicIP is turned into
 // a reservation in place, and an existing reservation is updated.
+//
+// A key that already names attrs.PublicIP keeps its value (backend type and
+// data, IPv6 fields): only the etcd lease is dropped. Writing the bare
+// {"PublicIP":…} over a live host's lease made every peer skip that host
+// (backend type "") until its weftd restarted; with its own value the host
+// sees its key turned into a reservation and carries on.
 func (s *Store) Reserve(ctx context.Context, subnet netip.Prefix, attrs Attrs) error {
-	val, err := attrs.MarshalJSON()
-	if err != nil {
-		return fmt.Errorf("reserve %s: %w", subnet, err)
-	}
 	kv, err := s.find(ctx, subnet)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return err
+	}
+	var cur Attrs
+	var perr error = ErrNotFound
+	if kv != nil {
+		cur, perr = ParseAttrs(kv.Value)
+	}
+	if kv != nil && kv.Lease != 0 && (perr != nil || cur.PublicIP != attrs.PublicIP) {
+		holder := "a malformed value"
+		if perr == nil {
+			holder = cur.PublicIP.String()
+		}
+		return fmt.Errorf("reserve %s: held by %s on live etcd lease %x (delete it first): %w",
+			subnet, holder, kv.Lease, ErrSubnetTaken)
+	}
+	if perr == nil && cur.PublicIP == attrs.PublicIP {
+		attrs = cur
+	}
+	val, err := attrs.MarshalJSON()
+	if err != nil {
+		return fmt.Errorf("reserve %s: %w", subnet, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
@@ -301,17 +359,6 @@ func (s *Store) Reserve(ctx context.Context, subnet netip.Prefix, attrs Attrs) e
 			return fmt.Errorf("reserve %s: created concurrently: %w", subnet, ErrSubnetTaken)
 		}
 		return nil
-	}
-	if kv.Lease != 0 {
-		cur, perr := ParseAttrs(kv.Value)
-		if perr != nil || cur.PublicIP != attrs.PublicIP {
-			holder := "a malformed value"
-			if perr == nil {
-				holder = cur.PublicIP.String()
-			}
-			return fmt.Errorf("reserve %s: held by %s on live etcd lease %x (delete it first): %w",
-				subnet, holder, kv.Lease, ErrSubnetTaken)
-		}
 	}
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).

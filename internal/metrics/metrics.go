@@ -30,6 +30,7 @@ type Metrics struct {
 	ReconcileDuration    prometheus.Histogram
 	WatchRestarts        prometheus.Counter
 	RejectedLeases       *prometheus.CounterVec
+	LeaseAlerts          *prometheus.CounterVec
 	RuleResyncs          *prometheus.CounterVec
 	UnderlayDropped      prometheus.Counter
 	UDPDroppedPackets    *prometheus.CounterVec
@@ -97,6 +98,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "weft_rejected_leases_total",
 			Help: "Lease values read from etcd and skipped (counted once per write), by reason.",
 		}, []string{"reason"}),
+		LeaseAlerts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_lease_alerts_total",
+			Help: "Writes in etcd aimed at this host (counted once per write), by kind: own_lease_rewritten (restored), own_value_claimed (another key names our PublicIP, VtepMAC or subnet; see /readyz warnings).",
+		}, []string{"kind"}),
 		RuleResyncs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "weft_rule_resyncs_total",
 			Help: "Periodic checks of the traffic rules, by result (unchanged, rewritten, failed).",
@@ -117,10 +122,13 @@ func New(reg prometheus.Registerer) *Metrics {
 	}
 	// Every reason and result is present from the start, so that a query
 	// for rate() or a zero-alert works before the first rejection.
-	for _, r := range []string{lease.ReasonMalformed, lease.ReasonOutsideNetwork, lease.ReasonWrongLength,
-		lease.ReasonIPv6Subnet, lease.ReasonPublicIPInside, lease.ReasonVtepMAC, lease.ReasonDuplicatePublicIP} {
+	for _, r := range lease.RejectReasons {
 		m.RejectedLeases.WithLabelValues(r)
 	}
+	for _, k := range lease.AlertKinds {
+		m.LeaseAlerts.WithLabelValues(k)
+	}
+	reg.MustRegister(m.LeaseAlerts)
 	for _, r := range []string{ResyncUnchanged, ResyncRewritten, ResyncFailed} {
 		m.RuleResyncs.WithLabelValues(r)
 	}
@@ -164,6 +172,7 @@ func (m *Metrics) LeaseHooks() lease.Hooks {
 			m.LeaseRenewals.Inc()
 		},
 		Rejected:       func(reason string) { m.RejectedLeases.WithLabelValues(reason).Inc() },
+		Alert:          func(kind string) { m.LeaseAlerts.WithLabelValues(kind).Inc() },
 		WatchRestarted: m.WatchRestarts.Inc,
 		WatchAnswered:  func(t time.Time) { m.lastWatch.Store(t.UnixNano()) },
 		Peers: func(known, accepted int) {
