@@ -2,8 +2,10 @@ package dataplane
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"regexp"
 	"strings"
@@ -11,11 +13,16 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/metrics"
 	"github.com/weft-net/weft/internal/netconf"
 	"github.com/weft-net/weft/internal/testutil/netnstest"
+	"github.com/weft-net/weft/internal/udpfwd"
 )
 
 // udpNetwork holds every peerSubnet.
@@ -26,8 +33,9 @@ func udpConfig(opts string) netconf.Config {
 }
 
 // udpHosts builds n overlay hosts whose eth0 sit on one bridge (the underlay
-// switch) in its own namespace; host i's container gets MTU ctrMTU[i].
-func udpHosts(t *testing.T, ctrMTU ...int) []*overlayHost {
+// switch) in its own namespace, returned too; host i's container gets MTU
+// ctrMTU[i].
+func udpHosts(t *testing.T, ctrMTU ...int) ([]*overlayHost, *netnstest.NS) {
 	t.Helper()
 	sw := netnstest.New(t, "us")
 	la := netlink.NewLinkAttrs()
@@ -49,12 +57,12 @@ func udpHosts(t *testing.T, ctrMTU ...int) []*overlayHost {
 		must(t, oh.ns.Handle.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(oh.public, 24))}))
 		hosts = append(hosts, oh)
 	}
-	return hosts
+	return hosts, sw
 }
 
-// startUDP runs the udp backend of oh through a Loop and returns the channel
-// its snapshots go to.
-func startUDP(t *testing.T, oh *overlayHost) chan<- lease.Snapshot {
+// startUDP runs the udp backend of oh (with hooks, if given) through a Loop
+// and returns the channel its snapshots go to.
+func startUDP(t *testing.T, oh *overlayHost, hooks ...UDPHooks) chan<- lease.Snapshot {
 	t.Helper()
 	h, err := netlink.NewHandleAt(oh.ns.Fd())
 	must(t, err)
@@ -62,6 +70,11 @@ func startUDP(t *testing.T, oh *overlayHost) chan<- lease.Snapshot {
 	fd := oh.ns.Fd()
 	be, err := NewBackend(udpConfig(`{}`), Host{IfaceName: "eth0", NetNS: &fd}, h, testLog(t))
 	must(t, err)
+	for _, hk := range hooks {
+		if !SetUDPHooks(be, hk) {
+			t.Fatalf("SetUDPHooks: %T is not the udp backend", be)
+		}
+	}
 	t.Cleanup(func() { be.Close() })
 	pub, mtu, err := be.Init(context.Background())
 	must(t, err)
@@ -100,7 +113,7 @@ var ttlRe = regexp.MustCompile(`ttl=(\d+)`)
 // flannel0 and its route and traffic resumes.
 func TestUDPOverlay(t *testing.T) {
 	// Host 3's container ignores the overlay MTU, to provoke too-big packets.
-	hosts := udpHosts(t, 1472, 1472, 1500)
+	hosts, _ := udpHosts(t, 1472, 1472, 1500)
 	a, b, c := hosts[0], hosts[1], hosts[2]
 	snaps := make([]chan<- lease.Snapshot, 3)
 	for i, oh := range hosts {
@@ -274,4 +287,186 @@ func TestUDPReplacesIncompatibleDevice(t *testing.T) {
 	if idx[1] != idx[0] {
 		t.Errorf("flannel0 index %d after restart, was %d: recreated instead of reused", idx[1], idx[0])
 	}
+}
+
+// ipv4UDP is an IPv4/UDP packet from src to dst carrying payload: header
+// checksum set, UDP checksum 0 (none, valid over IPv4).
+func ipv4UDP(src, dst netip.AddrPort, payload []byte) []byte {
+	p := make([]byte, 28+len(payload))
+	p[0], p[8], p[9] = 0x45, 64, unix.IPPROTO_UDP
+	binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
+	s, d := src.Addr().As4(), dst.Addr().As4()
+	copy(p[12:], s[:])
+	copy(p[16:], d[:])
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(p[i:]))
+	}
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(p[10:], ^uint16(sum))
+	binary.BigEndian.PutUint16(p[20:], src.Port())
+	binary.BigEndian.PutUint16(p[22:], dst.Port())
+	binary.BigEndian.PutUint16(p[24:], uint16(8+len(payload)))
+	copy(p[28:], payload)
+	return p
+}
+
+// forge sends from ns, through a raw socket, one UDP datagram from src to
+// dst carrying payload: what any machine on the underlay can put on the
+// wire, its source address and port included.
+func forge(t *testing.T, ns *netnstest.NS, src, dst netip.AddrPort, payload []byte) {
+	t.Helper()
+	var fd int
+	must(t, ns.Do(func() (err error) {
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW) // IPPROTO_RAW: we write the IP header
+		return err
+	}))
+	defer unix.Close(fd)
+	must(t, unix.Sendto(fd, ipv4UDP(src, dst, payload), 0, &unix.SockaddrInet4{Addr: dst.Addr().As4()}))
+}
+
+// listenUDP receives datagrams on port in ns until the test ends.
+func listenUDP(t *testing.T, ns *netnstest.NS, port int) <-chan string {
+	t.Helper()
+	var c net.PacketConn
+	must(t, ns.Do(func() (err error) {
+		c, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
+		return err
+	}))
+	t.Cleanup(func() { c.Close() })
+	got := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, _, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case got <- string(buf[:n]):
+			default:
+			}
+		}
+	}()
+	return got
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	must(t, c.Write(&m))
+	return m.GetCounter().GetValue()
+}
+
+// TestUDPTrust is issue 11's finding 1, tried as an attacker would: host a's
+// engine must write into flannel0 only what a current peer sends from its
+// PublicIP:Port, from the peer's subnet to a's subnet. A namespace with no
+// lease forging a datagram "from" b's container, b relaying to the world or
+// forging a source outside its subnet: a's container (or the relay target)
+// sees nothing and the drop is counted by reason; normal traffic flows. (The
+// socket should listen on the underlay address only: skipped, not done yet.)
+func TestUDPTrust(t *testing.T) {
+	hosts, sw := udpHosts(t, 1472, 1472)
+	a, b := hosts[0], hosts[1]
+	// Strict reverse-path filtering did not stop the forgery: the inner
+	// source routes back through flannel0, where it came from.
+	a.ns.MustRun(t, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1")
+	m := metrics.New(prometheus.NewRegistry())
+	snapA := startUDP(t, a, UDPHooks{Dropped: m.OnUDPDrop, SkippedPeers: m.OnUDPSkippedPeers})
+	snapB := startUDP(t, b)
+	snapA <- udpSnap(a, b)
+	snapB <- udpSnap(b, a)
+	pingOK(t, a, b) // (d) normal traffic still flows
+	pingOK(t, b, a)
+
+	// The attacker: on the underlay switch, no lease.
+	att := netnstest.New(t, "ux")
+	must(t, netnstest.VethPair(att, "eth0", sw, "px"))
+	px, err := sw.Handle.LinkByName("px")
+	must(t, err)
+	br, err := sw.Handle.LinkByName("br0")
+	must(t, err)
+	must(t, sw.Handle.LinkSetMaster(px, br))
+	attIP := netip.MustParseAddr("100.64.0.99")
+	ae, err := att.Handle.LinkByName("eth0")
+	must(t, err)
+	must(t, att.Handle.AddrAdd(ae, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(attIP, 24))}))
+	att.MustRun(t, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.eth0.rp_filter=0")
+
+	aUDP, bUDP := netip.AddrPortFrom(a.public, 8285), netip.AddrPortFrom(b.public, 8285)
+	aCtr, bCtr := netip.AddrPortFrom(a.ctrIP(), 9999), netip.AddrPortFrom(b.ctrIP(), 4242)
+	ctrSink := listenUDP(t, a.ctr, 9999)
+	relaySink := listenUDP(t, att, 7777)
+
+	// The way in works: b's address and port, b's container to a's.
+	forge(t, b.ns, bUDP, aUDP, ipv4UDP(bCtr, aCtr, []byte("from b")))
+	select {
+	case msg := <-ctrSink:
+		if msg != "from b" {
+			t.Fatalf("a's container got %q, want the datagram from b", msg)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a's container got nothing from b's container through the engine")
+	}
+
+	// dropped sends pkt from (ns, from) to a's engine and waits until a
+	// counts it under reason; it fails if sink receives it instead.
+	dropped := func(t *testing.T, ns *netnstest.NS, from netip.AddrPort, pkt []byte, reason string, sink <-chan string) {
+		t.Helper()
+		c := m.UDPDroppedPackets.WithLabelValues(reason)
+		before := counterValue(t, c)
+		forge(t, ns, from, aUDP, pkt)
+		deadline := time.After(5 * time.Second)
+		for counterValue(t, c) == before {
+			select {
+			case msg := <-sink:
+				t.Fatalf("datagram from %s delivered (%q), want it dropped as %s", from, msg, reason)
+			case <-deadline:
+				t.Fatalf("datagram from %s: %s count still %v", from, reason, before)
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		select {
+		case msg := <-sink:
+			t.Fatalf("datagram from %s counted as %s but delivered: %q", from, reason, msg)
+		default:
+		}
+	}
+	t.Run("stranger", func(t *testing.T) { // (a)
+		dropped(t, att, netip.AddrPortFrom(attIP, 8285), ipv4UDP(bCtr, aCtr, []byte("forged by a stranger")), udpfwd.DropUnknownSender, ctrSink)
+		// b's address from another port: not b's engine.
+		dropped(t, att, netip.AddrPortFrom(b.public, 40000), ipv4UDP(bCtr, aCtr, []byte("forged port")), udpfwd.DropUnknownSender, ctrSink)
+	})
+	t.Run("open-relay", func(t *testing.T) { // (b)
+		dropped(t, b.ns, bUDP, ipv4UDP(bCtr, netip.AddrPortFrom(attIP, 7777), []byte("relayed")), udpfwd.DropInnerDest, relaySink)
+	})
+	t.Run("inner-source", func(t *testing.T) { // (c)
+		other := netip.AddrPortFrom(peerSubnet(3).Addr().Next().Next(), 4242)
+		dropped(t, b.ns, bUDP, ipv4UDP(other, aCtr, []byte("forged source")), udpfwd.DropInnerSource, ctrSink)
+	})
+	t.Run("malformed", func(t *testing.T) {
+		dropped(t, b.ns, bUDP, []byte("not an IPv4 packet"), udpfwd.DropMalformed, ctrSink)
+	})
+	t.Run("bound-to-underlay-address", func(t *testing.T) { // (e)
+		// Not done yet: wireguard-go's StdNetBind listens on 0.0.0.0 and [::]
+		// with no way to name an address; binding to the underlay address
+		// needs a conn.Bind of our own with UDP GSO/GRO (so the throughput
+		// stays). The sender check above already refuses what arrives on
+		// any other address from anyone but a peer.
+		t.Skip("udp socket not yet bound to the underlay address (issue 11 finding 1, last part)")
+		out := a.ns.MustRun(t, "ss", "-Hnul", "sport = :8285")
+		var local []string
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			if f := strings.Fields(l); len(f) >= 4 {
+				local = append(local, f[3])
+			}
+		}
+		if want := []string{aUDP.String()}; !cmp.Equal(local, want) {
+			t.Errorf("udp sockets on port 8285: %v, want only %v", local, want)
+		}
+	})
+	pingOK(t, a, b)
+	pingOK(t, b, a)
 }
