@@ -120,6 +120,17 @@ func (d *dualBackend) ApplyDelta(ctx context.Context, snap lease.Snapshot) error
 
 func (d *dualBackend) Events() <-chan struct{} { return d.ch }
 
+// skipped lists the peers either half left out, IPv4 first.
+func (d *dualBackend) skipped() []skippedPeer {
+	var out []skippedPeer
+	for _, b := range []Backend{d.v4, d.v6} {
+		if r, ok := b.(skipReporter); ok {
+			out = append(out, r.skipped()...)
+		}
+	}
+	return out
+}
+
 // Close stops the event merge and closes both halves.
 func (d *dualBackend) Close() error {
 	d.once.Do(func() { close(d.done) })

@@ -68,6 +68,10 @@ type rtnl struct {
 	mu   sync.Mutex
 	sock *nl.NetlinkSocket // nil once closed
 	seq  uint32
+	// kernel is the destination of every send (c.mu held): Sendto writes
+	// the raw form into the sockaddr it is given, so one shared by every
+	// socket was a data race between backends sending at the same time.
+	kernel unix.SockaddrNetlink
 }
 
 var (
@@ -90,7 +94,7 @@ func openRTNL(ns *netns.NsHandle) (*rtnl, error) {
 	// up"…) goes into the error; a kernel without extended acks (< 4.12)
 	// just gives the errno.
 	_ = s.SetExtAck(true)
-	return &rtnl{sock: s}, nil
+	return &rtnl{sock: s, kernel: unix.SockaddrNetlink{Family: unix.AF_NETLINK}}, nil
 }
 
 // close closes the socket; it is idempotent, so that the halves of a
@@ -129,11 +133,9 @@ func (c *rtnl) nextSeq(n int) uint32 {
 	return c.seq - uint32(n) + 1
 }
 
-var kernelAddr = &unix.SockaddrNetlink{Family: unix.AF_NETLINK}
-
 func (c *rtnl) send(b []byte) error {
 	for {
-		err := unix.Sendto(c.fd(), b, 0, kernelAddr)
+		err := unix.Sendto(c.fd(), b, 0, &c.kernel)
 		switch {
 		case err == nil:
 			return nil

@@ -47,6 +47,7 @@ type hostGWRoutes struct {
 	applied    map[netip.Prefix]routeWant
 	appliedOwn netip.Prefix
 	connected  []netip.Prefix
+	foreign    foreignRoutes // other owners' routes the last full pass read
 	want       atomic.Pointer[map[netip.Prefix]routeWant]
 }
 
@@ -139,14 +140,17 @@ func (b *hostGWRoutes) apply(ctx context.Context, snap lease.Snapshot, full bool
 	var have mainRoutes
 	if full {
 		var err error
-		if have, err = readMainRoutes(b.rt, b.fam.family, b.host.IfaceIndex); err != nil {
+		if have, err = readMainRoutesFor(b.rt, b.fam.family, b.host.IfaceIndex, own.Bits()); err != nil {
 			return fmt.Errorf("dataplane: %w", err)
 		}
 		b.connected = have.connected
+		b.foreign = newForeignRoutes(have.foreign)
 	}
 	want := make(map[netip.Prefix]routeWant, len(snap.Peers)+1)
-	var unreachable []error
+	// A peer that cannot be programmed is noted (logged once, reported by
+	// skipped) and left out; it never fails the apply of the others.
 	b.notes.begin()
+	defer b.notes.end()
 	for _, p := range snap.Peers {
 		sub, gw, skip, err := b.fam.peer(p, own, b.host)
 		if skip {
@@ -161,20 +165,36 @@ func (b *hostGWRoutes) apply(ctx context.Context, snap lease.Snapshot, full bool
 			continue
 		}
 		if !coveredBy(b.connected, gw) {
-			err := fmt.Errorf("host-gw peer %s at %s via %s: %w", sub, gw, b.host.IfaceName, ErrPeerUnreachable)
-			b.notes.note(b.log, sub, err.Error())
-			unreachable = append(unreachable, err)
+			b.notes.noteAs(b.log, sub, SkipUnreachable, b.unreachable(sub, gw, ErrPeerUnreachable).Error())
 			continue
 		}
-		want[sub] = routeWant{Dst: sub, Gw: gw, Link: b.host.IfaceIndex, Metric: b.fam.metric}
+		w := routeWant{Dst: sub, Gw: gw, Link: b.host.IfaceIndex, Metric: b.fam.metric}
+		if why := b.foreign.conflict(w, 0); why != "" {
+			b.notes.noteAs(b.log, sub, SkipForeignRoute, why)
+			continue
+		}
+		want[sub] = w
 	}
-	b.notes.end()
 	if b.host.BlackholeRoute && own.IsValid() {
-		want[own] = routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric}
+		w := routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric}
+		if why := b.foreign.conflict(w, 0); why != "" {
+			b.notes.noteAs(b.log, own, SkipForeignRoute, "own subnet's blackhole route: "+why)
+		} else {
+			want[own] = w
+		}
 	}
 	// Published before any write: the deletions below are weft's own.
 	b.want.Store(&want)
 	t := &tally{what: b.fam.what}
+	// A route the kernel refuses for want of a path to its gateway (the
+	// connected subnets changed since they were read) is that peer's
+	// problem; the kernel then holds less than want, so the next apply
+	// must read it again (no delta from this one).
+	refused := false
+	t.unreachable = func(w routeWant, err error) {
+		b.notes.noteAs(b.log, w.Dst, SkipUnreachable, b.unreachable(w.Dst, w.Gw, err).Error())
+		refused = true
+	}
 	var err error
 	if full {
 		routes := make([]routeWant, 0, len(want))
@@ -182,27 +202,29 @@ func (b *hostGWRoutes) apply(ctx context.Context, snap lease.Snapshot, full bool
 			routes = append(routes, r)
 		}
 		var del func() error
-		_, del, err = syncRoutes(ctx, b.rt, b.fam.family, have.weft, routes, t)
+		_, del, err = syncRoutes(ctx, b.rt, b.fam.family, b.foreign.adopted(have.weft, want, 0), routes, t)
 		if del != nil && err == nil {
 			err = del()
 		}
 	} else {
 		err = b.applyDiff(ctx, prev, want, t)
 	}
-	errs := []error{err, t.err()}
-	switch len(unreachable) {
-	case 0:
-	case 1:
-		errs = append(errs, unreachable[0])
-	default:
-		errs = append(errs, fmt.Errorf("%d %s peers unreachable, first: %w", len(unreachable), b.fam.label, unreachable[0]))
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := errors.Join(err, t.err()); err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
-	b.applied, b.appliedOwn = want, own
+	if !refused {
+		b.applied, b.appliedOwn = want, own
+	}
 	return nil
 }
+
+// unreachable is the error of a peer (subnet sub at gw) host-gw cannot route to.
+func (b *hostGWRoutes) unreachable(sub netip.Prefix, gw netip.Addr, err error) error {
+	return fmt.Errorf("%s peer %s at %s via %s: %w", b.fam.label, sub, gw, b.host.IfaceName, err)
+}
+
+// skipped lists the peers the last apply left out.
+func (b *hostGWRoutes) skipped() []skippedPeer { return b.notes.skipped() }
 
 // applyDiff adds and replaces, then deletes, the routes that differ between
 // old (what the kernel holds, as far as weft knows) and want.
@@ -210,8 +232,16 @@ func (b *hostGWRoutes) applyDiff(ctx context.Context, old, want map[netip.Prefix
 	add, del := diffMaps(old, want, func(a, b routeWant) bool { return a == b })
 	for _, dst := range add {
 		w := want[dst]
-		if err := b.h.RouteReplace(w.route()); err != nil {
-			t.add(fmt.Errorf("replace route %s: %w", w, err))
+		// Only a route weft already holds is replaced. A new destination
+		// is added exclusively: a route of another owner that appeared
+		// since the last full pass makes it fail (EEXIST), and the full
+		// pass that follows leaves that route alone.
+		write, verb := b.h.RouteReplace, "replace"
+		if _, ours := old[dst]; !ours {
+			write, verb = b.h.RouteAdd, "add"
+		}
+		if err := write(w.route()); err != nil {
+			t.add(fmt.Errorf("%s route %s: %w", verb, w, err))
 		}
 	}
 	for _, dst := range del {

@@ -2,8 +2,8 @@ package dataplane
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"strings"
 	"testing"
@@ -52,8 +52,10 @@ func TestHostGW(t *testing.T) {
 	}
 }
 
-// TestHostGWUnreachable: a peer off the L2 segment is an error naming it;
-// every other peer is programmed anyway.
+// TestHostGWUnreachable: a peer off the L2 segment is skipped and reported
+// — Loop.Warnings names it, the skipped-peers hook counts it — while every
+// other peer is programmed and the apply succeeds, so /readyz stays ready
+// on every host (issue 11 finding 9; the apply failed before).
 func TestHostGWUnreachable(t *testing.T) {
 	l := newLab(t, hostAddr, swAddr)
 	b := l.backend(t, "host-gw", `{}`)
@@ -62,12 +64,51 @@ func TestHostGWUnreachable(t *testing.T) {
 	must(t, err)
 	far := hostgwPeer(3, netip.MustParseAddr("198.51.100.7"))
 	p2, p4 := hostgwPeer(2, publicIP(2)), hostgwPeer(4, publicIP(4))
-	err = b.Apply(ctx, snapshot(1, p2, far, p4))
-	if !errors.Is(err, ErrPeerUnreachable) || !strings.Contains(err.Error(), "10.128.3.0/24") || !strings.Contains(err.Error(), "198.51.100.7") {
-		t.Errorf("Apply error = %v; want ErrPeerUnreachable naming 10.128.3.0/24 at 198.51.100.7", err)
+	loop := NewLoop(b, 0, testLog(t))
+	skipped := map[string]int{}
+	loop.OnSkipped(func(reason string, n int) { skipped[reason] = n })
+	if err := loop.apply(ctx, snapshot(1, p2, far, p4), true); err != nil {
+		t.Fatalf("apply with one unreachable peer: %v; want nil (the others programmed, the bad one reported)", err)
 	}
 	if d := cmp.Diff(wantHostGW(p2, p4), kernelState(t, l.ns.Handle, "flannel.1")); d != "" {
 		t.Errorf("(-want +got):\n%s", d)
+	}
+	w := loop.Warnings()
+	if len(w) != 1 || !strings.Contains(w[0], "10.128.3.0/24") || !strings.Contains(w[0], "198.51.100.7") || !strings.Contains(w[0], SkipUnreachable) {
+		t.Errorf("Warnings() = %q; want one naming 10.128.3.0/24 at 198.51.100.7, unreachable", w)
+	}
+	if want := map[string]int{SkipInvalid: 0, SkipUnreachable: 1, SkipForeignRoute: 0}; !maps.Equal(skipped, want) {
+		t.Errorf("skipped-peers hook: %v, want %v", skipped, want)
+	}
+	// A delta that adds the bad peer back succeeds too; fixing it clears the warning.
+	must(t, loop.apply(ctx, snapshot(1, p2, far), false))
+	if d := cmp.Diff(wantHostGW(p2), kernelState(t, l.ns.Handle, "flannel.1")); d != "" {
+		t.Errorf("after a delta (-want +got):\n%s", d)
+	}
+	must(t, loop.apply(ctx, snapshot(1, p2, hostgwPeer(3, publicIP(3))), false))
+	if w := loop.Warnings(); len(w) != 0 || skipped[SkipUnreachable] != 0 {
+		t.Errorf("peer fixed: Warnings() = %q, skipped %v; want none", w, skipped)
+	}
+}
+
+// TestRouteRefusedUnreachable: a route the kernel refuses because its
+// gateway is off-link (the connected subnets changed after they were read)
+// goes to the tally's unreachable hook, not to its failures.
+func TestRouteRefusedUnreachable(t *testing.T) {
+	l := newLab(t, hostAddr, swAddr)
+	rt := l.rtnl(t)
+	w := routeWant{Dst: peerSubnet(3), Gw: netip.MustParseAddr("198.51.100.7"), Link: l.eth0(t)}
+	var got []error
+	tl := &tally{what: "test", unreachable: func(r routeWant, err error) {
+		if r != w {
+			t.Errorf("unreachable hook got %v, want %v", r, w)
+		}
+		got = append(got, err)
+	}}
+	_, _, err := syncRoutes(context.Background(), rt, unix.AF_INET, nil, []routeWant{w}, tl)
+	must(t, err)
+	if tl.err() != nil || len(got) != 1 || !isUnreachable(got[0]) {
+		t.Errorf("tally error %v, unreachable hook %v; want none, one ENETUNREACH", tl.err(), got)
 	}
 }
 

@@ -50,6 +50,17 @@ type tally struct {
 	what  string
 	n     int
 	first error
+	// unreachable, when set, takes the routes the kernel refused because
+	// their gateway is not reachable from their device: that is a fact
+	// about the peer (reported as such), not a failure of the apply.
+	unreachable func(w routeWant, err error)
+}
+
+// isUnreachable reports whether the kernel refused a route because its
+// gateway is not on a subnet connected to its device (IPv4: ENETUNREACH
+// "Nexthop has invalid gateway"; IPv6: EHOSTUNREACH).
+func isUnreachable(err error) bool {
+	return errors.Is(err, unix.ENETUNREACH) || errors.Is(err, unix.EHOSTUNREACH)
 }
 
 func (t *tally) add(err error) {
@@ -201,6 +212,10 @@ func (s *syncStats) plus(o syncStats) {
 type mainRoutes struct {
 	weft      []kRoute
 	connected []netip.Prefix
+	// foreign are the routes of other owners (not RTProtWeft) whose
+	// destination has the overlay's subnet length: the ones a peer route
+	// could collide with (see foreignRoutes).
+	foreign []kRoute
 }
 
 // readMainRoutes dumps the main table of family (AF_INET or AF_INET6) only
@@ -208,6 +223,13 @@ type mainRoutes struct {
 // kube-proxy's IPVS addresses, none of that is sent) and keeps weft's routes
 // and the underlay's connected subnets.
 func readMainRoutes(c *rtnl, family uint8, ifaceIndex int) (mainRoutes, error) {
+	return readMainRoutesFor(c, family, ifaceIndex, -1)
+}
+
+// readMainRoutesFor is readMainRoutes that also keeps the routes of other
+// owners to destinations of peerBits bits (the subnet length of the
+// overlay; -1: none).
+func readMainRoutesFor(c *rtnl, family uint8, ifaceIndex, peerBits int) (mainRoutes, error) {
 	var m mainRoutes
 	var rb [unix.SizeofRtMsg]byte
 	req := appendRtmsg(rb[:0], family, 0, 0, unix.RT_TABLE_MAIN, 0, 0, 0, 0)
@@ -218,17 +240,21 @@ func readMainRoutes(c *rtnl, family uint8, ifaceIndex int) (mainRoutes, error) {
 	// Sized from the last dump: one allocation, not a doubling series.
 	m.weft = make([]kRoute, 0, int(last.Load())+16)
 	_, err := dump(func() (struct{}, error) {
-		m.weft, m.connected = m.weft[:0], m.connected[:0]
+		m.weft, m.connected, m.foreign = m.weft[:0], m.connected[:0], m.foreign[:0]
 		return struct{}{}, dumpRaw(c, unix.RTM_GETROUTE, req, unix.RTM_NEWROUTE, func(p []byte) {
 			r, ok := parseRoute(p, family)
 			if !ok || r.Table != unix.RT_TABLE_MAIN {
 				return
 			}
-			switch {
-			case r.Protocol == uint8(RTProtWeft):
+			if r.Protocol == uint8(RTProtWeft) {
 				m.weft = append(m.weft, r)
-			case r.Link == ifaceIndex && ifaceIndex != 0 && !r.Gw.IsValid() && r.Type == unix.RTN_UNICAST &&
-				connectedRoute(family, r):
+				return
+			}
+			if r.Dst.Bits() == peerBits {
+				m.foreign = append(m.foreign, r)
+			}
+			if r.Link == ifaceIndex && ifaceIndex != 0 && !r.Gw.IsValid() && r.Type == unix.RTN_UNICAST &&
+				connectedRoute(family, r) {
 				m.connected = append(m.connected, r.Dst)
 			}
 		})
@@ -312,6 +338,10 @@ func syncRoutes(ctx context.Context, c *rtnl, family uint8, have []kRoute, want 
 	// Add and replace before deleting, so that traffic moves to the new
 	// route rather than through a gap.
 	b := newBatch(c, func(i int, err error) bool {
+		if t.unreachable != nil && isUnreachable(err) {
+			t.unreachable(want[i], err)
+			return true
+		}
 		t.add(fmt.Errorf("replace route %s: %w", want[i], err))
 		return true
 	})

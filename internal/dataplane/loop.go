@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -33,12 +34,17 @@ type Loop struct {
 	resync time.Duration
 	log    *slog.Logger
 
-	onApply func(peers int, took time.Duration, err error)
+	onApply   func(peers int, took time.Duration, err error)
+	onSkipped func(reason string, peers int)
+	// skipCounts is what onSkipped last heard, by SkipReasons index (the
+	// loop's goroutine only).
+	skipCounts [len(SkipReasons)]int
 
 	mu        sync.Mutex
 	lastApply time.Time
 	lastErr   error
 	applies   uint64
+	warnings  []string
 }
 
 // NewLoop returns a loop around b. resync ≤ 0 means DefaultResync; each
@@ -57,6 +63,27 @@ func NewLoop(b Backend, resync time.Duration, log *slog.Logger) *Loop {
 // peers in the applied snapshot, how long it took and its error. Call it
 // before Run; fn runs on the loop's goroutine and must be quick.
 func (l *Loop) OnApply(fn func(peers int, took time.Duration, err error)) { l.onApply = fn }
+
+// OnSkipped sets a function told how many peers are left out for each of
+// SkipReasons (metrics): every reason at 0 now, so that each series exists
+// from the start, then all of them after each apply that changed one. Call
+// it before Run; later calls of fn run on the loop's goroutine.
+func (l *Loop) OnSkipped(fn func(reason string, peers int)) {
+	l.onSkipped = fn
+	for i, r := range SkipReasons {
+		fn(r, l.skipCounts[i])
+	}
+}
+
+// Warnings lists the peers the last apply left out and why — one
+// unreachable or conflicting peer is a warning, not a failed apply, so
+// /readyz stays ready and shows these. Nil when there are none, or when
+// the backend does not report them.
+func (l *Loop) Warnings() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.warnings)
+}
 
 // Status reports when the last apply succeeded and the error of the last
 // apply (nil when it succeeded), for /readyz.
@@ -160,6 +187,18 @@ func (l *Loop) apply(ctx context.Context, snap lease.Snapshot, full bool) error 
 		err = l.b.Apply(ctx, snap)
 	}
 	took := time.Since(start)
+	var (
+		warnings []string
+		counts   [len(SkipReasons)]int
+	)
+	if r, ok := l.b.(skipReporter); ok {
+		for _, s := range r.skipped() {
+			warnings = append(warnings, s.String())
+			if i := slices.Index(SkipReasons[:], s.reason); i >= 0 {
+				counts[i]++
+			}
+		}
+	}
 
 	l.mu.Lock()
 	prev := l.lastErr
@@ -168,7 +207,14 @@ func (l *Loop) apply(ctx context.Context, snap lease.Snapshot, full bool) error 
 	if err == nil {
 		l.lastApply = time.Now()
 	}
+	l.warnings = warnings
 	l.mu.Unlock()
+	if l.onSkipped != nil && counts != l.skipCounts {
+		for i, r := range SkipReasons {
+			l.onSkipped(r, counts[i])
+		}
+	}
+	l.skipCounts = counts
 	if l.onApply != nil {
 		l.onApply(len(snap.Peers), took, err)
 	}

@@ -81,6 +81,10 @@ type vxlanDevice struct {
 	// read them; routeBuf holds the routes of a full pass, reused.
 	connected []netip.Prefix
 	routeBuf  []routeWant
+	// foreign are other owners' routes the last full pass read; notes are
+	// the peers an apply leaves out.
+	foreign foreignRoutes
+	notes   peerNotes
 	// want is the desired state of the current or last apply, for the
 	// watcher's filters: removing what is not wanted is weft's own doing.
 	want   atomic.Pointer[vxlanState]
@@ -102,7 +106,6 @@ type vxlanBackend struct {
 	w    *watcher
 
 	// Only the loop goroutine (and Init before it) touches these.
-	notes        peerNotes
 	appliedPeers []*lease.Lease // the snapshot peers applied was computed for
 	// filter is what the watcher runs (kept for tests).
 	filter watchFilter
@@ -223,6 +226,9 @@ func (v *vxlanDevice) watchFilter(iface int) watchFilter {
 			if u.NewAddr || int32(u.LinkIndex) != v.devIndex.Load() {
 				return false
 			}
+			// desired refills d.addr in place under wantMu.
+			mu.RLock()
+			defer mu.RUnlock()
 			d := want.Load()
 			return d == nil || prefixOf(&u.LinkAddress) == d.addr
 		},
@@ -433,7 +439,7 @@ func (b *vxlanBackend) desired(snap lease.Snapshot, dev int, connected []netip.P
 	} else {
 		d = newVXLANState(own, dev, len(snap.Peers))
 	}
-	b.fillDesired(d, snap, &b.notes, b.host.BlackholeRoute, func(p *lease.Lease) (peerEntries, bool, string) {
+	b.fillDesired(d, snap, b.host.BlackholeRoute, func(p *lease.Lease) (peerEntries, bool, string) {
 		e, why := b.peerWant(p, own, dev, connected)
 		return e, false, why
 	})
@@ -444,9 +450,10 @@ func (b *vxlanBackend) desired(snap lease.Snapshot, dev int, connected []netip.P
 // set: the device address, what every peer of snap asks for, in snapshot
 // order (the order decides which of two peers publishing one VtepMAC is
 // programmed), and the own subnet's blackhole route when asked. A peer
-// with nothing in this family (skip) is passed over silently; a wrong one
-// is counted in d.skipped and noted once.
-func (v *vxlanDevice) fillDesired(d *vxlanState, snap lease.Snapshot, notes *peerNotes, blackhole bool,
+// with nothing in this family (skip) is passed over silently; a wrong one,
+// or one whose subnet another owner's route holds (see owner.go), is
+// counted in d.skipped and noted once (the apply ends the notes).
+func (v *vxlanDevice) fillDesired(d *vxlanState, snap lease.Snapshot, blackhole bool,
 	want func(p *lease.Lease) (e peerEntries, skip bool, why string)) {
 	six := v.family == unix.AF_INET6
 	macWhat, bits := "VtepMAC", 32
@@ -456,11 +463,17 @@ func (v *vxlanDevice) fillDesired(d *vxlanState, snap lease.Snapshot, notes *pee
 	if d.own.IsValid() {
 		d.addr = netip.PrefixFrom(d.own.Addr(), bits)
 	}
-	notes.begin()
+	v.notes.begin()
 	for _, p := range snap.Peers {
 		e, skip, why := want(p)
 		if skip {
 			continue
+		}
+		reason := SkipInvalid
+		if why == "" {
+			if why = v.foreign.conflict(e.route, d.dev); why != "" {
+				reason = SkipForeignRoute
+			}
 		}
 		if why == "" {
 			if other, dup := d.fdb[[6]byte(e.mac)]; dup {
@@ -472,17 +485,24 @@ func (v *vxlanDevice) fillDesired(d *vxlanState, snap lease.Snapshot, notes *pee
 			if six {
 				key = p.IPv6Subnet.Masked()
 			}
-			notes.note(v.log, key, why)
+			v.notes.noteAs(v.log, key, reason, why)
 			d.skipped++
 			continue
 		}
 		d.add(e)
 	}
-	notes.end()
 	if blackhole && d.own.IsValid() {
-		d.routes[d.own] = routeWant{Dst: d.own, Blackhole: true, Metric: blackholeMetric}
+		w := routeWant{Dst: d.own, Blackhole: true, Metric: blackholeMetric}
+		if why := v.foreign.conflict(w, d.dev); why != "" {
+			v.notes.noteAs(v.log, d.own, SkipForeignRoute, "own subnet's blackhole route: "+why)
+		} else {
+			d.routes[d.own] = w
+		}
 	}
 }
+
+// skipped lists the peers the last apply left out.
+func (v *vxlanDevice) skipped() []skippedPeer { return v.notes.skipped() }
 
 // maxIncremental bounds the peers a delta updates one by one; beyond it,
 // rebuilding the desired state costs no more.
@@ -550,7 +570,7 @@ func (b *vxlanBackend) applyIncremental(prev *vxlanState, prevPeers []*lease.Lea
 	news := make([]peerEntries, 0, len(came))
 	for _, p := range came {
 		e, why := b.peerWant(p, prev.own, prev.dev, b.connected)
-		if why != "" {
+		if why != "" || b.foreign.conflict(e.route, prev.dev) != "" {
 			return nil, nil, false // desired will note it
 		}
 		m := [6]byte(e.mac)
@@ -630,6 +650,15 @@ func (v *vxlanDevice) run(ctx context.Context, p vxlanPasses, host Host, local n
 		full = true
 	}
 	t := &tally{what: v.applyWhat}
+	// A direct route (DirectRouting) the kernel refuses for want of a path
+	// to the peer is that peer's problem, not the apply's; the kernel then
+	// holds less than d, so the next apply reads it again (no delta).
+	refused := false
+	t.unreachable = func(w routeWant, err error) {
+		v.notes.noteAs(v.log, w.Dst, SkipUnreachable, fmt.Sprintf("direct route %s: %v", w, err))
+		refused = true
+	}
+	defer v.notes.end()
 	var (
 		st     syncStats
 		d      *vxlanState
@@ -652,7 +681,9 @@ func (v *vxlanDevice) run(ctx context.Context, p vxlanPasses, host Host, local n
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
-	v.applied = d
+	if !refused {
+		v.applied = d
+	}
 	if full {
 		v.passes.full++
 	} else {
@@ -697,11 +728,12 @@ func (v *vxlanDevice) applyFull(ctx context.Context, p vxlanPasses, snap lease.S
 	st, err := syncAddrs(v.h, v.family, v.link, addr, t)
 	errs = append(errs, err)
 
-	have, err := readMainRoutes(v.rt, v.family, iface)
+	have, err := readMainRoutesFor(v.rt, v.family, iface, own.Bits())
 	if err != nil {
 		return nil, st, append(errs, err)
 	}
 	v.connected = have.connected
+	v.foreign = newForeignRoutes(have.foreign)
 	d := p.desiredFull(snap, dev, have.connected)
 	v.want.Store(d)
 	routes := v.routeBuf[:0]
@@ -709,7 +741,7 @@ func (v *vxlanDevice) applyFull(ctx context.Context, p vxlanPasses, snap lease.S
 		routes = append(routes, r)
 	}
 	v.routeBuf = routes
-	errs = append(errs, syncVXLAN(ctx, v.rt, v.family, d, have.weft, routes, &st, t)...)
+	errs = append(errs, syncVXLAN(ctx, v.rt, v.family, d, v.foreign.adopted(have.weft, d.routes, dev), routes, &st, t)...)
 	return d, st, errs
 }
 
@@ -798,13 +830,21 @@ func applyVXLANDiff(ctx context.Context, rt *rtnl, family uint8, old, d *vxlanSt
 		return st
 	}
 	rb := newBatch(rt, func(dst netip.Prefix, err error) bool {
-		t.add(fmt.Errorf("replace route %s: %w", d.routes[dst], err))
+		t.add(fmt.Errorf("write route %s: %w", d.routes[dst], err))
 		return true
 	})
 	for _, dst := range routeAdd {
+		// Only a route weft already holds is replaced. A new destination
+		// is added exclusively: a route of another owner that appeared
+		// since the last full pass makes it fail (EEXIST), and the full
+		// pass that follows leaves that route alone.
+		flags := uint16(setFlags)
+		if _, ours := old.routes[dst]; !ours {
+			flags = unix.NLM_F_CREATE | unix.NLM_F_EXCL
+		}
 		rb.begin()
 		rb.buf = appendRouteWant(rb.buf, family, d.routes[dst])
-		rb.end(dst, unix.RTM_NEWROUTE, setFlags)
+		rb.end(dst, unix.RTM_NEWROUTE, flags)
 	}
 	rb.flush()
 	st.Added += rb.ok()
@@ -884,20 +924,3 @@ func decodeVtepMAC(raw json.RawMessage) (net.HardwareAddr, error) {
 	}
 	return mac, err
 }
-
-// peerNotes logs a problem with a peer's lease once, not on every apply; a
-// peer that is fixed or gone and breaks again is logged again.
-type peerNotes struct {
-	prev, cur map[netip.Prefix]string
-}
-
-func (n *peerNotes) begin() { n.cur = make(map[netip.Prefix]string) }
-
-func (n *peerNotes) note(log *slog.Logger, subnet netip.Prefix, msg string) {
-	n.cur[subnet] = msg
-	if n.prev[subnet] != msg {
-		log.Warn("skipping peer lease", "peer", subnet, "reason", msg)
-	}
-}
-
-func (n *peerNotes) end() { n.prev, n.cur = n.cur, nil }

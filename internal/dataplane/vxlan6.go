@@ -48,7 +48,6 @@ type vxlan6Backend struct {
 	w           *watcher
 
 	// Only the loop goroutine (and Init before it) touches these.
-	notes  peerNotes
 	filter watchFilter
 }
 
@@ -123,7 +122,7 @@ func (b *vxlan6Backend) peerWant(p *lease.Lease, own netip.Prefix, dev int, conn
 func (b *vxlan6Backend) desired(snap lease.Snapshot, dev int, connected []netip.Prefix) *vxlanState {
 	own := snap.Own.IPv6Subnet.Masked()
 	d := newVXLANState(own, dev, len(snap.Peers))
-	b.fillDesired(d, snap, &b.notes, b.host.BlackholeRoute, func(p *lease.Lease) (peerEntries, bool, string) {
+	b.fillDesired(d, snap, b.host.BlackholeRoute, func(p *lease.Lease) (peerEntries, bool, string) {
 		return b.peerWant(p, own, dev, connected)
 	})
 	return d

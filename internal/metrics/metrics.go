@@ -35,6 +35,7 @@ type Metrics struct {
 	UnderlayDropped      prometheus.Counter
 	UDPDroppedPackets    *prometheus.CounterVec
 	UDPSkippedPeers      prometheus.Gauge
+	PeersSkipped         *prometheus.GaugeVec
 
 	// lastWatch is the UnixNano of the last watch answer; the lag gauge is
 	// computed at scrape time so that a stalled watch shows a growing value
@@ -118,6 +119,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "weft_udp_skipped_peers",
 			Help: "Peer leases left out of the udp backend's peer table at the last apply (logged once each).",
 		}),
+		PeersSkipped: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "weft_dataplane_peers_skipped",
+			Help: "Peers the last dataplane apply left out (the others are programmed; see /readyz warnings), by reason: invalid, unreachable, foreign_route.",
+		}, []string{"reason"}),
 		now: time.Now,
 	}
 	// Every reason and result is present from the start, so that a query
@@ -141,7 +146,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	}, m.watchLag)
 	reg.MustRegister(m.LeaseExpiry, m.LeaseRenewals, m.LeaseRenewalFailures, m.PeersKnown, m.PeersAccepted,
 		m.PeersProgrammed, m.ReconcileRuns, m.ReconcileErrors, m.ReconcileDuration, m.WatchRestarts,
-		m.RejectedLeases, m.RuleResyncs, m.UDPDroppedPackets, m.UDPSkippedPeers, lag)
+		m.RejectedLeases, m.RuleResyncs, m.UDPDroppedPackets, m.UDPSkippedPeers, m.PeersSkipped, lag)
 	reg.MustRegister(m.UnderlayDropped)
 	return m
 }
@@ -191,6 +196,12 @@ func (m *Metrics) OnApply(peers int, took time.Duration, err error) {
 		return
 	}
 	m.PeersProgrammed.Set(float64(peers))
+}
+
+// OnPeersSkipped is the hook for dataplane.Loop.OnSkipped, which reports
+// every reason (at 0) when it is set, so each series exists from the start.
+func (m *Metrics) OnPeersSkipped(reason string, peers int) {
+	m.PeersSkipped.WithLabelValues(reason).Set(float64(peers))
 }
 
 // OnRuleResync is the hook for rules.WithResyncHook.
