@@ -449,6 +449,21 @@ func TestUDPTrust(t *testing.T) {
 	t.Run("malformed", func(t *testing.T) {
 		dropped(t, b.ns, bUDP, []byte("not an IPv4 packet"), udpfwd.DropMalformed, ctrSink)
 	})
+	t.Run("duplicate-subnet", func(t *testing.T) {
+		// A second lease naming b's subnet (flannel's store allows it) used
+		// to fail every Apply; now it is skipped, counted, and cannot send.
+		dupIP := netip.MustParseAddr("100.64.0.77")
+		s := udpSnap(a, b)
+		s.Peers = append(s.Peers, &lease.Lease{Subnet: peerSubnet(b.idx), Attrs: lease.Attrs{PublicIP: dupIP, BackendType: "udp"}})
+		snapA <- s
+		eventually(t, 5*time.Second, "one skipped peer", func() (bool, string) {
+			var g dto.Metric
+			must(t, m.UDPSkippedPeers.Write(&g))
+			return g.GetGauge().GetValue() == 1, g.String()
+		})
+		pingOK(t, a, b)
+		dropped(t, att, netip.AddrPortFrom(dupIP, 8285), ipv4UDP(bCtr, aCtr, []byte("from the duplicate")), udpfwd.DropUnknownSender, ctrSink)
+	})
 	t.Run("bound-to-underlay-address", func(t *testing.T) { // (e)
 		// Not done yet: wireguard-go's StdNetBind listens on 0.0.0.0 and [::]
 		// with no way to name an address; binding to the underlay address
