@@ -10,9 +10,12 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/weft-net/weft/internal/etcdopts"
 	"github.com/weft-net/weft/internal/flagenv"
@@ -219,6 +222,21 @@ func subnetString(l lease.Lease) string {
 	return l.Subnet.String()
 }
 
+// printable makes text read from etcd safe for a terminal: anything that is
+// not a graphic character (ESC and OSC sequences, newlines, tabs, DEL, C1
+// controls, bidi overrides) or not UTF-8 is written as a Go escape, so that a
+// forged lease can neither drive the operator's terminal nor add a row to
+// the table. The subnets and addresses are parsed values and print safely.
+func printable(s string) string {
+	for _, r := range s {
+		if r == utf8.RuneError || !unicode.IsGraphic(r) {
+			q := strconv.QuoteToGraphic(s)
+			return q[1 : len(q)-1]
+		}
+	}
+	return s
+}
+
 func orDash(s string) string {
 	if s == "" {
 		return "-"
@@ -279,7 +297,7 @@ func leasesList(ctx context.Context, w io.Writer, st *lease.Store, output string
 	fmt.Fprintln(tw, "SUBNET\tPUBLIC-IP\tBACKEND\tVTEP-MAC\tEXPIRES")
 	for _, l := range leases {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", subnetString(l), l.Attrs.PublicIP,
-			orDash(l.Attrs.BackendType), orDash(l.Attrs.VtepMAC()), expiresIn(l, now))
+			orDash(printable(l.Attrs.BackendType)), orDash(printable(l.Attrs.VtepMAC())), expiresIn(l, now))
 	}
 	return tw.Flush()
 }
@@ -298,7 +316,7 @@ func leasesShow(ctx context.Context, w io.Writer, st *lease.Store, subnet netip.
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "key:     %s\nvalue:   %s\n", st.Key(l.Subnet, l.IPv6Subnet), val)
+	fmt.Fprintf(w, "key:     %s\nvalue:   %s\n", st.Key(l.Subnet, l.IPv6Subnet), printable(string(val)))
 	if l.Reserved() {
 		fmt.Fprintln(w, "expires: reserved")
 	} else {

@@ -245,3 +245,42 @@ func TestLeasesWrongPassword(t *testing.T) {
 		t.Fatalf("right password: exit %d %q %q", code, out, errOut)
 	}
 }
+
+// Issue 11 finding 10: text from etcd reaches the operator's terminal only
+// escaped. A forged lease whose BackendType carries a screen-clearing CSI,
+// a newline and a fake row, and whose VtepMAC carries an OSC title sequence,
+// must neither emit a control character nor add a row to the table.
+func TestLeasesListEscapesEtcdData(t *testing.T) {
+	f := newLeasesFixture(t)
+	forged := `{"PublicIP":"10.64.3.50","BackendType":"vxlan\u001b[2J\n172.30.99.0/24  10.66.66.66  vxlan  -  23h59m\u009b\u202e",` +
+		`"BackendData":{"VNI":1,"VtepMAC":"\u001b]0;owned\u0007"}}`
+	if _, err := f.cli.Put(context.Background(), leasesPrefix+"/subnets/172.30.50.0-24", forged); err != nil {
+		t.Fatal(err)
+	}
+	noControl := func(what, out string) {
+		t.Helper()
+		for _, line := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+			for _, r := range line {
+				if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == 0x202e {
+					t.Errorf("%s: control character %U reached the terminal in %q", what, r, line)
+				}
+			}
+		}
+	}
+	code, out, errOut := f.run("list")
+	if code != 0 {
+		t.Fatalf("list: exit %d, stderr %s", code, errOut)
+	}
+	noControl("list", out)
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 5 {
+		t.Errorf("list has %d lines, want a header and 4 leases (no forged row):\n%s", len(lines), out)
+	}
+	if !strings.Contains(out, `vxlan\x1b[2J\n172.30.99.0/24`) || !strings.Contains(out, `\x1b]0;owned\a`) {
+		t.Errorf("list does not show the forged fields escaped:\n%s", out)
+	}
+	code, out, errOut = f.run("show", "172.30.50.0/24")
+	if code != 0 {
+		t.Fatalf("show: exit %d, stderr %s", code, errOut)
+	}
+	noControl("show", out)
+}
