@@ -135,13 +135,18 @@ func WithGuardDropHook(fn func(packets uint64)) Option {
 type guardState struct {
 	known bool           // SetPeers has been called: the peers are known
 	peers []*lease.Lease // the latest peers handed over
-	fill  bool           // peers changed since sets were last filled from them
-	sets  [2]peerSet     // desired peer addresses, indexed like families
+	addrs peerAddrs      // the desired elements of the peer sets
 	ports []uint16       // the ports of the last full write
 	// written is the raw digest of the table's structure (chains, rules,
 	// sets, ports) right after the last full write; nil: write it whole.
 	written []byte
-	drops   uint64 // the kernel counter's value at the last read
+	// verified is the nf_tables generation (bumped by every commit, of any
+	// table) read just before a check found the guard exact; 0: none since
+	// weft's last write. While it holds, nothing can have changed the
+	// guard, and a check costs one round trip instead of dumping thousands
+	// of elements.
+	verified uint32
+	drops    uint64 // the kernel counter's value at the last read
 
 	offer struct { // the newest peers from OfferPeers, for Run
 		sync.Mutex
@@ -151,38 +156,88 @@ type guardState struct {
 	wake chan struct{}
 }
 
-// peerSet is one family's desired peer addresses. Each address carries the
-// generation of the last update that named it, so one pass over the new
-// peers and one over the map find what to add and what to delete, with no
-// second map (5,000 peers: one map, ~160 KiB; keys hold no pointers).
-type peerSet struct {
-	gen      uint32
-	addrs    map[[16]byte]uint32
-	add, del [][16]byte // the last update's difference, reused
+// peerAddrs is the desired content of the peer sets, kept from one snapshot
+// to the next by their difference: the leases of a snapshot are shared and
+// never modified, so an unchanged peer is the same pointer in the next one,
+// and a walk over both slices (in ComparePeers order) finds the few that
+// changed with pointer comparisons — a join among 5,000 peers touches one
+// address, not 5,000. The walk stays correct on any order (an unmatched
+// lease is removed, then added): order only makes it cheap.
+type peerAddrs struct {
+	prev     []*lease.Lease
+	six      bool
+	count    [2]map[[16]byte]int32 // per family: address → leases naming it (> 0)
+	was      [2]map[[16]byte]bool  // scratch: presence before this update
+	add, del [2][][16]byte         // the last update's difference
 }
 
-// update makes s hold exactly the addresses each yields and records the
-// difference in s.add and s.del.
-func (s *peerSet) update(each func(yield func([16]byte))) {
-	if s.addrs == nil {
-		s.addrs = map[[16]byte]uint32{}
-	}
-	s.gen++
-	s.add, s.del = s.add[:0], s.del[:0]
-	each(func(a [16]byte) {
-		if g, ok := s.addrs[a]; !ok {
-			s.add = append(s.add, a)
-		} else if g == s.gen {
-			return // two leases, one address
+// peerKey is lease l's address of family index f as a set key.
+func peerKey(l *lease.Lease, f int, six bool) ([16]byte, bool) {
+	var k [16]byte
+	if f == 0 {
+		a := l.Attrs.PublicIP
+		if !a.Is4() {
+			return k, false
 		}
-		s.addrs[a] = s.gen
-	})
-	for a, g := range s.addrs {
-		if g != s.gen {
-			s.del = append(s.del, a)
-			delete(s.addrs, a)
+		*(*[4]byte)(k[:4]) = a.As4()
+		return k, true
+	}
+	a := l.Attrs.PublicIPv6
+	if !six || !a.Is6() || a.Is4In6() {
+		return k, false
+	}
+	return a.As16(), true
+}
+
+// update makes p describe next and records the difference in add and del.
+// Turning IPv6 on or off starts over (every address is then "added").
+func (p *peerAddrs) update(next []*lease.Lease, six bool) {
+	if p.count[0] == nil || six != p.six {
+		p.prev, p.six = nil, six
+		for f := range p.count {
+			p.count[f], p.was[f] = map[[16]byte]int32{}, map[[16]byte]bool{}
 		}
 	}
+	adjust := func(l *lease.Lease, d int32) {
+		for f := range p.count {
+			if k, ok := peerKey(l, f, six); ok {
+				if _, seen := p.was[f][k]; !seen {
+					p.was[f][k] = p.count[f][k] > 0
+				}
+				p.count[f][k] += d
+			}
+		}
+	}
+	prev, all := p.prev, next
+	for len(prev) > 0 || len(next) > 0 {
+		switch {
+		case len(prev) > 0 && len(next) > 0 && prev[0] == next[0]:
+			prev, next = prev[1:], next[1:]
+		case len(next) == 0 || len(prev) > 0 && lease.ComparePeers(prev[0], next[0]) <= 0:
+			adjust(prev[0], -1)
+			prev = prev[1:]
+		default:
+			adjust(next[0], +1)
+			next = next[1:]
+		}
+	}
+	for f := range p.count {
+		p.add[f], p.del[f] = p.add[f][:0], p.del[f][:0]
+		for k, was := range p.was[f] {
+			now := p.count[f][k] > 0
+			if !now {
+				delete(p.count[f], k)
+			}
+			switch {
+			case now && !was:
+				p.add[f] = append(p.add[f], k)
+			case was && !now:
+				p.del[f] = append(p.del[f], k)
+			}
+		}
+		clear(p.was[f])
+	}
+	p.prev = all
 }
 
 // OfferPeers hands the peers of a lease snapshot to Run, which updates the
@@ -218,38 +273,12 @@ func (m *Manager) applyOffer() error {
 func (m *Manager) SetPeers(peers []*lease.Lease) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.guard.known, m.guard.peers, m.guard.fill = true, peers, true
+	m.guard.known, m.guard.peers = true, peers
 	if m.desired == nil {
 		return nil
 	}
 	_, err := m.syncGuard(false)
 	return err
-}
-
-// refill updates the desired sets from the latest peers.
-func (m *Manager) refill() {
-	g := &m.guard
-	if !g.fill {
-		return
-	}
-	g.fill = false
-	six := m.desired.IPv6Network.IsValid()
-	g.sets[0].update(func(yield func([16]byte)) {
-		for _, p := range g.peers {
-			if a := p.Attrs.PublicIP; a.Is4() {
-				var k [16]byte
-				*(*[4]byte)(k[:4]) = a.As4()
-				yield(k)
-			}
-		}
-	})
-	g.sets[1].update(func(yield func([16]byte)) {
-		for _, p := range g.peers {
-			if a := p.Attrs.PublicIPv6; six && a.Is6() && !a.Is4In6() {
-				yield(a.As16())
-			}
-		}
-	})
 }
 
 // syncGuard makes the kernel's guard match the desired state. check: read
@@ -264,10 +293,22 @@ func (m *Manager) syncGuard(check bool) (changed bool, err error) {
 	if !g.known {
 		return false, nil // keep what a previous run left until the peers are known
 	}
-	m.refill()
+	// The previous snapshot's pointers are kept until the next update (a
+	// few KiB at 5,000 peers): they make the next difference cheap.
+	g.addrs.update(g.peers, m.desired.IPv6Network.IsValid())
 	if !slices.Equal(g.ports, m.desired.EncapPorts) {
 		g.written = nil
 	}
+	var gen uint32
+	if check && g.written != nil {
+		if gen, err = m.nftGeneration(); err != nil {
+			return false, err
+		}
+		if gen == g.verified {
+			return false, m.readDrops()
+		}
+	}
+	g.verified = 0
 	if check && g.written != nil {
 		digest, err := m.guardDigest()
 		if err != nil {
@@ -292,9 +333,40 @@ func (m *Manager) syncGuard(check bool) (changed bool, err error) {
 		return true, m.writeGuard()
 	}
 	if check {
+		if !changed {
+			g.verified = gen
+		}
 		err = m.readDrops()
 	}
 	return changed, err
+}
+
+// nftGeneration reads the nf_tables ruleset generation, which every commit
+// of any table bumps (set elements added by the packet path do not, and the
+// guard has none of those).
+func (m *Manager) nftGeneration() (uint32, error) {
+	rc, err := m.rawConn()
+	if err != nil {
+		return 0, err
+	}
+	msgs, err := rc.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read the nf_tables generation: %w", err)
+	}
+	for _, msg := range msgs {
+		if len(msg.Data) < 4 {
+			continue
+		}
+		for a := (nlAttrs{b: msg.Data[4:]}); a.next(); {
+			if a.typ == unix.NFTA_GEN_ID && len(a.val) == 4 {
+				return binary.BigEndian.Uint32(a.val), nil
+			}
+		}
+	}
+	return 0, errors.New("read the nf_tables generation: no NFTA_GEN_ID in the answer")
 }
 
 // guardSets are the peer sets' descriptions, indexed like families.
@@ -335,8 +407,8 @@ func (m *Manager) writeGuard() error {
 		if err := c.AddSet(sets[i], nil); err != nil {
 			return fmt.Errorf("queue set %s of table inet %s: %w", sets[i].Name, GuardTable, err)
 		}
-		keys := make([][16]byte, 0, len(g.sets[i].addrs))
-		for a := range g.sets[i].addrs {
+		keys := make([][16]byte, 0, len(g.addrs.count[i]))
+		for a := range g.addrs.count[i] {
 			keys = append(keys, a)
 		}
 		if err := queueElems(c.SetAddElements, sets[i], keys, f.alen); err != nil {
@@ -353,7 +425,7 @@ func (m *Manager) writeGuard() error {
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("replace table inet %s (ports %v, %d IPv4 and %d IPv6 peers): %w",
-			GuardTable, m.desired.EncapPorts, len(g.sets[0].addrs), len(g.sets[1].addrs), err)
+			GuardTable, m.desired.EncapPorts, len(g.addrs.count[0]), len(g.addrs.count[1]), err)
 	}
 	digest, err := m.guardDigest()
 	if err != nil {
@@ -364,7 +436,7 @@ func (m *Manager) writeGuard() error {
 	}
 	g.written, g.ports, g.drops = digest, slices.Clone(m.desired.EncapPorts), 0
 	m.log.Info("underlay guard written", "table", "inet "+GuardTable, "ports", m.desired.EncapPorts,
-		"peers4", len(g.sets[0].addrs), "peers6", len(g.sets[1].addrs))
+		"peers4", len(g.addrs.count[0]), "peers6", len(g.addrs.count[1]))
 	return nil
 }
 
@@ -428,21 +500,21 @@ func (m *Manager) sendDiff() (changed bool, err error) {
 	sets := guardSets(guardTableRef())
 	var n int
 	for i, f := range families {
-		s := &g.sets[i]
-		if err := queueElems(c.SetAddElements, sets[i], s.add, f.alen); err != nil {
+		a := &g.addrs
+		if err := queueElems(c.SetAddElements, sets[i], a.add[i], f.alen); err != nil {
 			return false, err
 		}
-		if err := queueElems(c.SetDeleteElements, sets[i], s.del, f.alen); err != nil {
+		if err := queueElems(c.SetDeleteElements, sets[i], a.del[i], f.alen); err != nil {
 			return false, err
 		}
-		n += len(s.add) + len(s.del)
+		n += len(a.add[i]) + len(a.del[i])
 	}
 	if n == 0 {
 		return false, nil
 	}
 	if err := c.Flush(); err != nil {
 		return false, fmt.Errorf("add %d and delete %d IPv4, add %d and delete %d IPv6 peers in table inet %s: %w",
-			len(g.sets[0].add), len(g.sets[0].del), len(g.sets[1].add), len(g.sets[1].del), GuardTable, err)
+			len(g.addrs.add[0]), len(g.addrs.del[0]), len(g.addrs.add[1]), len(g.addrs.del[1]), GuardTable, err)
 	}
 	return true, nil
 }
@@ -458,7 +530,7 @@ func (m *Manager) repairElems() (changed bool, err error) {
 	g := &m.guard
 	var missing, extra [2][][16]byte
 	for i, f := range families {
-		want, name := g.sets[i].addrs, guardSets(nil)[i].Name
+		want, name := g.addrs.count[i], guardSets(nil)[i].Name
 		var seen int
 		err := dumpElems(rc, name, func(key []byte) {
 			var k [16]byte
@@ -517,7 +589,7 @@ func (m *Manager) repairElems() (changed bool, err error) {
 // removeGuard deletes table inet weft-guard when it exists (a backend
 // without encapsulation).
 func (m *Manager) removeGuard() (changed bool, err error) {
-	m.guard.written, m.guard.ports = nil, nil
+	m.guard.written, m.guard.ports, m.guard.verified = nil, nil, 0
 	rc, err := m.rawConn()
 	if err != nil {
 		return false, err

@@ -478,3 +478,59 @@ func TestGuardDropsStrangersVXLAN(t *testing.T) {
 		t.Errorf("guard counter = %d packets after the peer's frame, want still 1", n)
 	}
 }
+
+// The difference between two snapshots, as the peer sets receive it: a
+// join, a leave, a lease rewritten in place (same subnet, new pointer, new
+// PublicIP), two leases naming one address, and IPv6 turned on.
+func TestPeerAddrsUpdate(t *testing.T) {
+	mk := func(subnet, pub, pub6 string) *lease.Lease {
+		l := peer(pub, pub6)
+		l.Subnet = netip.MustParsePrefix(subnet)
+		return l
+	}
+	a := mk("172.30.1.0/24", "10.0.0.1", "fd00::1")
+	b := mk("172.30.2.0/24", "10.0.0.2", "")
+	c := mk("172.30.3.0/24", "10.0.0.3", "")
+	c2 := mk("172.30.3.0/24", "10.0.0.33", "")
+	d := mk("172.30.4.0/24", "10.0.0.2", "") // b's address too
+	render := func(keys [][16]byte, f int) []string {
+		out := []string{}
+		for _, k := range keys {
+			if f == 0 {
+				out = append(out, netip.AddrFrom4([4]byte(k[:4])).String())
+			} else {
+				out = append(out, netip.AddrFrom16(k).String())
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	var p peerAddrs
+	for _, step := range []struct {
+		name     string
+		peers    []*lease.Lease
+		six      bool
+		add, del []string
+		add6, n4 int
+	}{
+		{"first", []*lease.Lease{a, b}, false, []string{"10.0.0.1", "10.0.0.2"}, []string{}, 0, 2},
+		{"join", []*lease.Lease{a, b, c}, false, []string{"10.0.0.3"}, []string{}, 0, 3},
+		{"same again", []*lease.Lease{a, b, c}, false, []string{}, []string{}, 0, 3},
+		{"rewritten in place", []*lease.Lease{a, b, c2}, false, []string{"10.0.0.33"}, []string{"10.0.0.3"}, 0, 3},
+		{"second lease on an address", []*lease.Lease{a, b, c2, d}, false, []string{}, []string{}, 0, 3},
+		{"one of two leaves", []*lease.Lease{a, c2, d}, false, []string{}, []string{}, 0, 3},
+		{"leave", []*lease.Lease{c2, d}, false, []string{}, []string{"10.0.0.1"}, 0, 2},
+		{"IPv6 on", []*lease.Lease{a, c2, d}, true, []string{"10.0.0.1", "10.0.0.2", "10.0.0.33"}, []string{}, 1, 3},
+	} {
+		p.update(step.peers, step.six)
+		if diff := cmp.Diff(step.add, render(p.add[0], 0)); diff != "" {
+			t.Errorf("%s: IPv4 added (-want +got):\n%s", step.name, diff)
+		}
+		if diff := cmp.Diff(step.del, render(p.del[0], 0)); diff != "" {
+			t.Errorf("%s: IPv4 deleted (-want +got):\n%s", step.name, diff)
+		}
+		if len(p.add[1]) != step.add6 || len(p.count[0]) != step.n4 {
+			t.Errorf("%s: %d IPv6 added, %d IPv4 held; want %d, %d", step.name, len(p.add[1]), len(p.count[0]), step.add6, step.n4)
+		}
+	}
+}

@@ -202,7 +202,6 @@ func (m *Manager) Set(d Desired) error {
 	defer m.mu.Unlock()
 	m.desired = &d
 	m.written = ""
-	m.guard.fill = true // IPv6 may have been turned on or off
 	err := m.apply()
 	_, gerr := m.syncGuard(true)
 	return errors.Join(err, gerr)
