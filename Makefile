@@ -12,7 +12,7 @@ CGO_ENABLED ?= 0
 PREFIX  ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all build deps lab test fuzz bench clean
+.PHONY: all build deps lab test race fuzz bench clean
 
 all: build
 
@@ -27,10 +27,18 @@ deps:
 lab: deps build
 	$(BIN)/weftctl lab run
 
-# The whole test suite (root: it programs the kernel in network namespaces).
+# The whole test suite (root: it programs the kernel in network namespaces),
+# then the race detector over the packages that run goroutines (-race needs
+# cgo, hence gcc in .ci/run), then a few seconds of every fuzz target.
+RACE_PKGS ?= ./internal/dataplane/... ./internal/lease/... ./internal/daemon/... ./internal/rules/... ./internal/udpfwd/...
+RACE_TEST = CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m $(RACE_PKGS)
 test: deps
 	$(GO) test -count=1 -timeout 20m ./...
+	$(RACE_TEST)
 	./scripts/fuzz-smoke.sh 5s
+
+race:
+	$(RACE_TEST)
 
 fuzz:
 	./scripts/fuzz-smoke.sh 60s
