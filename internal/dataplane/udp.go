@@ -16,9 +16,15 @@ package dataplane
 // Trust. The engine accepts a datagram only from a peer's PublicIP:Port
 // carrying a packet from that peer's subnet to this host's subnet (see
 // internal/udpfwd), so a stranger on the underlay cannot inject traffic "from"
-// a container of another host and no host is an open relay; the socket is
-// bound to the underlay interface's address, not to every address (flanneld
-// listens on 0.0.0.0 and [::]). A peer lease that cannot be trusted with a
+// a container of another host and no host is an open relay. The socket is
+// bound to the underlay interface's IPv4 address (Host.IfaceAddr), as
+// flanneld's udp backend binds extIface.IfaceAddr, not to 0.0.0.0 and [::]:
+// a datagram to any other address of the host finds no socket, and what we
+// send leaves from that address. So with -public-ip set to another address,
+// that address must reach us by NAT (peers send to PublicIP, the NAT
+// rewrites it to IfaceAddr and our replies back to PublicIP, which is the
+// sender peers accept); a PublicIP that is merely another local address
+// receives nothing, as with flanneld. A peer lease that cannot be trusted with a
 // place in that table (a duplicate subnet or address, a subnet covering ours)
 // is skipped with a log line and counted; the other peers are programmed.
 //
@@ -53,7 +59,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/weft-net/weft/internal/lease"
@@ -302,7 +307,12 @@ func (b *udpBackend) startEngine() (*udpfwd.Engine, error) {
 			dev.Close()
 			return err
 		}
-		eng, err = udpfwd.New(udpfwd.Config{TUN: dev, Bind: conn.NewStdNetBind(), Port: uint16(b.port), MTU: b.mtu(), Log: b.log,
+		bind, err := udpfwd.NewBind(b.host.IfaceAddr)
+		if err != nil {
+			dev.Close()
+			return fmt.Errorf("dataplane: %w", err)
+		}
+		eng, err = udpfwd.New(udpfwd.Config{TUN: dev, Bind: bind, Port: uint16(b.port), MTU: b.mtu(), Log: b.log,
 			OnDrop: b.hooks.Dropped})
 		if err != nil {
 			dev.Close()

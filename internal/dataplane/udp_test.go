@@ -365,8 +365,8 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 // PublicIP:Port, from the peer's subnet to a's subnet. A namespace with no
 // lease forging a datagram "from" b's container, b relaying to the world or
 // forging a source outside its subnet: a's container (or the relay target)
-// sees nothing and the drop is counted by reason; normal traffic flows. (The
-// socket should listen on the underlay address only: skipped, not done yet.)
+// sees nothing and the drop is counted by reason; normal traffic flows; the
+// socket listens on the underlay address only.
 func TestUDPTrust(t *testing.T) {
 	hosts, sw := udpHosts(t, 1472, 1472)
 	a, b := hosts[0], hosts[1]
@@ -465,12 +465,9 @@ func TestUDPTrust(t *testing.T) {
 		dropped(t, att, netip.AddrPortFrom(dupIP, 8285), ipv4UDP(bCtr, aCtr, []byte("from the duplicate")), udpfwd.DropUnknownSender, ctrSink)
 	})
 	t.Run("bound-to-underlay-address", func(t *testing.T) { // (e)
-		// Not done yet: wireguard-go's StdNetBind listens on 0.0.0.0 and [::]
-		// with no way to name an address; binding to the underlay address
-		// needs a conn.Bind of our own with UDP GSO/GRO (so the throughput
-		// stays). The sender check above already refuses what arrives on
-		// any other address from anyone but a peer.
-		t.Skip("udp socket not yet bound to the underlay address (issue 11 finding 1, last part)")
+		// Only the underlay interface's address (no 0.0.0.0, no [::]): a
+		// datagram to any other address of the host (another interface, a
+		// container-facing bridge) finds no socket.
 		out := a.ns.MustRun(t, "ss", "-Hnul", "sport = :8285")
 		var local []string
 		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {

@@ -4,15 +4,16 @@
 // payload; one port, 8285 by default, for sending and receiving).
 //
 // flanneld's engine is a single-threaded C loop doing one read() and one
-// sendto() per packet. This one moves batches, using wireguard-go's tun and
-// conn packages (without any of WireGuard's crypto):
+// sendto() per packet. This one moves batches, using wireguard-go's tun
+// package and a conn.Bind of its own (Bind, bind.go; no WireGuard crypto):
 //
 //   - TUN with IFF_VNET_HDR and TSO/USO offloads: one read() returns a TCP or
 //     UDP super-packet of up to 64 KiB that is split here into MTU-sized
 //     segments (with their checksums), and writes coalesce segments back into
 //     super-packets (GRO) so the kernel's stack sees few, large packets;
 //   - UDP with recvmmsg/sendmmsg and UDP GSO/GRO: one sendmsg carries up to
-//     64 datagrams to one peer, one recvmsg returns as many;
+//     64 datagrams to one peer, one recvmsg returns as many; the socket
+//     listens on the underlay interface's IPv4 address only;
 //   - 7 MiB socket buffers (SO_RCVBUFFORCE/SO_SNDBUFFORCE);
 //   - buffers allocated once per goroutine; the route lookup is a map probe on
 //     an immutable table (Table) read through an atomic pointer, so the
@@ -67,7 +68,7 @@ const DefaultPort = 8285
 // Config is what an Engine runs on.
 type Config struct {
 	TUN  tun.Device // opened by the caller (in the right network namespace); closed by Close
-	Bind conn.Bind  // not yet opened; Start opens it on Port; closed by Close
+	Bind conn.Bind  // not yet opened; Start opens it on Port; closed by Close. The udp backend's is a *Bind on the underlay address.
 	Port uint16
 	// MTU is the largest inner packet that fits one UDP datagram on the
 	// underlay (underlay MTU − 28). Bigger packets with DF get ICMP
@@ -179,7 +180,11 @@ func (e *Engine) Start() error {
 		return fmt.Errorf("udpfwd: listen on UDP port %d: %w", e.cfg.Port, err)
 	}
 	e.started = true
-	e.log.Info("udp engine started", "port", port, "tun_batch", e.cfg.TUN.BatchSize(), "udp_batch", e.cfg.Bind.BatchSize(), "mtu", e.cfg.MTU)
+	local := netip.AddrPortFrom(netip.IPv4Unspecified(), port) // StdNetBind: every address
+	if lb, ok := e.cfg.Bind.(interface{ LocalAddr() netip.AddrPort }); ok {
+		local = lb.LocalAddr()
+	}
+	e.log.Info("udp engine started", "listen", local, "tun_batch", e.cfg.TUN.BatchSize(), "udp_batch", e.cfg.Bind.BatchSize(), "mtu", e.cfg.MTU)
 	e.wg.Add(2 + len(fns))
 	go e.drainEvents()
 	go e.tunToUDP()
