@@ -185,16 +185,10 @@ func (b *hostGWRoutes) apply(ctx context.Context, snap lease.Snapshot, full bool
 	}
 	// Published before any write: the deletions below are weft's own.
 	b.want.Store(&want)
-	t := &tally{what: b.fam.what}
 	// A route the kernel refuses for want of a path to its gateway (the
 	// connected subnets changed since they were read) is that peer's
-	// problem; the kernel then holds less than want, so the next apply
-	// must read it again (no delta from this one).
-	refused := false
-	t.unreachable = func(w routeWant, err error) {
-		b.notes.noteAs(b.log, w.Dst, SkipUnreachable, b.unreachable(w.Dst, w.Gw, err).Error())
-		refused = true
-	}
+	// problem, noted below.
+	t := &tally{what: b.fam.what, peerRoutes: true}
 	var err error
 	if full {
 		routes := make([]routeWant, 0, len(want))
@@ -209,10 +203,15 @@ func (b *hostGWRoutes) apply(ctx context.Context, snap lease.Snapshot, full bool
 	} else {
 		err = b.applyDiff(ctx, prev, want, t)
 	}
+	for _, r := range t.unreachable {
+		b.notes.noteAs(b.log, r.w.Dst, SkipUnreachable, b.unreachable(r.w.Dst, r.w.Gw, r.err).Error())
+	}
 	if err := errors.Join(err, t.err()); err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
-	if !refused {
+	// After a refusal the kernel holds less than want: the next apply
+	// must read it again, not write a delta from want.
+	if len(t.unreachable) == 0 {
 		b.applied, b.appliedOwn = want, own
 	}
 	return nil

@@ -93,22 +93,16 @@ func TestHostGWUnreachable(t *testing.T) {
 
 // TestRouteRefusedUnreachable: a route the kernel refuses because its
 // gateway is off-link (the connected subnets changed after they were read)
-// goes to the tally's unreachable hook, not to its failures.
+// is listed in the tally as unreachable, not among its failures.
 func TestRouteRefusedUnreachable(t *testing.T) {
 	l := newLab(t, hostAddr, swAddr)
 	rt := l.rtnl(t)
 	w := routeWant{Dst: peerSubnet(3), Gw: netip.MustParseAddr("198.51.100.7"), Link: l.eth0(t)}
-	var got []error
-	tl := &tally{what: "test", unreachable: func(r routeWant, err error) {
-		if r != w {
-			t.Errorf("unreachable hook got %v, want %v", r, w)
-		}
-		got = append(got, err)
-	}}
+	tl := &tally{what: "test", peerRoutes: true}
 	_, _, err := syncRoutes(context.Background(), rt, unix.AF_INET, nil, []routeWant{w}, tl)
 	must(t, err)
-	if tl.err() != nil || len(got) != 1 || !isUnreachable(got[0]) {
-		t.Errorf("tally error %v, unreachable hook %v; want none, one ENETUNREACH", tl.err(), got)
+	if got := tl.unreachable; tl.err() != nil || len(got) != 1 || got[0].w != w || !isUnreachable(got[0].err) {
+		t.Errorf("tally error %v, unreachable %v; want none, %v with ENETUNREACH", tl.err(), got, w)
 	}
 }
 

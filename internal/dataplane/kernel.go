@@ -50,10 +50,18 @@ type tally struct {
 	what  string
 	n     int
 	first error
-	// unreachable, when set, takes the routes the kernel refused because
-	// their gateway is not reachable from their device: that is a fact
-	// about the peer (reported as such), not a failure of the apply.
-	unreachable func(w routeWant, err error)
+	// peerRoutes, when set, says that the kernel refusing a route because
+	// its gateway is not reachable from its device is a fact about that
+	// peer (the caller reports it), not a failure of the apply: such
+	// routes go to unreachable instead.
+	peerRoutes  bool
+	unreachable []refusedRoute
+}
+
+// refusedRoute is a route the kernel refused, and its answer.
+type refusedRoute struct {
+	w   routeWant
+	err error
 }
 
 // isUnreachable reports whether the kernel refused a route because its
@@ -338,8 +346,8 @@ func syncRoutes(ctx context.Context, c *rtnl, family uint8, have []kRoute, want 
 	// Add and replace before deleting, so that traffic moves to the new
 	// route rather than through a gap.
 	b := newBatch(c, func(i int, err error) bool {
-		if t.unreachable != nil && isUnreachable(err) {
-			t.unreachable(want[i], err)
+		if t.peerRoutes && isUnreachable(err) {
+			t.unreachable = append(t.unreachable, refusedRoute{want[i], err})
 			return true
 		}
 		t.add(fmt.Errorf("replace route %s: %w", want[i], err))

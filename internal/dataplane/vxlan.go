@@ -649,15 +649,9 @@ func (v *vxlanDevice) run(ctx context.Context, p vxlanPasses, host Host, local n
 	if created || prev == nil || prev.dev != dev || prev.own != own {
 		full = true
 	}
-	t := &tally{what: v.applyWhat}
 	// A direct route (DirectRouting) the kernel refuses for want of a path
-	// to the peer is that peer's problem, not the apply's; the kernel then
-	// holds less than d, so the next apply reads it again (no delta).
-	refused := false
-	t.unreachable = func(w routeWant, err error) {
-		v.notes.noteAs(v.log, w.Dst, SkipUnreachable, fmt.Sprintf("direct route %s: %v", w, err))
-		refused = true
-	}
+	// to the peer is that peer's problem, not the apply's (noted below).
+	t := &tally{what: v.applyWhat, peerRoutes: true}
 	defer v.notes.end()
 	var (
 		st     syncStats
@@ -678,10 +672,15 @@ func (v *vxlanDevice) run(ctx context.Context, p vxlanPasses, host Host, local n
 		v.log.Debug(v.changedMsg, "full", full, "peers", len(snap.Peers), "added", st.Added, "replaced", st.Replaced, "deleted", st.Deleted)
 	}
 	errs = append(errs, t.err())
+	for _, r := range t.unreachable {
+		v.notes.noteAs(v.log, r.w.Dst, SkipUnreachable, fmt.Sprintf("direct route %s: %v", r.w, r.err))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
-	if !refused {
+	// After a refusal the kernel holds less than d: the next apply reads
+	// it again rather than writing a delta from d.
+	if len(t.unreachable) == 0 {
 		v.applied = d
 	}
 	if full {
