@@ -69,6 +69,11 @@ func FuzzVtepMAC(f *testing.F) {
 		if !agree(got, gotPresent, gotErr, want, wantPresent, wantErr) {
 			t.Fatalf("VtepMAC(%q) = %v, %t, %v; encoding/json reads %v, %t, %v", raw, got, gotPresent, gotErr, want, wantPresent, wantErr)
 		}
+		// The peer index's non-allocating read claims exactly the valid MACs.
+		c, ok := macClaim(claimVtepMAC, []byte(raw))
+		if valid := raw != "" && gotPresent && gotErr == nil; ok != valid || (ok && string(c.val[:6]) != string(got)) {
+			t.Fatalf("macClaim(%q) = %v, %t; VtepMAC reads %v, %t, %v", raw, c, ok, got, gotPresent, gotErr)
+		}
 	})
 }
 
