@@ -54,6 +54,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, lookupEn
 		fs.Usage()
 		return 2
 	}
+	// Before the environment fills the flags in: only then does the
+	// FlagSet know what came from the command line.
+	passwordOnCmdline := flagGiven(fs, "etcd-password")
 	if err := flagenv.Apply(fs, EnvPrefix, lookupEnv); err != nil {
 		fmt.Fprintf(stderr, "weftd: %v\n", err)
 		fs.Usage()
@@ -72,6 +75,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, lookupEn
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	warnSecrets(&o, passwordOnCmdline, log)
 	stopLimit := startMemoryLimit(o.MemoryLimit, lookupEnv, log)
 	defer stopLimit()
 	if err := run(ctx, &o, log); err != nil {
@@ -95,7 +99,9 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 	// Health is served from the start: /healthz answers while weftd waits
 	// for etcd or its config, and /readyz says what it waits for.
 	h := newHealth()
-	h.setWaiting("connecting to etcd " + o.Etcd.Endpoints)
+	// /readyz may be reachable by more than root: it names no endpoint or
+	// user (the log does).
+	h.setWaiting("connecting to etcd")
 	if o.HealthzPort != 0 {
 		_, stopHealth, err := h.serve(o.HealthzIP, o.HealthzPort, log)
 		if err != nil {
@@ -142,6 +148,9 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 		return fmt.Errorf("choose the interface for inter-host traffic: %w", err)
 	}
 	log.Info("using interface", "iface", ext.Name, "index", ext.Index, "mtu", ext.MTU, "iface-addr", ext.IfaceAddr, "public-ip", ext.PublicIP)
+	if err := publicOutsideOverlay(cfg, ext); err != nil {
+		return err
+	}
 	// An IPv4-only network advertises only the IPv6 address it was given;
 	// a dual-stack one needs the interface's when none was.
 	publicV6 := ext.PublicIPv6
@@ -314,7 +323,7 @@ func connectEtcd(ctx context.Context, o *Options, h *health, log *slog.Logger) (
 			log.Error("cannot use etcd; retrying", "err", err)
 			lastCause = cause
 		}
-		h.setWaiting("connecting to etcd: " + cause)
+		h.setWaiting("connecting to etcd: failing, the cause is in weftd's log")
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()

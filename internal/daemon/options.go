@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/internal/etcdopts"
+	"github.com/weft-net/weft/internal/extiface"
 	"github.com/weft-net/weft/internal/flagenv"
 )
 
@@ -96,18 +97,23 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("-healthz-port %d: must be between 0 and 65535", o.HealthzPort)
 	}
 	if o.HealthzPort != 0 {
-		if _, err := netip.ParseAddr(o.HealthzIP); err != nil {
+		a, err := netip.ParseAddr(o.HealthzIP)
+		if err != nil {
 			return fmt.Errorf("-healthz-ip %q: not an IP address", o.HealthzIP)
+		}
+		// A zone is refused like in every address flag: one rule for all.
+		if a.Zone() != "" {
+			return fmt.Errorf("-healthz-ip %q: a zone (%%%s) is not allowed", o.HealthzIP, a.Zone())
 		}
 	}
 	if o.PublicIP != "" {
-		if a, err := netip.ParseAddr(o.PublicIP); err != nil || !a.Is4() {
-			return fmt.Errorf("-public-ip %q: not an IPv4 address", o.PublicIP)
+		if _, err := extiface.ParsePublicIP("-public-ip", o.PublicIP, false); err != nil {
+			return err
 		}
 	}
 	if o.PublicIPv6 != "" {
-		if a, err := netip.ParseAddr(o.PublicIPv6); err != nil || !a.Is6() || a.Is4In6() {
-			return fmt.Errorf("-public-ipv6 %q: not an IPv6 address", o.PublicIPv6)
+		if _, err := extiface.ParsePublicIP("-public-ipv6", o.PublicIPv6, true); err != nil {
+			return err
 		}
 	}
 	if o.SubnetFile == "" {
