@@ -73,6 +73,19 @@ func TestInstallDestdir(t *testing.T) {
 	if strings.Contains(unit, dest) {
 		t.Error("DESTDIR leaked into the unit")
 	}
+	// No secret on the command line: ExecStart carries no password, and
+	// the sample sysconfig sends operators to the password file.
+	for _, l := range strings.Split(unit, "\n") {
+		if strings.HasPrefix(l, "ExecStart") && strings.Contains(strings.ToLower(l), "password") {
+			t.Errorf("weftd.service puts a password on the command line: %s", l)
+		}
+	}
+	sample := read(t, filepath.Join(dest, "etc/sysconfig/flanneld"))
+	for _, want := range []string{"#FLANNELD_ETCD_PASSWORD_FILE=", "#FLANNELD_ETCD_PASSWORD=", "Never put -etcd-password in FLANNEL_OPTIONS"} {
+		if !strings.Contains(sample, want) {
+			t.Errorf("sysconfig sample lacks %q", want)
+		}
+	}
 
 	// An operator's edited sysconfig survives a reinstall.
 	sc := filepath.Join(dest, "etc/sysconfig/flanneld")
