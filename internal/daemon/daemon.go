@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -127,7 +128,7 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 		log.Warn("ignoring unreadable previous subnet file", "file", o.SubnetFile, "err", err)
 	}
 
-	cfg, err := lease.WaitConfig(ctx, store, parseConfig(log), log)
+	cfg, err := lease.WaitConfig(ctx, store, parseConfig(log, h.metrics.ConfigRejected), log)
 	if err != nil {
 		return err
 	}
@@ -348,12 +349,16 @@ func sendLatest(ch chan lease.Snapshot, s lease.Snapshot) {
 	}
 }
 
-// parseConfig parses the network config and logs its warnings once.
-func parseConfig(log *slog.Logger) func([]byte) (netconf.Config, error) {
+// parseConfig parses the network config, logs its warnings and counts a
+// refusal; WaitConfig calls it once per write of the key.
+func parseConfig(log *slog.Logger, rejected prometheus.Counter) func([]byte) (netconf.Config, error) {
 	return func(b []byte) (netconf.Config, error) {
 		cfg, warnings, err := netconf.Parse(b)
 		for _, w := range warnings {
 			log.Warn("network config", "warning", w)
+		}
+		if err != nil {
+			rejected.Inc()
 		}
 		return cfg, err
 	}

@@ -213,3 +213,32 @@ func TestDaemonRefusesPublicIPInsideNetwork(t *testing.T) {
 		}
 	}
 }
+
+// An unsafe network config is refused with its rule in the log, counted in
+// weft_config_rejected_total, and weftd keeps waiting for a valid one.
+func TestUnsafeConfigRefusedAndCounted(t *testing.T) {
+	srv := etcdtest.New(t)
+	cli := etcdtest.NewClient(t, srv)
+	if _, err := cli.Put(context.Background(), "/coreos.com/network/config", `{"Network":"0.0.0.0/0"}`); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	logs := &syncBuf{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := runMain(ctx, nil, logs, "-etcd-endpoints", srv.Endpoint, "-healthz-port", fmt.Sprint(port), "-subnet-file", t.TempDir()+"/subnet.env")
+	waitUntil(t, 10*time.Second, "the refusal in the log", func() bool {
+		return strings.Contains(logs.String(), "Network 0.0.0.0/0: too wide")
+	})
+	n := &node{base: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	if v := value(t, n.scrape(t), "weft_config_rejected_total"); v != 1 {
+		t.Errorf("weft_config_rejected_total = %v, want 1", v)
+	}
+	if c, body := n.get(t, "/readyz"); c != http.StatusServiceUnavailable || !strings.Contains(body, "waiting for the network config") {
+		t.Errorf("/readyz %d %q", c, body)
+	}
+	cancel()
+	if code := exitWithin(t, done, 5*time.Second, logs); code != 0 {
+		t.Errorf("exit %d", code)
+	}
+}

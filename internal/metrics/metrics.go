@@ -37,6 +37,9 @@ type Metrics struct {
 	UDPSkippedPeers      prometheus.Gauge
 	PeersSkipped         *prometheus.GaugeVec
 
+	// ConfigRejected counts reads of the network config weftd refused.
+	ConfigRejected prometheus.Counter
+
 	// lastWatch is the UnixNano of the last watch answer; the lag gauge is
 	// computed at scrape time so that a stalled watch shows a growing value
 	// without anybody updating it.
@@ -123,8 +126,13 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "weft_dataplane_peers_skipped",
 			Help: "Peers the last dataplane apply left out (the others are programmed; see /readyz warnings), by reason: invalid, unreachable, foreign_route.",
 		}, []string{"reason"}),
+		ConfigRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_config_rejected_total",
+			Help: "Reads of the network config from etcd that were refused (invalid or unsafe, e.g. a Network of 0.0.0.0/0).",
+		}),
 		now: time.Now,
 	}
+	reg.MustRegister(m.ConfigRejected)
 	// Every reason and result is present from the start, so that a query
 	// for rate() or a zero-alert works before the first rejection.
 	for _, r := range lease.RejectReasons {
