@@ -161,3 +161,69 @@ func TestConfigUsage(t *testing.T) {
 		t.Errorf("relative prefix: code %d, stderr %q", code, stderr)
 	}
 }
+
+// A Network that would swallow the address space, or overlap loopback,
+// link-local or multicast, is refused by validate and by set (even with
+// -force), and a stored one written behind weftctl's back fails validate.
+func TestConfigRefusesUnsafeNetworks(t *testing.T) {
+	s := etcdtest.New(t)
+	cli := etcdtest.NewClient(t, s)
+	ep := "-etcd-endpoints=" + s.Endpoint
+	prefix := "-etcd-prefix=/kube-centos/network"
+	for _, c := range []struct{ data, want string }{
+		{`{"Network":"0.0.0.0/0"}`, "Network 0.0.0.0/0: too wide: the prefix must be at least /8"},
+		{`{"Network":"127.0.0.0/16"}`, "Network 127.0.0.0/16: overlaps loopback 127.0.0.0/8"},
+		{`{"Network":"224.0.0.0/16"}`, "Network 224.0.0.0/16: overlaps multicast 224.0.0.0/4"},
+		{`{"Network":"169.254.0.0/16"}`, "Network 169.254.0.0/16: overlaps link-local 169.254.0.0/16"},
+		{`{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"::/0"}`, "IPv6Network ::/0: too wide"},
+		{`{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"::1/128"}`, "IPv6Network ::1/128: overlaps ::/8"},
+		{`{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"ff00::/8"}`, "IPv6Network ff00::/8: overlaps multicast ff00::/8"},
+		{`{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fe80::/10"}`, "IPv6Network fe80::/10: overlaps link-local fe80::/10"},
+	} {
+		code, _, stderr := cfgRun(t, nil, c.data, "config", "validate", ep, prefix, "-")
+		if code != 1 || !strings.Contains(stderr, c.want) {
+			t.Errorf("validate %s: code %d, stderr %q; want 1 and %q", c.data, code, stderr, c.want)
+		}
+		code, _, stderr = cfgRun(t, nil, c.data, "config", "set", ep, prefix, "-force", "-")
+		if code != 1 || !strings.Contains(stderr, c.want) || !strings.Contains(stderr, "nothing written") {
+			t.Errorf("set -force %s: code %d, stderr %q; want 1, %q and nothing written", c.data, code, stderr, c.want)
+		}
+	}
+	resp, err := cli.Get(context.Background(), "/kube-centos/network/config")
+	if err != nil || len(resp.Kvs) != 0 {
+		t.Fatalf("a refused set wrote %v (err %v)", resp.Kvs, err)
+	}
+	if _, err := cli.Put(context.Background(), "/kube-centos/network/config", `{"Network":"0.0.0.0/0"}`); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := cfgRun(t, nil, "", "config", "validate", ep, prefix)
+	if code != 1 || !strings.Contains(stderr, "Network 0.0.0.0/0: too wide") {
+		t.Errorf("validate of a stored 0.0.0.0/0: code %d, stderr %q", code, stderr)
+	}
+}
+
+// weftctl takes the etcd password from a file too (the same -etcd-* flags
+// as weftd), from the flag or FLANNELD_ETCD_PASSWORD_FILE, and refuses a
+// file others can read.
+func TestConfigEtcdPasswordFile(t *testing.T) {
+	s := etcdtest.New(t)
+	etcdtest.EnableAuth(t, etcdtest.NewClient(t, s), "weft", "s3cret", "/coreos.com/network/")
+	ep := "-etcd-endpoints=" + s.Endpoint
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pw, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := cfgRun(t, nil, seedConfig, "config", "set", ep, "-etcd-username=weft", "-etcd-password-file="+pw, "-"); code != 0 {
+		t.Fatalf("set with -etcd-password-file: code %d, stderr %q", code, stderr)
+	}
+	vars := map[string]string{"FLANNELD_ETCD_USERNAME": "weft", "FLANNELD_ETCD_PASSWORD_FILE": pw}
+	if code, stdout, stderr := cfgRun(t, vars, "", "config", "get", ep); code != 0 || stdout != seedConfig+"\n" {
+		t.Fatalf("get with FLANNELD_ETCD_PASSWORD_FILE: code %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	os.Chmod(pw, 0o644)
+	code, _, stderr := cfgRun(t, vars, "", "config", "get", ep)
+	if code == 0 || !strings.Contains(stderr, "mode 0644 lets group or others access the password") {
+		t.Errorf("get with a world-readable password file: code %d, stderr %q", code, stderr)
+	}
+}
