@@ -32,6 +32,13 @@ package rules
 // start, a repair, new ports) replaces the whole table in one transaction, so
 // no packet sees a half-built guard.
 //
+// Source addresses: a peer's encapsulated packets leave from its vxlan
+// device's local address (its -iface address), which is its PublicIP unless
+// -public-ip names another address; behind a 1:1 NAT the receiver sees the
+// PublicIP again. A host whose packets arrive from an address other than
+// its lease's PublicIP is dropped like a stranger — and counted and logged,
+// so the cause shows.
+//
 // Restart and etcd outages: the guard is written only once the peers are
 // known (SetPeers); until then a table left by the previous run stays as it
 // is — neither flushed (peers would be cut off) nor emptied. The daemon
@@ -40,6 +47,7 @@ package rules
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -94,7 +102,7 @@ func EncapPorts(cfg netconf.Config) ([]uint16, error) {
 		if err != nil {
 			return nil, err
 		}
-		port = cmpOr(o.Port, vxlanKernelPort)
+		port = cmp.Or(o.Port, vxlanKernelPort)
 	case "udp":
 		o, err := cfg.UDP()
 		if err != nil {
@@ -116,13 +124,6 @@ func EncapPorts(cfg netconf.Config) ([]uint16, error) {
 	return []uint16{uint16(port)}, nil
 }
 
-func cmpOr(v, def int) int {
-	if v == 0 {
-		return def
-	}
-	return v
-}
-
 // WithGuardDropHook calls fn with the number of packets the guard dropped
 // since the previous call, after each periodic check that saw new drops
 // (metrics: weft_underlay_dropped_packets_total).
@@ -141,12 +142,13 @@ type guardState struct {
 	// sets, ports) right after the last full write; nil: write it whole.
 	written []byte
 	// verified is the nf_tables generation (bumped by every commit, of any
-	// table) read just before a check found the guard exact; 0: none since
-	// weft's last write. While it holds, nothing can have changed the
-	// guard, and a check costs one round trip instead of dumping thousands
-	// of elements.
-	verified uint32
-	drops    uint64 // the kernel counter's value at the last read
+	// table) read just before a check found the guard exact (isVerified:
+	// none since weft's last write). While it holds, nothing can have
+	// changed the guard, and a check costs one round trip instead of
+	// dumping thousands of elements.
+	verified   uint32
+	isVerified bool
+	drops      uint64 // the kernel counter's value at the last read
 
 	offer struct { // the newest peers from OfferPeers, for Run
 		sync.Mutex
@@ -240,6 +242,11 @@ func (p *peerAddrs) update(next []*lease.Lease, six bool) {
 	p.prev = all
 }
 
+// changed reports whether the last update changed any address.
+func (p *peerAddrs) changed() bool {
+	return len(p.add[0]) > 0 || len(p.del[0]) > 0 || len(p.add[1]) > 0 || len(p.del[1]) > 0
+}
+
 // OfferPeers hands the peers of a lease snapshot to Run, which updates the
 // guard's sets; it never blocks, and only the newest offer is applied. The
 // leases must not be modified afterwards (lease.Snapshot's are never).
@@ -288,6 +295,9 @@ func (m *Manager) SetPeers(peers []*lease.Lease) error {
 func (m *Manager) syncGuard(check bool) (changed bool, err error) {
 	g := &m.guard
 	if len(m.desired.EncapPorts) == 0 {
+		if !check {
+			return false, nil // Set and Check remove it; a join need not look
+		}
 		return m.removeGuard()
 	}
 	if !g.known {
@@ -304,11 +314,11 @@ func (m *Manager) syncGuard(check bool) (changed bool, err error) {
 		if gen, err = m.nftGeneration(); err != nil {
 			return false, err
 		}
-		if gen == g.verified {
+		if g.isVerified && gen == g.verified && !g.addrs.changed() {
 			return false, m.readDrops()
 		}
 	}
-	g.verified = 0
+	g.isVerified = false
 	if check && g.written != nil {
 		digest, err := m.guardDigest()
 		if err != nil {
@@ -333,9 +343,7 @@ func (m *Manager) syncGuard(check bool) (changed bool, err error) {
 		return true, m.writeGuard()
 	}
 	if check {
-		if !changed {
-			g.verified = gen
-		}
+		g.verified, g.isVerified = gen, !changed
 		err = m.readDrops()
 	}
 	return changed, err
@@ -589,7 +597,7 @@ func (m *Manager) repairElems() (changed bool, err error) {
 // removeGuard deletes table inet weft-guard when it exists (a backend
 // without encapsulation).
 func (m *Manager) removeGuard() (changed bool, err error) {
-	m.guard.written, m.guard.ports, m.guard.verified = nil, nil, 0
+	m.guard.written, m.guard.ports, m.guard.isVerified = nil, nil, false
 	rc, err := m.rawConn()
 	if err != nil {
 		return false, err
