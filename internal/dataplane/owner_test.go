@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/testutil/netnstest"
 )
 
@@ -33,7 +34,7 @@ func addOtherLink(t *testing.T, l *lab) int {
 // routesTo renders every main-table route to dst: what owns it and where it goes.
 func routesTo(t *testing.T, h *netlink.Handle, dst netip.Prefix) []string {
 	t.Helper()
-	rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: ipNet(dst), Table: unix.RT_TABLE_MAIN},
+	rs, err := h.RouteListFiltered(routeFamily(dst), &netlink.Route{Dst: ipNet(dst), Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
 	must(t, err)
 	var out []string
@@ -172,4 +173,37 @@ func TestVXLANForeignRoutes(t *testing.T) {
 		t.Errorf("at the end (-want +got):\n%s", d)
 	}
 	checkSkipped(t, b, map[netip.Prefix]string{p3.Subnet: SkipForeignRoute, p4.Subnet: SkipForeignRoute})
+}
+
+// TestHostGW6ForeignRoutes: the IPv6 half of host-gw leaves another
+// owner's route for a peer's IPv6 subnet alone and reports the peer, and
+// takes over flanneld's (via the peer's PublicIPv6 on eth0, proto boot).
+func TestHostGW6ForeignRoutes(t *testing.T) {
+	l := newLab6(t)
+	eth0 := l.eth0(t)
+	gw := func(i int) lease.Lease {
+		p := hostgwPeer(i, publicIP(i))
+		p.IPv6Subnet, p.Attrs.PublicIPv6 = peerSubnet6(i), publicIP6(i)
+		return p
+	}
+	p2, p3 := gw(2), gw(3)
+	addRoute(t, l, &netlink.Route{Dst: ipNet(p2.IPv6Subnet), Gw: publicIP6(2).AsSlice(), LinkIndex: eth0, Priority: v6Metric}, unix.RTPROT_BOOT)
+	addRoute(t, l, &netlink.Route{Dst: ipNet(p3.IPv6Subnet), Gw: publicIP6(99).AsSlice(), LinkIndex: eth0, Priority: v6Metric}, unix.RTPROT_STATIC)
+	b := l.dual(t, "host-gw", `{}`)
+	ctx := context.Background()
+	_, _, err := b.Init(ctx)
+	must(t, err)
+	must(t, b.Apply(ctx, snapshot6(1, p2, p3)))
+	for _, c := range []struct {
+		dst  netip.Prefix
+		want []string
+	}{
+		{p2.IPv6Subnet, []string{fmt.Sprintf("%s via %s dev eth0 proto 87 metric 1024", p2.IPv6Subnet, publicIP6(2))}},
+		{p3.IPv6Subnet, []string{fmt.Sprintf("%s via %s dev eth0 proto 4 metric 1024", p3.IPv6Subnet, publicIP6(99))}},
+	} {
+		if d := cmp.Diff(c.want, routesTo(t, l.ns.Handle, c.dst)); d != "" {
+			t.Errorf("routes to %s (-want +got):\n%s", c.dst, d)
+		}
+	}
+	checkSkipped(t, b, map[netip.Prefix]string{p3.IPv6Subnet: SkipForeignRoute})
 }
