@@ -237,7 +237,11 @@ func (p *peerAddrs) update(next []*lease.Lease, six bool) {
 				p.del[f] = append(p.del[f], k)
 			}
 		}
-		clear(p.was[f])
+		if len(p.was[f]) > 64 {
+			p.was[f] = map[[16]byte]bool{} // a full fill's scratch is not kept
+		} else {
+			clear(p.was[f])
+		}
 	}
 	p.prev = all
 }
