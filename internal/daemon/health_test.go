@@ -254,8 +254,8 @@ func (n *node) hasRoute(t *testing.T, dst, gw string) bool {
 }
 
 // Every kind of lease weftd must not trust is skipped, logged once and
-// counted by reason; of two leases naming one PublicIP only the newer is
-// programmed. The metrics are scraped and parsed as Prometheus text.
+// counted by reason; of two leases naming one PublicIP only the older is
+// programmed (a forged copy cannot evict the host it copies). The metrics are scraped and parsed as Prometheus text.
 func TestMetricsAndDistrust(t *testing.T) {
 	n := startNode(t)
 	hostgw := func(ip string) string { return fmt.Sprintf(`{"PublicIP":%q,"BackendType":"host-gw"}`, ip) }
@@ -267,11 +267,11 @@ func TestMetricsAndDistrust(t *testing.T) {
 	n.put(t, "172.30.53.0-24", `{"PublicIP":"10.64.3.23","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"01:00:5e:00:00:01"}}`)
 	n.put(t, "172.30.54.0-24", `{"PublicIP":"10.64.3.24","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"00:00:00:00:00:00"}}`)
 	n.put(t, "172.30.55.0-24", `{"PublicIP":`)       // malformed
-	n.put(t, "172.30.60.0-24", hostgw("10.64.3.30")) // older of two naming 10.64.3.30
-	n.put(t, "172.30.61.0-24", hostgw("10.64.3.30")) // newer: programmed
+	n.put(t, "172.30.60.0-24", hostgw("10.64.3.30")) // older of two naming 10.64.3.30: programmed
+	n.put(t, "172.30.61.0-24", hostgw("10.64.3.30")) // newer: rejected
 
 	waitUntil(t, 10*time.Second, "the good peers programmed", func() bool {
-		return n.hasRoute(t, "172.30.50.0/24", "10.64.3.20") && n.hasRoute(t, "172.30.61.0/24", "10.64.3.30")
+		return n.hasRoute(t, "172.30.50.0/24", "10.64.3.20") && n.hasRoute(t, "172.30.60.0/24", "10.64.3.30")
 	})
 	waitUntil(t, 10*time.Second, "/readyz 200", func() bool { c, _ := n.get(t, "/readyz"); return c == http.StatusOK })
 	// More writes make the manager re-evaluate every lease: still one log
@@ -280,8 +280,8 @@ func TestMetricsAndDistrust(t *testing.T) {
 		n.put(t, fmt.Sprintf("172.30.%d.0-24", 70+i), hostgw(fmt.Sprintf("10.64.3.%d", 70+i)))
 	}
 	waitUntil(t, 10*time.Second, "the later peers programmed", func() bool { return n.hasRoute(t, "172.30.74.0/24", "10.64.3.74") })
-	if n.hasRoute(t, "172.30.60.0/24", "10.64.3.30") {
-		t.Errorf("the older of two leases naming 10.64.3.30 is programmed")
+	if n.hasRoute(t, "172.30.61.0/24", "10.64.3.30") {
+		t.Errorf("the newer of two leases naming 10.64.3.30 is programmed")
 	}
 
 	f := n.scrape(t)
@@ -294,13 +294,13 @@ func TestMetricsAndDistrust(t *testing.T) {
 	if v := value(t, f, "weft_rejected_leases_total", "reason", lease.ReasonVtepMAC); v != 2 {
 		t.Errorf("weft_rejected_leases_total{reason=vtep_mac_not_unicast} = %v, want 2", v)
 	}
-	for _, key := range []string{"10.99.0.0-24", "172.30.51.0-25", "172.30.52.0-24", "172.30.53.0-24", "172.30.54.0-24", "172.30.55.0-24", "172.30.60.0-24"} {
+	for _, key := range []string{"10.99.0.0-24", "172.30.51.0-25", "172.30.52.0-24", "172.30.53.0-24", "172.30.54.0-24", "172.30.55.0-24", "172.30.61.0-24"} {
 		if c := strings.Count(n.logs.String(), n.store.SubnetsPrefix()+key+" "); c != 1 {
 			t.Errorf("lease %s logged %d times, want once", key, c)
 		}
 	}
 	// Known: every other lease that parses (15 keys, 1 malformed); accepted:
-	// 50, 61 and 70..74.
+	// 50, 60 and 70..74.
 	if v := value(t, f, "weft_peers_known"); v != 13 {
 		t.Errorf("weft_peers_known = %v, want 13", v)
 	}
