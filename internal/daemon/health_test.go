@@ -402,3 +402,30 @@ func TestReadyzFollowsEtcd(t *testing.T) {
 		t.Errorf("readiness change logged %d times, want one line per change:\n%s", c, n.logs)
 	}
 }
+
+// A forged lease naming this host's PublicIP leaves the node ready and is
+// reported on /readyz as a warning line under "ok", and in weft_warnings.
+func TestReadyzWarnsOfImpersonation(t *testing.T) {
+	n := startNode(t)
+	waitUntil(t, 10*time.Second, "/readyz 200", func() bool { c, _ := n.get(t, "/readyz"); return c == http.StatusOK })
+	n.put(t, "172.30.90.0-24", `{"PublicIP":"10.64.3.10","BackendType":"host-gw"}`)
+	var body string
+	waitUntil(t, 10*time.Second, "a warning on /readyz", func() bool {
+		var c int
+		c, body = n.get(t, "/readyz")
+		return c == http.StatusOK && strings.HasPrefix(body, "ok\nwarning: ")
+	})
+	t.Logf("/readyz:\n%s", body)
+	if !strings.Contains(body, "10.64.3.10") {
+		t.Errorf("/readyz warning does not name the PublicIP:\n%s", body)
+	}
+	if v := value(t, n.scrape(t), "weft_warnings"); v < 1 {
+		t.Errorf("weft_warnings = %v, want >= 1", v)
+	}
+}
+
+// The real lease manager and loop offer the warnings /readyz prints.
+var (
+	_ warner = (*lease.Manager)(nil)
+	_ warner = (*dataplane.Loop)(nil)
+)
