@@ -9,6 +9,7 @@ command -v nft >/dev/null || need+=(nftables)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v iperf3 >/dev/null || need+=(iperf3)
+command -v gcc >/dev/null || need+=(gcc libc6-dev) # go test -race needs cgo
 command -v systemd-analyze >/dev/null || need+=(systemd) # dist tests: systemd-analyze verify
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

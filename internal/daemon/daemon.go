@@ -174,6 +174,7 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 		return fmt.Errorf("set up backend %q: %w", cfg.BackendType, err)
 	}
 	defer backend.Close()
+	dataplane.SetUDPHooks(backend, dataplane.UDPHooks{Dropped: h.metrics.OnUDPDrop}) // before Init: the engine starts there
 	pub, mtu, err := backend.Init(ctx)
 	if err != nil {
 		return fmt.Errorf("initialise backend %q: %w", cfg.BackendType, err)
@@ -239,6 +240,7 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 
 	loop := dataplane.NewLoop(backend, 0, log)
 	loop.OnApply(h.metrics.OnApply)
+	loop.OnSkipped(h.metrics.OnPeersSkipped)
 	h.attach(mgr, loop)
 
 	ctx, cancel := context.WithCancel(ctx)

@@ -21,6 +21,7 @@ type overlayHost struct {
 	public  netip.Addr
 	b       Backend
 	pub     Published
+	loop    *Loop // set by the starters that run one
 }
 
 func newOverlayHost(t *testing.T, idx int, mtu int) *overlayHost {

@@ -95,10 +95,9 @@ type udpBackend struct {
 type UDPHooks struct {
 	// Dropped is called by the engine's receive goroutines with a count of
 	// datagrams dropped per reason (udpfwd.DropReasons) in one batch.
+	// (Peers left out of the table are reported like every backend's, by
+	// Loop.Warnings and weft_dataplane_peers_skipped.)
 	Dropped func(reason string, n uint64)
-	// SkippedPeers is called after each Apply with the number of peer leases
-	// left out of the engine's table.
-	SkippedPeers func(n int)
 }
 
 // SetUDPHooks sets the hooks of b when it is a udp backend, and reports
@@ -110,6 +109,9 @@ func SetUDPHooks(b Backend, h UDPHooks) bool {
 	}
 	return ok
 }
+
+// skipped lists the peers the last Apply left out of the engine's table.
+func (b *udpBackend) skipped() []skippedPeer { return b.notes.skipped() }
 
 func newUDP(cfg netconf.Config, host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) (*udpBackend, error) {
 	o, err := cfg.UDP()
@@ -386,9 +388,6 @@ func (b *udpBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
 		b.notes.note(b.log, sk.Subnet, sk.Reason)
 	}
 	b.notes.end()
-	if b.hooks.SkippedPeers != nil {
-		b.hooks.SkippedPeers(len(snap.Peers) - tbl.Len())
-	}
 	b.eng.SetPeers(tbl)
 
 	have, err := readMainRoutes(b.rt, unix.AF_INET, b.host.IfaceIndex)

@@ -34,7 +34,6 @@ type Metrics struct {
 	RuleResyncs          *prometheus.CounterVec
 	UnderlayDropped      prometheus.Counter
 	UDPDroppedPackets    *prometheus.CounterVec
-	UDPSkippedPeers      prometheus.Gauge
 	PeersSkipped         *prometheus.GaugeVec
 
 	// ConfigRejected counts reads of the network config weftd refused.
@@ -118,10 +117,6 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "weft_udp_dropped_packets_total",
 			Help: "Datagrams received by the udp backend and dropped as untrusted or malformed, by reason.",
 		}, []string{"reason"}),
-		UDPSkippedPeers: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "weft_udp_skipped_peers",
-			Help: "Peer leases left out of the udp backend's peer table at the last apply (logged once each).",
-		}),
 		PeersSkipped: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "weft_dataplane_peers_skipped",
 			Help: "Peers the last dataplane apply left out (the others are programmed; see /readyz warnings), by reason: invalid, unreachable, foreign_route.",
@@ -154,7 +149,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	}, m.watchLag)
 	reg.MustRegister(m.LeaseExpiry, m.LeaseRenewals, m.LeaseRenewalFailures, m.PeersKnown, m.PeersAccepted,
 		m.PeersProgrammed, m.ReconcileRuns, m.ReconcileErrors, m.ReconcileDuration, m.WatchRestarts,
-		m.RejectedLeases, m.RuleResyncs, m.UDPDroppedPackets, m.UDPSkippedPeers, m.PeersSkipped, lag)
+		m.RejectedLeases, m.RuleResyncs, m.UDPDroppedPackets, m.PeersSkipped, lag)
 	reg.MustRegister(m.UnderlayDropped)
 	return m
 }
@@ -231,6 +226,3 @@ func (m *Metrics) OnUnderlayDrop(packets uint64) { m.UnderlayDropped.Add(float64
 func (m *Metrics) OnUDPDrop(reason string, n uint64) {
 	m.UDPDroppedPackets.WithLabelValues(reason).Add(float64(n))
 }
-
-// OnUDPSkippedPeers is the hook for dataplane.UDPHooks.SkippedPeers.
-func (m *Metrics) OnUDPSkippedPeers(n int) { m.UDPSkippedPeers.Set(float64(n)) }
