@@ -19,6 +19,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/netconf"
 )
 
 // Options are the daemon's interface flags.
@@ -96,24 +98,10 @@ func ParsePublicIP(flag, s string, v6 bool) (netip.Addr, error) {
 	if err != nil || a.Is4() == v6 || a.Is4In6() {
 		return netip.Addr{}, fmt.Errorf("%s %q: not %s address", flag, s, family)
 	}
-	var rule string
-	switch {
-	case a.Zone() != "":
-		rule = "a zone (%" + a.Zone() + ") is not allowed: the lease carries no zone, so peers could not reach it"
-	case a.IsUnspecified():
-		rule = "the unspecified address is not allowed: peers cannot send to it"
-	case a.IsLoopback():
-		rule = "a loopback address is not allowed: peers cannot reach it"
-	case a.IsLinkLocalUnicast():
-		rule = "a link-local address is not allowed: it is not routed between hosts"
-	case a.IsMulticast() || a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast():
-		rule = "a multicast address is not allowed: it does not name one host"
-	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
-		rule = "the broadcast address is not allowed: it does not name one host"
-	default:
-		return a, nil
+	if what := netconf.HostAddrProblem(a); what != "" {
+		return netip.Addr{}, fmt.Errorf("%s %q: %s is not allowed: peers could not send to it", flag, s, what)
 	}
-	return netip.Addr{}, fmt.Errorf("%s %q: %s", flag, s, rule)
+	return a, nil
 }
 
 // global6 returns the first usable global IPv6 address of the interface:

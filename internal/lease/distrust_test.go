@@ -145,7 +145,7 @@ func TestNonUnicastPublicIPRejected(t *testing.T) {
 	if got := c.get(ReasonPublicIPNotUnicast); got != len(bad) {
 		t.Errorf("%s counted %d times, want %d", ReasonPublicIPNotUnicast, got, len(bad))
 	}
-	if !strings.Contains(lb.String(), "PublicIP 224.0.0.1 is multicast") {
+	if !strings.Contains(lb.String(), "PublicIP 224.0.0.1 is a multicast address") {
 		t.Errorf("log does not say why 224.0.0.1 is rejected:\n%s", lb)
 	}
 }

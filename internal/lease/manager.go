@@ -626,26 +626,16 @@ func (m *Manager) distrust(l Lease) (reason, why string) {
 }
 
 // notUnicast says why a peer's public address cannot be a host's ("" when
-// it can, or when it is absent).
+// it can, or when it is absent): netconf.HostAddrProblem, the rule weftd
+// applies to its own -public-ip.
 func notUnicast(field string, a netip.Addr) string {
-	var what string
-	switch {
-	case !a.IsValid():
-		return ""
-	case a.IsUnspecified():
-		what = "unspecified"
-	case a.IsLoopback():
-		what = "loopback"
-	case a.IsMulticast():
-		what = "multicast"
-	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
-		what = "the broadcast address"
-	case a.IsLinkLocalUnicast():
-		what = "link-local"
-	default:
+	if !a.IsValid() {
 		return ""
 	}
-	return fmt.Sprintf("%s %s is %s, not a host's unicast address", field, a, what)
+	if what := netconf.HostAddrProblem(a); what != "" {
+		return fmt.Sprintf("%s %s is %s, not a host's unicast address", field, a, what)
+	}
+	return ""
 }
 
 // claimsOwnLocked names what of this host's l claims too: our subnets or
