@@ -217,6 +217,22 @@ func (o Options) Client() (*clientv3.Client, error) {
 	return cli, nil
 }
 
+// TLSConfig is the client TLS of the options (nil when TLS is not asked
+// for), for clients that are not the v3 one: weftctl migrate-v2 reads etcd's
+// v2 API over plain HTTP(S).
+func (o Options) TLSConfig() (*tls.Config, error) { return o.tlsConfig() }
+
+// Credentials returns the username and the password (from -etcd-password or
+// -etcd-password-file, with the file's checks), for HTTP basic auth on etcd's
+// v2 API; both empty when no user is given.
+func (o Options) Credentials() (user, password string, err error) {
+	if o.Username == "" {
+		return "", "", nil
+	}
+	pw, err := o.password()
+	return o.Username, pw, err
+}
+
 // tlsConfig is the client TLS of the options; nil when TLS is not asked for.
 func (o Options) tlsConfig() (*tls.Config, error) {
 	if o.CertFile == "" && o.CAFile == "" {
