@@ -17,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
+	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/testutil/netnstest"
 )
 
@@ -43,7 +44,7 @@ type host struct {
 	dir        string
 	subnetFile string
 	logFile    string
-	proxy      *netnstest.Proxy
+	proxy      *lab.Proxy
 	proc       *proc
 }
 
@@ -127,7 +128,7 @@ func (c *cluster) addHost(k int, br netlink.Link) error {
 	}); err != nil {
 		return fmt.Errorf("enable ip_forward in %s: %w", ns.Name, err)
 	}
-	if h.proxy, err = netnstest.StartProxy(ns, hostEtcd, c.e.etcd.Endpoint, c.e.log); err != nil {
+	if h.proxy, err = lab.StartProxy(ns, hostEtcd, c.e.etcd.Endpoint, c.e.log); err != nil {
 		return err
 	}
 	return nil

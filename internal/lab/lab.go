@@ -38,7 +38,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/weft-net/weft/internal/testutil/netnstest"
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // Defaults of Config.
@@ -164,7 +164,7 @@ type Lab struct {
 	EtcdEndpoint string
 	// EtcdEndpoints is every member's URL on the root namespace's loopback.
 	EtcdEndpoints []string
-	Underlay      *netnstest.NS
+	Underlay      *rtnl.NS
 	Hosts         []*Host
 
 	cfg       Config
@@ -179,10 +179,10 @@ type Lab struct {
 type Host struct {
 	Index       int    // position in Lab.Hosts; the name carries Index+1
 	Name        string // <lab>-h<Index+1>, also its namespace name
-	NS          *netnstest.NS
+	NS          *rtnl.NS
 	Eth0IP      netip.Addr // internal address, what weftd advertises (-iface=eth0)
 	PublicIP    netip.Addr // eth2 address, holds the default route
-	ContainerNS *netnstest.NS
+	ContainerNS *rtnl.NS
 	ContainerIP netip.Addr
 	// Eth0IP6 and ContainerIP6 are the IPv6 addresses of a dual-stack lab
 	// (zero otherwise); Subnet6 is the IPv6 lease.
@@ -195,7 +195,7 @@ type Host struct {
 	SubnetFile string
 	LogFile    string
 
-	proxies []*netnstest.Proxy        // one per etcd member
+	proxies []*Proxy                  // one per etcd member
 	proc    atomic.Pointer[weftdProc] // the current run; Close reads it from any goroutine
 }
 
@@ -301,7 +301,7 @@ func (l *Lab) up(ctx context.Context) error {
 	}
 	l.log.Info("etcd running", "endpoints", strings.Join(l.EtcdEndpoints, ","), "config", cfgJSON)
 
-	ul, err := netnstest.Create(l.Name + "-ul")
+	ul, err := rtnl.CreateNS(l.Name + "-ul")
 	if err != nil {
 		return fmt.Errorf("create underlay namespace: %w", err)
 	}
@@ -425,7 +425,7 @@ func (l *Lab) addHostNet() (*Host, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create state dir of %s: %w", h.Name, err)
 	}
-	ns, err := netnstest.Create(h.Name)
+	ns, err := rtnl.CreateNS(h.Name)
 	if err != nil {
 		return nil, fmt.Errorf("create host namespace: %w", err)
 	}
@@ -447,7 +447,7 @@ func (l *Lab) addHostNet() (*Host, error) {
 		{"eth0", fmt.Sprintf("h%d-int", n), "br-int", h.Eth0IP},
 		{"eth2", fmt.Sprintf("h%d-pub", n), "br-pub", h.PublicIP},
 	} {
-		if err := netnstest.VethPair(ns, nic.name, l.Underlay, nic.peer); err != nil {
+		if err := rtnl.VethPair(ns, nic.name, l.Underlay, nic.peer); err != nil {
 			return nil, fmt.Errorf("host %s: %w", h.Name, err)
 		}
 		if err := setMaster(l.Underlay.Handle, nic.peer, nic.bridge); err != nil {
@@ -475,7 +475,7 @@ func (l *Lab) addHostNet() (*Host, error) {
 		}
 	}
 	for i, ep := range l.EtcdEndpoints {
-		p, err := netnstest.StartProxy(ns, hostEtcdAddrs[i], ep, l.log.With("host", h.Name))
+		p, err := StartProxy(ns, hostEtcdAddrs[i], ep, l.log.With("host", h.Name))
 		if err != nil {
 			return nil, fmt.Errorf("host %s: %w", h.Name, err)
 		}
@@ -520,7 +520,7 @@ func (l *Lab) addContainer(h *Host, d dockerOpts) error {
 	if err := addBridge(h.NS.Handle, "docker0", d.MTU, d.BIP); err != nil {
 		return err
 	}
-	cns, err := netnstest.Create(h.Name + "-c1")
+	cns, err := rtnl.CreateNS(h.Name + "-c1")
 	if err != nil {
 		return fmt.Errorf("create container namespace: %w", err)
 	}
@@ -530,11 +530,11 @@ func (l *Lab) addContainer(h *Host, d dockerOpts) error {
 			return err
 		}
 	}
-	if err := netnstest.VethPair(h.NS, containerVeth, cns, "eth0"); err != nil {
+	if err := rtnl.VethPair(h.NS, containerVeth, cns, "eth0"); err != nil {
 		return err
 	}
 	for _, x := range []struct {
-		ns   *netnstest.NS
+		ns   *rtnl.NS
 		name string
 	}{{h.NS, containerVeth}, {cns, "eth0"}} {
 		link, err := x.ns.Handle.LinkByName(x.name)

@@ -12,8 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/dockeropts"
+	"github.com/weft-net/weft/internal/rtnl"
 	"github.com/weft-net/weft/internal/subnetenv"
-	"github.com/weft-net/weft/internal/testutil/netnstest"
 )
 
 // addBridge creates an up bridge with an optional MTU (0 = kernel default)
@@ -155,7 +155,7 @@ func writeDockerOpts(subnetFile, outFile string) (dockerOpts, error) {
 // after the link comes up) nobody answers: a lab host that just started
 // would drop its first second of forwarded IPv6 traffic, which real hosts,
 // up long before, never do.
-func enableIPv6(ns *netnstest.NS, forward bool) error {
+func enableIPv6(ns *rtnl.NS, forward bool) error {
 	settings := [][2]string{
 		{"/proc/sys/net/ipv6/conf/all/disable_ipv6", "0"},
 		{"/proc/sys/net/ipv6/conf/default/disable_ipv6", "0"},

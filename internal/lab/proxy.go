@@ -1,4 +1,4 @@
-package netnstest
+package lab
 
 import (
 	"errors"
@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"sync"
 	"time"
+
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // Proxy makes the root namespace's etcd reachable at a loopback address
@@ -27,7 +29,9 @@ type Proxy struct {
 	wg     sync.WaitGroup
 }
 
-func StartProxy(ns *NS, listenAddr, targetURL string, log *slog.Logger) (*Proxy, error) {
+// StartProxy listens on listenAddr inside ns and forwards each connection to
+// targetURL's host:port from the root namespace.
+func StartProxy(ns *rtnl.NS, listenAddr, targetURL string, log *slog.Logger) (*Proxy, error) {
 	u, err := url.Parse(targetURL)
 	if err != nil || u.Host == "" {
 		return nil, fmt.Errorf("etcd endpoint %q: not a URL with host:port", targetURL)
