@@ -46,7 +46,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os/exec"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -54,6 +53,8 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
+
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // Names of the objects weft owns.
@@ -377,30 +378,8 @@ func (m *Manager) runRestore(bin, script string) error {
 	if m.nsFd < 0 {
 		return run()
 	}
-	return inNetNS(netns.NsHandle(m.nsFd), run)
-}
-
-// inNetNS runs fn on a locked thread switched into ns; a child process
-// started by fn inherits the namespace. If switching back fails the thread
-// stays locked, so the runtime discards it rather than reuse it.
-func inNetNS(ns netns.NsHandle, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("get current netns: %w", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns fd %d: %w", int(ns), err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		return errors.Join(ferr, fmt.Errorf("return from netns fd %d: %w (thread discarded)", int(ns), err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	// A child process inherits the namespace of the thread that starts it.
+	return rtnl.Do(netns.NsHandle(m.nsFd), run)
 }
 
 // IptablesRules renders the rules of the owned chains for d, in order, in
