@@ -21,3 +21,30 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+# Debian's etcd 3.4 (etcd-server), whose v2 store the tests of weftctl
+# migrate-v2 need; they run their own on free loopback ports. Its package
+# starts and enables a system etcd on 127.0.0.1:2379, the default endpoint
+# of weft's tests and tools: service starts are denied (policy-rc.d) while it
+# installs, and the unit is left disabled.
+if [ ! -x /usr/bin/etcd ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: need root to install: etcd-server" >&2
+    exit 1
+  fi
+  echo "install-deps: installing etcd-server (its service is not started)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# install-deps: no service starts while etcd-server installs\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
+  apt-get update -qq
+  apt-get install -y -qq etcd-server >/dev/null
+  if [ -d /run/systemd/system ]; then
+    # The unit did not exist before this install: if a policy-rc.d that
+    # allows starts let it run, it is the one this install started.
+    systemctl disable --now --quiet etcd.service || true
+  fi
+fi
