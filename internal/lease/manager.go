@@ -162,6 +162,7 @@ type Manager struct {
 	r4    subnetRange
 	r6    subnetRange
 	six   bool
+	udp   bool // a udp network: a peer lease with no BackendType is flanneld's udp lease (see kept)
 	snaps chan Snapshot
 	wake  chan struct{} // tells keepAlive that a new lease was installed
 
@@ -232,6 +233,7 @@ func NewManager(cfg ManagerConfig) *Manager {
 		r4:       v4Range(cfg.Network),
 		r6:       v6Range(cfg.Network),
 		six:      cfg.Network.EnableIPv6 && cfg.Network.IPv6Network.IsValid(),
+		udp:      strings.EqualFold(cfg.BackendType, "udp"),
 		snaps:    make(chan Snapshot, 1),
 		wake:     make(chan struct{}, 1),
 		peers:    map[string]*Lease{},
@@ -568,7 +570,7 @@ func (m *Manager) install(own Lease, key string, leases []Lease, rev int64) {
 func (m *Manager) setPeersLocked(leases []Lease, rev int64) {
 	m.peers = make(map[string]*Lease, len(leases))
 	for _, l := range leases {
-		m.peers[m.s.Key(l.Subnet, l.IPv6Subnet)] = new(l)
+		m.peers[m.s.Key(l.Subnet, l.IPv6Subnet)] = m.kept(l)
 	}
 	for k := range m.rejected {
 		if _, ok := m.peers[k]; !ok {
@@ -577,6 +579,25 @@ func (m *Manager) setPeersLocked(leases []Lease, rev int64) {
 	}
 	m.rev = rev
 	m.idx = nil
+}
+
+// kept is the copy of a decoded lease the manager keeps and hands on.
+//
+// flanneld's udp backend writes its lease with no BackendType at all: its
+// LeaseAttrs holds only the PublicIP, and BackendType is omitempty (flannel
+// v0.28 pkg/backend/udp/udp_amd64.go, pkg/lease/lease.go), so the value is
+// {"PublicIP":"10.64.3.7","PublicIPv6":null}. flannel's udp hosts route to
+// every lease without looking at its type. In a udp network a lease without
+// a type is therefore a udp host's, and is handed on as "udp" so that the
+// backend programs it. Only the in-memory copy is typed: the value in etcd
+// is never rewritten. A lease naming another backend keeps its type (and
+// the backend refuses it), and so does a typeless lease in a network of
+// any other backend, where flannel ignores it too.
+func (m *Manager) kept(l Lease) *Lease {
+	if l.Attrs.BackendType == "" && m.udp {
+		l.Attrs.BackendType = "udp"
+	}
+	return &l
 }
 
 // peerOK filters what the dataplane must never program: subnets that are
@@ -1083,7 +1104,7 @@ func (m *Manager) apply(events []*clientv3.Event) (lost bool, sub netip.Prefix) 
 		if l, err := m.s.decode(kv); err != nil {
 			delete(m.peers, key)
 		} else {
-			lp = &l
+			lp = m.kept(l)
 			m.peers[key] = lp
 			m.indexAddLocked(key, lp)
 		}
