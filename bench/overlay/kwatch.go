@@ -12,7 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/rtnl"
 	"github.com/weft-net/weft/internal/testutil/netnstest"
 )
 
@@ -112,7 +112,7 @@ func (w *kwatch) message(m *syscall.NetlinkMessage) {
 			return
 		}
 		rtm := (*unix.RtMsg)(unsafe.Pointer(&m.Data[0]))
-		if rtm.Family != unix.AF_INET || netlink.RouteProtocol(rtm.Protocol) != dataplane.RTProtWeft {
+		if rtm.Family != unix.AF_INET || netlink.RouteProtocol(rtm.Protocol) != rtnl.ProtWeft {
 			return
 		}
 		table := uint32(rtm.Table)
@@ -272,7 +272,7 @@ func (w *kwatch) count(prefix string) int {
 // neighbours and n FDB entries on flannel.1.
 func verify(h *host, n int, vxlan bool) error {
 	hd := h.ns.Handle
-	routes, err := hd.RouteListFiltered(unix.AF_INET, &netlink.Route{Protocol: dataplane.RTProtWeft, Table: unix.RT_TABLE_MAIN},
+	routes, err := hd.RouteListFiltered(unix.AF_INET, &netlink.Route{Protocol: rtnl.ProtWeft, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return fmt.Errorf("dump routes in %s: %w", h.ns.Name, err)

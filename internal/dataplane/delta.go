@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // deltaApplier is a Backend that can apply a snapshot as the difference to
@@ -33,7 +34,7 @@ type deltaApplier interface {
 func delRoute(h *netlink.Handle, w routeWant) error {
 	err := h.RouteDel(&netlink.Route{
 		Dst:      ipNet(w.Dst),
-		Protocol: RTProtWeft,
+		Protocol: rtnl.ProtWeft,
 		Table:    unix.RT_TABLE_MAIN,
 		Priority: w.Metric,
 		Family:   routeFamily(w.Dst),
@@ -48,7 +49,7 @@ func delRoute(h *netlink.Handle, w routeWant) error {
 // wants (routes is the desired set, nil before the first apply). Deletions of
 // routes weft no longer wants are the echoes of its own applies, not drift.
 func routeDrift(routes map[netip.Prefix]routeWant, u netlink.RouteUpdate) bool {
-	if u.Type != unix.RTM_DELROUTE || u.Protocol != RTProtWeft {
+	if u.Type != unix.RTM_DELROUTE || u.Protocol != rtnl.ProtWeft {
 		return false
 	}
 	if routes == nil {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // deltaSequence returns a reproducible sequence of snapshots in which every
@@ -215,7 +216,7 @@ func TestVXLANWatcherIgnoresOwnDeletes(t *testing.T) {
 	mu.Unlock()
 
 	// Somebody else deletes p2's route: drift.
-	must(t, l.ns.Handle.RouteDel(&netlink.Route{Dst: ipNet(p2.Subnet), Table: unix.RT_TABLE_MAIN, Protocol: RTProtWeft}))
+	must(t, l.ns.Handle.RouteDel(&netlink.Route{Dst: ipNet(p2.Subnet), Table: unix.RT_TABLE_MAIN, Protocol: rtnl.ProtWeft}))
 	eventually(t, 2*time.Second, "manual deletion seen", seen(n+1))
 	mu.Lock()
 	if !drift[n] {

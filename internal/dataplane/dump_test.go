@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // TestRawDumpMatchesNetlink: the raw dumps (several kernel chunks: 700 peers)
@@ -58,7 +59,7 @@ func TestRawDumpMatchesNetlink(t *testing.T) {
 	must(t, err)
 	for _, r := range rs {
 		switch {
-		case r.Protocol == RTProtWeft:
+		case r.Protocol == rtnl.ProtWeft:
 			want = append(want, fmt.Sprintf("%s gw=%s dev=%d prio=%d flags=%d type=%d", prefixOf(r.Dst), addrOf(r.Gw), r.LinkIndex, r.Priority, r.Flags, r.Type))
 		case r.LinkIndex == eth0 && r.Gw == nil && r.Scope == netlink.SCOPE_LINK && r.Type == unix.RTN_UNICAST:
 			want = append(want, "connected "+prefixOf(r.Dst).String())
@@ -77,18 +78,14 @@ func TestRawDumpMatchesNetlink(t *testing.T) {
 		link   int
 	}{{unix.AF_INET, link}, {unix.AF_INET, eth0}, {unix.AF_BRIDGE, link}} {
 		var raw []string
-		var req []byte
-		if c.family == unix.AF_BRIDGE {
-			req = appendNdmsg(nil, c.family, c.link, 0, 0, 0)
-		} else {
-			req = appendAttrU32(appendNdmsg(nil, c.family, 0, 0, 0, 0), unix.NDA_IFINDEX, uint32(c.link))
+		add := func(n rtnl.Neigh) {
+			raw = append(raw, fmt.Sprintf("%s %s state=%#x vni=%d", n.IP, net.HardwareAddr(n.MAC[:n.MACLen]), n.State, n.VNI))
 		}
-		must(t, dumpRaw(rt, unix.RTM_GETNEIGH, req, unix.RTM_NEWNEIGH, func(p []byte) {
-			n, ok := parseNeigh(p)
-			if ok && n.Family == c.family && n.Link == c.link {
-				raw = append(raw, fmt.Sprintf("%s %s state=%#x vni=%d", n.IP, net.HardwareAddr(n.MAC[:n.MACLen]), n.State, n.VNI))
-			}
-		}))
+		if c.family == unix.AF_BRIDGE {
+			must(t, rt.DumpFDB(c.link, add))
+		} else {
+			must(t, rt.DumpNeighs(c.family, c.link, add))
+		}
 		ns, err := h.NeighList(c.link, int(c.family))
 		must(t, err)
 		var nl []string
@@ -167,16 +164,16 @@ func TestRTNLSocket(t *testing.T) {
 		t.Errorf("connected routes on eth0 = %v, want [%s] (the lab namespace's)", m.connected, l.under)
 	}
 
-	rt.close()
-	rt.close() // idempotent: both halves of a dual-stack backend close it
-	if _, err := readMainRoutes(rt, unix.AF_INET, eth0); !errors.Is(err, errRouteClosed) {
-		t.Errorf("dump after close: %v, want %v", err, errRouteClosed)
+	rt.Close()
+	rt.Close() // idempotent: both halves of a dual-stack backend close it
+	if _, err := readMainRoutes(rt, unix.AF_INET, eth0); !errors.Is(err, rtnl.ErrClosed) {
+		t.Errorf("dump after close: %v, want %v", err, rtnl.ErrClosed)
 	}
 	tl := &tally{what: "test"}
 	st, _, err := syncRoutes(context.Background(), rt, unix.AF_INET, nil, []routeWant{{Dst: peerSubnet(2), Gw: l.under.Addr().Next().Next(), Link: eth0}}, tl)
 	must(t, err)
-	if st.Added != 0 || tl.n != 1 || !errors.Is(tl.first, errRouteClosed) {
-		t.Errorf("write after close: added %d, failed %d (%v); want 0, 1 with %v", st.Added, tl.n, tl.first, errRouteClosed)
+	if st.Added != 0 || tl.n != 1 || !errors.Is(tl.first, rtnl.ErrClosed) {
+		t.Errorf("write after close: added %d, failed %d (%v); want 0, 1 with %v", st.Added, tl.n, tl.first, rtnl.ErrClosed)
 	}
 
 	b := l.dual(t, "host-gw", `{}`).(*dualBackend)
@@ -185,7 +182,7 @@ func TestRTNLSocket(t *testing.T) {
 		t.Fatalf("dual-stack halves use sockets %p and %p, want one shared", v4.rt, v6.rt)
 	}
 	must(t, b.Close())
-	if err := dumpRaw(v4.rt, unix.RTM_GETROUTE, appendRtmsg(nil, unix.AF_INET, 0, 0, 0, 0, 0, 0, 0), unix.RTM_NEWROUTE, func([]byte) {}); !errors.Is(err, errRouteClosed) {
-		t.Errorf("dump after the backend's Close: %v, want %v", err, errRouteClosed)
+	if err := v4.rt.DumpRoutes(unix.AF_INET, func(rtnl.Route) {}); !errors.Is(err, rtnl.ErrClosed) {
+		t.Errorf("dump after the backend's Close: %v, want %v", err, rtnl.ErrClosed)
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
+	"github.com/weft-net/weft/internal/rtnl"
 	"github.com/weft-net/weft/internal/testutil/netnstest"
 )
 
@@ -74,13 +75,13 @@ func (l *lab) handle(t testing.TB) *netlink.Handle {
 }
 
 // rtnl opens an rtnetlink socket in the lab namespace, as NewBackend does.
-func (l *lab) rtnl(t testing.TB) *rtnl {
+func (l *lab) rtnl(t testing.TB) *rtnl.Conn {
 	t.Helper()
-	rt, err := openRTNL(l.host.NetNS)
+	rt, err := rtnl.Open(l.host.NetNS)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(rt.close)
+	t.Cleanup(rt.Close)
 	return rt
 }
 
@@ -184,7 +185,7 @@ func kernelStateOf(t testing.TB, h *netlink.Handle, dev string, family int) []st
 			vx = l
 		}
 	}
-	routes, err := h.RouteListFiltered(family, &netlink.Route{Protocol: RTProtWeft, Table: unix.RT_TABLE_MAIN},
+	routes, err := h.RouteListFiltered(family, &netlink.Route{Protocol: rtnl.ProtWeft, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		t.Fatal(err)

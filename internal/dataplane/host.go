@@ -10,6 +10,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/weft-net/weft/internal/netconf"
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // Host is what a backend needs to know about the machine it programs: the
@@ -81,7 +82,7 @@ func NewBackend(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Logg
 		}
 		b, err := newUDP(cfg, host, h, rt, log.With("backend", "udp"))
 		if err != nil {
-			rt.close()
+			rt.Close()
 			return nil, err
 		}
 		return b, nil
@@ -93,8 +94,8 @@ func NewBackend(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Logg
 }
 
 // openBackendRTNL opens the rtnetlink socket of a typ backend in host.NetNS.
-func openBackendRTNL(typ string, host Host) (*rtnl, error) {
-	rt, err := openRTNL(host.NetNS)
+func openBackendRTNL(typ string, host Host) (*rtnl.Conn, error) {
+	rt, err := rtnl.Open(host.NetNS)
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: new %q backend: %w", typ, err)
 	}

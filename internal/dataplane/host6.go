@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // resolveHost6 fills in what the IPv6 side needs and the caller left zero:
@@ -20,7 +21,7 @@ func resolveHost6(h *netlink.Handle, host Host) (Host, error) {
 	}
 	attrs := link.Attrs()
 	if !host.IfaceAddr6.IsValid() {
-		addrs, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_V6) })
+		addrs, err := rtnl.RetryDump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_V6) })
 		if err != nil {
 			return host, fmt.Errorf("dataplane: list IPv6 addresses of %s: %w", attrs.Name, err)
 		}

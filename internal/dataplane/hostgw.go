@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // ErrPeerUnreachable marks a peer host-gw cannot route to: its PublicIP is
@@ -35,7 +36,7 @@ type hostGWRoutes struct {
 	fam   hostGWFamily
 	host  Host
 	h     *netlink.Handle
-	rt    *rtnl // dumps and batched writes; closed by Close (shared by dual-stack halves)
+	rt    *rtnl.Conn // dumps and batched writes; closed by Close (shared by dual-stack halves)
 	log   *slog.Logger
 	w     *watcher
 	notes peerNotes
@@ -79,7 +80,7 @@ var hostGW4 = hostGWFamily{
 	},
 }
 
-func newHostGW(host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) *hostGWBackend {
+func newHostGW(host Host, h *netlink.Handle, rt *rtnl.Conn, log *slog.Logger) *hostGWBackend {
 	return &hostGWBackend{hostGWRoutes{fam: hostGW4, host: host, h: h, rt: rt, log: log, w: newWatcher(host.NetNS, log)}}
 }
 
@@ -115,7 +116,7 @@ func (b *hostGWRoutes) Events() <-chan struct{} { return b.w.ch }
 
 func (b *hostGWRoutes) Close() error {
 	b.w.close()
-	b.rt.close()
+	b.rt.Close()
 	return nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 type hostGW6Backend struct{ hostGWRoutes }
@@ -33,7 +34,7 @@ var hostGW6 = hostGWFamily{
 	},
 }
 
-func newHostGW6(host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) *hostGW6Backend {
+func newHostGW6(host Host, h *netlink.Handle, rt *rtnl.Conn, log *slog.Logger) *hostGW6Backend {
 	return &hostGW6Backend{hostGWRoutes{fam: hostGW6, host: host, h: h, rt: rt, log: log, w: newWatcher(host.NetNS, log)}}
 }
 
@@ -50,7 +51,7 @@ func (b *hostGW6Backend) Init(ctx context.Context) (Published, int, error) {
 			// (which decides which peers are reachable) changed.
 			return b.drift(u) ||
 				(u.Family == unix.AF_INET6 && u.LinkIndex == b.host.IfaceIndex && u.Gw == nil &&
-					u.Protocol != RTProtWeft && u.Table == unix.RT_TABLE_MAIN)
+					u.Protocol != rtnl.ProtWeft && u.Table == unix.RT_TABLE_MAIN)
 		},
 	})
 	return Published{BackendType: "host-gw"}, host.IfaceMTU, nil

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 func wantHostGW(peers ...lease.Lease) []string {
@@ -110,7 +111,7 @@ func TestRouteRefusedUnreachable(t *testing.T) {
 // stale weft route from a previous run is swept at start.
 func TestHostGWRepair(t *testing.T) {
 	l := newLab(t, hostAddr, swAddr)
-	stale := &netlink.Route{Dst: ipNet(peerSubnet(9)), Gw: publicIP(9).AsSlice(), LinkIndex: l.eth0(t), Protocol: RTProtWeft}
+	stale := &netlink.Route{Dst: ipNet(peerSubnet(9)), Gw: publicIP(9).AsSlice(), LinkIndex: l.eth0(t), Protocol: rtnl.ProtWeft}
 	must(t, l.ns.Handle.RouteAdd(stale))
 	b := l.backend(t, "host-gw", `{}`)
 	_, _, err := b.Init(context.Background())
@@ -123,7 +124,7 @@ func TestHostGWRepair(t *testing.T) {
 		return d == "", d
 	}
 	eventually(t, 5*time.Second, "initial apply (stale route swept)", converged)
-	must(t, l.ns.Handle.RouteDel(&netlink.Route{Dst: ipNet(peers[1].Subnet), Table: unix.RT_TABLE_MAIN, Protocol: RTProtWeft}))
+	must(t, l.ns.Handle.RouteDel(&netlink.Route{Dst: ipNet(peers[1].Subnet), Table: unix.RT_TABLE_MAIN, Protocol: rtnl.ProtWeft}))
 	took := eventually(t, time.Second, "deleted route restored", converged)
 	t.Logf("restored in %v", took)
 }

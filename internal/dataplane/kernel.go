@@ -21,15 +21,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-)
 
-// RTProtWeft is the route protocol number on every route weft installs
-// (`ip route show proto 87`). It is how weft recognises its own routes after a
-// restart, to remove leftovers of leases that no longer exist, without ever
-// touching routes somebody else made. 87 is 0x57, ASCII 'W'; it is not in
-// iproute2's rt_protos (0-4 kernel, 8-18 routing daemons, 42 babel, 99 openr,
-// 186-192 bgp/isis/ospf/rip/eigrp) nor used by felix (80) or bird (12).
-const RTProtWeft netlink.RouteProtocol = 87
+	"github.com/weft-net/weft/internal/rtnl"
+)
 
 // blackholeMetric keeps the -ip-blackhole-route route behind the bridge's own
 // connected route (metric 0) for the same subnet: it only catches traffic
@@ -97,23 +91,6 @@ func isGone(err error) bool {
 	return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH)
 }
 
-// dump retries a netlink dump the kernel interrupted (the table changed while
-// it was being read), like CNI's netlinksafe: a partial dump would make a
-// sync delete or re-add entries that are fine.
-func dump[T any](f func() (T, error)) (T, error) {
-	var (
-		v   T
-		err error
-	)
-	for range 5 {
-		v, err = f()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return v, err
-		}
-	}
-	return v, err
-}
-
 func prefixOf(n *net.IPNet) netip.Prefix {
 	if n == nil {
 		return netip.Prefix{}
@@ -139,19 +116,12 @@ func addrOf(ip net.IP) netip.Addr {
 }
 
 // routeWant is one route weft wants in the main table.
-type routeWant struct {
-	Dst       netip.Prefix
-	Gw        netip.Addr // zero for a blackhole route
-	Link      int        // 0 for a blackhole route
-	OnLink    bool
-	Blackhole bool
-	Metric    int
-}
+type routeWant rtnl.RouteSpec
 
 func (w routeWant) route() *netlink.Route {
 	r := &netlink.Route{
 		Dst:       ipNet(w.Dst),
-		Protocol:  RTProtWeft,
+		Protocol:  rtnl.ProtWeft,
 		Table:     unix.RT_TABLE_MAIN,
 		Priority:  w.Metric,
 		LinkIndex: w.Link,
@@ -177,7 +147,7 @@ func routeFamily(dst netip.Prefix) int {
 	return netlink.FAMILY_V4
 }
 
-func (w routeWant) matches(r kRoute) bool {
+func (w routeWant) matches(r rtnl.Route) bool {
 	typ := r.Type
 	if typ == 0 {
 		typ = unix.RTN_UNICAST
@@ -218,43 +188,37 @@ func (s *syncStats) plus(o syncStats) {
 // (for "is this peer on my L2 segment" checks). One dump per apply, never
 // one per peer (flannel's host-gw dumped the table once per lease).
 type mainRoutes struct {
-	weft      []kRoute
+	weft      []rtnl.Route
 	connected []netip.Prefix
-	// foreign are the routes of other owners (not RTProtWeft) whose
+	// foreign are the routes of other owners (not rtnl.ProtWeft) whose
 	// destination has the overlay's subnet length: the ones a peer route
 	// could collide with (see foreignRoutes).
-	foreign []kRoute
+	foreign []rtnl.Route
 }
 
 // readMainRoutes dumps the main table of family (AF_INET or AF_INET6) only
 // (the kernel filters it: on a host with a large local table, e.g.
 // kube-proxy's IPVS addresses, none of that is sent) and keeps weft's routes
 // and the underlay's connected subnets.
-func readMainRoutes(c *rtnl, family uint8, ifaceIndex int) (mainRoutes, error) {
+func readMainRoutes(c *rtnl.Conn, family uint8, ifaceIndex int) (mainRoutes, error) {
 	return readMainRoutesFor(c, family, ifaceIndex, -1)
 }
 
 // readMainRoutesFor is readMainRoutes that also keeps the routes of other
 // owners to destinations of peerBits bits (the subnet length of the
 // overlay; -1: none).
-func readMainRoutesFor(c *rtnl, family uint8, ifaceIndex, peerBits int) (mainRoutes, error) {
+func readMainRoutesFor(c *rtnl.Conn, family uint8, ifaceIndex, peerBits int) (mainRoutes, error) {
 	var m mainRoutes
-	var rb [unix.SizeofRtMsg]byte
-	req := appendRtmsg(rb[:0], family, 0, 0, unix.RT_TABLE_MAIN, 0, 0, 0, 0)
 	last := &lastWeftRoutes[0]
 	if family == unix.AF_INET6 {
 		last = &lastWeftRoutes[1]
 	}
 	// Sized from the last dump: one allocation, not a doubling series.
-	m.weft = make([]kRoute, 0, int(last.Load())+16)
-	_, err := dump(func() (struct{}, error) {
+	m.weft = make([]rtnl.Route, 0, int(last.Load())+16)
+	_, err := rtnl.RetryDump(func() (struct{}, error) {
 		m.weft, m.connected, m.foreign = m.weft[:0], m.connected[:0], m.foreign[:0]
-		return struct{}{}, dumpRaw(c, unix.RTM_GETROUTE, req, unix.RTM_NEWROUTE, func(p []byte) {
-			r, ok := parseRoute(p, family)
-			if !ok || r.Table != unix.RT_TABLE_MAIN {
-				return
-			}
-			if r.Protocol == uint8(RTProtWeft) {
+		return struct{}{}, c.DumpRoutes(family, func(r rtnl.Route) {
+			if r.Protocol == uint8(rtnl.ProtWeft) {
 				m.weft = append(m.weft, r)
 				return
 			}
@@ -278,7 +242,7 @@ func readMainRoutesFor(c *rtnl, family uint8, ifaceIndex, peerBits int) (mainRou
 // underlay interface, is a subnet connected to it. An IPv4 one has link
 // scope; an IPv6 route has no link scope, so there it is any such route
 // that is not link-local and has no next hop weft never sets.
-func connectedRoute(family uint8, r kRoute) bool {
+func connectedRoute(family uint8, r rtnl.Route) bool {
 	if family == unix.AF_INET6 {
 		return !r.Dst.Addr().IsLinkLocalUnicast() && !r.Other
 	}
@@ -316,10 +280,10 @@ func putScratch(s *scratch) {
 	scratchPool.Put(s)
 }
 
-// syncRoutes makes the main-table routes of family carrying RTProtWeft
+// syncRoutes makes the main-table routes of family carrying rtnl.ProtWeft
 // (have, from readMainRoutes) equal to want: only the differences are
 // written.
-func syncRoutes(ctx context.Context, c *rtnl, family uint8, have []kRoute, want []routeWant, t *tally) (*syncStats, func() error, error) {
+func syncRoutes(ctx context.Context, c *rtnl.Conn, family uint8, have []rtnl.Route, want []routeWant, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
@@ -329,7 +293,7 @@ func syncRoutes(ctx context.Context, c *rtnl, family uint8, have []kRoute, want 
 	}
 	ok := append(sc.ok, make([]bool, len(want))...)
 	sc.ok = ok
-	var stale []kRoute
+	var stale []rtnl.Route
 	for _, r := range have {
 		i, found := wantBy[r.Dst]
 		if found && !ok[i] && want[i].matches(r) {
@@ -345,7 +309,7 @@ func syncRoutes(ctx context.Context, c *rtnl, family uint8, have []kRoute, want 
 	}
 	// Add and replace before deleting, so that traffic moves to the new
 	// route rather than through a gap.
-	b := newBatch(c, func(i int, err error) bool {
+	b := rtnl.NewBatch(c, func(i int, err error) bool {
 		if t.peerRoutes && isUnreachable(err) {
 			t.unreachable = append(t.unreachable, refusedRoute{want[i], err})
 			return true
@@ -357,17 +321,15 @@ func syncRoutes(ctx context.Context, c *rtnl, family uint8, have []kRoute, want 
 		if ok[i] {
 			continue
 		}
-		if len(b.keys) == 0 && ctx.Err() != nil {
+		if b.Pending() == 0 && ctx.Err() != nil {
 			return st, nil, ctx.Err()
 		}
-		b.begin()
-		b.buf = appendRouteWant(b.buf, family, w)
-		b.end(i, unix.RTM_NEWROUTE, setFlags)
+		b.ReplaceRoute(i, family, rtnl.RouteSpec(w))
 	}
-	b.flush()
-	st.Added = b.ok()
+	b.Flush()
+	st.Added = b.OK()
 	del := func() error {
-		d := newBatch(c, func(i int, err error) bool {
+		d := rtnl.NewBatch(c, func(i int, err error) bool {
 			if isGone(err) {
 				return false
 			}
@@ -375,15 +337,13 @@ func syncRoutes(ctx context.Context, c *rtnl, family uint8, have []kRoute, want 
 			return true
 		})
 		for i, r := range stale {
-			if len(d.keys) == 0 && ctx.Err() != nil {
+			if d.Pending() == 0 && ctx.Err() != nil {
 				return ctx.Err()
 			}
-			d.begin()
-			d.buf = appendRouteDel(d.buf, family, r)
-			d.end(i, unix.RTM_DELROUTE, 0)
+			d.DeleteRoute(i, family, r)
 		}
-		d.flush()
-		st.Deleted += d.ok()
+		d.Flush()
+		st.Deleted += d.OK()
 		return nil
 	}
 	return st, del, nil
@@ -405,9 +365,9 @@ func cmpMAC(a, b [6]byte) int { return bytes.Compare(a[:], b[:]) }
 // for the caller to run after every add (deletes go in reverse dependency
 // order): "already gone" counts as success, other failures are collected in
 // t so that the entry is retried by the next pass.
-func deleteNeighs(ctx context.Context, c *rtnl, stale []kNeigh, st *syncStats, t *tally, what func(n kNeigh) string) func() error {
+func deleteNeighs(ctx context.Context, c *rtnl.Conn, stale []rtnl.Neigh, st *syncStats, t *tally, what func(n rtnl.Neigh) string) func() error {
 	return func() error {
-		d := newBatch(c, func(i int, err error) bool {
+		d := rtnl.NewBatch(c, func(i int, err error) bool {
 			if isGone(err) {
 				return false
 			}
@@ -415,15 +375,13 @@ func deleteNeighs(ctx context.Context, c *rtnl, stale []kNeigh, st *syncStats, t
 			return true
 		})
 		for i, n := range stale {
-			if len(d.keys) == 0 && ctx.Err() != nil {
+			if d.Pending() == 0 && ctx.Err() != nil {
 				return ctx.Err()
 			}
-			d.begin()
-			d.buf = appendNeighDel(d.buf, n)
-			d.end(i, unix.RTM_DELNEIGH, 0)
+			d.DeleteNeigh(i, n)
 		}
-		d.flush()
-		st.Deleted += d.ok()
+		d.Flush()
+		st.Deleted += d.OK()
 		return nil
 	}
 }
@@ -432,22 +390,14 @@ func deleteNeighs(ctx context.Context, c *rtnl, stale []kNeigh, st *syncStats, t
 // on link equal to want (address → MAC). Dynamic entries the kernel made are
 // left alone unless their address is wanted, in which case the permanent
 // entry replaces them.
-func syncNeighs(ctx context.Context, c *rtnl, family uint8, link int, want map[netip.Addr]net.HardwareAddr, t *tally) (*syncStats, func() error, error) {
+func syncNeighs(ctx context.Context, c *rtnl.Conn, family uint8, link int, want map[netip.Addr]net.HardwareAddr, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
-	var stale []kNeigh
-	// The device goes in NDA_IFINDEX (not the header), which the kernel
-	// filters on with or without strict checking.
-	var rb [unix.SizeofNdMsg + 8]byte
-	req := appendAttrU32(appendNdmsg(rb[:0], family, 0, 0, 0, 0), unix.NDA_IFINDEX, uint32(link))
-	_, err := dump(func() (struct{}, error) {
+	var stale []rtnl.Neigh
+	_, err := rtnl.RetryDump(func() (struct{}, error) {
 		sc.addrs, stale = sc.addrs[:0], stale[:0]
-		return struct{}{}, dumpRaw(c, unix.RTM_GETNEIGH, req, unix.RTM_NEWNEIGH, func(p []byte) {
-			n, ok := parseNeigh(p)
-			if !ok || n.Family != family || n.Link != link {
-				return
-			}
+		return struct{}{}, c.DumpNeighs(family, link, func(n rtnl.Neigh) {
 			mac, wanted := want[n.IP]
 			perm := n.State&netlink.NUD_PERMANENT != 0
 			switch {
@@ -462,7 +412,7 @@ func syncNeighs(ctx context.Context, c *rtnl, family uint8, link int, want map[n
 		return st, nil, fmt.Errorf("list %s neighbours on #%d: %w", famName(family), link, err)
 	}
 	present := sortedSet(sc.addrs, netip.Addr.Compare)
-	b := newBatch(c, func(ip netip.Addr, err error) bool {
+	b := rtnl.NewBatch(c, func(ip netip.Addr, err error) bool {
 		t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, want[ip], err))
 		return true
 	})
@@ -471,38 +421,28 @@ func syncNeighs(ctx context.Context, c *rtnl, family uint8, link int, want map[n
 			if _, found := slices.BinarySearchFunc(present, ip, netip.Addr.Compare); found {
 				continue
 			}
-			if len(b.keys) == 0 && ctx.Err() != nil {
+			if b.Pending() == 0 && ctx.Err() != nil {
 				return st, nil, ctx.Err()
 			}
-			b.begin()
-			b.buf = appendNeighSet(b.buf, family, link, ip, mac)
-			b.end(ip, unix.RTM_NEWNEIGH, setFlags)
+			b.SetNeigh(ip, family, link, ip, mac)
 		}
-		b.flush()
+		b.Flush()
 	}
-	st.Added = b.ok()
-	del := deleteNeighs(ctx, c, stale, st, t, func(n kNeigh) string { return fmt.Sprintf("neighbour %s", n.IP) })
+	st.Added = b.OK()
+	del := deleteNeighs(ctx, c, stale, st, t, func(n rtnl.Neigh) string { return fmt.Sprintf("neighbour %s", n.IP) })
 	return st, del, nil
 }
 
 // syncFDB makes the permanent forwarding entries of the vxlan device link
 // equal to want (VTEP MAC → underlay destination).
-func syncFDB(ctx context.Context, c *rtnl, link int, want map[[6]byte]netip.Addr, t *tally) (*syncStats, func() error, error) {
+func syncFDB(ctx context.Context, c *rtnl.Conn, link int, want map[[6]byte]netip.Addr, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
-	var stale []kNeigh
-	// With strict checking the kernel reads the device from the header and
-	// dumps that device's FDB only (otherwise every device's).
-	var rb [unix.SizeofNdMsg]byte
-	req := appendNdmsg(rb[:0], unix.AF_BRIDGE, link, 0, 0, 0)
-	_, err := dump(func() (struct{}, error) {
+	var stale []rtnl.Neigh
+	_, err := rtnl.RetryDump(func() (struct{}, error) {
 		sc.macs, stale = sc.macs[:0], stale[:0]
-		return struct{}{}, dumpRaw(c, unix.RTM_GETNEIGH, req, unix.RTM_NEWNEIGH, func(p []byte) {
-			n, ok := parseNeigh(p)
-			if !ok || n.Family != unix.AF_BRIDGE || n.Link != link {
-				return
-			}
+		return struct{}{}, c.DumpFDB(link, func(n rtnl.Neigh) {
 			if n.State&netlink.NUD_PERMANENT == 0 || n.MACLen != 6 {
 				return // learned entries (Learning on) belong to the kernel
 			}
@@ -517,7 +457,7 @@ func syncFDB(ctx context.Context, c *rtnl, link int, want map[[6]byte]netip.Addr
 		return st, nil, fmt.Errorf("list FDB entries on #%d: %w", link, err)
 	}
 	present := sortedSet(sc.macs, cmpMAC)
-	b := newBatch(c, func(mac [6]byte, err error) bool {
+	b := rtnl.NewBatch(c, func(mac [6]byte, err error) bool {
 		t.add(fmt.Errorf("set FDB entry %s dst %s: %w", net.HardwareAddr(mac[:]), want[mac], err))
 		return true
 	})
@@ -528,19 +468,17 @@ func syncFDB(ctx context.Context, c *rtnl, link int, want map[[6]byte]netip.Addr
 			if _, found := slices.BinarySearchFunc(present, mac, cmpMAC); found {
 				continue
 			}
-			if len(b.keys) == 0 && ctx.Err() != nil {
+			if b.Pending() == 0 && ctx.Err() != nil {
 				return st, nil, ctx.Err()
 			}
-			b.begin()
-			b.buf = appendNeighSet(b.buf, unix.AF_BRIDGE, link, dst, mac[:])
-			b.end(mac, unix.RTM_NEWNEIGH, setFlags)
+			b.SetNeigh(mac, unix.AF_BRIDGE, link, dst, mac[:])
 		}
-		b.flush()
+		b.Flush()
 	}
-	st.Added = b.ok()
+	st.Added = b.OK()
 	// After the replace above a delete is often ENOENT (success): the
 	// kernel already swapped the destination of this MAC in place.
-	del := deleteNeighs(ctx, c, stale, st, t, func(n kNeigh) string {
+	del := deleteNeighs(ctx, c, stale, st, t, func(n rtnl.Neigh) string {
 		return fmt.Sprintf("FDB entry %s dst %s", net.HardwareAddr(n.MAC[:]), n.IP)
 	})
 	return st, del, nil
@@ -565,7 +503,7 @@ func syncAddrs(h *netlink.Handle, family uint8, link netlink.Link, want netip.Pr
 	if v6 {
 		nlFamily, what = netlink.FAMILY_V6, "IPv6 addresses"
 	}
-	have, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(link, nlFamily) })
+	have, err := rtnl.RetryDump(func() ([]netlink.Addr, error) { return h.AddrList(link, nlFamily) })
 	if err != nil {
 		return st, fmt.Errorf("list %s on %s: %w", what, link.Attrs().Name, err)
 	}

@@ -1,7 +1,7 @@
 package dataplane
 
 // Which main-table routes weft may write over. A route is weft's when it
-// carries RTProtWeft; every other route to a peer's destination belongs to
+// carries rtnl.ProtWeft; every other route to a peer's destination belongs to
 // somebody else (an operator, another daemon), and NLM_F_REPLACE would
 // silently overwrite it when it has the same destination and metric. So
 // each full pass also reads the routes of other owners to destinations of
@@ -17,14 +17,16 @@ import (
 	"net/netip"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // foreignRoutes are the main-table routes of other owners to destinations
 // of the overlay's subnet length, by destination, as the last full pass read
 // them (nil: none, the usual case).
-type foreignRoutes map[netip.Prefix][]kRoute
+type foreignRoutes map[netip.Prefix][]rtnl.Route
 
-func newForeignRoutes(rs []kRoute) foreignRoutes {
+func newForeignRoutes(rs []rtnl.Route) foreignRoutes {
 	if len(rs) == 0 {
 		return nil
 	}
@@ -39,7 +41,7 @@ func newForeignRoutes(rs []kRoute) foreignRoutes {
 // overlay's own and so weft's to take over: on weft's device dev (0: the
 // backend has none), or through exactly w's gateway and device. A blackhole
 // is taken over only by weft's own blackhole route.
-func adoptable(r kRoute, w routeWant, dev int) bool {
+func adoptable(r rtnl.Route, w routeWant, dev int) bool {
 	typ := r.Type
 	if typ == 0 {
 		typ = unix.RTN_UNICAST
@@ -75,7 +77,7 @@ func (f foreignRoutes) conflict(w routeWant, dev int) string {
 // than its own: a replace does not reach them, so syncRoutes deletes them
 // as stale once weft's route is in. Those at weft's metric need nothing:
 // the replace makes them weft's.
-func (f foreignRoutes) adopted(have []kRoute, want map[netip.Prefix]routeWant, dev int) []kRoute {
+func (f foreignRoutes) adopted(have []rtnl.Route, want map[netip.Prefix]routeWant, dev int) []rtnl.Route {
 	for dst, rs := range f {
 		w, ok := want[dst]
 		if !ok || w.Blackhole {
@@ -88,28 +90,4 @@ func (f foreignRoutes) adopted(have []kRoute, want map[netip.Prefix]routeWant, d
 		}
 	}
 	return have
-}
-
-// String describes a dumped route in ip-route terms, for messages.
-func (r kRoute) String() string {
-	var s string
-	switch r.Type {
-	case 0, unix.RTN_UNICAST:
-		s = r.Dst.String()
-		if r.Gw.IsValid() {
-			s += " via " + r.Gw.String()
-		}
-		if r.Link != 0 {
-			s += fmt.Sprintf(" dev #%d", r.Link)
-		}
-	case unix.RTN_BLACKHOLE:
-		s = "blackhole " + r.Dst.String()
-	case unix.RTN_UNREACHABLE:
-		s = "unreachable " + r.Dst.String()
-	case unix.RTN_PROHIBIT:
-		s = "prohibit " + r.Dst.String()
-	default:
-		s = fmt.Sprintf("type %d %s", r.Type, r.Dst)
-	}
-	return s + fmt.Sprintf(" proto %d metric %d", r.Protocol, r.Priority)
 }

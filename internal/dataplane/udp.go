@@ -52,7 +52,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"runtime"
 	"strings"
 	"sync/atomic"
 
@@ -63,6 +62,7 @@ import (
 
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
+	"github.com/weft-net/weft/internal/rtnl"
 	"github.com/weft-net/weft/internal/udpfwd"
 )
 
@@ -78,7 +78,7 @@ type udpBackend struct {
 	port    int
 	host    Host
 	h       *netlink.Handle
-	rt      *rtnl // dumps and batched writes; closed by Close
+	rt      *rtnl.Conn // dumps and batched writes; closed by Close
 	log     *slog.Logger
 	w       *watcher
 
@@ -113,7 +113,7 @@ func SetUDPHooks(b Backend, h UDPHooks) bool {
 // skipped lists the peers the last Apply left out of the engine's table.
 func (b *udpBackend) skipped() []skippedPeer { return b.notes.skipped() }
 
-func newUDP(cfg netconf.Config, host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) (*udpBackend, error) {
+func newUDP(cfg netconf.Config, host Host, h *netlink.Handle, rt *rtnl.Conn, log *slog.Logger) (*udpBackend, error) {
 	o, err := cfg.UDP()
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: udp backend options: %w", err)
@@ -143,25 +143,7 @@ func inNS(ns *netns.NsHandle, fn func() error) error {
 	if ns == nil {
 		return fn()
 	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("get current netns: %w", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(*ns); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns %s: %w", ns, err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		// Leave the thread locked: the runtime discards it when the
-		// goroutine ends instead of reusing a thread in the wrong namespace.
-		return errors.Join(ferr, fmt.Errorf("return from netns %s: %w", ns, err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	return rtnl.Do(*ns, fn)
 }
 
 // Init resolves the underlay, attaches to (or creates) flannel0 and starts
@@ -194,7 +176,7 @@ func (b *udpBackend) Init(ctx context.Context) (Published, int, error) {
 			return false
 		},
 		route: func(u netlink.RouteUpdate) bool {
-			return u.Type == unix.RTM_DELROUTE && u.Protocol == RTProtWeft
+			return u.Type == unix.RTM_DELROUTE && u.Protocol == rtnl.ProtWeft
 		},
 		addr: func(u netlink.AddrUpdate) bool {
 			return !u.NewAddr && int32(u.LinkIndex) == b.devIndex.Load()
@@ -210,7 +192,7 @@ func (b *udpBackend) Events() <-chan struct{} { return b.w.ch }
 func (b *udpBackend) Close() error {
 	b.closed.Store(true)
 	b.w.close()
-	b.rt.close()
+	b.rt.Close()
 	if b.eng != nil {
 		err := b.eng.Close()
 		b.eng = nil

@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // vxlanOverhead is what VXLAN over IPv4 adds to every frame: outer IPv4 (20)
@@ -59,7 +60,7 @@ type vxlanDevice struct {
 	opts     VXLANOptions
 	family   uint8 // of the underlay, the neighbours and the routes
 	h        *netlink.Handle
-	rt       *rtnl // dumps and batched writes; closed by Close
+	rt       *rtnl.Conn // dumps and batched writes; closed by Close
 	log      *slog.Logger
 	name     string
 	overhead int // what the encapsulation adds to a frame
@@ -111,7 +112,7 @@ type vxlanBackend struct {
 	filter watchFilter
 }
 
-func newVXLAN(opts VXLANOptions, host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) *vxlanBackend {
+func newVXLAN(opts VXLANOptions, host Host, h *netlink.Handle, rt *rtnl.Conn, log *slog.Logger) *vxlanBackend {
 	name := fmt.Sprintf("flannel.%d", opts.VNI)
 	return &vxlanBackend{
 		vxlanDevice: vxlanDevice{
@@ -167,7 +168,7 @@ func (b *vxlanBackend) Events() <-chan struct{} { return b.w.ch }
 
 func (b *vxlanBackend) Close() error {
 	b.w.close()
-	b.rt.close()
+	b.rt.Close()
 	return nil
 }
 
@@ -768,7 +769,7 @@ func publishAddr(want *atomic.Pointer[vxlanState], own netip.Prefix, dev int, ad
 // in dependency order (FDB, neighbour, then the route that uses them: a
 // route is usable the moment it appears), deletes in reverse, so no packet
 // is sent through a half-programmed peer.
-func syncVXLAN(ctx context.Context, rt *rtnl, family uint8, d *vxlanState, have []kRoute, routes []routeWant, st *syncStats, t *tally) []error {
+func syncVXLAN(ctx context.Context, rt *rtnl.Conn, family uint8, d *vxlanState, have []rtnl.Route, routes []routeWant, st *syncStats, t *tally) []error {
 	var errs []error
 	fs, fdel, err := syncFDB(ctx, rt, d.dev, d.fdb, t)
 	errs = append(errs, err)
@@ -794,41 +795,37 @@ func syncVXLAN(ctx context.Context, rt *rtnl, family uint8, d *vxlanState, have 
 // kernel in batches on the backend's socket rt, so a bulk change (every peer
 // leaving in one transaction) costs a few hundred sendmsg calls, not one
 // round trip and one receive buffer per entry.
-func applyVXLANDiff(ctx context.Context, rt *rtnl, family uint8, old, d *vxlanState, t *tally) syncStats {
+func applyVXLANDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *vxlanState, t *tally) syncStats {
 	var st syncStats
 	fdbAdd, fdbDel := diffMaps(old.fdb, d.fdb, func(a, b netip.Addr) bool { return a == b })
 	neighAdd, neighDel := diffMaps(old.neighs, d.neighs, func(a, b net.HardwareAddr) bool { return slices.Equal(a, b) })
 	routeAdd, routeDel := diffMaps(old.routes, d.routes, func(a, b routeWant) bool { return a == b })
 
-	fb := newBatch(rt, func(mac [6]byte, err error) bool {
+	fb := rtnl.NewBatch(rt, func(mac [6]byte, err error) bool {
 		t.add(fmt.Errorf("set FDB entry %s dst %s: %w", net.HardwareAddr(mac[:]), d.fdb[mac], err))
 		return true
 	})
 	for _, mac := range fdbAdd {
-		fb.begin()
-		fb.buf = appendNeighSet(fb.buf, unix.AF_BRIDGE, d.dev, d.fdb[mac], mac[:])
-		fb.end(mac, unix.RTM_NEWNEIGH, setFlags)
+		fb.SetNeigh(mac, unix.AF_BRIDGE, d.dev, d.fdb[mac], mac[:])
 	}
-	fb.flush()
-	st.Added += fb.ok()
+	fb.Flush()
+	st.Added += fb.OK()
 	if ctx.Err() != nil {
 		return st
 	}
-	nb := newBatch(rt, func(ip netip.Addr, err error) bool {
+	nb := rtnl.NewBatch(rt, func(ip netip.Addr, err error) bool {
 		t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, d.neighs[ip], err))
 		return true
 	})
 	for _, ip := range neighAdd {
-		nb.begin()
-		nb.buf = appendNeighSet(nb.buf, family, d.dev, ip, d.neighs[ip])
-		nb.end(ip, unix.RTM_NEWNEIGH, setFlags)
+		nb.SetNeigh(ip, family, d.dev, ip, d.neighs[ip])
 	}
-	nb.flush()
-	st.Added += nb.ok()
+	nb.Flush()
+	st.Added += nb.OK()
 	if ctx.Err() != nil {
 		return st
 	}
-	rb := newBatch(rt, func(dst netip.Prefix, err error) bool {
+	rb := rtnl.NewBatch(rt, func(dst netip.Prefix, err error) bool {
 		t.add(fmt.Errorf("write route %s: %w", d.routes[dst], err))
 		return true
 	})
@@ -837,16 +834,14 @@ func applyVXLANDiff(ctx context.Context, rt *rtnl, family uint8, old, d *vxlanSt
 		// is added exclusively: a route of another owner that appeared
 		// since the last full pass makes it fail (EEXIST), and the full
 		// pass that follows leaves that route alone.
-		flags := uint16(setFlags)
-		if _, ours := old.routes[dst]; !ours {
-			flags = unix.NLM_F_CREATE | unix.NLM_F_EXCL
+		if _, ours := old.routes[dst]; ours {
+			rb.ReplaceRoute(dst, family, rtnl.RouteSpec(d.routes[dst]))
+		} else {
+			rb.AddRoute(dst, family, rtnl.RouteSpec(d.routes[dst]))
 		}
-		rb.begin()
-		rb.buf = appendRouteWant(rb.buf, family, d.routes[dst])
-		rb.end(dst, unix.RTM_NEWROUTE, flags)
 	}
-	rb.flush()
-	st.Added += rb.ok()
+	rb.Flush()
+	st.Added += rb.OK()
 	if ctx.Err() != nil {
 		return st
 	}
@@ -860,7 +855,7 @@ func applyVXLANDiff(ctx context.Context, rt *rtnl, family uint8, old, d *vxlanSt
 			return true
 		}
 	}
-	rd := newBatch(rt, gone("route"))
+	rd := rtnl.NewBatch(rt, gone("route"))
 	for _, dst := range routeDel {
 		// A replace keeps the key (dst, metric); one at another metric
 		// would survive it.
@@ -870,34 +865,28 @@ func applyVXLANDiff(ctx context.Context, rt *rtnl, family uint8, old, d *vxlanSt
 		}
 		// Whatever its gateway: the kernel matches on destination, table,
 		// metric and protocol.
-		rd.begin()
-		rd.buf = appendRouteDel(rd.buf, family, kRoute{Dst: o.Dst, Table: unix.RT_TABLE_MAIN, Protocol: uint8(RTProtWeft), Priority: o.Metric})
-		rd.end(o.String(), unix.RTM_DELROUTE, 0)
+		rd.DeleteRoute(o.String(), family, rtnl.Route{Dst: o.Dst, Table: unix.RT_TABLE_MAIN, Protocol: uint8(rtnl.ProtWeft), Priority: o.Metric})
 	}
-	rd.flush()
-	st.Deleted += rd.ok()
-	nd := newBatch(rt, gone("neighbour"))
+	rd.Flush()
+	st.Deleted += rd.OK()
+	nd := rtnl.NewBatch(rt, gone("neighbour"))
 	for _, ip := range neighDel {
 		if _, ok := d.neighs[ip]; ok {
 			continue // replaced above
 		}
-		nd.begin()
-		nd.buf = appendNeighDel(nd.buf, kNeigh{Family: family, Link: old.dev, IP: ip})
-		nd.end(ip.String(), unix.RTM_DELNEIGH, 0)
+		nd.DeleteNeigh(ip.String(), rtnl.Neigh{Family: family, Link: old.dev, IP: ip})
 	}
-	nd.flush()
-	st.Deleted += nd.ok()
-	fd := newBatch(rt, gone("FDB entry"))
+	nd.Flush()
+	st.Deleted += nd.OK()
+	fd := rtnl.NewBatch(rt, gone("FDB entry"))
 	for _, mac := range fdbDel {
 		// For a MAC that moved, the set above usually swapped the
 		// destination in place and this finds nothing.
 		dst := old.fdb[mac]
-		fd.begin()
-		fd.buf = appendNeighDel(fd.buf, kNeigh{Family: unix.AF_BRIDGE, Link: old.dev, IP: dst, MAC: mac, MACLen: 6})
-		fd.end(net.HardwareAddr(mac[:]).String()+" dst "+dst.String(), unix.RTM_DELNEIGH, 0)
+		fd.DeleteNeigh(net.HardwareAddr(mac[:]).String()+" dst "+dst.String(), rtnl.Neigh{Family: unix.AF_BRIDGE, Link: old.dev, IP: dst, MAC: mac, MACLen: 6})
 	}
-	fd.flush()
-	st.Deleted += fd.ok()
+	fd.Flush()
+	st.Deleted += fd.OK()
 	return st
 }
 

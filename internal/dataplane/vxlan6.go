@@ -33,6 +33,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // vxlan6Overhead is what VXLAN over IPv6 adds to every frame: outer IPv6
@@ -51,7 +52,7 @@ type vxlan6Backend struct {
 	filter watchFilter
 }
 
-func newVXLAN6(opts VXLANOptions, host Host, h *netlink.Handle, rt *rtnl, log *slog.Logger) *vxlan6Backend {
+func newVXLAN6(opts VXLANOptions, host Host, h *netlink.Handle, rt *rtnl.Conn, log *slog.Logger) *vxlan6Backend {
 	name := fmt.Sprintf("flannel-v6.%d", opts.VNI)
 	return &vxlan6Backend{
 		vxlanDevice: vxlanDevice{
@@ -89,7 +90,7 @@ func (b *vxlan6Backend) Events() <-chan struct{} { return b.w.ch }
 
 func (b *vxlan6Backend) Close() error {
 	b.w.close()
-	b.rt.close()
+	b.rt.Close()
 	return nil
 }
 

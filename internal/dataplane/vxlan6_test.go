@@ -18,6 +18,7 @@ import (
 
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
+	"github.com/weft-net/weft/internal/rtnl"
 	"github.com/weft-net/weft/internal/testutil/netnstest"
 )
 
@@ -307,7 +308,7 @@ func TestVXLAN6Drift(t *testing.T) {
 	h := l.ns.Handle
 	dev, err := h.LinkByName("flannel-v6.1")
 	must(t, err)
-	must(t, h.RouteDel(&netlink.Route{Dst: ipNet(peers[0].IPv6Subnet), Table: unix.RT_TABLE_MAIN, Protocol: RTProtWeft, Family: netlink.FAMILY_V6, Priority: v6Metric}))
+	must(t, h.RouteDel(&netlink.Route{Dst: ipNet(peers[0].IPv6Subnet), Table: unix.RT_TABLE_MAIN, Protocol: rtnl.ProtWeft, Family: netlink.FAMILY_V6, Priority: v6Metric}))
 	must(t, h.NeighDel(&netlink.Neigh{LinkIndex: dev.Attrs().Index, Family: netlink.FAMILY_V6, IP: peers[1].IPv6Subnet.Addr().AsSlice()}))
 	must(t, h.NeighDel(&netlink.Neigh{LinkIndex: dev.Attrs().Index, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
 		State: netlink.NUD_PERMANENT, HardwareAddr: mac6(2), IP: publicIP6(2).AsSlice()}))
@@ -344,7 +345,7 @@ func TestVXLAN6Repair(t *testing.T) {
 	dev, _ := h.LinkByName("flannel-v6.1")
 	oldMAC := dev.Attrs().HardwareAddr
 
-	must(t, h.RouteDel(&netlink.Route{Dst: ipNet(peers[0].IPv6Subnet), Table: unix.RT_TABLE_MAIN, Protocol: RTProtWeft, Family: netlink.FAMILY_V6, Priority: v6Metric}))
+	must(t, h.RouteDel(&netlink.Route{Dst: ipNet(peers[0].IPv6Subnet), Table: unix.RT_TABLE_MAIN, Protocol: rtnl.ProtWeft, Family: netlink.FAMILY_V6, Priority: v6Metric}))
 	t.Logf("route restored in %v", eventually(t, time.Second, "deleted IPv6 route restored", converged))
 	must(t, h.NeighDel(&netlink.Neigh{LinkIndex: dev.Attrs().Index, Family: netlink.FAMILY_V6, IP: peers[1].IPv6Subnet.Addr().AsSlice()}))
 	t.Logf("neighbour restored in %v", eventually(t, time.Second, "deleted IPv6 neighbour restored", converged))

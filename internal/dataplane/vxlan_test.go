@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 var (
@@ -312,7 +313,7 @@ func TestVXLANRepair(t *testing.T) {
 	dev, _ := h.LinkByName("flannel.1")
 	oldMAC := dev.Attrs().HardwareAddr
 
-	must(t, h.RouteDel(&netlink.Route{Dst: ipNet(peers[0].Subnet), Table: unix.RT_TABLE_MAIN, Protocol: RTProtWeft}))
+	must(t, h.RouteDel(&netlink.Route{Dst: ipNet(peers[0].Subnet), Table: unix.RT_TABLE_MAIN, Protocol: rtnl.ProtWeft}))
 	took := eventually(t, time.Second, "deleted route restored", converged)
 	t.Logf("route restored in %v", took)
 

@@ -14,9 +14,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
-	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
+	"github.com/weft-net/weft/internal/rtnl"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
@@ -184,11 +184,11 @@ func ProcSysctl(name string) (string, error) {
 func ObserveKernel(h *netlink.Handle, device string, sysctl SysctlReader) KernelState {
 	k := KernelState{Device: device}
 	var errs []error
-	links, err := retry(func() ([]netlink.Link, error) { return h.LinkList() })
+	links, err := rtnl.RetryDump(func() ([]netlink.Link, error) { return h.LinkList() })
 	if err != nil {
 		errs = append(errs, fmt.Errorf("list links: %w", err))
 	}
-	addrs, err := retry(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_V4) })
+	addrs, err := rtnl.RetryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		errs = append(errs, fmt.Errorf("list IPv4 addresses: %w", err))
 	}
@@ -211,7 +211,7 @@ func ObserveKernel(h *netlink.Handle, device string, sysctl SysctlReader) Kernel
 		}
 		k.Links = append(k.Links, kl)
 	}
-	routes, err := retry(func() ([]netlink.Route, error) {
+	routes, err := rtnl.RetryDump(func() ([]netlink.Route, error) {
 		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
@@ -229,7 +229,7 @@ func ObserveKernel(h *netlink.Handle, device string, sysctl SysctlReader) Kernel
 		k.Routes = append(k.Routes, kr)
 	}
 	if devIndex != 0 {
-		ns, err := retry(func() ([]netlink.Neigh, error) { return h.NeighList(devIndex, netlink.FAMILY_V4) })
+		ns, err := rtnl.RetryDump(func() ([]netlink.Neigh, error) { return h.NeighList(devIndex, netlink.FAMILY_V4) })
 		if err != nil {
 			errs = append(errs, fmt.Errorf("list neighbours of %s: %w", device, err))
 		}
@@ -240,7 +240,7 @@ func ObserveKernel(h *netlink.Handle, device string, sysctl SysctlReader) Kernel
 			a, _ := netip.AddrFromSlice(n.IP)
 			k.Neighs = append(k.Neighs, Neigh{IP: a.Unmap(), MAC: n.HardwareAddr.String()})
 		}
-		fdb, err := retry(func() ([]netlink.Neigh, error) { return h.NeighList(devIndex, unix.AF_BRIDGE) })
+		fdb, err := rtnl.RetryDump(func() ([]netlink.Neigh, error) { return h.NeighList(devIndex, unix.AF_BRIDGE) })
 		if err != nil {
 			errs = append(errs, fmt.Errorf("list FDB of %s: %w", device, err))
 		}
@@ -260,19 +260,6 @@ func ObserveKernel(h *netlink.Handle, device string, sysctl SysctlReader) Kernel
 	return k
 }
 
-// retry repeats a dump the kernel interrupted (it changed under us).
-func retry[T any](f func() (T, error)) (T, error) {
-	var v T
-	var err error
-	for range 5 {
-		v, err = f()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return v, err
-		}
-	}
-	return v, err
-}
-
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	if n == nil {
 		return netip.Prefix{}, false
@@ -287,7 +274,7 @@ func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 }
 
 // rtProtWeft is the route protocol weft marks its routes with.
-const rtProtWeft = int(dataplane.RTProtWeft)
+const rtProtWeft = int(rtnl.ProtWeft)
 
 // Inputs are the sources Observe reads.
 type Inputs struct {
