@@ -62,6 +62,7 @@ import (
 
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // Names of the guard's objects.
@@ -372,9 +373,9 @@ func (m *Manager) nftGeneration() (uint32, error) {
 		if len(msg.Data) < 4 {
 			continue
 		}
-		for a := (nlAttrs{b: msg.Data[4:]}); a.next(); {
-			if a.typ == unix.NFTA_GEN_ID && len(a.val) == 4 {
-				return binary.BigEndian.Uint32(a.val), nil
+		for a := rtnl.WalkAttrs(msg.Data[4:]); a.Next(); {
+			if a.Type == unix.NFTA_GEN_ID && len(a.Value) == 4 {
+				return binary.BigEndian.Uint32(a.Value), nil
 			}
 		}
 	}
@@ -627,8 +628,8 @@ func guardPresent(rc *netlink.Conn) (bool, error) {
 		return false, fmt.Errorf("dump nf_tables inet tables: %w", err)
 	}
 	for _, msg := range msgs {
-		for a := (nlAttrs{b: msg}); a.next(); {
-			if a.typ == unix.NFTA_TABLE_NAME && string(bytes.TrimRight(a.val, "\x00")) == GuardTable {
+		for a := rtnl.WalkAttrs(msg); a.Next(); {
+			if a.Type == unix.NFTA_TABLE_NAME && string(bytes.TrimRight(a.Value, "\x00")) == GuardTable {
 				return true, nil
 			}
 		}
@@ -656,13 +657,13 @@ func (m *Manager) guardDigest() ([]byte, error) {
 	for _, msg := range msgs {
 		var table []byte
 		var fields []byte
-		for a := (nlAttrs{b: msg}); a.next(); {
-			switch a.typ {
+		for a := rtnl.WalkAttrs(msg); a.Next(); {
+			switch a.Type {
 			case unix.NFTA_CHAIN_TABLE:
-				table = bytes.TrimRight(a.val, "\x00")
-				fields = appendField(fields, byte(a.typ), a.val)
+				table = bytes.TrimRight(a.Value, "\x00")
+				fields = appendField(fields, byte(a.Type), a.Value)
 			case unix.NFTA_CHAIN_NAME, unix.NFTA_CHAIN_TYPE, unix.NFTA_CHAIN_HOOK, unix.NFTA_CHAIN_POLICY, nftaChainFlags:
-				fields = appendField(fields, byte(a.typ), a.val)
+				fields = appendField(fields, byte(a.Type), a.Value)
 			}
 		}
 		if string(table) == GuardTable {
@@ -672,15 +673,15 @@ func (m *Manager) guardDigest() ([]byte, error) {
 	if out, err = appendRules(out, rc, inet, GuardTable, ""); err != nil {
 		return nil, err
 	}
-	if msgs, err = nftDump(rc, inet.proto, unix.NFT_MSG_GETSET, appendNulAttr(nil, unix.NFTA_SET_TABLE, GuardTable)); err != nil {
+	if msgs, err = nftDump(rc, inet.proto, unix.NFT_MSG_GETSET, rtnl.AppendAttrString(nil, unix.NFTA_SET_TABLE, GuardTable)); err != nil {
 		return nil, fmt.Errorf("dump sets of table inet %s: %w", GuardTable, err)
 	}
 	for _, msg := range msgs {
 		out = append(out, 's')
-		for a := (nlAttrs{b: msg}); a.next(); {
-			switch a.typ {
+		for a := rtnl.WalkAttrs(msg); a.Next(); {
+			switch a.Type {
 			case unix.NFTA_SET_NAME, unix.NFTA_SET_FLAGS, unix.NFTA_SET_KEY_TYPE, unix.NFTA_SET_KEY_LEN:
-				out = appendField(out, byte(a.typ), a.val)
+				out = appendField(out, byte(a.Type), a.Value)
 			}
 		}
 	}
@@ -690,25 +691,25 @@ func (m *Manager) guardDigest() ([]byte, error) {
 
 // dumpElems calls fn with the key of every element of the guard's set.
 func dumpElems(rc *netlink.Conn, set string, fn func(key []byte)) error {
-	req := appendNulAttr(nil, unix.NFTA_SET_ELEM_LIST_TABLE, GuardTable)
-	req = appendNulAttr(req, unix.NFTA_SET_ELEM_LIST_SET, set)
+	req := rtnl.AppendAttrString(nil, unix.NFTA_SET_ELEM_LIST_TABLE, GuardTable)
+	req = rtnl.AppendAttrString(req, unix.NFTA_SET_ELEM_LIST_SET, set)
 	msgs, err := nftDump(rc, inet.proto, unix.NFT_MSG_GETSETELEM, req)
 	if err != nil {
 		return fmt.Errorf("dump elements of set %s of table inet %s: %w", set, GuardTable, err)
 	}
 	for _, msg := range msgs {
-		for a := (nlAttrs{b: msg}); a.next(); {
-			if a.typ != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+		for a := rtnl.WalkAttrs(msg); a.Next(); {
+			if a.Type != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
 				continue
 			}
-			for e := (nlAttrs{b: a.val}); e.next(); {
-				for k := (nlAttrs{b: e.val}); k.next(); {
-					if k.typ != unix.NFTA_SET_ELEM_KEY {
+			for e := rtnl.WalkAttrs(a.Value); e.Next(); {
+				for k := rtnl.WalkAttrs(e.Value); k.Next(); {
+					if k.Type != unix.NFTA_SET_ELEM_KEY {
 						continue
 					}
-					for v := (nlAttrs{b: k.val}); v.next(); {
-						if v.typ == unix.NFTA_DATA_VALUE {
-							fn(v.val)
+					for v := rtnl.WalkAttrs(k.Value); v.Next(); {
+						if v.Type == unix.NFTA_DATA_VALUE {
+							fn(v.Value)
 						}
 					}
 				}
@@ -725,8 +726,8 @@ func (m *Manager) readDrops() error {
 	if err != nil {
 		return err
 	}
-	req := appendNulAttr(nil, unix.NFTA_OBJ_TABLE, GuardTable)
-	req = appendNulAttr(req, unix.NFTA_OBJ_NAME, GuardCounter)
+	req := rtnl.AppendAttrString(nil, unix.NFTA_OBJ_TABLE, GuardTable)
+	req = rtnl.AppendAttrString(req, unix.NFTA_OBJ_NAME, GuardCounter)
 	req = binary.NativeEndian.AppendUint16(req, 8)
 	req = binary.NativeEndian.AppendUint16(req, unix.NFTA_OBJ_TYPE)
 	req = binary.BigEndian.AppendUint32(req, unix.NFT_OBJECT_COUNTER)
@@ -743,13 +744,13 @@ func (m *Manager) readDrops() error {
 		if len(msg.Data) < 4 {
 			continue
 		}
-		for a := (nlAttrs{b: msg.Data[4:]}); a.next(); {
-			if a.typ != unix.NFTA_OBJ_DATA {
+		for a := rtnl.WalkAttrs(msg.Data[4:]); a.Next(); {
+			if a.Type != unix.NFTA_OBJ_DATA {
 				continue
 			}
-			for d := (nlAttrs{b: a.val}); d.next(); {
-				if d.typ == unix.NFTA_COUNTER_PACKETS && len(d.val) == 8 {
-					packets, found = binaryutil.BigEndian.Uint64(d.val), true
+			for d := rtnl.WalkAttrs(a.Value); d.Next(); {
+				if d.Type == unix.NFTA_COUNTER_PACKETS && len(d.Value) == 8 {
+					packets, found = binaryutil.BigEndian.Uint64(d.Value), true
 				}
 			}
 		}

@@ -17,6 +17,8 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // fastCheck is the fast path's state.
@@ -91,10 +93,10 @@ func appendFamily(out []byte, c *netlink.Conn, f *family) ([]byte, error) {
 	// for the empty ip6 side rather than seven.
 	var weft bool
 	for _, msg := range msgs {
-		for a := (nlAttrs{b: msg}); a.next(); {
-			if a.typ == unix.NFTA_TABLE_NAME {
-				out = appendField(out, 't', a.val)
-				weft = weft || string(bytes.TrimRight(a.val, "\x00")) == NFTTable
+		for a := rtnl.WalkAttrs(msg); a.Next(); {
+			if a.Type == unix.NFTA_TABLE_NAME {
+				out = appendField(out, 't', a.Value)
+				weft = weft || string(bytes.TrimRight(a.Value, "\x00")) == NFTTable
 			}
 		}
 	}
@@ -105,17 +107,17 @@ func appendFamily(out []byte, c *netlink.Conn, f *family) ([]byte, error) {
 	for _, msg := range msgs {
 		out = append(out, 'c')
 		var table, name []byte
-		for a := (nlAttrs{b: msg}); a.next(); {
-			switch a.typ {
+		for a := rtnl.WalkAttrs(msg); a.Next(); {
+			switch a.Type {
 			case unix.NFTA_CHAIN_TABLE, unix.NFTA_CHAIN_NAME, unix.NFTA_CHAIN_TYPE, unix.NFTA_CHAIN_HOOK,
 				unix.NFTA_CHAIN_POLICY, nftaChainFlags:
-				out = appendField(out, byte(a.typ), a.val)
+				out = appendField(out, byte(a.Type), a.Value)
 			}
-			switch a.typ {
+			switch a.Type {
 			case unix.NFTA_CHAIN_TABLE:
-				table = bytes.TrimRight(a.val, "\x00")
+				table = bytes.TrimRight(a.Value, "\x00")
 			case unix.NFTA_CHAIN_NAME:
-				name = bytes.TrimRight(a.val, "\x00")
+				name = bytes.TrimRight(a.Value, "\x00")
 			}
 		}
 		for i, tc := range rawChains {
@@ -142,9 +144,9 @@ func appendFamily(out []byte, c *netlink.Conn, f *family) ([]byte, error) {
 // whole table) in kernel order, each as its chain, expressions other than
 // counters, and user data (comments).
 func appendRules(out []byte, c *netlink.Conn, f *family, table, chain string) ([]byte, error) {
-	req := appendNulAttr(nil, unix.NFTA_RULE_TABLE, table)
+	req := rtnl.AppendAttrString(nil, unix.NFTA_RULE_TABLE, table)
 	if chain != "" {
-		req = appendNulAttr(req, unix.NFTA_RULE_CHAIN, chain)
+		req = rtnl.AppendAttrString(req, unix.NFTA_RULE_CHAIN, chain)
 	}
 	msgs, err := nftDump(c, f.proto, unix.NFT_MSG_GETRULE, req)
 	if err != nil {
@@ -153,16 +155,16 @@ func appendRules(out []byte, c *netlink.Conn, f *family, table, chain string) ([
 	out = appendField(out, 'T', []byte(table+"/"+chain))
 	for _, msg := range msgs {
 		out = append(out, 'r')
-		for a := (nlAttrs{b: msg}); a.next(); {
-			switch a.typ {
+		for a := rtnl.WalkAttrs(msg); a.Next(); {
+			switch a.Type {
 			case unix.NFTA_RULE_TABLE, unix.NFTA_RULE_CHAIN, unix.NFTA_RULE_USERDATA:
-				out = appendField(out, byte(a.typ), a.val)
+				out = appendField(out, byte(a.Type), a.Value)
 			case unix.NFTA_RULE_EXPRESSIONS:
-				for e := (nlAttrs{b: a.val}); e.next(); {
-					if e.typ != unix.NFTA_LIST_ELEM || isCounter(e.val) {
+				for e := rtnl.WalkAttrs(a.Value); e.Next(); {
+					if e.Type != unix.NFTA_LIST_ELEM || isCounter(e.Value) {
 						continue
 					}
-					out = appendField(out, 'e', e.val)
+					out = appendField(out, 'e', e.Value)
 				}
 			}
 		}
@@ -173,9 +175,9 @@ func appendRules(out []byte, c *netlink.Conn, f *family, table, chain string) ([
 // isCounter reports whether an expression is "counter", whose packet and
 // byte counts change with traffic and are not part of a rule's identity.
 func isCounter(expr []byte) bool {
-	for a := (nlAttrs{b: expr}); a.next(); {
-		if a.typ == unix.NFTA_EXPR_NAME {
-			return bytes.Equal(bytes.TrimRight(a.val, "\x00"), []byte("counter"))
+	for a := rtnl.WalkAttrs(expr); a.Next(); {
+		if a.Type == unix.NFTA_EXPR_NAME {
+			return bytes.Equal(bytes.TrimRight(a.Value, "\x00"), []byte("counter"))
 		}
 	}
 	return false
@@ -208,41 +210,6 @@ func appendField(out []byte, tag byte, v []byte) []byte {
 	out = append(out, tag)
 	out = binary.BigEndian.AppendUint32(out, uint32(len(v)))
 	return append(out, v...)
-}
-
-// appendNulAttr appends a NUL-terminated string attribute.
-func appendNulAttr(b []byte, typ uint16, s string) []byte {
-	l := 4 + len(s) + 1
-	b = binary.NativeEndian.AppendUint16(b, uint16(l))
-	b = binary.NativeEndian.AppendUint16(b, typ)
-	b = append(b, s...)
-	b = append(b, 0)
-	for l%4 != 0 {
-		b = append(b, 0)
-		l++
-	}
-	return b
-}
-
-// nlAttrs walks netlink attributes in place.
-type nlAttrs struct {
-	b   []byte
-	typ uint16
-	val []byte
-}
-
-func (a *nlAttrs) next() bool {
-	if len(a.b) < 4 {
-		return false
-	}
-	l := int(binary.NativeEndian.Uint16(a.b))
-	if l < 4 || l > len(a.b) {
-		return false
-	}
-	a.typ = binary.NativeEndian.Uint16(a.b[2:]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
-	a.val = a.b[4:l]
-	a.b = a.b[min((l+3)&^3, len(a.b)):]
-	return true
 }
 
 // nftaChainFlags is NFTA_CHAIN_FLAGS, which x/sys/unix does not name.
