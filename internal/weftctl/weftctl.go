@@ -45,6 +45,7 @@ var commands = map[string]command{
 	"doctor":      {"check this host's overlay: device, bridge, routes, lease, etcd", runDoctor},
 	"leases":      {"list, show, rm, reserve, unreserve subnet leases", runLeases},
 	"lab":         {"run a multi-host overlay in network namespaces on this machine", runLab},
+	"migrate-v2":  {"copy the network config and leases from etcd's v2 store to v3 (dry run unless --apply)", runMigrateV2},
 	"version":     {"print the version", runVersion},
 }
 
