@@ -75,13 +75,17 @@ func newLab(t *testing.T, backend string, hosts int, weftdArgs ...string) *lab.L
 	return newLabWith(t, lab.Config{Hosts: hosts, Backend: backend, NetworkConfig: networkConfig(backend), WeftdArgs: weftdArgs})
 }
 
-// newLabWith is newLab for any lab config; the name, weftd and log are the
+// newLabWith is newLab for any lab config; the name, weftd (unless the
+// config names a daemon: the flanneld interop tests' shim) and log are the
 // test's.
 func newLabWith(t *testing.T, cfg lab.Config) *lab.Lab {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cfg.Name, cfg.WeftdPath = uniqueName(), filepath.Join(binDir, "weftd")
+	cfg.Name = uniqueName()
+	if cfg.WeftdPath == "" {
+		cfg.WeftdPath = filepath.Join(binDir, "weftd")
+	}
 	cfg.Log = slog.New(slog.NewTextHandler(testWriter{t}, nil))
 	l, err := lab.Up(ctx, cfg)
 	if err != nil {

@@ -1,0 +1,241 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/lab"
+)
+
+// The reference flanneld: scripts/flanneld.sh builds it from the module
+// proxy into the cache directory once; CI (.ci/run) builds it before make
+// test and passes its path as WEFT_FLANNELD.
+const flanneldVersion = "v0.28.10"
+
+// interopHealthPort is where every host's daemon serves /healthz (flanneld)
+// or /metrics (weftd) on the host's own loopback.
+const interopHealthPort = "9103"
+
+// flanneldPath finds the reference flanneld. WEFT_FLANNELD set means it must
+// be there (CI built it): a missing or wrong binary fails the test. Without
+// it, the cache path is tried and the test is skipped when nothing is built.
+func flanneldPath(t *testing.T) string {
+	t.Helper()
+	path, explicit := os.LookupEnv("WEFT_FLANNELD")
+	if !explicit {
+		cache := os.Getenv("WEFT_CACHE")
+		if cache == "" {
+			cache = "/var/cache/weft"
+		}
+		path = filepath.Join(cache, "flanneld-"+flanneldVersion, "flanneld")
+		if _, err := os.Stat(path); err != nil {
+			t.Skipf("reference flanneld %s not built at %s: run scripts/flanneld.sh (or set WEFT_FLANNELD)", flanneldVersion, path)
+		}
+	}
+	out, err := exec.Command(path, "--version").CombinedOutput()
+	if got := strings.TrimSpace(string(out)); err != nil || got != flanneldVersion {
+		t.Fatalf("reference flanneld %s: --version gave %q (%v), want %s; rebuild it with scripts/flanneld.sh", path, got, err, flanneldVersion)
+	}
+	return path
+}
+
+// mixedLab is a lab whose hosts run weftd or flanneld, as an operator's
+// cluster does in the middle of a migration.
+type mixedLab struct {
+	*lab.Lab
+	flanneld string // the reference binary
+	shimDir  string
+}
+
+// newMixedLab brings up a lab whose host i runs daemons[i] ("weftd" or
+// "flanneld"), both with the same command line and environment (the lab's:
+// the ops note's flags, -iface=eth0, the host's own -subnet-file).
+//
+// The lab starts one binary for every host; here that binary is a shim that
+// execs the daemon named in <shimDir>/h<N> (weftd when there is none), so
+// the lab's PID, SIGTERM, log and restart handling apply to flanneld too,
+// and a swap is: stop, rename the daemon in the file, start.
+func newMixedLab(t *testing.T, backend string, daemons ...string) *mixedLab {
+	t.Helper()
+	m := &mixedLab{flanneld: flanneldPath(t), shimDir: t.TempDir()}
+	shim := filepath.Join(m.shimDir, "daemon")
+	script := fmt.Sprintf(`#!/bin/sh
+# Runs the daemon chosen for this lab host: the host is the name of the
+# directory of -subnet-file (<lab>-hN), its daemon the path in %[1]s/hN.
+for a in "$@"; do case "$a" in -subnet-file=*) f=${a#-subnet-file=};; esac; done
+h=$(basename "$(dirname "$f")"); h=${h##*-}
+d=%[2]s
+[ -s "%[1]s/$h" ] && d=$(cat "%[1]s/$h")
+exec "$d" "$@"
+`, m.shimDir, filepath.Join(binDir, "weftd"))
+	if err := os.WriteFile(shim, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range daemons {
+		m.setDaemon(t, i, d)
+	}
+	m.Lab = newLabWith(t, lab.Config{
+		Hosts: len(daemons), Backend: backend, NetworkConfig: networkConfig(backend),
+		WeftdPath: shim, WeftdArgs: []string{"-healthz-port=" + interopHealthPort},
+	})
+	return m
+}
+
+// setDaemon chooses what host i runs from its next start on.
+func (m *mixedLab) setDaemon(t *testing.T, i int, daemon string) {
+	t.Helper()
+	path := filepath.Join(binDir, "weftd")
+	switch daemon {
+	case "weftd":
+	case "flanneld":
+		path = m.flanneld
+	default:
+		t.Fatalf("daemon %q: want weftd or flanneld", daemon)
+	}
+	if err := os.WriteFile(filepath.Join(m.shimDir, fmt.Sprintf("h%d", i+1)), []byte(path), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// addHost adds a host running daemon.
+func (m *mixedLab) addHost(t *testing.T, daemon string) *lab.Host {
+	t.Helper()
+	m.setDaemon(t, len(m.Hosts), daemon)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	h, err := m.AddHost(ctx)
+	if err != nil {
+		t.Fatalf("add a %s host: %v", daemon, err)
+	}
+	return h
+}
+
+// leaseKV is a lease key's value and revision in etcd.
+type leaseKV struct {
+	value       string
+	modRevision int64
+}
+
+func readLeaseKV(t *testing.T, l *lab.Lab, subnet netip.Prefix) (leaseKV, bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	resp, err := l.Etcd.Get(ctx, lab.LeaseKey(l.Config().Prefix, subnet))
+	if err != nil {
+		t.Fatalf("read lease %s: %v", subnet, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return leaseKV{}, false
+	}
+	return leaseKV{string(resp.Kvs[0].Value), resp.Kvs[0].ModRevision}, true
+}
+
+// flanneldBenign are the warnings and errors flanneld v0.28.10 logs in a
+// cluster of flanneld hosts only, none about another host's lease: its first
+// start (no previous subnet.env), etcd over http, and the cancellations of
+// its SIGTERM shutdown.
+var flanneldBenign = regexp.MustCompile(`no subnet found for key: FLANNEL_(IPV6_)?SUBNET in file|` +
+	`no certificate provided: connecting to etcd with http|` +
+	`Failed to close etcd client: context canceled|CompleteLease execute error err: canceled|` +
+	`could not watch leases: context canceled`)
+
+// flanneldTrouble lists the lines of host h's log that show flanneld
+// tripping: klog errors, warnings and fatals (E…, W…, F…, such as "ignoring
+// non-vxlan subnet") other than flanneldBenign, and any line that ignores a
+// lease. The lab's log is shared by every run of the host's daemon; klog's
+// format tells flanneld's lines from weftd's (slog text).
+func flanneldTrouble(t *testing.T, h *lab.Host) []string {
+	t.Helper()
+	b, err := os.ReadFile(h.LogFile)
+	if err != nil {
+		t.Fatalf("%s: %v", h.Name, err)
+	}
+	klogIssue := regexp.MustCompile(`^[EWF]\d{4} `)
+	klog := regexp.MustCompile(`^[IEWF]\d{4} `)
+	var out []string
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if !klog.MatchString(line) {
+			continue
+		}
+		ignores := strings.Contains(strings.ToLower(line), "ignoring")
+		if (klogIssue.MatchString(line) && !flanneldBenign.MatchString(line)) || ignores {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// hostGet fetches path from the daemon's health server inside host h (the
+// socket is created in the host's namespace).
+func hostGet(h *lab.Host, path string) (string, error) {
+	c := http.Client{
+		Timeout: 2 * time.Second,
+		Transport: &http.Transport{
+			DisableKeepAlives: true,
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				var conn net.Conn
+				err := h.NS.Do(func() error {
+					var err error
+					conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+					return err
+				})
+				return conn, err
+			},
+		},
+	}
+	resp, err := c.Get("http://127.0.0.1:" + interopHealthPort + path)
+	if err != nil {
+		return "", fmt.Errorf("%s GET %s: %w", h.Name, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// weftMetric reads one unlabelled metric of host h's weftd.
+func weftMetric(h *lab.Host, name string) (float64, error) {
+	body, err := hostGet(h, "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(body, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("%s: no metric %s", h.Name, name)
+}
+
+// weftctlLeases is `weftctl leases list -o json` against the lab's etcd.
+func weftctlLeases(t *testing.T, l *lab.Lab) map[string]map[string]any {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, filepath.Join(binDir, "weftctl"), "leases", "list", "-o", "json",
+		"--etcd-endpoints", l.EtcdEndpoint, "--etcd-prefix", l.Config().Prefix).Output()
+	if err != nil {
+		t.Fatalf("weftctl leases list: %v", err)
+	}
+	var list []map[string]any
+	if err := json.Unmarshal(out, &list); err != nil {
+		t.Fatalf("weftctl leases list -o json: %v\n%s", err, out)
+	}
+	bySubnet := map[string]map[string]any{}
+	for _, e := range list {
+		bySubnet[fmt.Sprint(e["subnet"])] = e
+	}
+	return bySubnet
+}
