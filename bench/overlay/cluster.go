@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/testutil/netnstest"
 )
 
@@ -67,7 +68,7 @@ func (e *env) newCluster(ctx context.Context, nhosts int, backend string) (c *cl
 	// The host's own lease comes from 10.100.0.0/16, away from the fake
 	// peers (10.1.0.0 … 10.40.255.0), so it never collides with one.
 	cfg := fmt.Sprintf(`{"Network":"10.0.0.0/8","SubnetLen":24,"SubnetMin":"10.100.0.0","SubnetMax":"10.100.255.0","Backend":{"Type":%q}}`, backend)
-	if _, err := e.cli.Put(ctx, c.prefix+"/config", cfg); err != nil {
+	if _, err := e.cli.Put(ctx, lease.ConfigKey(c.prefix), cfg); err != nil {
 		return nil, fmt.Errorf("write network config at %s/config: %w", c.prefix, err)
 	}
 	if c.ul, err = netnstest.Create(netnstest.UniqueName("wbou")); err != nil {
@@ -162,7 +163,7 @@ func (c *cluster) close() {
 	if _, err := c.e.cli.Delete(ctx, c.prefix+"/", clientv3.WithPrefix()); err != nil {
 		c.e.log.Warn("delete cluster keys", "prefix", c.prefix, "err", err)
 	}
-	if _, err := c.e.cli.Delete(ctx, c.prefix+"/config"); err != nil {
+	if _, err := c.e.cli.Delete(ctx, lease.ConfigKey(c.prefix)); err != nil {
 		c.e.log.Warn("delete cluster config", "prefix", c.prefix, "err", err)
 	}
 }

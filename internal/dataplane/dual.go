@@ -36,12 +36,12 @@ func newDualStack(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Lo
 	}
 	var opts VXLANOptions
 	switch cfg.BackendType {
-	case "vxlan", "":
+	case netconf.BackendVXLAN, "":
 		var err error
 		if opts, err = cfg.VXLAN(); err != nil {
 			return nil, fmt.Errorf("dataplane: vxlan options: %w", err)
 		}
-	case "host-gw":
+	case netconf.BackendHostGW:
 	default:
 		return nil, fmt.Errorf("dataplane: backend type %q has no IPv6 data path (EnableIPv6 is supported with vxlan and host-gw)", cfg.BackendType)
 	}
@@ -51,12 +51,12 @@ func newDualStack(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
-	if cfg.BackendType == "host-gw" {
-		return newDual(newHostGW(host, h, rt, log.With("backend", "host-gw")),
-			newHostGW6(host, h, rt, log.With("backend", "host-gw", "family", "ipv6"))), nil
+	if cfg.BackendType == netconf.BackendHostGW {
+		return newDual(newHostGW(host, h, rt, log.With("backend", netconf.BackendHostGW)),
+			newHostGW6(host, h, rt, log.With("backend", netconf.BackendHostGW, "family", "ipv6"))), nil
 	}
-	return newDual(newVXLAN(opts, host, h, rt, log.With("backend", "vxlan")),
-		newVXLAN6(opts, host, h, rt, log.With("backend", "vxlan", "family", "ipv6"))), nil
+	return newDual(newVXLAN(opts, host, h, rt, log.With("backend", netconf.BackendVXLAN)),
+		newVXLAN6(opts, host, h, rt, log.With("backend", netconf.BackendVXLAN, "family", "ipv6"))), nil
 }
 
 func newDual(v4, v6 Backend) *dualBackend {

@@ -57,7 +57,7 @@ func NewBackend(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Logg
 		return newDualStack(cfg, host, h, log)
 	}
 	switch cfg.BackendType {
-	case "vxlan", "":
+	case netconf.BackendVXLAN, "":
 		opts, err := cfg.VXLAN()
 		if err != nil {
 			return nil, fmt.Errorf("dataplane: vxlan options: %w", err)
@@ -66,27 +66,27 @@ func NewBackend(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Logg
 		if err != nil {
 			return nil, err
 		}
-		return newVXLAN(opts, host, h, rt, log.With("backend", "vxlan")), nil
-	case "host-gw":
+		return newVXLAN(opts, host, h, rt, log.With("backend", netconf.BackendVXLAN)), nil
+	case netconf.BackendHostGW:
 		rt, err := openBackendRTNL(cfg.BackendType, host)
 		if err != nil {
 			return nil, err
 		}
-		return newHostGW(host, h, rt, log.With("backend", "host-gw")), nil
-	case "alloc":
+		return newHostGW(host, h, rt, log.With("backend", netconf.BackendHostGW)), nil
+	case netconf.BackendAlloc:
 		return newAlloc(host, h), nil // no data path: no socket
-	case "udp":
+	case netconf.BackendUDP:
 		rt, err := openBackendRTNL(cfg.BackendType, host)
 		if err != nil {
 			return nil, err
 		}
-		b, err := newUDP(cfg, host, h, rt, log.With("backend", "udp"))
+		b, err := newUDP(cfg, host, h, rt, log.With("backend", netconf.BackendUDP))
 		if err != nil {
 			rt.Close()
 			return nil, err
 		}
 		return b, nil
-	case "ipip", "wireguard":
+	case netconf.BackendIPIP, netconf.BackendWireGuard:
 		return nil, fmt.Errorf("dataplane: backend type %q is not yet supported by weft (supported: vxlan, host-gw, udp, alloc)", cfg.BackendType)
 	default:
 		return nil, fmt.Errorf("dataplane: unknown backend type %q (supported: vxlan, host-gw, udp, alloc)", cfg.BackendType)

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netconf"
 	"github.com/weft-net/weft/internal/rtnl"
 )
 
@@ -69,7 +70,7 @@ type hostGWBackend struct{ hostGWRoutes }
 
 var hostGW4 = hostGWFamily{
 	family: unix.AF_INET,
-	label:  "host-gw",
+	label:  netconf.BackendHostGW,
 	what:   "host-gw apply",
 	own:    func(snap lease.Snapshot) netip.Prefix { return snap.Own.Subnet.Masked() },
 	peer: func(p *lease.Lease, own netip.Prefix, host Host) (netip.Prefix, netip.Addr, bool, error) {
@@ -100,7 +101,7 @@ func (b *hostGWBackend) Init(ctx context.Context) (Published, int, error) {
 			return b.drift(u) || (u.LinkIndex == b.host.IfaceIndex && u.Scope == netlink.SCOPE_LINK)
 		},
 	})
-	return Published{BackendType: "host-gw"}, host.IfaceMTU, nil
+	return Published{BackendType: netconf.BackendHostGW}, host.IfaceMTU, nil
 }
 
 // drift reports whether route update u removes a route weft wants.
@@ -161,7 +162,7 @@ func (b *hostGWRoutes) apply(ctx context.Context, snap lease.Snapshot, full bool
 			b.notes.note(b.log, sub, err.Error())
 			continue
 		}
-		if !strings.EqualFold(p.Attrs.BackendType, "host-gw") {
+		if !strings.EqualFold(p.Attrs.BackendType, netconf.BackendHostGW) {
 			b.notes.note(b.log, sub, fmt.Sprintf("backend type %q, want host-gw", p.Attrs.BackendType))
 			continue
 		}
@@ -270,7 +271,7 @@ func (b *allocBackend) Init(ctx context.Context) (Published, int, error) {
 		return Published{}, 0, err
 	}
 	b.host = host
-	return Published{BackendType: "alloc"}, host.IfaceMTU, nil
+	return Published{BackendType: netconf.BackendAlloc}, host.IfaceMTU, nil
 }
 
 func (b *allocBackend) Apply(context.Context, lease.Snapshot) error { return nil }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netconf"
 	"github.com/weft-net/weft/internal/rtnl"
 )
 
@@ -54,5 +55,5 @@ func (b *hostGW6Backend) Init(ctx context.Context) (Published, int, error) {
 					u.Protocol != rtnl.ProtWeft && u.Table == unix.RT_TABLE_MAIN)
 		},
 	})
-	return Published{BackendType: "host-gw"}, host.IfaceMTU, nil
+	return Published{BackendType: netconf.BackendHostGW}, host.IfaceMTU, nil
 }

@@ -182,7 +182,7 @@ func (b *udpBackend) Init(ctx context.Context) (Published, int, error) {
 			return !u.NewAddr && int32(u.LinkIndex) == b.devIndex.Load()
 		},
 	})
-	return Published{BackendType: "udp"}, b.mtu(), nil
+	return Published{BackendType: netconf.BackendUDP}, b.mtu(), nil
 }
 
 func (b *udpBackend) Events() <-chan struct{} { return b.w.ch }
@@ -359,7 +359,7 @@ func (b *udpBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
 			b.notes.note(b.log, p.Subnet, err.Error())
 			continue
 		}
-		if !strings.EqualFold(p.Attrs.BackendType, "udp") {
+		if !strings.EqualFold(p.Attrs.BackendType, netconf.BackendUDP) {
 			b.notes.note(b.log, sub, fmt.Sprintf("backend type %q, want udp", p.Attrs.BackendType))
 			continue
 		}

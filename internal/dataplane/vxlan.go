@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netconf"
 	"github.com/weft-net/weft/internal/rtnl"
 )
 
@@ -161,7 +162,7 @@ func (b *vxlanBackend) Init(ctx context.Context) (Published, int, error) {
 	if err != nil {
 		return Published{}, 0, fmt.Errorf("dataplane: encode vxlan lease data: %w", err)
 	}
-	return Published{BackendType: "vxlan", BackendData: data}, b.mtu(b.host.IfaceMTU), nil
+	return Published{BackendType: netconf.BackendVXLAN, BackendData: data}, b.mtu(b.host.IfaceMTU), nil
 }
 
 func (b *vxlanBackend) Events() <-chan struct{} { return b.w.ch }
@@ -408,7 +409,7 @@ func (b *vxlanBackend) peerWant(p *lease.Lease, own netip.Prefix, dev int, conne
 	if err := checkPeer(p, own, b.host); err != nil {
 		return peerEntries{}, err.Error()
 	}
-	if !strings.EqualFold(p.Attrs.BackendType, "vxlan") {
+	if !strings.EqualFold(p.Attrs.BackendType, netconf.BackendVXLAN) {
 		return peerEntries{}, fmt.Sprintf("backend type %q, want vxlan", p.Attrs.BackendType)
 	}
 	mac, err := decodeVtepMAC(p.Attrs.BackendData)

@@ -33,6 +33,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netconf"
 	"github.com/weft-net/weft/internal/rtnl"
 )
 
@@ -83,7 +84,7 @@ func (b *vxlan6Backend) Init(ctx context.Context) (Published, int, error) {
 	if err != nil {
 		return Published{}, 0, fmt.Errorf("dataplane: encode vxlan IPv6 lease data: %w", err)
 	}
-	return Published{BackendType: "vxlan", BackendData: data}, b.mtu(b.host.IfaceMTU), nil
+	return Published{BackendType: netconf.BackendVXLAN, BackendData: data}, b.mtu(b.host.IfaceMTU), nil
 }
 
 func (b *vxlan6Backend) Events() <-chan struct{} { return b.w.ch }
@@ -103,7 +104,7 @@ func (b *vxlan6Backend) peerWant(p *lease.Lease, own netip.Prefix, dev int, conn
 		return e, true, ""
 	case err != nil:
 		return e, false, err.Error()
-	case !strings.EqualFold(p.Attrs.BackendType, "vxlan"):
+	case !strings.EqualFold(p.Attrs.BackendType, netconf.BackendVXLAN):
 		return e, false, fmt.Sprintf("backend type %q, want vxlan", p.Attrs.BackendType)
 	case len(p.Attrs.BackendV6Data) == 0:
 		return e, false, "no BackendV6Data (the peer publishes no IPv6 VTEP)"

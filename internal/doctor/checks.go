@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netconf"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
@@ -445,7 +446,7 @@ func (s State) wants(dev Link, iface int) []peerWant {
 			continue
 		}
 		switch s.Etcd.Config.BackendType {
-		case "vxlan":
+		case netconf.BackendVXLAN:
 			var d struct{ VtepMAC string }
 			if json.Unmarshal(l.Attrs.BackendData, &d) != nil {
 				continue
@@ -459,7 +460,7 @@ func (s State) wants(dev Link, iface int) []peerWant {
 				continue
 			}
 			ws = append(ws, peerWant{subnet: sub, gw: sub.Addr(), link: dev.Index, onlink: true, mac: mac.String(), dst: pub})
-		case "host-gw":
+		case netconf.BackendHostGW:
 			ws = append(ws, peerWant{subnet: sub, gw: pub, link: iface})
 		}
 	}
@@ -498,12 +499,12 @@ func checkPeers(s State) []Verdict {
 		return gate(Warn, "not checked: leases unknown (etcd or config)", "fix the etcd and config checks first")
 	}
 	bt := s.Etcd.Config.BackendType
-	if bt != "vxlan" && bt != "host-gw" {
+	if bt != netconf.BackendVXLAN && bt != netconf.BackendHostGW {
 		return gate(Pass, fmt.Sprintf("backend %s: not checked", bt), "")
 	}
 	var dev Link
 	iface := 0
-	if bt == "vxlan" {
+	if bt == netconf.BackendVXLAN {
 		d, ok := s.device()
 		if !ok {
 			return gate(Fail, fmt.Sprintf("device %s does not exist", s.Kernel.Device), "systemctl restart weftd")
@@ -548,7 +549,7 @@ func checkPeers(s State) []Verdict {
 		}
 	}
 	vs := []Verdict{peerVerdict(CheckRoutes, "routes", len(ws), missing, stale)}
-	if bt != "vxlan" {
+	if bt != netconf.BackendVXLAN {
 		vs = append(vs, pass(CheckNeighbours, "backend host-gw uses none"), pass(CheckFDB, "backend host-gw uses none"))
 		return vs
 	}

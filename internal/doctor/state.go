@@ -127,7 +127,7 @@ func ObserveEtcd(ctx context.Context, cli *clientv3.Client, prefix string) EtcdS
 	e := EtcdState{Endpoints: strings.Join(cli.Endpoints(), ","), Prefix: prefix}
 	// Read <prefix>/config, not "/": a weft user may be allowed its prefix only.
 	pctx, cancel := context.WithTimeout(ctx, etcdTimeout)
-	_, err := cli.Get(pctx, strings.TrimRight(prefix, "/")+"/config", clientv3.WithCountOnly())
+	_, err := cli.Get(pctx, lease.ConfigKey(prefix), clientv3.WithCountOnly())
 	cancel()
 	if err != nil {
 		e.Err = fmt.Errorf("etcd %s: %w", e.Endpoints, err)
@@ -155,7 +155,7 @@ func ObserveEtcd(ctx context.Context, cli *clientv3.Client, prefix string) EtcdS
 // DeviceName is the overlay device a config implies: flannel.<VNI> for vxlan,
 // "" for backends without one.
 func DeviceName(c netconf.Config) string {
-	if c.BackendType != "vxlan" {
+	if c.BackendType != netconf.BackendVXLAN {
 		return ""
 	}
 	vni := 1

@@ -23,6 +23,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+
+	"github.com/weft-net/weft/internal/lease"
 )
 
 // DefaultEndpoints and DefaultPrefix are flanneld's defaults.
@@ -279,7 +281,7 @@ func (o Options) Connect(ctx context.Context) (*clientv3.Client, error) {
 // returns within ConnectTimeout.
 func (o Options) Check(ctx context.Context, cli *clientv3.Client) error {
 	deadline := time.Now().Add(ConnectTimeout - 200*time.Millisecond)
-	key := strings.TrimRight(o.Prefix, "/") + "/config"
+	key := lease.ConfigKey(o.Prefix)
 	gctx, cancel := context.WithDeadline(ctx, time.Now().Add(ConnectTimeout/2))
 	_, err := cli.Get(gctx, key, clientv3.WithCountOnly())
 	cancel()

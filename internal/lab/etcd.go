@@ -16,6 +16,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/weft-net/weft/internal/lease"
 )
 
 // MaxEtcdMembers is the largest lab etcd cluster: each member has its own
@@ -259,7 +261,7 @@ func (l *Lab) CompactEtcd(ctx context.Context) error {
 		return err
 	}
 	defer cli.Close()
-	resp, err := cli.Get(ctx, l.cfg.Prefix+"/config", clientv3.WithCountOnly())
+	resp, err := cli.Get(ctx, lease.ConfigKey(l.cfg.Prefix), clientv3.WithCountOnly())
 	if err != nil {
 		return fmt.Errorf("read the current etcd revision: %w", err)
 	}

@@ -38,6 +38,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/netconf"
 	"github.com/weft-net/weft/internal/rtnl"
 )
 
@@ -45,7 +47,7 @@ import (
 const (
 	DefaultName    = "weft"
 	DefaultHosts   = 3
-	DefaultBackend = "vxlan"
+	DefaultBackend = netconf.BackendVXLAN
 	DefaultPrefix  = "/kube-centos/network"
 	// StateRoot holds one directory per running lab.
 	StateRoot = "/run/weft-lab"
@@ -69,7 +71,7 @@ const (
 
 var (
 	nameRE   = regexp.MustCompile(`^[a-z][a-z0-9-]{0,23}$`)
-	backends = []string{"vxlan", "host-gw", "alloc", "udp"}
+	backends = []string{netconf.BackendVXLAN, netconf.BackendHostGW, netconf.BackendAlloc, netconf.BackendUDP}
 )
 
 // Config describes a lab. Zero values take the defaults.
@@ -122,7 +124,7 @@ func (c *Config) setDefaults() error {
 	if !contains(backends, c.Backend) {
 		return fmt.Errorf("backend %q: must be one of %s", c.Backend, strings.Join(backends, ", "))
 	}
-	if c.IPv6 && c.Backend != "vxlan" && c.Backend != "host-gw" {
+	if c.IPv6 && c.Backend != netconf.BackendVXLAN && c.Backend != netconf.BackendHostGW {
 		return fmt.Errorf("backend %q: IPv6 (dual-stack) needs vxlan or host-gw", c.Backend)
 	}
 	if c.Prefix == "" {
@@ -294,7 +296,7 @@ func (l *Lab) up(ctx context.Context) error {
 		}
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = l.Etcd.Put(pctx, l.cfg.Prefix+"/config", cfgJSON)
+	_, err = l.Etcd.Put(pctx, lease.ConfigKey(l.cfg.Prefix), cfgJSON)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("write network config at %s/config: %w", l.cfg.Prefix, err)
@@ -347,7 +349,7 @@ func (l *Lab) up(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	if l.cfg.Backend != "alloc" { // alloc has no data path: nothing to wait for
+	if l.cfg.Backend != netconf.BackendAlloc { // alloc has no data path: nothing to wait for
 		l.waitConverged(ctx, convergeTimeout)
 	}
 	l.log.Info("lab up", "hosts", len(l.Hosts), "backend", l.cfg.Backend, "took", time.Since(start).Round(time.Millisecond))

@@ -13,6 +13,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/weft-net/weft/internal/netconf"
 )
 
 // Row is one line of the host table, read live from subnet.env and etcd.
@@ -206,7 +208,7 @@ func Report(ctx context.Context, w io.Writer, st State) error {
 			}
 		}
 		fmt.Fprintf(w, "%d of %d pings failed\n", failed, n*(n-1))
-		if st.Backend == "alloc" {
+		if st.Backend == netconf.BackendAlloc {
 			fmt.Fprintln(w, "(backend alloc only allocates subnets and has no data path: pings across hosts are not expected to pass)")
 		}
 		for _, h := range st.Hosts {

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/weft-net/weft/internal/netconf"
 )
 
 // FormatKey returns the last path element of a lease key in flannel's format:
@@ -152,12 +154,12 @@ func compactRaw(raw json.RawMessage) (json.RawMessage, error) {
 // thousands of decoded leases share them instead of holding a copy each.
 func internBackendType(t string) string {
 	switch t {
-	case "vxlan":
-		return "vxlan"
-	case "host-gw":
-		return "host-gw"
-	case "udp":
-		return "udp"
+	case netconf.BackendVXLAN:
+		return netconf.BackendVXLAN
+	case netconf.BackendHostGW:
+		return netconf.BackendHostGW
+	case netconf.BackendUDP:
+		return netconf.BackendUDP
 	}
 	return t
 }

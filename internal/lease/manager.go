@@ -217,7 +217,7 @@ func NewManager(cfg ManagerConfig) *Manager {
 		cfg.Store.setRejectHook(cfg.Hooks.Rejected)
 	}
 	var mac, mac6 claim
-	if strings.EqualFold(cfg.BackendType, "vxlan") {
+	if strings.EqualFold(cfg.BackendType, netconf.BackendVXLAN) {
 		mac, _ = macClaim(claimVtepMAC, cfg.BackendData)
 		mac6, _ = macClaim(claimVtepMAC6, cfg.BackendV6Data)
 	}
@@ -233,7 +233,7 @@ func NewManager(cfg ManagerConfig) *Manager {
 		r4:       v4Range(cfg.Network),
 		r6:       v6Range(cfg.Network),
 		six:      cfg.Network.EnableIPv6 && cfg.Network.IPv6Network.IsValid(),
-		udp:      strings.EqualFold(cfg.BackendType, "udp"),
+		udp:      strings.EqualFold(cfg.BackendType, netconf.BackendUDP),
 		snaps:    make(chan Snapshot, 1),
 		wake:     make(chan struct{}, 1),
 		peers:    map[string]*Lease{},
@@ -595,7 +595,7 @@ func (m *Manager) setPeersLocked(leases []Lease, rev int64) {
 // any other backend, where flannel ignores it too.
 func (m *Manager) kept(l Lease) *Lease {
 	if l.Attrs.BackendType == "" && m.udp {
-		l.Attrs.BackendType = "udp"
+		l.Attrs.BackendType = netconf.BackendUDP
 	}
 	return &l
 }
@@ -671,7 +671,7 @@ func (m *Manager) claimsOwnLocked(l *Lease) string {
 	case l.IPv6Subnet.IsValid() && l.IPv6Subnet == m.own.IPv6Subnet:
 		return "IPv6 subnet " + l.IPv6Subnet.String()
 	}
-	if m.ownMAC.kind != claimVtepMAC || !strings.EqualFold(l.Attrs.BackendType, "vxlan") {
+	if m.ownMAC.kind != claimVtepMAC || !strings.EqualFold(l.Attrs.BackendType, netconf.BackendVXLAN) {
 		return ""
 	}
 	for _, c := range []claim{m.ownMAC, m.ownMAC6} {
@@ -692,7 +692,7 @@ func (m *Manager) claimsOwnLocked(l *Lease) string {
 // badVtepMAC checks the VtepMAC of a vxlan lease. A lease without
 // BackendData is left to the backend, which cannot program it anyway.
 func badVtepMAC(l Lease) string {
-	if !strings.EqualFold(l.Attrs.BackendType, "vxlan") {
+	if !strings.EqualFold(l.Attrs.BackendType, netconf.BackendVXLAN) {
 		return ""
 	}
 	for _, raw := range []json.RawMessage{l.Attrs.BackendData, l.Attrs.BackendV6Data} {

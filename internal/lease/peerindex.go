@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/weft-net/weft/internal/netconf"
 )
 
 // ComparePeers is the order of Snapshot.Peers: by IPv4 subnet, then IPv6
@@ -84,7 +86,7 @@ func claimsOf(l *Lease, buf []claim) []claim {
 		buf = append(buf, claim{kind: claimSubnet6, bits: uint8(l.IPv6Subnet.Bits()), val: l.IPv6Subnet.Addr().As16()})
 	}
 	buf = append(buf, claim{kind: claimPublicIP, val: l.Attrs.PublicIP.As16()})
-	if strings.EqualFold(l.Attrs.BackendType, "vxlan") {
+	if strings.EqualFold(l.Attrs.BackendType, netconf.BackendVXLAN) {
 		if c, ok := macClaim(claimVtepMAC, l.Attrs.BackendData); ok {
 			buf = append(buf, c)
 		}

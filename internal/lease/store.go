@@ -74,7 +74,12 @@ func NewStore(cli *clientv3.Client, prefix string, log *slog.Logger) *Store {
 func (s *Store) Client() *clientv3.Client { return s.cli }
 
 // ConfigKey is <prefix>/config.
-func (s *Store) ConfigKey() string { return s.prefix + "/config" }
+func (s *Store) ConfigKey() string { return ConfigKey(s.prefix) }
+
+// ConfigKey is the key of the network config under prefix, <prefix>/config
+// (a trailing slash of prefix ignored): the one spelling of it, for the
+// callers that have a prefix and no Store (weftctl, the lab, etcd checks).
+func ConfigKey(prefix string) string { return strings.TrimRight(prefix, "/") + "/config" }
 
 // SubnetsPrefix is <prefix>/subnets/, under which every lease key lives.
 func (s *Store) SubnetsPrefix() string { return s.prefix + "/subnets/" }

@@ -64,13 +64,13 @@ func (c Config) backendOptions() ([]string, error) {
 	var w []string
 	var err error
 	switch c.BackendType {
-	case "vxlan":
+	case BackendVXLAN:
 		_, w, err = decodeVXLAN(c.BackendType, c.Backend)
-	case "udp":
+	case BackendUDP:
 		_, w, err = decodeUDP(c.BackendType, c.Backend)
-	case "ipip":
+	case BackendIPIP:
 		_, w, err = decodeIPIP(c.BackendType, c.Backend)
-	case "wireguard":
+	case BackendWireGuard:
 		_, w, err = decodeWireGuard(c.BackendType, c.Backend)
 	default: // host-gw, alloc: no options
 		w, err = decodeOptions(c.BackendType, c.Backend, nil)
@@ -80,7 +80,7 @@ func (c Config) backendOptions() ([]string, error) {
 
 func decodeVXLAN(bt string, raw json.RawMessage) (VXLANOptions, []string, error) {
 	o := VXLANOptions{VNI: 1}
-	if err := wantType(bt, "vxlan"); err != nil {
+	if err := wantType(bt, BackendVXLAN); err != nil {
 		return o, nil, err
 	}
 	w, err := decodeOptions(bt, raw, []option{
@@ -99,7 +99,7 @@ func decodeVXLAN(bt string, raw json.RawMessage) (VXLANOptions, []string, error)
 
 func decodeUDP(bt string, raw json.RawMessage) (UDPOptions, []string, error) {
 	o := UDPOptions{Port: 8285}
-	if err := wantType(bt, "udp"); err != nil {
+	if err := wantType(bt, BackendUDP); err != nil {
 		return o, nil, err
 	}
 	w, err := decodeOptions(bt, raw, []option{{name: "Port", i: &o.Port, min: 1, max: 65535}})
@@ -108,7 +108,7 @@ func decodeUDP(bt string, raw json.RawMessage) (UDPOptions, []string, error) {
 
 func decodeIPIP(bt string, raw json.RawMessage) (IPIPOptions, []string, error) {
 	var o IPIPOptions
-	if err := wantType(bt, "ipip"); err != nil {
+	if err := wantType(bt, BackendIPIP); err != nil {
 		return o, nil, err
 	}
 	w, err := decodeOptions(bt, raw, []option{{name: "DirectRouting", b: &o.DirectRouting}})
@@ -117,7 +117,7 @@ func decodeIPIP(bt string, raw json.RawMessage) (IPIPOptions, []string, error) {
 
 func decodeWireGuard(bt string, raw json.RawMessage) (WireGuardOptions, []string, error) {
 	o := WireGuardOptions{ListenPort: 51820}
-	if err := wantType(bt, "wireguard"); err != nil {
+	if err := wantType(bt, BackendWireGuard); err != nil {
 		return o, nil, err
 	}
 	w, err := decodeOptions(bt, raw, []option{

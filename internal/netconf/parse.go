@@ -26,14 +26,26 @@ func (e *Error) Error() string {
 	return e.Key + " " + e.Value + ": " + e.Rule
 }
 
+// The backend types, as the config's Backend.Type and a lease's BackendType
+// spell them (flannel's names). Code compares and writes these constants,
+// never the bare strings, so that a backend's name lives here only.
+const (
+	BackendVXLAN     = "vxlan"
+	BackendHostGW    = "host-gw"
+	BackendUDP       = "udp"
+	BackendAlloc     = "alloc"
+	BackendIPIP      = "ipip"
+	BackendWireGuard = "wireguard"
+)
+
 // KnownBackends lists the backend types weft accepts, in the order the error
 // message names them.
-var KnownBackends = []string{"vxlan", "host-gw", "udp", "alloc", "ipip", "wireguard"}
+var KnownBackends = []string{BackendVXLAN, BackendHostGW, BackendUDP, BackendAlloc, BackendIPIP, BackendWireGuard}
 
 // DefaultBackend is used when the config has no Backend or no Backend.Type.
 // flannel documents vxlan as its default but its code picks udp; we follow the
 // documentation (COMPAT.md, "where weft differs").
-const DefaultBackend = "vxlan"
+const DefaultBackend = BackendVXLAN
 
 var topKeys = []string{
 	"Network", "SubnetLen", "SubnetMin", "SubnetMax",

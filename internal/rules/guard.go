@@ -98,19 +98,19 @@ var inet = &family{name: "inet", tf: nftables.TableFamilyINet, proto: unix.NFPRO
 func EncapPorts(cfg netconf.Config) ([]uint16, error) {
 	var port int
 	switch cfg.BackendType {
-	case "vxlan":
+	case netconf.BackendVXLAN:
 		o, err := cfg.VXLAN()
 		if err != nil {
 			return nil, err
 		}
 		port = cmp.Or(o.Port, vxlanKernelPort)
-	case "udp":
+	case netconf.BackendUDP:
 		o, err := cfg.UDP()
 		if err != nil {
 			return nil, err
 		}
 		port = o.Port
-	case "wireguard":
+	case netconf.BackendWireGuard:
 		o, err := cfg.WireGuard()
 		if err != nil {
 			return nil, err

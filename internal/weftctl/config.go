@@ -301,7 +301,7 @@ func describe(c netconf.Config) string {
 			c.IPv6Network, c.IPv6SubnetLen, c.IPv6SubnetMin, c.IPv6SubnetMax)
 	}
 	fmt.Fprintf(&b, "  Backend %s", c.BackendType)
-	if c.BackendType == "vxlan" {
+	if c.BackendType == netconf.BackendVXLAN {
 		if o, err := c.VXLAN(); err == nil {
 			port := "8472 (kernel default)"
 			if o.Port != 0 {
@@ -310,7 +310,7 @@ func describe(c netconf.Config) string {
 			fmt.Fprintf(&b, ": VNI %d, port %s, device flannel.%d", o.VNI, port, o.VNI)
 		}
 	}
-	if c.BackendType == "udp" {
+	if c.BackendType == netconf.BackendUDP {
 		if o, err := c.UDP(); err == nil {
 			fmt.Fprintf(&b, ": port %d", o.Port)
 		}

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/netconf"
 )
 
 const labUsage = `usage: weftctl lab <up|run|status|down> [flags]
@@ -107,7 +108,7 @@ func runLab(ctx context.Context, env *Env, args []string) error {
 	if len(l.Hosts) > 1 {
 		fmt.Fprintf(env.Stdout, "  ip netns exec %s ping %s\n", l.Hosts[0].ContainerNS.Name, l.Hosts[1].ContainerIP)
 	}
-	if l.Config().Backend == "vxlan" {
+	if l.Config().Backend == netconf.BackendVXLAN {
 		fmt.Fprintf(env.Stdout, "  ip netns exec %s ip -d link show flannel.1\n", l.Hosts[0].Name)
 	} else {
 		fmt.Fprintf(env.Stdout, "  ip netns exec %s ip route\n", l.Hosts[0].Name)
