@@ -8,15 +8,13 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // LocalBridges are the bridges the lease may already be routed to: Docker's
 // own (a restart of Docker with the same --bip) and the CNI bridge plugin's.
 var LocalBridges = []string{"docker0", "cni0"}
-
-// rtProtWeft is weft's route protocol (dataplane.RTProtWeft), copied rather
-// than imported so that this small package does not pull in the dataplane.
-const rtProtWeft = 87
 
 // ErrRouteConflict is returned when the kernel already routes the subnet
 // elsewhere than a local bridge.
@@ -38,14 +36,9 @@ func CheckRoutes(h *netlink.Handle, subnet netip.Prefix) error {
 		defer h.Close()
 	}
 	subnet = subnet.Masked()
-	var routes []netlink.Route
-	var err error
-	for range 5 { // a dump interrupted by a concurrent change is retried
-		routes, err = h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+	routes, err := rtnl.RetryDump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return fmt.Errorf("list IPv4 routes to check %s: %w", subnet, err)
 	}
@@ -59,7 +52,7 @@ func CheckRoutes(h *netlink.Handle, subnet netip.Prefix) error {
 		if dst.Bits() < subnet.Bits() || !subnet.Overlaps(dst) {
 			continue
 		}
-		if r.Type == unix.RTN_BLACKHOLE && int(r.Protocol) == rtProtWeft {
+		if r.Type == unix.RTN_BLACKHOLE && r.Protocol == rtnl.ProtWeft {
 			continue // weftd's -ip-blackhole-route for this very subnet
 		}
 		dev := ""

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/netconf"
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // Options are the daemon's interface flags.
@@ -45,10 +46,6 @@ type ExtIface struct {
 	IfaceAddr6 netip.Addr
 	PublicIPv6 netip.Addr
 }
-
-// dumpRetries bounds retries of a netlink dump the kernel reports as
-// interrupted (the table changed while it was being read).
-const dumpRetries = 5
 
 // Select chooses the external interface according to opts. Every failure
 // names each selector that was tried and why it did not match.
@@ -112,13 +109,7 @@ func global6(h *netlink.Handle, index int) (netip.Addr, error) {
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("look up interface index %d: %w", index, err)
 	}
-	var addrs []netlink.Addr
-	for range dumpRetries {
-		addrs, err = h.AddrList(link, netlink.FAMILY_V6)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+	addrs, err := rtnl.RetryDump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_V6) })
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("list IPv6 addresses: %w", err)
 	}
@@ -288,14 +279,9 @@ func byCanReach(h *netlink.Handle, s string) (ExtIface, error) {
 // byDefaultRoute picks the interface of the IPv4 default route with the
 // lowest metric in the main table.
 func byDefaultRoute(h *netlink.Handle) (ExtIface, error) {
-	var routes []netlink.Route
-	var err error
-	for range dumpRetries {
-		routes, err = h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+	routes, err := rtnl.RetryDump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return ExtIface{}, fmt.Errorf("list IPv4 routes to find the default route: %w", err)
 	}
@@ -376,25 +362,9 @@ func addrOf(ad netlink.Addr) (netip.Addr, bool) {
 }
 
 func addrList(h *netlink.Handle, link netlink.Link) ([]netlink.Addr, error) {
-	var addrs []netlink.Addr
-	var err error
-	for range dumpRetries {
-		addrs, err = h.AddrList(link, netlink.FAMILY_V4)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
-	return addrs, err
+	return rtnl.RetryDump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_V4) })
 }
 
 func linkList(h *netlink.Handle) ([]netlink.Link, error) {
-	var links []netlink.Link
-	var err error
-	for range dumpRetries {
-		links, err = h.LinkList()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
-	return links, err
+	return rtnl.RetryDump(h.LinkList)
 }
