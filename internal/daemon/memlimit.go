@@ -21,9 +21,9 @@ import (
 // Below the floor the runtime collects a little more often during such a
 // burst instead; at 1,000 peers the heap never gets near it, so the idle
 // cost is nil. Above the floor the limit follows the live heap (see
-// memLimiter), so a larger cluster never collects in a loop. Measured at
-// 5,000 peers (bench/overlay, BENCHMARKS.md): floor 20 MiB → peak RSS 31.1
-// MiB, start → converged 403 ms; 16 MiB → 28.1 MiB, 474 ms.
+// memLimiter), so a larger cluster never collects in a loop. The default was
+// chosen from bench/overlay runs at 5,000 peers with the limit varied (peak
+// RSS against start-to-converged time; figures in BENCHMARKS.md).
 const DefaultMemoryLimit = 16 << 20
 
 // MemoryLimit is a byte count given as GOMEMLIMIT spells it: a number with
