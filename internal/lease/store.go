@@ -82,7 +82,11 @@ func (s *Store) ConfigKey() string { return ConfigKey(s.prefix) }
 func ConfigKey(prefix string) string { return strings.TrimRight(prefix, "/") + "/config" }
 
 // SubnetsPrefix is <prefix>/subnets/, under which every lease key lives.
-func (s *Store) SubnetsPrefix() string { return s.prefix + "/subnets/" }
+func (s *Store) SubnetsPrefix() string { return SubnetsPrefix(s.prefix) }
+
+// SubnetsPrefix is the one spelling of <prefix>/subnets/, for code that
+// reads keys without a Store (weftctl migrate-v2 reading etcd's v2 store).
+func SubnetsPrefix(prefix string) string { return strings.TrimRight(prefix, "/") + "/subnets/" }
 
 // Key is the full etcd key of a lease.
 func (s *Store) Key(v4, v6 netip.Prefix) string { return s.SubnetsPrefix() + FormatKey(v4, v6) }

@@ -63,7 +63,7 @@ type Plan struct {
 // the rule; the rest is still migrated.
 func NewPlan(prefix string, nodes []Node, read time.Time) Plan {
 	p := Plan{Prefix: strings.TrimRight(prefix, "/"), Read: read}
-	configKey, subnets := p.Prefix+"/config", p.Prefix+"/subnets/"
+	configKey, subnets := lease.ConfigKey(p.Prefix), lease.SubnetsPrefix(p.Prefix)
 
 	// The config first: leases are checked against its Network.
 	var cfg *netconf.Config
