@@ -188,3 +188,27 @@ func BenchmarkCheckGuard5000(b *testing.B) {
 	b.ReportMetric(perOp, "cpu-ns/op")
 	b.ReportMetric(perOp/float64(5*time.Second)*100, "%core@5s")
 }
+
+// All 5,000 peers leave in one snapshot and come back in the next
+// (bench/overlay's bulk figure): two incremental batches of 5,000 elements.
+func BenchmarkGuardLeaveAll5000(b *testing.B) {
+	_, m := newManager(b)
+	if err := m.Set(guarded(true)); err != nil {
+		b.Fatal(err)
+	}
+	peers := guardPeers(5000, false)
+	if err := m.SetPeers(peers); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	start := cpuTime(b)
+	for b.Loop() {
+		if err := m.SetPeers(nil); err != nil {
+			b.Fatal(err)
+		}
+		if err := m.SetPeers(peers); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(cpuTime(b)-start)/float64(b.N), "cpu-ns/op")
+}
