@@ -241,6 +241,9 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 	loop := dataplane.NewLoop(backend, 0, log)
 	loop.OnApply(h.metrics.OnApply)
 	loop.OnSkipped(h.metrics.OnPeersSkipped)
+	// The guard's peer sets follow each applied snapshot, in the rules
+	// goroutine (OfferPeers never blocks): after the dataplane, not with it.
+	loop.AfterApply(func(s lease.Snapshot) { rm.OfferPeers(s.Peers) })
 	h.attach(mgr, loop)
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -294,9 +297,6 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 					log.Error("update traffic rules", "err", err)
 				}
 			}
-			// The guard's peer set follows in the rules goroutine: the
-			// relay never waits for the kernel.
-			rm.OfferPeers(snap.Peers)
 			sendLatest(toLoop, snap)
 		}
 	}

@@ -114,3 +114,41 @@ func TestLoopEventTriggersApply(t *testing.T) {
 	r.events <- struct{}{}
 	eventually(t, time.Second, "apply on event", func() (bool, string) { return r.count() == 2, "" })
 }
+
+// AfterApply (the underlay guard's feed) sees every applied snapshot, after
+// the backend has applied it, failed applies included.
+func TestLoopAfterApply(t *testing.T) {
+	r := &recorder{fail: 1}
+	ch := make(chan lease.Snapshot, 1)
+	l := NewLoop(r, time.Hour, testLog(t))
+	var (
+		mu    sync.Mutex
+		after []int64
+	)
+	l.AfterApply(func(s lease.Snapshot) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.last() != s.Revision {
+			t.Errorf("AfterApply(%d) before the backend applied it (last applied %d)", s.Revision, r.last())
+		}
+		after = append(after, s.Revision)
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- l.Run(ctx, ch) }()
+	ch <- lease.Snapshot{Revision: 1} // fails once, then is retried
+	eventually(t, 2*time.Second, "snapshot 1 applied", func() (bool, string) { _, err := l.Status(); return r.count() == 2 && err == nil, "" })
+	ch <- lease.Snapshot{Revision: 2}
+	eventually(t, 2*time.Second, "AfterApply of both", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(after) == 3 && after[2] == 2, ""
+	})
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	if after[0] != 1 || after[1] != 1 {
+		t.Errorf("AfterApply saw %v, want [1 1 2] (the failed apply of 1, its retry, then 2)", after)
+	}
+}
