@@ -49,6 +49,15 @@ func flanneldPath(t *testing.T) string {
 	if got := strings.TrimSpace(string(out)); err != nil || got != flanneldVersion {
 		t.Fatalf("reference flanneld %s: --version gave %q (%v), want %s; rebuild it with scripts/flanneld.sh", path, got, err, flanneldVersion)
 	}
+	// flanneld (iptables mode) exits with status 1 at start, before any
+	// lease, when it cannot see br_netfilter's sysctls ("Failed to check
+	// br_netfilter"); say so here rather than in every host's log.
+	// scripts/install-deps.sh loads the module.
+	for _, f := range []string{"/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables"} {
+		if _, err := os.Stat(f); err != nil {
+			t.Fatalf("reference flanneld %s exits at start without br_netfilter (%v): load it with modprobe br_netfilter (scripts/install-deps.sh does)", flanneldVersion, err)
+		}
+	}
 	return path
 }
 
@@ -65,33 +74,93 @@ type mixedLab struct {
 // the ops note's flags, -iface=eth0, the host's own -subnet-file).
 //
 // The lab starts one binary for every host; here that binary is a shim that
-// execs the daemon named in <shimDir>/h<N> (weftd when there is none), so
+// runs the daemon named in <shimDir>/h<N> (weftd when there is none), so
 // the lab's PID, SIGTERM, log and restart handling apply to flanneld too,
 // and a swap is: stop, rename the daemon in the file, start.
 func newMixedLab(t *testing.T, backend string, daemons ...string) *mixedLab {
 	t.Helper()
+	return newMixedLabWith(t, lab.Config{Backend: backend, NetworkConfig: networkConfig(backend)}, daemons...)
+}
+
+// newMixedLabWith is newMixedLab for any lab config (a dual-stack one); the
+// number of hosts, the daemon and the health port are the mixed lab's.
+func newMixedLabWith(t *testing.T, cfg lab.Config, daemons ...string) *mixedLab {
+	t.Helper()
 	m := &mixedLab{flanneld: flanneldPath(t), shimDir: t.TempDir()}
 	shim := filepath.Join(m.shimDir, "daemon")
-	script := fmt.Sprintf(`#!/bin/sh
-# Runs the daemon chosen for this lab host: the host is the name of the
-# directory of -subnet-file (<lab>-hN), its daemon the path in %[1]s/hN.
-for a in "$@"; do case "$a" in -subnet-file=*) f=${a#-subnet-file=};; esac; done
-h=$(basename "$(dirname "$f")"); h=${h##*-}
-d=%[2]s
-[ -s "%[1]s/$h" ] && d=$(cat "%[1]s/$h")
-exec "$d" "$@"
-`, m.shimDir, filepath.Join(binDir, "weftd"))
-	if err := os.WriteFile(shim, []byte(script), 0o755); err != nil {
+	if err := os.WriteFile(shim, []byte(shimScript(m.shimDir, filepath.Join(binDir, "weftd"), m.flanneld)), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for i, d := range daemons {
 		m.setDaemon(t, i, d)
 	}
-	m.Lab = newLabWith(t, lab.Config{
-		Hosts: len(daemons), Backend: backend, NetworkConfig: networkConfig(backend),
-		WeftdPath: shim, WeftdArgs: []string{"-healthz-port=" + interopHealthPort},
-	})
+	// Registered before the lab, so that it runs even when the lab does not
+	// come up (the lab's log goes with its state directory).
+	t.Cleanup(func() { m.reportFailedRuns(t) })
+	cfg.Hosts, cfg.WeftdPath = len(daemons), shim
+	cfg.WeftdArgs = append(cfg.WeftdArgs, "-healthz-port="+interopHealthPort)
+	m.Lab = newLabWith(t, cfg)
 	return m
+}
+
+// shimScript is the mixed lab's daemon. weftd is exec'd in place. flanneld
+// runs as the flannel package's flanneld.service runs it in production (the
+// ops note's CentOS unit): Restart=on-failure, after systemd's default
+// RestartSec of 100 ms. The shim stays flanneld's parent so that the lab's
+// SIGTERM reaches flanneld and flanneld's exit status comes back to the lab;
+// the whole log of each failed run is kept as <shimDir>/hN.failK.log, since
+// the lab's own log is removed with the lab.
+func shimScript(shimDir, weftd, flanneld string) string {
+	return fmt.Sprintf(`#!/bin/sh
+# The host is the name of the directory of -subnet-file (<lab>-hN), its
+# daemon the path in %[1]s/hN.
+for a in "$@"; do case "$a" in -subnet-file=*) f=${a#-subnet-file=};; esac; done
+h=$(basename "$(dirname "$f")"); h=${h##*-}
+d=%[2]s
+[ -s "%[1]s/$h" ] && d=$(cat "%[1]s/$h")
+[ "$d" = "%[3]s" ] || exec "$d" "$@"
+
+stop= pid= n=0
+trap 'stop=1; [ -z "$pid" ] || kill -TERM "$pid" 2>/dev/null' TERM INT
+while :; do
+  "$d" "$@" </dev/null &
+  pid=$!
+  wait "$pid"; rc=$?
+  # A trapped signal interrupts wait (status > 128) before flanneld has
+  # exited: wait again for its own status; 127 means it was already reaped.
+  while [ "$rc" -gt 128 ]; do wait "$pid"; r=$?; [ "$r" -eq 127 ] && break; rc=$r; done
+  if [ -n "$stop" ] || [ "$rc" -eq 0 ]; then exit "$rc"; fi
+  n=$((n+1))
+  cp "$(dirname "$f")/weftd.log" "%[1]s/$h.fail$n.log"
+  echo "--- shim: flanneld pid $pid exited with status $rc; restarting it in 100 ms (Restart=on-failure), log kept as %[1]s/$h.fail$n.log"
+  sleep 0.1
+  [ -z "$stop" ] || exit "$rc"
+done
+`, shimDir, weftd, flanneld)
+}
+
+// failedRuns lists the kept logs of flanneld runs that exited on their own
+// with a non-zero status (the shim restarted them).
+func (m *mixedLab) failedRuns() []string {
+	logs, _ := filepath.Glob(filepath.Join(m.shimDir, "h*.fail*.log"))
+	return logs
+}
+
+// reportFailedRuns logs every failed flanneld run: in full when the test
+// failed, by name otherwise.
+func (m *mixedLab) reportFailedRuns(t *testing.T) {
+	for _, p := range m.failedRuns() {
+		if !t.Failed() {
+			t.Logf("flanneld exited with a failure and was restarted: its log is %s", p)
+			continue
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Logf("%s: %v", p, err)
+			continue
+		}
+		t.Logf("flanneld run that exited with a failure, the whole log of its host up to then (%s):\n%s", filepath.Base(p), b)
+	}
 }
 
 // setDaemon chooses what host i runs from its next start on.
