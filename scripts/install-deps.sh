@@ -48,3 +48,19 @@ if [ ! -x /usr/bin/etcd ]; then
     systemctl disable --now --quiet etcd.service || true
   fi
 fi
+
+# The reference flanneld of the interop tests (e2e/flanneld*_test.go) exits at
+# start ("Failed to check br_netfilter") unless br_netfilter's sysctls exist:
+# load the module where the kernel does not have it built in or loaded. Like
+# on any flannel or Kubernetes node, bridged traffic then passes iptables.
+if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: need root to load br_netfilter" >&2
+    exit 1
+  fi
+  if ! command -v modprobe >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kmod >/dev/null
+  fi
+  modprobe br_netfilter
+fi
