@@ -257,6 +257,15 @@ func flanneldTrouble(t *testing.T, h *lab.Host) []string {
 	klog := regexp.MustCompile(`^[IEWF]\d{4} `)
 	var out []string
 	for line := range strings.SplitSeq(string(b), "\n") {
+		if strings.HasPrefix(line, "--- shim: flanneld pid ") && strings.Contains(line, "restarting it") {
+			// A run that failed and was restarted, as its unit restarts it
+			// in production: what it logged is shown, and only the runs
+			// after it are judged. A weft lease that flanneld trips over
+			// fails every run, and the lab then never comes up.
+			t.Logf("%s: a flanneld run failed and was restarted; its complaints: %q", h.Name, out)
+			out = nil
+			continue
+		}
 		if !klog.MatchString(line) {
 			continue
 		}
