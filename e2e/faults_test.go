@@ -3,9 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"strings"
@@ -17,32 +14,10 @@ import (
 
 const faultHealthPort = "9102"
 
-// readyz asks host h's weftd for /readyz on the host's own loopback: the
-// socket is created inside the host namespace.
+// readyz asks host h's weftd for /readyz on the host's own loopback.
 func readyz(h *lab.Host) (int, string, error) {
-	c := http.Client{
-		Timeout: 2 * time.Second,
-		Transport: &http.Transport{
-			DisableKeepAlives: true,
-			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				var conn net.Conn
-				err := h.NS.Do(func() error {
-					var d net.Dialer
-					var err error
-					conn, err = d.DialContext(ctx, network, addr)
-					return err
-				})
-				return conn, err
-			},
-		},
-	}
-	resp, err := c.Get("http://127.0.0.1:" + faultHealthPort + "/readyz")
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, strings.TrimSpace(string(b)), nil
+	code, body, err := hostHTTP(h, faultHealthPort, "/readyz")
+	return code, strings.TrimSpace(body), err
 }
 
 func allReadyz(l *lab.Lab, want int, body string) error {

@@ -4,10 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -213,26 +209,6 @@ func (m *mixedLab) addHost(t *testing.T, daemon string) *lab.Host {
 	return h
 }
 
-// leaseKV is a lease key's value and revision in etcd.
-type leaseKV struct {
-	value       string
-	modRevision int64
-}
-
-func readLeaseKV(t *testing.T, l *lab.Lab, subnet netip.Prefix) (leaseKV, bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	resp, err := l.Etcd.Get(ctx, lab.LeaseKey(l.Config().Prefix, subnet))
-	if err != nil {
-		t.Fatalf("read lease %s: %v", subnet, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return leaseKV{}, false
-	}
-	return leaseKV{string(resp.Kvs[0].Value), resp.Kvs[0].ModRevision}, true
-}
-
 // flanneldBenign are the warnings and errors flanneld v0.28.10 logs in a
 // cluster of flanneld hosts only, none about another host's lease: its first
 // start (no previous subnet.env), etcd over http, and the cancellations of
@@ -277,31 +253,13 @@ func flanneldTrouble(t *testing.T, h *lab.Host) []string {
 	return out
 }
 
-// hostGet fetches path from the daemon's health server inside host h (the
-// socket is created in the host's namespace).
+// hostGet fetches path from the daemon's health server inside host h.
 func hostGet(h *lab.Host, path string) (string, error) {
-	c := http.Client{
-		Timeout: 2 * time.Second,
-		Transport: &http.Transport{
-			DisableKeepAlives: true,
-			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				var conn net.Conn
-				err := h.NS.Do(func() error {
-					var err error
-					conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-					return err
-				})
-				return conn, err
-			},
-		},
-	}
-	resp, err := c.Get("http://127.0.0.1:" + interopHealthPort + path)
+	_, body, err := hostHTTP(h, interopHealthPort, path)
 	if err != nil {
 		return "", fmt.Errorf("%s GET %s: %w", h.Name, path, err)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return string(b), err
+	return body, nil
 }
 
 // weftMetric reads one unlabelled metric of host h's weftd.

@@ -8,8 +8,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -171,7 +173,13 @@ type leaseValue struct {
 	}
 }
 
-func readLease(t *testing.T, l *lab.Lab, subnet netip.Prefix) (leaseValue, bool) {
+// leaseKV is a lease key's value and revision in etcd.
+type leaseKV struct {
+	value       string
+	modRevision int64
+}
+
+func readLeaseKV(t *testing.T, l *lab.Lab, subnet netip.Prefix) (leaseKV, bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
@@ -179,14 +187,49 @@ func readLease(t *testing.T, l *lab.Lab, subnet netip.Prefix) (leaseValue, bool)
 	if err != nil {
 		t.Fatalf("read lease %s: %v", subnet, err)
 	}
-	var v leaseValue
 	if len(resp.Kvs) == 0 {
+		return leaseKV{}, false
+	}
+	return leaseKV{string(resp.Kvs[0].Value), resp.Kvs[0].ModRevision}, true
+}
+
+func readLease(t *testing.T, l *lab.Lab, subnet netip.Prefix) (leaseValue, bool) {
+	t.Helper()
+	var v leaseValue
+	kv, ok := readLeaseKV(t, l, subnet)
+	if !ok {
 		return v, false
 	}
-	if err := json.Unmarshal(resp.Kvs[0].Value, &v); err != nil {
-		t.Fatalf("lease %s: %q: %v", subnet, resp.Kvs[0].Value, err)
+	if err := json.Unmarshal([]byte(kv.value), &v); err != nil {
+		t.Fatalf("lease %s: %q: %v", subnet, kv.value, err)
 	}
 	return v, true
+}
+
+// hostHTTP GETs path from a server on port of host h's own loopback (the
+// socket is created inside the host namespace): weftd's or flanneld's
+// health server.
+func hostHTTP(h *lab.Host, port, path string) (code int, body string, err error) {
+	c := http.Client{
+		Timeout: 2 * time.Second,
+		Transport: &http.Transport{
+			DisableKeepAlives: true,
+			DialContext: func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
+				err = h.NS.Do(func() (err error) {
+					conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+					return err
+				})
+				return conn, err
+			},
+		},
+	}
+	resp, err := c.Get("http://127.0.0.1:" + port + path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
 }
 
 // peerState is what host h's kernel holds for one peer.

@@ -43,8 +43,6 @@ import (
 // + UDP (8) + VXLAN (8) + inner Ethernet (14).
 const vxlanOverhead = 50
 
-const defaultVXLANPort = 8472 // the Linux kernel default, which flannel keeps
-
 // VXLANLeaseData is the vxlan BackendData in a lease: {"VNI":1,"VtepMAC":"…"}.
 type VXLANLeaseData struct {
 	VNI     int
@@ -128,7 +126,7 @@ func newVXLAN(opts VXLANOptions, host Host, h *netlink.Handle, rt *rtnl.Conn, lo
 
 func (v *vxlanDevice) port() int {
 	if v.opts.Port == 0 {
-		return defaultVXLANPort
+		return netconf.DefaultVXLANPort
 	}
 	return v.opts.Port
 }

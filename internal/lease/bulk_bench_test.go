@@ -1,7 +1,6 @@
 package lease
 
 import (
-	"fmt"
 	"net/netip"
 	"testing"
 
@@ -20,19 +19,10 @@ func BenchmarkPeersDeleteAll5000(b *testing.B) {
 	own := netip.MustParseAddr("192.168.255.1")
 	m := NewManager(ManagerConfig{Store: s, Network: net, PublicIP: own, BackendType: "vxlan"})
 	ownSub := netip.MustParsePrefix("10.100.1.0/24")
+	leases := benchLeases(b, s, n)
 	kvs := make([]*mvccpb.KeyValue, n)
-	for i := range n {
-		sub := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(1 + i/256), byte(i % 256), 0}), 24)
-		v := fmt.Sprintf(`{"PublicIP":"172.16.%d.%d","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:57:00:00:%02x:%02x"}}`, i/250, 1+i%250, i/256, i%256)
-		kvs[i] = &mvccpb.KeyValue{Key: []byte(s.Key(sub, netip.Prefix{})), Value: []byte(v), CreateRevision: 2, ModRevision: 2, Lease: 7}
-	}
-	var leases []Lease
-	for _, kv := range kvs {
-		l, err := s.decode(kv)
-		if err != nil {
-			b.Fatal(err)
-		}
-		leases = append(leases, l)
+	for i := range kvs {
+		kvs[i] = benchPeerKV(s, i, 2)
 	}
 	m.install(Lease{Subnet: ownSub, Attrs: Attrs{PublicIP: own}}, s.Key(ownSub, netip.Prefix{}), leases, 2)
 	<-m.Snapshots()

@@ -180,19 +180,8 @@ func BenchmarkPeersJoinLeave(b *testing.B) {
 	own := netip.MustParseAddr("192.168.255.1")
 	m := NewManager(ManagerConfig{Store: s, Network: net, PublicIP: own, BackendType: "vxlan"})
 	ownSub := netip.MustParsePrefix("10.100.1.0/24")
-	peer := func(i int, rev int64) *mvccpb.KeyValue {
-		sub := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(1 + i/256), byte(i % 256), 0}), 24)
-		v := fmt.Sprintf(`{"PublicIP":"192.168.%d.%d","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:57:00:00:%02x:%02x"}}`, i/250, 1+i%250, i/256, i%256)
-		return &mvccpb.KeyValue{Key: []byte(s.Key(sub, netip.Prefix{})), Value: []byte(v), ModRevision: rev, Lease: 7}
-	}
-	var leases []Lease
-	for i := range 1000 {
-		l, err := s.decode(peer(i, 2))
-		if err != nil {
-			b.Fatal(err)
-		}
-		leases = append(leases, l)
-	}
+	peer := func(i int, rev int64) *mvccpb.KeyValue { return benchPeerKV(s, i, rev) }
+	leases := benchLeases(b, s, 1000)
 	m.install(Lease{Subnet: ownSub, Attrs: Attrs{PublicIP: own}}, s.Key(ownSub, netip.Prefix{}), leases, 2)
 	<-m.Snapshots()
 	rev := int64(2)
@@ -222,18 +211,31 @@ func BenchmarkPeersRebuild(b *testing.B) {
 	own := netip.MustParseAddr("192.168.255.1")
 	m := NewManager(ManagerConfig{Store: s, Network: net, PublicIP: own, BackendType: "vxlan"})
 	ownSub := netip.MustParsePrefix("10.100.1.0/24")
-	var leases []Lease
-	for i := range 1000 {
-		sub := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(1 + i/256), byte(i % 256), 0}), 24)
-		v := fmt.Sprintf(`{"PublicIP":"192.168.%d.%d","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:57:00:00:%02x:%02x"}}`, i/250, 1+i%250, i/256, i%256)
-		l, err := s.decode(&mvccpb.KeyValue{Key: []byte(s.Key(sub, netip.Prefix{})), Value: []byte(v), ModRevision: 2, Lease: 7})
+	leases := benchLeases(b, s, 1000)
+	for b.Loop() {
+		m.install(Lease{Subnet: ownSub, Attrs: Attrs{PublicIP: own}}, s.Key(ownSub, netip.Prefix{}), leases, 2)
+		<-m.Snapshots()
+	}
+}
+
+// benchPeerKV is peer i's lease key-value as etcd returns it, written at rev:
+// subnet 10.<1+i/256>.<i%256>.0/24, a PublicIP in 192.168/16 and a VtepMAC
+// of its own (up to 62,500 peers).
+func benchPeerKV(s *Store, i int, rev int64) *mvccpb.KeyValue {
+	sub := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(1 + i/256), byte(i % 256), 0}), 24)
+	v := fmt.Sprintf(`{"PublicIP":"192.168.%d.%d","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:57:00:00:%02x:%02x"}}`, i/250, 1+i%250, i/256, i%256)
+	return &mvccpb.KeyValue{Key: []byte(s.Key(sub, netip.Prefix{})), Value: []byte(v), CreateRevision: rev, ModRevision: rev, Lease: 7}
+}
+
+// benchLeases decodes the first n bench peers, written at revision 2.
+func benchLeases(b *testing.B, s *Store, n int) []Lease {
+	leases := make([]Lease, 0, n)
+	for i := range n {
+		l, err := s.decode(benchPeerKV(s, i, 2))
 		if err != nil {
 			b.Fatal(err)
 		}
 		leases = append(leases, l)
 	}
-	for b.Loop() {
-		m.install(Lease{Subnet: ownSub, Attrs: Attrs{PublicIP: own}}, s.Key(ownSub, netip.Prefix{}), leases, 2)
-		<-m.Snapshots()
-	}
+	return leases
 }

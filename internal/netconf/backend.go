@@ -7,10 +7,15 @@ import (
 	"strconv"
 )
 
+// DefaultVXLANPort is the UDP port of a vxlan backend whose Port is 0: the
+// Linux kernel's default, which flannel keeps (not IANA's 4789). The
+// dataplane creates flannel.<VNI> with it and the underlay guard opens it.
+const DefaultVXLANPort = 8472
+
 // VXLANOptions are the vxlan backend's options with flannel's defaults.
 type VXLANOptions struct {
 	VNI           int  // 1..16777215, default 1; the device is flannel.<VNI>
-	Port          int  // UDP port; 0 = the kernel's default (8472)
+	Port          int  // UDP port; 0 = DefaultVXLANPort
 	GBP           bool // group based policy extension
 	DirectRouting bool // plain routes to peers on the same L2 segment
 	Learning      bool // kernel FDB learning (off: entries come from leases)

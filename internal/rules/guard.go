@@ -74,10 +74,6 @@ const (
 	guardPeers4  = "peers4"
 	guardPeers6  = "peers6"
 
-	// vxlanKernelPort is the port the kernel's vxlan device listens on when
-	// the config's Port is 0 (IANA's 4789 is not Linux's default); the
-	// dataplane creates flannel.<VNI> with it.
-	vxlanKernelPort = 8472
 	// elemChunk bounds the elements of one netlink message: its nested
 	// element list has a 16-bit length (1,024 IPv6 elements are ~29 KiB).
 	elemChunk = 1024
@@ -103,7 +99,7 @@ func EncapPorts(cfg netconf.Config) ([]uint16, error) {
 		if err != nil {
 			return nil, err
 		}
-		port = cmp.Or(o.Port, vxlanKernelPort)
+		port = cmp.Or(o.Port, netconf.DefaultVXLANPort)
 	case netconf.BackendUDP:
 		o, err := cfg.UDP()
 		if err != nil {
