@@ -69,9 +69,17 @@ const (
 	convergeTimeout = 10 * time.Second
 )
 
+// The kinds of Config.Containers.
+const (
+	ContainersNetns  = "netns"
+	ContainersDocker = "docker"
+	ContainersCNI    = "cni"
+)
+
 var (
-	nameRE   = regexp.MustCompile(`^[a-z][a-z0-9-]{0,23}$`)
-	backends = []string{netconf.BackendVXLAN, netconf.BackendHostGW, netconf.BackendAlloc, netconf.BackendUDP}
+	containerKinds = []string{ContainersNetns, ContainersDocker, ContainersCNI}
+	nameRE         = regexp.MustCompile(`^[a-z][a-z0-9-]{0,23}$`)
+	backends       = []string{netconf.BackendVXLAN, netconf.BackendHostGW, netconf.BackendAlloc, netconf.BackendUDP}
 )
 
 // Config describes a lab. Zero values take the defaults.
@@ -99,6 +107,11 @@ type Config struct {
 	// config (IPv6Network fd30::/48), an IPv6 address on every host's eth0,
 	// docker0 and container. vxlan and host-gw only.
 	IPv6 bool
+	// Containers is what gives each host its container: ContainersNetns
+	// (default: a namespace on a docker0 the lab builds as dockerd would),
+	// ContainersDocker (a real dockerd per host, configured from
+	// /run/flannel/docker) or ContainersCNI (weft's flannel CNI plugin).
+	Containers string
 	// ReadyTimeout bounds the wait for each host's subnet.env; default 30s.
 	ReadyTimeout time.Duration
 	Log          *slog.Logger
@@ -126,6 +139,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.IPv6 && c.Backend != netconf.BackendVXLAN && c.Backend != netconf.BackendHostGW {
 		return fmt.Errorf("backend %q: IPv6 (dual-stack) needs vxlan or host-gw", c.Backend)
+	}
+	if c.Containers == "" {
+		c.Containers = ContainersNetns
+	}
+	if !contains(containerKinds, c.Containers) {
+		return fmt.Errorf("containers %q: must be one of %s", c.Containers, strings.Join(containerKinds, ", "))
 	}
 	if c.Prefix == "" {
 		c.Prefix = DefaultPrefix
@@ -197,8 +216,12 @@ type Host struct {
 	SubnetFile string
 	LogFile    string
 
-	proxies []*Proxy                  // one per etcd member
-	proc    atomic.Pointer[weftdProc] // the current run; Close reads it from any goroutine
+	proxies []*Proxy // one per etcd member
+	// cleanups undo what a container runtime started for this host
+	// (dockerd, CNI attachments); Close runs them, last first, before the
+	// host's namespace goes.
+	cleanups []func() error
+	proc     atomic.Pointer[weftdProc] // the current run; Close reads it from any goroutine
 }
 
 func contains(xs []string, x string) bool {
@@ -506,7 +529,15 @@ func (l *Lab) finishHost(ctx context.Context, h *Host, since time.Time) error {
 	if err != nil {
 		return fmt.Errorf("host %s: %w", h.Name, err)
 	}
-	if err := l.addContainer(h, d); err != nil {
+	switch l.cfg.Containers {
+	case ContainersDocker:
+		err = l.addDockerContainer(ctx, h)
+	case ContainersCNI:
+		err = l.addCNIContainer(ctx, h)
+	default:
+		err = l.addContainer(h, d)
+	}
+	if err != nil {
 		return fmt.Errorf("host %s: %w", h.Name, err)
 	}
 	l.log.Info("host ready", "host", h.Name, "subnet", h.Subnet, "mtu", h.MTU, "container", h.ContainerIP)
@@ -617,6 +648,11 @@ func (l *Lab) Close() error {
 		}
 		wg.Wait()
 		for _, h := range hosts {
+			for i := len(h.cleanups) - 1; i >= 0; i-- {
+				if err := h.cleanups[i](); err != nil {
+					errs = append(errs, fmt.Errorf("host %s: %w", h.Name, err))
+				}
+			}
 			for _, p := range h.proxies {
 				p.Close()
 			}

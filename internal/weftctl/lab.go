@@ -25,7 +25,9 @@ const labUsage = `usage: weftctl lab <up|run|status|down> [flags]
 flags (up, run): --name NAME (default weft), --hosts N (default 3),
   --backend vxlan|host-gw|alloc|udp (default vxlan), --ipv6 (dual-stack:
   EnableIPv6, IPv6 on every host and container; vxlan and host-gw), --weftd PATH (default:
-  the weftd next to weftctl, else in PATH), -v (debug log)
+  the weftd next to weftctl, else in PATH), --containers netns|docker|cni
+  (default netns: a namespace on a docker0 the lab builds; docker: a real
+  dockerd per host; cni: weft's flannel CNI plugin), -v (debug log)
 flags (status, down): --name NAME`
 
 // runLab is `weftctl lab`: the whole overlay of the ops note on one machine.
@@ -43,7 +45,7 @@ func runLab(ctx context.Context, env *Env, args []string) error {
 	fs.Usage = func() { fmt.Fprintln(env.Stderr, labUsage) }
 	name := fs.String("name", lab.DefaultName, "lab name: prefix of every namespace")
 	var hosts *int
-	var backend, weftd *string
+	var backend, weftd, containers *string
 	var verbose, ipv6 *bool
 	switch sub {
 	case "up", "run":
@@ -51,6 +53,7 @@ func runLab(ctx context.Context, env *Env, args []string) error {
 		backend = fs.String("backend", lab.DefaultBackend, "vxlan, host-gw, alloc or udp")
 		weftd = fs.String("weftd", "", "weftd binary")
 		ipv6 = fs.Bool("ipv6", false, "dual-stack overlay (IPv4 and IPv6)")
+		containers = fs.String("containers", lab.ContainersNetns, "what makes each host's container: netns (a namespace on a docker0 the lab builds), docker (a real dockerd per host) or cni (weft's flannel CNI plugin)")
 		verbose = fs.Bool("v", false, "debug log")
 	case "status", "down":
 	default:
@@ -88,7 +91,7 @@ func runLab(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	l, err := lab.Up(ctx, lab.Config{Name: *name, Hosts: *hosts, Backend: *backend, IPv6: *ipv6, WeftdPath: path, Log: log})
+	l, err := lab.Up(ctx, lab.Config{Name: *name, Hosts: *hosts, Backend: *backend, IPv6: *ipv6, Containers: *containers, WeftdPath: path, Log: log})
 	if err != nil {
 		return err
 	}
