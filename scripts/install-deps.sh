@@ -22,32 +22,47 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# install_no_start PKG UNIT... installs a package whose maintainer scripts
+# would start and enable system services, with service starts denied
+# (policy-rc.d) while it installs, and leaves UNITs disabled and stopped.
+install_no_start() {
+  local pkg=$1
+  shift
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: need root to install: $pkg" >&2
+    exit 1
+  fi
+  echo "install-deps: installing $pkg (its services are not started)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  local policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# install-deps: no service starts while packages install\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt-get update -qq
+  apt-get install -y -qq "$pkg" >/dev/null
+  if [ -d /run/systemd/system ]; then
+    # The units did not exist before this install: if a policy-rc.d that
+    # allows starts let them run, they are the ones this install started.
+    local u
+    for u in "$@"; do systemctl disable --now --quiet "$u" || true; done
+  fi
+}
+
 # Debian's etcd 3.4 (etcd-server), whose v2 store the tests of weftctl
 # migrate-v2 need; they run their own on free loopback ports. Its package
 # starts and enables a system etcd on 127.0.0.1:2379, the default endpoint
-# of weft's tests and tools: service starts are denied (policy-rc.d) while it
-# installs, and the unit is left disabled.
-if [ ! -x /usr/bin/etcd ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "install-deps: need root to install: etcd-server" >&2
-    exit 1
-  fi
-  echo "install-deps: installing etcd-server (its service is not started)" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  policy=/usr/sbin/policy-rc.d
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\n# install-deps: no service starts while etcd-server installs\nexit 101\n' >"$policy"
-    chmod 755 "$policy"
-    trap 'rm -f "$policy"' EXIT
-  fi
-  apt-get update -qq
-  apt-get install -y -qq etcd-server >/dev/null
-  if [ -d /run/systemd/system ]; then
-    # The unit did not exist before this install: if a policy-rc.d that
-    # allows starts let it run, it is the one this install started.
-    systemctl disable --now --quiet etcd.service || true
-  fi
-fi
+# of weft's tests and tools.
+[ -x /usr/bin/etcd ] || install_no_start etcd-server etcd.service
+
+# Debian's docker.io (dockerd 20.10, containerd, runc) and busybox-static, for
+# `weftctl lab --containers docker` and e2e/docker_test.go, which start one
+# dockerd per lab host inside its namespace. A system dockerd would take
+# docker0 and iptables in the root namespace: it is not started.
+[ -x /usr/sbin/dockerd ] || install_no_start docker.io docker.socket docker.service containerd.service
+# The lab's image is a static busybox imported offline (no registry).
+dpkg -s busybox-static >/dev/null 2>&1 || install_no_start busybox-static
 
 # The reference flanneld of the interop tests (e2e/flanneld*_test.go) exits at
 # start ("Failed to check br_netfilter") unless br_netfilter's sysctls exist:
