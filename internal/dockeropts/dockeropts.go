@@ -187,8 +187,9 @@ func Render(o Options, subnetEnv []byte, lookupEnv func(string) (string, bool)) 
 	return b.Bytes(), nil
 }
 
-// Run reads o.SubnetFile and writes o.OutFile atomically (mode 0644). On any
-// error the output file is left as it was.
+// Run reads o.SubnetFile and writes o.OutFile: a regular file atomically
+// (mode 0644), a symlink or a device in place (see writeOut). On any error
+// before the write the output file is left as it was.
 func Run(o Options, lookupEnv func(string) (string, bool)) error {
 	data, err := os.ReadFile(o.SubnetFile)
 	if err != nil {
@@ -204,7 +205,7 @@ func Run(o Options, lookupEnv func(string) (string, bool)) error {
 			return fmt.Errorf("%s: %w; %s left unchanged", o.SubnetFile, err, o.OutFile)
 		}
 	}
-	if err := subnetenv.WriteFileAtomic(o.OutFile, out, 0o644); err != nil {
+	if err := writeOut(o.OutFile, out); err != nil {
 		return fmt.Errorf("write Docker options: %w", err)
 	}
 	return nil
