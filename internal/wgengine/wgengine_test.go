@@ -1,0 +1,234 @@
+package wgengine
+
+import (
+	"bufio"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/testutil/netnstest"
+)
+
+func TestPublicKeyRFC7748(t *testing.T) {
+	// RFC 7748 section 6.1, Alice.
+	var priv Key
+	b, _ := hexKey("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+	priv = b
+	want, _ := hexKey("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+	if got := priv.PublicKey(); got != want {
+		t.Fatalf("PublicKey = %s, want %s", got, want)
+	}
+}
+
+func TestParseKey(t *testing.T) {
+	for _, s := range []string{"", "short", "AAAA", "!!!!AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", strings.Repeat("A", 60)} {
+		if _, err := ParseKey(s); err == nil {
+			t.Errorf("ParseKey(%q): no error", s)
+		}
+	}
+	k, _ := GenerateKey()
+	if got, err := ParseKey(k.String()); err != nil || got != k {
+		t.Errorf("ParseKey(String()) = %v, %v", got, err)
+	}
+}
+
+// TestLoadOrCreateKey: a missing file is created 0600 with flannel's format
+// (base64, no newline) and read back as the same key; a file written by
+// `wg genkey >file` (trailing newline) is accepted; garbage is refused with
+// the file's name.
+func TestLoadOrCreateKey(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sub", "wgkey")
+	k, err := LoadOrCreateKey(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode = %v, %v; want 0600", st.Mode(), err)
+	}
+	data, _ := os.ReadFile(path)
+	if string(data) != k.String() || len(data) != 44 {
+		t.Fatalf("key file holds %q, want %q", data, k.String())
+	}
+	again, err := LoadOrCreateKey(path, nil)
+	if err != nil || again != k {
+		t.Fatalf("second load = %v, %v; want the same key", again, err)
+	}
+	os.WriteFile(path, []byte(k.String()+"\n"), 0o600)
+	if again, err := LoadOrCreateKey(path, nil); err != nil || again != k {
+		t.Fatalf("load with newline = %v, %v", again, err)
+	}
+	os.WriteFile(path, []byte("not a key"), 0o600)
+	if _, err := LoadOrCreateKey(path, nil); err == nil || !strings.Contains(err.Error(), path) {
+		t.Fatalf("garbage key file: err = %v, want one naming %s", err, path)
+	}
+	t.Setenv(KeyFileEnv, "/x/y")
+	if KeyFile() != "/x/y" {
+		t.Errorf("KeyFile() = %s with %s set", KeyFile(), KeyFileEnv)
+	}
+}
+
+// side is one end of the two-host test: a namespace with an underlay
+// address and an engine on a TUN holding an overlay address.
+type side struct {
+	ns      *netnstest.NS
+	under   netip.Addr
+	overlay netip.Prefix
+	key     Key
+	eng     *Engine
+}
+
+func newSide(t *testing.T, ns *netnstest.NS, under, overlay string, sockDir string) *side {
+	t.Helper()
+	s := &side{ns: ns, under: netip.MustParseAddr(under), overlay: netip.MustParsePrefix(overlay)}
+	s.key, _ = GenerateKey()
+	if out, err := ns.Run("ip", "addr", "add", under+"/24", "dev", "u0"); err != nil && !strings.Contains(out, "already assigned") {
+		t.Fatal(err)
+	}
+	fd := ns.Fd()
+	err := ns.Do(func() error {
+		dev, err := OpenTUN("wgt0", 1420)
+		if err != nil {
+			return err
+		}
+		s.eng, err = New(Config{Name: "wgt0-" + ns.Name, TUN: dev, ListenAddr: s.under, ListenPort: 51820,
+			NetNS: &fd, PrivateKey: s.key, SocketDir: sockDir})
+		if err != nil {
+			dev.Close()
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.eng.Close() })
+	ns.MustRun(t, "ip", "addr", "add", s.overlay.Addr().String()+"/32", "dev", "wgt0")
+	ns.MustRun(t, "ip", "link", "set", "wgt0", "up")
+	ns.MustRun(t, "ip", "route", "add", "10.78.0.0/16", "dev", "wgt0")
+	return s
+}
+
+func (s *side) peer() Peer {
+	return Peer{PublicKey: s.key.PublicKey(), Endpoint: netip.AddrPortFrom(s.under, 51820),
+		AllowedIPs: []netip.Prefix{s.overlay.Masked()}}
+}
+
+func ping(t *testing.T, from *side, to netip.Addr) error {
+	t.Helper()
+	_, err := from.ns.Run("ping", "-c1", "-W1", "-I", from.overlay.Addr().String(), to.String())
+	return err
+}
+
+func waitPing(t *testing.T, from *side, to netip.Addr) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := ping(t, from, to)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s cannot ping %s through WireGuard: %v", from.ns.Name, to, err)
+		}
+	}
+}
+
+// TestTwoEngines: two devices in two namespaces connected by a veth talk
+// once each has the other as a peer; SetPeers is level-triggered (the same
+// set twice writes nothing new, a rotated key replaces the peer and traffic
+// recovers, an invalid peer is refused without touching the valid one);
+// the UAPI socket answers a "get" with the peers.
+func TestTwoEngines(t *testing.T) {
+	na, nb := netnstest.New(t, "wga"), netnstest.New(t, "wgb")
+	if err := netnstest.VethPair(na, "u0", nb, "u0"); err != nil {
+		t.Fatal(err)
+	}
+	sock := t.TempDir()
+	a := newSide(t, na, "10.77.0.1", "10.78.1.1/24", sock)
+	b := newSide(t, nb, "10.77.0.2", "10.78.2.1/24", "-")
+	if err := a.eng.SetPeers([]Peer{b.peer()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.eng.SetPeers([]Peer{a.peer()}); err != nil {
+		t.Fatal(err)
+	}
+	waitPing(t, a, b.overlay.Addr())
+	waitPing(t, b, a.overlay.Addr())
+
+	// Level-triggered: the same set again is a no-op, the peer read back
+	// is the one given.
+	if err := a.eng.SetPeers([]Peer{b.peer()}); err != nil {
+		t.Fatal(err)
+	}
+	ps, err := a.eng.Peers()
+	if err != nil || len(ps) != 1 || !samePeer(ps[0].Peer, b.peer()) || ps[0].LastHandshake.IsZero() {
+		t.Fatalf("Peers() = %+v, %v; want b with a handshake", ps, err)
+	}
+
+	// An invalid peer (our own key, a taken allowed IP) is named in the
+	// error; b stays.
+	bad := a.peer()
+	bad2 := b.peer()
+	bad2.PublicKey, _ = GenerateKey()
+	err = a.eng.SetPeers([]Peer{b.peer(), bad, bad2})
+	if err == nil || !strings.Contains(err.Error(), "own") || !strings.Contains(err.Error(), "already peer") {
+		t.Fatalf("SetPeers with invalid peers: err = %v", err)
+	}
+	waitPing(t, a, b.overlay.Addr())
+
+	// b's key rotates (its lease is rewritten): b restarts its engine with
+	// a new key, a replaces the peer; traffic recovers.
+	b.eng.Close()
+	nb.MustRun(t, "ip", "link", "del", "wgt0")
+	b2 := newSide(t, nb, "10.77.0.2", "10.78.2.1/24", "-")
+	if err := b2.eng.SetPeers([]Peer{a.peer()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.eng.SetPeers([]Peer{b2.peer()}); err != nil {
+		t.Fatal(err)
+	}
+	waitPing(t, a, b2.overlay.Addr())
+	ps, _ = a.eng.Peers()
+	if len(ps) != 1 || ps[0].PublicKey != b2.key.PublicKey() {
+		t.Fatalf("after rotation a has peers %+v, want only b's new key", ps)
+	}
+
+	// The UAPI socket: what `wg show` reads.
+	c, err := net.Dial("unix", a.eng.SocketPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("get=1\n\n"))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	sc := bufio.NewScanner(c)
+	var lines []string
+	for sc.Scan() && sc.Text() != "" {
+		lines = append(lines, sc.Text())
+	}
+	got := strings.Join(lines, "\n")
+	for _, w := range []string{"listen_port=51820", "public_key=" + b2.key.PublicKey().hex(), "allowed_ip=10.78.2.0/24", "errno=0"} {
+		if !strings.Contains(got, w) {
+			t.Errorf("UAPI get: no %q in\n%s", w, got)
+		}
+	}
+	if st, err := os.Stat(a.eng.SocketPath()); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("UAPI socket mode %v, %v; want 0600", st.Mode(), err)
+	}
+
+	// Removing every peer.
+	if err := a.eng.SetPeers(nil); err != nil {
+		t.Fatal(err)
+	}
+	if ps, _ := a.eng.Peers(); len(ps) != 0 {
+		t.Fatalf("after SetPeers(nil): %d peers", len(ps))
+	}
+	if ping(t, a, b2.overlay.Addr()) == nil {
+		t.Fatal("ping went through with no peer")
+	}
+}
