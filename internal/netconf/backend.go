@@ -4,7 +4,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 )
 
 // DefaultVXLANPort is the UDP port of a vxlan backend whose Port is 0: the
@@ -32,12 +34,20 @@ type IPIPOptions struct {
 	DirectRouting bool
 }
 
-// WireGuardOptions are the wireguard backend's options.
+// WireGuardOptions are the wireguard backend's options (flannel's names and
+// defaults).
 type WireGuardOptions struct {
 	ListenPort                  int    // default 51820
+	ListenPortV6                int    // flannel-wg-v6's port in Mode separate; default 51821
 	PSK                         string // base64 of 32 bytes, or empty
 	PersistentKeepaliveInterval int    // seconds, 0 = off
+	Mode                        string // WireGuardModes; default "separate"
 }
+
+// WireGuardModes are the values of the wireguard backend's Mode: separate
+// devices per family (flannel-wg, flannel-wg-v6), or one device (flannel-wg)
+// carrying both, its peers' endpoints chosen automatically, IPv4 or IPv6.
+var WireGuardModes = []string{"separate", "auto", "ipv4", "ipv6"}
 
 // VXLAN decodes the Backend object as vxlan options.
 func (c Config) VXLAN() (VXLANOptions, error) {
@@ -121,15 +131,20 @@ func decodeIPIP(bt string, raw json.RawMessage) (IPIPOptions, []string, error) {
 }
 
 func decodeWireGuard(bt string, raw json.RawMessage) (WireGuardOptions, []string, error) {
-	o := WireGuardOptions{ListenPort: 51820}
+	o := WireGuardOptions{ListenPort: 51820, ListenPortV6: 51821, Mode: WireGuardModes[0]}
 	if err := wantType(bt, BackendWireGuard); err != nil {
 		return o, nil, err
 	}
 	w, err := decodeOptions(bt, raw, []option{
 		{name: "ListenPort", i: &o.ListenPort, min: 1, max: 65535},
+		{name: "ListenPortV6", i: &o.ListenPortV6, min: 1, max: 65535},
 		{name: "PSK", s: &o.PSK},
 		{name: "PersistentKeepaliveInterval", i: &o.PersistentKeepaliveInterval, min: 0, max: 65535},
+		{name: "Mode", s: &o.Mode},
 	})
+	if err == nil && !slices.Contains(WireGuardModes, o.Mode) {
+		err = &Error{Key: "Backend.Mode", Value: strconv.Quote(o.Mode), Rule: "must be one of " + strings.Join(WireGuardModes, ", ")}
+	}
 	if err == nil && o.PSK != "" {
 		if k, derr := base64.StdEncoding.DecodeString(o.PSK); derr != nil || len(k) != 32 {
 			err = &Error{Key: "Backend.PSK", Value: "(hidden)", Rule: "must be the base64 encoding of 32 bytes"}

@@ -38,9 +38,31 @@ const (
 	BackendWireGuard = "wireguard"
 )
 
-// KnownBackends lists the backend types weft accepts, in the order the error
-// message names them.
+// KnownBackends lists flannel's backend types that weft recognises, in the
+// order the error message names them.
 var KnownBackends = []string{BackendVXLAN, BackendHostGW, BackendUDP, BackendAlloc, BackendIPIP, BackendWireGuard}
+
+// SupportedBackends lists the backend types weft implements. A config
+// naming one of flannel's others (ipip) is refused when it is parsed or
+// validated, so weftctl config validate and weftd say so before a lease is
+// taken.
+var SupportedBackends = []string{BackendVXLAN, BackendHostGW, BackendUDP, BackendAlloc, BackendWireGuard}
+
+// unsupported is the error for a backend flannel has and weft does not.
+func unsupported(bt string) error {
+	return &Error{Key: "Backend.Type", Value: strconv.Quote(bt),
+		Rule: "flannel's " + bt + " backend is not implemented by weft (weft supports: " + strings.Join(SupportedBackends, ", ") + ")"}
+}
+
+// checkSupported refuses a known backend weft does not implement.
+func checkSupported(bt string) error {
+	for _, k := range SupportedBackends {
+		if bt == k {
+			return nil
+		}
+	}
+	return unsupported(bt)
+}
 
 // DefaultBackend is used when the config has no Backend or no Backend.Type.
 // flannel documents vxlan as its default but its code picks udp; we follow the
@@ -146,7 +168,7 @@ func backendType(raw json.RawMessage) (string, error) {
 	bt := strings.ToLower(t)
 	for _, k := range KnownBackends {
 		if bt == k {
-			return bt, nil
+			return bt, checkSupported(bt)
 		}
 	}
 	return "", &Error{Key: "Backend.Type", Value: strconv.Quote(t),

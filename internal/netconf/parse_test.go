@@ -274,18 +274,26 @@ func TestBackendOptions(t *testing.T) {
 		t.Errorf("UDP() = %+v, %v; want Port 9000", u, err)
 	}
 
-	c, _, err = Parse([]byte(`{"Network":"10.1.0.0/16","Backend":{"Type":"ipip","DirectRouting":true}}`))
-	if err != nil {
-		t.Fatal(err)
+	// ipip is flannel's, not weft's: refused by Parse and Validate, naming
+	// the backend and what weft supports.
+	const noIPIP = `Backend.Type "ipip": flannel's ipip backend is not implemented by weft (weft supports: vxlan, host-gw, udp, alloc, wireguard)`
+	if _, _, err = Parse([]byte(`{"Network":"10.1.0.0/16","Backend":{"Type":"IPIP","DirectRouting":true}}`)); err == nil || err.Error() != noIPIP {
+		t.Errorf("Parse(ipip) error = %v, want %s", err, noIPIP)
 	}
-	if o, err := c.IPIP(); err != nil || !o.DirectRouting {
-		t.Errorf("IPIP() = %+v, %v", o, err)
+	vc := c
+	vc.BackendType, vc.Backend = BackendIPIP, nil
+	if err := vc.Validate(); err == nil || err.Error() != noIPIP {
+		t.Errorf("Validate(ipip) error = %v, want %s", err, noIPIP)
+	}
+	if _, _, err = Parse([]byte(`{"Network":"10.1.0.0/16","Backend":{"Type":"wireguard","Mode":"both"}}`)); err == nil ||
+		err.Error() != `Backend.Mode "both": must be one of separate, auto, ipv4, ipv6` {
+		t.Errorf("Parse(wireguard Mode both) error = %v", err)
 	}
 	c, _, err = Parse([]byte(`{"Network":"10.1.0.0/16","Backend":{"Type":"wireguard","PSK":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o, err := c.WireGuard(); err != nil || o.ListenPort != 51820 || o.PSK == "" {
+	if o, err := c.WireGuard(); err != nil || o.ListenPort != 51820 || o.ListenPortV6 != 51821 || o.Mode != "separate" || o.PSK == "" {
 		t.Errorf("WireGuard() = %+v, %v", o, err)
 	}
 }

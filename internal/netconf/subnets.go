@@ -99,6 +99,9 @@ func (c Config) Validate() error {
 		return &Error{Key: "Backend.Type", Value: fmt.Sprintf("%q", c.BackendType),
 			Rule: "unknown backend (known: " + strings.Join(KnownBackends, ", ") + ")"}
 	}
+	if err := checkSupported(c.BackendType); err != nil {
+		return err
+	}
 	_, err := c.backendOptions()
 	return err
 }
