@@ -95,6 +95,29 @@ type wireAttrs struct {
 	BackendType   string          `json:",omitempty"`
 	BackendData   json.RawMessage `json:",omitempty"`
 	BackendV6Data json.RawMessage `json:",omitempty"`
+	// WeftNodeName is weft's own field, last so that the fields before it
+	// stay byte for byte flannel's; flanneld decodes the value with
+	// encoding/json into its LeaseAttrs, which drops unknown fields.
+	WeftNodeName string `json:",omitempty"`
+}
+
+// MaxNodeNameLen bounds a host identity: a DNS name (253) fits.
+const MaxNodeNameLen = 253
+
+// CheckNodeName says what is wrong with a host identity (nil when
+// nothing): 1 to 253 characters of letters, digits, '.', '_', ':' and '-',
+// so that it can be printed in a log line or an error as it is.
+func CheckNodeName(name string) error {
+	if name == "" || len(name) > MaxNodeNameLen {
+		return fmt.Errorf("node name %.80q: must be 1 to %d characters long", name, MaxNodeNameLen)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == ':' || c == '-') {
+			return fmt.Errorf("node name %.80q: character %q at %d is not a letter, digit, '.', '_', ':' or '-'", name, c, i)
+		}
+	}
+	return nil
 }
 
 // ParseAttrs parses a lease value. PublicIP is required and must be IPv4;
@@ -127,6 +150,12 @@ func ParseAttrs(data []byte) (Attrs, error) {
 	}
 	if a.BackendV6Data, err = compactRaw(w.BackendV6Data); err != nil {
 		return Attrs{}, fmt.Errorf("lease value: BackendV6Data: %w", err)
+	}
+	if w.WeftNodeName != "" {
+		if err := CheckNodeName(w.WeftNodeName); err != nil {
+			return Attrs{}, fmt.Errorf("lease value: WeftNodeName: %w", err)
+		}
+		a.NodeName = w.WeftNodeName
 	}
 	return a, nil
 }
@@ -166,12 +195,18 @@ func internBackendType(t string) string {
 
 // MarshalJSON writes the value byte-compatibly with flannel:
 // {"PublicIP":"10.64.3.7","PublicIPv6":null,"BackendType":"vxlan","BackendData":{...}}.
-// BackendType, BackendData and BackendV6Data are left out when empty.
+// BackendType, BackendData, BackendV6Data and WeftNodeName are left out when
+// empty, so a value without a node name is exactly flannel's.
 func (a Attrs) MarshalJSON() ([]byte, error) {
 	if !a.PublicIP.Is4() {
 		return nil, fmt.Errorf("lease value: PublicIP %q: must be an IPv4 address", a.PublicIP)
 	}
-	w := wireAttrs{PublicIP: a.PublicIP.String(), BackendType: a.BackendType}
+	if a.NodeName != "" {
+		if err := CheckNodeName(a.NodeName); err != nil {
+			return nil, fmt.Errorf("lease value: WeftNodeName: %w", err)
+		}
+	}
+	w := wireAttrs{PublicIP: a.PublicIP.String(), BackendType: a.BackendType, WeftNodeName: a.NodeName}
 	if a.PublicIPv6.IsValid() {
 		if !a.PublicIPv6.Is6() || a.PublicIPv6.Is4In6() {
 			return nil, fmt.Errorf("lease value: PublicIPv6 %q: must be an IPv6 address", a.PublicIPv6)

@@ -18,6 +18,10 @@ type Attrs struct {
 	BackendType   string          // e.g. "vxlan"
 	BackendData   json.RawMessage // backend specific, e.g. {"VNI":1,"VtepMAC":"..."}; nil when none
 	BackendV6Data json.RawMessage
+	// NodeName is the identity of the host that holds the lease (weft's
+	// -node-name, /etc/machine-id by default), written as WeftNodeName;
+	// "" in a value flanneld wrote, which has none.
+	NodeName string
 }
 
 // Lease is one host's subnet, as read from (or written to) etcd.

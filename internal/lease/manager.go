@@ -66,6 +66,13 @@ type ManagerConfig struct {
 	// PrevSubnet is the subnet of the previous subnet.env (zero if none).
 	PrevSubnet netip.Prefix
 
+	// NodeName is this host's identity (see CheckNodeName), written into
+	// the lease. A lease naming our PublicIP is ours only when it names
+	// this identity or none (flanneld's); one naming another identity is
+	// another host's, and Acquire refuses with an *IdentityConflictError.
+	// "" keeps the PublicIP as the only identity (as flanneld does).
+	NodeName string
+
 	TTL         time.Duration // etcd lease TTL; DefaultTTL when 0
 	RenewMargin time.Duration // renew this long before expiry; DefaultRenewMargin when 0
 	Logger      *slog.Logger
@@ -144,10 +151,13 @@ const (
 	// AlertOwnClaimed: another key names this host's PublicIP, VtepMAC or
 	// subnet.
 	AlertOwnClaimed = "own_value_claimed"
+	// AlertIdentityConflict: a lease names this host's PublicIP and another
+	// host's identity; this host refused to take it (IdentityConflictError).
+	AlertIdentityConflict = "identity_conflict"
 )
 
 // AlertKinds lists every Alert* constant.
-var AlertKinds = []string{AlertOwnRewritten, AlertOwnClaimed}
+var AlertKinds = []string{AlertOwnRewritten, AlertOwnClaimed, AlertIdentityConflict}
 
 // ownAlertFor is how long a restored rewrite of our own key stays among the
 // Warnings: long enough for an operator to see it on /readyz.
@@ -165,6 +175,9 @@ type Manager struct {
 	udp   bool // a udp network: a peer lease with no BackendType is flanneld's udp lease (see kept)
 	snaps chan Snapshot
 	wake  chan struct{} // tells keepAlive that a new lease was installed
+	// updates carries Update calls to Run, the only goroutine that may
+	// change the ranges and our own values (see update.go).
+	updates chan pendingUpdate
 
 	mu     sync.Mutex
 	held   bool
@@ -192,6 +205,11 @@ type Manager struct {
 	rewritten   string
 	rewrittenAt time.Time
 	warn        warnLimit
+
+	// freed orders the allocation of new subnets (freehist.go); loaded
+	// says the start-up replay of etcd's history was done.
+	freed       freeHistory
+	freedLoaded bool
 }
 
 type ownClaim struct {
@@ -236,6 +254,7 @@ func NewManager(cfg ManagerConfig) *Manager {
 		udp:      strings.EqualFold(cfg.BackendType, netconf.BackendUDP),
 		snaps:    make(chan Snapshot, 1),
 		wake:     make(chan struct{}, 1),
+		updates:  make(chan pendingUpdate),
 		peers:    map[string]*Lease{},
 		rejected: map[string]int64{},
 		reason:   "no lease acquired yet",
@@ -277,6 +296,10 @@ func (m *Manager) Acquire(ctx context.Context) (Lease, error) {
 		if ctx.Err() != nil {
 			return Lease{}, ctx.Err()
 		}
+		if ic := (*IdentityConflictError)(nil); errors.As(err, &ic) {
+			m.setReason(err.Error())
+			return Lease{}, err
+		}
 		if err.Error() != lastErr {
 			m.log.Error("acquiring a subnet lease failed; retrying", "err", err)
 			lastErr = err.Error()
@@ -288,6 +311,32 @@ func (m *Manager) Acquire(ctx context.Context) (Lease, error) {
 	}
 }
 
+// identityMatches reports whether a lease naming our PublicIP may be ours:
+// it names our identity, or none (flanneld's, or weft's before -node-name),
+// or we have none.
+func (m *Manager) identityMatches(a Attrs) bool {
+	return a.NodeName == "" || m.cfg.NodeName == "" || a.NodeName == m.cfg.NodeName
+}
+
+// IdentityConflictError is Acquire's refusal of a lease that names this
+// host's PublicIP and another host's identity. It is not retried: only an
+// operator can decide which host is which.
+type IdentityConflictError struct {
+	Key          string
+	Subnet       netip.Prefix
+	PublicIP     netip.Addr
+	Theirs, Ours string
+}
+
+func (e *IdentityConflictError) Error() string {
+	return fmt.Sprintf("lease %s (subnet %s) names this host's PublicIP %s but node %q, and this host is node %q: "+
+		"two hosts share one PublicIP, and taking the lease would route one subnet to both; "+
+		"give this host its own address with -public-ip (behind NAT: the address peers reach it at), "+
+		"or fix -node-name/FLANNELD_NODE_NAME if %q is really this host, "+
+		"or run `weftctl decommission` on %q (or `weftctl leases rm %s`) if that host is gone",
+		e.Key, e.Subnet, e.PublicIP, e.Theirs, e.Ours, e.Theirs, e.Theirs, e.Subnet)
+}
+
 func (m *Manager) setReason(r string) {
 	m.mu.Lock()
 	m.reason = r
@@ -296,7 +345,7 @@ func (m *Manager) setReason(r string) {
 
 func (m *Manager) attrs() Attrs {
 	return Attrs{PublicIP: m.cfg.PublicIP, PublicIPv6: m.cfg.PublicIPv6, BackendType: m.cfg.BackendType,
-		BackendData: m.cfg.BackendData, BackendV6Data: m.cfg.BackendV6Data}
+		BackendData: m.cfg.BackendData, BackendV6Data: m.cfg.BackendV6Data, NodeName: m.cfg.NodeName}
 }
 
 // fitsOwn reports whether an existing lease can be reused under the current
@@ -313,9 +362,10 @@ func (m *Manager) fitsOwn(l Lease) bool {
 }
 
 // acquireOnce makes one acquisition attempt in COMPAT.md's order: (1) a
-// lease or reservation naming our PublicIP, (2) prev if free, (3) a random
-// free subnet. At most one etcd lease is granted, and it is revoked unless a
-// key ends up attached to it.
+// lease or reservation naming our PublicIP (and our identity or none),
+// (2) prev if free, (3) a free subnet never freed or freed longest ago
+// (freehist.go). At most one etcd lease is granted, and it is revoked unless
+// a key ends up attached to it.
 func (m *Manager) acquireOnce(ctx context.Context, prev netip.Prefix) (Lease, error) {
 	leases, rev, err := m.s.List(ctx)
 	if err != nil {
@@ -348,11 +398,22 @@ func (m *Manager) acquireOnce(ctx context.Context, prev netip.Prefix) (Lease, er
 	}
 
 	// (1) Reuse: reservations first, then the most recently written lease.
+	// A lease naming our PublicIP and another identity belongs to another
+	// host (a clone, a NAT sharing one address): taking it would route one
+	// subnet to two hosts, so nothing is taken and the operator is told.
 	var mine []Lease
 	for _, l := range leases {
-		if l.Attrs.PublicIP == m.cfg.PublicIP {
-			mine = append(mine, l)
+		if l.Attrs.PublicIP != m.cfg.PublicIP {
+			continue
 		}
+		if !m.identityMatches(l.Attrs) {
+			if m.cfg.Hooks.Alert != nil {
+				m.cfg.Hooks.Alert(AlertIdentityConflict)
+			}
+			return Lease{}, &IdentityConflictError{Key: m.s.Key(l.Subnet, l.IPv6Subnet), Subnet: l.Subnet,
+				PublicIP: m.cfg.PublicIP, Theirs: l.Attrs.NodeName, Ours: m.cfg.NodeName}
+		}
+		mine = append(mine, l)
 	}
 	slices.SortFunc(mine, func(a, b Lease) int {
 		if a.Reserved() != b.Reserved() {
@@ -450,9 +511,23 @@ func (m *Manager) acquireOnce(ctx context.Context, prev netip.Prefix) (Lease, er
 		}
 	}
 
-	// (3) A random free subnet; a lost race moves on to another one.
+	// (3) A free subnet, never freed or freed longest ago (freehist.go);
+	// a lost race moves on to another one.
+	if !m.freedLoaded {
+		var h freeHistory
+		n := m.loadHistory(ctx, &h, rev)
+		m.mu.Lock()
+		for p, r := range h.at {
+			m.freed.note(p, r)
+		}
+		m.freedLoaded = true
+		m.mu.Unlock()
+		m.log.Debug("lease history replayed", "events", n, "freedSubnets", len(h.at))
+	}
 	for range 16 {
-		v4, ok := pickFree(m.r4, taken)
+		m.mu.Lock()
+		v4, ok := m.freed.pick(m.r4, taken)
+		m.mu.Unlock()
 		if !ok {
 			return Lease{}, fmt.Errorf("subnet range %s (%d subnets) has %d leases: %w", m.r4, m.r4.count(), inPool(m.r4, taken), ErrRangeFull)
 		}
@@ -568,9 +643,16 @@ func (m *Manager) install(own Lease, key string, leases []Lease, rev int64) {
 }
 
 func (m *Manager) setPeersLocked(leases []Lease, rev int64) {
+	old := m.peers
 	m.peers = make(map[string]*Lease, len(leases))
 	for _, l := range leases {
 		m.peers[m.s.Key(l.Subnet, l.IPv6Subnet)] = m.kept(l)
+	}
+	// Deleted while the watch was down: freed no later than rev.
+	for k, l := range old {
+		if _, ok := m.peers[k]; !ok {
+			m.freed.note(l.Subnet, rev)
+		}
 	}
 	for k := range m.rejected {
 		if _, ok := m.peers[k]; !ok {
@@ -837,6 +919,12 @@ func (m *Manager) Run(ctx context.Context) error {
 			restoreC = nil
 			restoreOwn(true)
 
+		case p := <-m.updates:
+			if m.applyUpdate(p.u) {
+				restoreOwn(false) // writes our new values, retried like a restore
+			}
+			close(p.done)
+
 		case wresp, ok := <-wch:
 			if why := watchFailure(wresp, ok); why != "" {
 				watchLost(why)
@@ -1098,6 +1186,7 @@ func (m *Manager) apply(events []*clientv3.Event) (lost bool, sub netip.Prefix) 
 			m.indexRemoveLocked(key, old)
 		}
 		if ev.Type == mvccpb.DELETE {
+			m.freed.noteKey(m.s.SubnetsPrefix(), key, kv.ModRevision)
 			delete(m.peers, key)
 			delete(m.rejected, key)
 			delete(m.claimed, key)
@@ -1197,6 +1286,9 @@ func ownDiff(lp *Lease, want Attrs, id int64) []string {
 	}
 	if !sameJSON(a.BackendV6Data, want.BackendV6Data) {
 		out = append(out, "BackendV6Data")
+	}
+	if a.NodeName != want.NodeName {
+		out = append(out, fmt.Sprintf("WeftNodeName %.40q", a.NodeName))
 	}
 	if lp.EtcdLease != id {
 		out = append(out, "etcd lease")

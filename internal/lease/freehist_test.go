@@ -1,0 +1,195 @@
+package lease
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func TestFreeHistoryPick(t *testing.T) {
+	r := v4Range(smallNet("172.30.1.0/24", "172.30.4.0/24"))
+	p := func(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+	for _, tc := range []struct {
+		name  string
+		taken []string
+		freed map[string]int64
+		want  []string // any of these
+	}{
+		{"no history: any free", []string{"172.30.1.0/24"}, nil, []string{"172.30.2.0/24", "172.30.3.0/24", "172.30.4.0/24"}},
+		{"never-freed first", nil, map[string]int64{"172.30.1.0/24": 5, "172.30.2.0/24": 9, "172.30.3.0/24": 7}, []string{"172.30.4.0/24"}},
+		{"oldest freed when all were freed", []string{"172.30.4.0/24"}, map[string]int64{"172.30.1.0/24": 50, "172.30.2.0/24": 9, "172.30.3.0/24": 70}, []string{"172.30.2.0/24"}},
+		{"taken freed ones are skipped", []string{"172.30.2.0/24", "172.30.4.0/24"}, map[string]int64{"172.30.1.0/24": 50, "172.30.2.0/24": 9, "172.30.3.0/24": 70}, []string{"172.30.1.0/24"}},
+		{"outside the pool ignored", []string{"172.30.1.0/24", "172.30.2.0/24", "172.30.3.0/24"}, map[string]int64{"172.30.9.0/24": 1, "172.30.4.0/24": 3}, []string{"172.30.4.0/24"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var h freeHistory
+			for s, rev := range tc.freed {
+				h.note(p(s), rev)
+			}
+			taken := map[netip.Prefix]bool{}
+			for _, s := range tc.taken {
+				taken[p(s)] = true
+			}
+			for range 20 { // random among the never-freed: try several times
+				got, ok := h.pick(r, taken)
+				if !ok {
+					t.Fatalf("pick: nothing, want one of %v", tc.want)
+				}
+				found := false
+				for _, w := range tc.want {
+					found = found || got == p(w)
+				}
+				if !found {
+					t.Fatalf("pick = %v, want one of %v", got, tc.want)
+				}
+			}
+		})
+	}
+	var h freeHistory
+	h.note(p("172.30.1.0/24"), 3)
+	all := map[netip.Prefix]bool{p("172.30.1.0/24"): true, p("172.30.2.0/24"): true, p("172.30.3.0/24"): true, p("172.30.4.0/24"): true}
+	if got, ok := h.pick(r, all); ok {
+		t.Errorf("pick in a full range = %v, want none", got)
+	}
+	for i := range maxFreeHistory + 10 {
+		h.note(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24), int64(100+i))
+	}
+	if len(h.at) != maxFreeHistory {
+		t.Errorf("history holds %d entries, want the bound %d", len(h.at), maxFreeHistory)
+	}
+	if _, ok := h.at[p("172.30.1.0/24")]; ok {
+		t.Errorf("the oldest entry survived eviction")
+	}
+}
+
+// On real etcd: subnets freed at known revisions, then a new host (a fresh
+// manager: its history comes from etcd's) and a running one both take the
+// never-used subnet first, then the one freed longest ago; after a
+// compaction the replay still works from what is left.
+func TestAllocationOrderRealEtcd(t *testing.T) {
+	_, cli, s, _ := newTestStore(t)
+	log, _ := newLogger()
+	cfg := smallNet("172.30.1.0/24", "172.30.4.0/24")
+	del := func(sub string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := cli.Delete(ctx, s.Key(netip.MustParsePrefix(sub), netip.Prefix{})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	val := func(i int) string { return `{"PublicIP":"` + hostIP(100+i).String() + `","PublicIPv6":null}` }
+	// Used and freed in this order: .3 first (longest ago), then .1, then .2.
+	put(t, cli, s.Key(netip.MustParsePrefix("172.30.3.0/24"), netip.Prefix{}), val(3))
+	put(t, cli, s.Key(netip.MustParsePrefix("172.30.1.0/24"), netip.Prefix{}), val(1))
+	put(t, cli, s.Key(netip.MustParsePrefix("172.30.2.0/24"), netip.Prefix{}), val(2))
+	del("172.30.3.0/24")
+	del("172.30.1.0/24")
+	del("172.30.2.0/24")
+
+	want := []string{"172.30.4.0/24", "172.30.3.0/24", "172.30.1.0/24", "172.30.2.0/24"}
+	for i, w := range want {
+		m := newTestManager(s, cfg, hostIP(i+1), log)
+		own := runManager(t, m)
+		if own.Subnet.String() != w {
+			t.Fatalf("host %d got %v, want %s (never used first, then freed longest ago)", i+1, own.Subnet, w)
+		}
+	}
+}
+
+// After a compaction etcd no longer knows the deletes before it: the
+// replay starts again at the compaction revision, a subnet freed before it
+// counts as never freed, and one freed after it is still taken last.
+func TestAllocationOrderAfterCompaction(t *testing.T) {
+	_, cli, s, _ := newTestStore(t)
+	log, _ := newLogger()
+	cfg := smallNet("172.30.1.0/24", "172.30.3.0/24")
+	val := func(i int) string { return `{"PublicIP":"` + hostIP(100+i).String() + `","PublicIPv6":null}` }
+	k := func(sub string) string { return s.Key(netip.MustParsePrefix(sub), netip.Prefix{}) }
+	put(t, cli, k("172.30.1.0/24"), val(1))
+	put(t, cli, k("172.30.2.0/24"), val(2))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := cli.Delete(ctx, k("172.30.1.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	// The events of the compaction revision itself stay: compact at a
+	// write after the delete.
+	resp, err := cli.Put(ctx, "/weft-test/other", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, resp.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Delete(ctx, k("172.30.2.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 { // .1 and .3 look never freed and are picked at random
+		m := newTestManager(s, cfg, hostIP(i+1), log)
+		m.freedLoaded = false
+		var h freeHistory
+		m.loadHistory(ctx, &h, resp.Header.Revision+1) // the delete of .2
+		if _, ok := h.at[netip.MustParsePrefix("172.30.2.0/24")]; !ok || len(h.at) != 1 {
+			t.Fatalf("replay after compaction: %v, want only 172.30.2.0/24's delete", h.at)
+		}
+	}
+	m := newTestManager(s, cfg, hostIP(1), log)
+	own := runManager(t, m)
+	if own.Subnet.String() == "172.30.2.0/24" {
+		t.Fatalf("got %v, the subnet freed last", own.Subnet)
+	}
+}
+
+// A running host learns deletes from its own watch: when its lease is
+// deleted and its subnet taken meanwhile, it gets the subnet freed longest
+// ago rather than the one freed a moment before.
+func TestAllocationOrderLiveWatch(t *testing.T) {
+	_, cli, s, _ := newTestStore(t)
+	log, _ := newLogger()
+	cfg := smallNet("172.30.1.0/24", "172.30.4.0/24")
+	m := newTestManager(s, cfg, hostIP(1), log)
+	own := runManager(t, m)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	val := func(i int) string { return `{"PublicIP":"` + hostIP(100+i).String() + `","PublicIPv6":null}` }
+	var others []string
+	for i := 1; i <= 4; i++ {
+		if sub := fmt.Sprintf("172.30.%d.0/24", i); sub != own.Subnet.String() {
+			others = append(others, sub)
+		}
+	}
+	k := func(sub string) string { return s.Key(netip.MustParsePrefix(sub), netip.Prefix{}) }
+	// others[0] freed first (oldest), others[1] freed last; others[2] stays.
+	for _, sub := range others {
+		put(t, cli, k(sub), val(len(sub)))
+	}
+	for _, sub := range others[:2] {
+		if _, err := cli.Delete(ctx, k(sub)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "the deletes seen on the watch", func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return len(m.freed.at) >= 2
+	})
+	// Our key is deleted and at once taken by someone else, in one
+	// transaction: prev is gone, both others[0] and others[1] are free.
+	if _, err := cli.Txn(ctx).Then(clientv3.OpDelete(k(own.Subnet.String())), clientv3.OpPut(k(own.Subnet.String()), val(9))).Commit(); err == nil {
+		t.Fatal("a delete and a put of one key in one transaction was accepted; the test needs another way")
+	}
+	if _, err := cli.Delete(ctx, k(own.Subnet.String())); err != nil {
+		t.Fatal(err)
+	}
+	put(t, cli, k(own.Subnet.String()), val(9))
+	got := waitSnap(t, m, 10*time.Second, "a new own subnet", func(sn Snapshot) bool {
+		return sn.Own.Subnet.IsValid() && sn.Own.Subnet != own.Subnet
+	})
+	if got.Own.Subnet.String() != others[0] {
+		t.Fatalf("re-acquired %v, want %s (freed longest ago; %s was freed later, our own subnet just now)", got.Own.Subnet, others[0], others[1])
+	}
+}
