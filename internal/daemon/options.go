@@ -11,6 +11,7 @@ import (
 	"github.com/weft-net/weft/internal/etcdopts"
 	"github.com/weft-net/weft/internal/extiface"
 	"github.com/weft-net/weft/internal/flagenv"
+	"github.com/weft-net/weft/internal/lease"
 )
 
 // Options are flanneld's command line, with its names and defaults
@@ -26,6 +27,12 @@ type Options struct {
 
 	SubnetFile        string
 	RenewMarginMinute int
+	// SubnetLeaseTTL is the etcd lease TTL of this host's subnet (weft's
+	// own flag; flanneld's is fixed at 24h, the default).
+	SubnetLeaseTTL time.Duration
+	// NodeName is this host's identity in its lease (weft's own flag);
+	// empty: /etc/machine-id, else the hostname (ResolveNodeName).
+	NodeName string
 
 	IPMasq                   bool
 	IPMasqFullyRandomDisable bool
@@ -63,6 +70,8 @@ func (o *Options) NewFlagSet(w io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.PublicIPv6, "public-ipv6", "", "IPv6 address advertised in the lease")
 	fs.StringVar(&o.SubnetFile, "subnet-file", "/run/flannel/subnet.env", "file written with the leased subnet")
 	fs.IntVar(&o.RenewMarginMinute, "subnet-lease-renew-margin", 60, "minutes before expiry to renew the lease (1..1439)")
+	fs.DurationVar(&o.SubnetLeaseTTL, "subnet-lease-ttl", DefaultSubnetLeaseTTL, "etcd lease TTL of this host's subnet, e.g. 24h (1m..8760h); a dead host's subnet is freed after it")
+	fs.StringVar(&o.NodeName, "node-name", "", "this host's identity in its lease (default: /etc/machine-id, else the hostname)")
 	fs.BoolVar(&o.IPMasq, "ip-masq", false, "masquerade traffic leaving the overlay")
 	fs.BoolVar(&o.IPMasqFullyRandomDisable, "ip-masq-fully-random-disable", false, "no --random-fully on MASQUERADE")
 	fs.IntVar(&o.IPTablesResyncSeconds, "iptables-resync", 5, "seconds between checks of the traffic rules")
@@ -89,6 +98,15 @@ func (o *Options) Validate() error {
 	}
 	if o.RenewMarginMinute < 1 || o.RenewMarginMinute > 1439 {
 		return fmt.Errorf("-subnet-lease-renew-margin %d: must be between 1 and 1439 minutes", o.RenewMarginMinute)
+	}
+	if o.SubnetLeaseTTL < MinSubnetLeaseTTL || o.SubnetLeaseTTL > MaxSubnetLeaseTTL || o.SubnetLeaseTTL%time.Second != 0 {
+		return fmt.Errorf("-subnet-lease-ttl %s: must be whole seconds between %s and %s (etcd lease TTLs are seconds; shorter would make a host that misses a few renewals lose its subnet)",
+			o.SubnetLeaseTTL, MinSubnetLeaseTTL, MaxSubnetLeaseTTL)
+	}
+	if o.NodeName != "" {
+		if err := lease.CheckNodeName(o.NodeName); err != nil {
+			return fmt.Errorf("-node-name: %w", err)
+		}
 	}
 	if o.IPTablesResyncSeconds < 1 {
 		return fmt.Errorf("-iptables-resync %d: must be at least 1 second", o.IPTablesResyncSeconds)
@@ -122,6 +140,14 @@ func (o *Options) Validate() error {
 	return nil
 }
 
+// Bounds of -subnet-lease-ttl. The renewal runs RenewMargin before expiry,
+// or at half the TTL when the margin is not shorter than it.
+const (
+	DefaultSubnetLeaseTTL = lease.DefaultTTL
+	MinSubnetLeaseTTL     = time.Minute
+	MaxSubnetLeaseTTL     = 365 * 24 * time.Hour
+)
+
 // RenewMargin is -subnet-lease-renew-margin as a duration.
 func (o *Options) RenewMargin() time.Duration {
 	return time.Duration(o.RenewMarginMinute) * time.Minute
@@ -137,6 +163,8 @@ func (o *Options) LogValue() slog.Value {
 		slog.String("public-ip", o.PublicIP),
 		slog.String("subnet-file", o.SubnetFile),
 		slog.Int("subnet-lease-renew-margin", o.RenewMarginMinute),
+		slog.Duration("subnet-lease-ttl", o.SubnetLeaseTTL),
+		slog.String("node-name", o.NodeName),
 		slog.Bool("ip-masq", o.IPMasq),
 		slog.Bool("iptables-forward-rules", o.IPTablesForwardRules),
 		slog.Int("iptables-resync", o.IPTablesResyncSeconds),
