@@ -113,12 +113,14 @@ func TestDeltaMatchesFull(t *testing.T) {
 				if fmt.Sprint(err) != fmt.Sprint(ferr) {
 					t.Fatalf("step %d: delta apply: %v; full apply: %v", i, err, ferr)
 				}
-				if vb, ok := db.(*vxlanBackend); ok && err == nil {
+				if vb := driverOf(db, 0); err == nil {
 					// The state kept up to date peer by peer must be the
 					// state computed from scratch.
 					got := vb.want.Load()
-					exp := vb.desired(s, got.dev, vb.connected, nil)
-					if d := cmp.Diff(exp, got, cmp.AllowUnexported(vxlanState{}), cmpopts.EquateComparable(netip.Prefix{}, netip.Addr{})); d != "" {
+					f := vb.facts
+					f.Dev = got.Dev
+					exp := vb.spec.render(s, f, nil)
+					if d := cmp.Diff(exp, got, cmp.AllowUnexported(skippedPeer{}), cmpopts.EquateEmpty(), cmpopts.EquateComparable(netip.Prefix{}, netip.Addr{})); d != "" {
 						t.Fatalf("step %d: desired state kept by the delta differs from the one computed whole (-whole +kept):\n%s", i, d)
 					}
 				}
@@ -127,7 +129,7 @@ func TestDeltaMatchesFull(t *testing.T) {
 					t.Fatalf("step %d: delta state differs from full state (-full +delta):\n%s", i, d)
 				}
 			}
-			if vb, ok := db.(*vxlanBackend); ok {
+			if vb := driverOf(db, 0); typ == "vxlan" {
 				if vb.passes.full != 1 || vb.passes.delta != len(seq)-1 || vb.passes.incremental == 0 {
 					t.Errorf("passes = %+v, want 1 full then %d deltas, some of them incremental", vb.passes, len(seq)-1)
 				}
@@ -155,9 +157,10 @@ func TestVXLANWatcherIgnoresOwnDeletes(t *testing.T) {
 	ctx := context.Background()
 	_, _, err := be.Init(ctx)
 	must(t, err)
-	b := be.(*vxlanBackend)
+	b := driverOf(be, 0)
+	filter := b.watchFilter()
 	p2, p3, p4 := vxlanPeer(2, publicIP(2)), vxlanPeer(3, publicIP(3)), vxlanPeer(4, publicIP(4))
-	must(t, b.Apply(ctx, snapshot(1, p2, p3, p4)))
+	must(t, be.Apply(ctx, snapshot(1, p2, p3, p4)))
 
 	var (
 		mu    sync.Mutex
@@ -180,7 +183,7 @@ func TestVXLANWatcherIgnoresOwnDeletes(t *testing.T) {
 				}
 				if u.Type == unix.RTM_DELROUTE {
 					mu.Lock()
-					dels, drift = append(dels, u.Dst.String()), append(drift, b.filter.route(u))
+					dels, drift = append(dels, u.Dst.String()), append(drift, filter.route(u))
 					mu.Unlock()
 				}
 			case u, ok := <-nch:
@@ -189,7 +192,7 @@ func TestVXLANWatcherIgnoresOwnDeletes(t *testing.T) {
 				}
 				if u.Type == unix.RTM_DELNEIGH {
 					mu.Lock()
-					dels, drift = append(dels, fmt.Sprintf("%v %v", u.IP, u.HardwareAddr)), append(drift, b.filter.neigh(u))
+					dels, drift = append(dels, fmt.Sprintf("%v %v", u.IP, u.HardwareAddr)), append(drift, filter.neigh(u))
 					mu.Unlock()
 				}
 			}
@@ -204,7 +207,7 @@ func TestVXLANWatcherIgnoresOwnDeletes(t *testing.T) {
 	}
 
 	// p4 leaves: route, neighbour and FDB entry go; none of it is drift.
-	must(t, b.ApplyDelta(ctx, snapshot(1, p2, p3)))
+	must(t, be.(deltaApplier).ApplyDelta(ctx, snapshot(1, p2, p3)))
 	eventually(t, 2*time.Second, "three deletions seen", seen(3))
 	mu.Lock()
 	for i, d := range drift {
@@ -302,10 +305,10 @@ func TestDeltaBulk(t *testing.T) {
 	must(t, err)
 	all := benchPeers(600, func(i int) lease.Lease { return vxlanPeer(i, publicIP(i)) })
 	none := snapshot(1)
-	vb := b.(*vxlanBackend)
-	must(t, vb.Apply(ctx, all))
+	vb := driverOf(b, 0)
+	must(t, b.Apply(ctx, all))
 	for i, s := range []lease.Snapshot{none, all, none} {
-		must(t, vb.ApplyDelta(ctx, s))
+		must(t, b.(deltaApplier).ApplyDelta(ctx, s))
 		if d := cmp.Diff(kernelStateWant("vxlan", s), kernelState(t, l.ns.Handle, "flannel.1")); d != "" {
 			t.Fatalf("step %d (%d peers): kernel differs from the snapshot (-want +got):\n%s", i, len(s.Peers), d)
 		}

@@ -311,3 +311,8 @@ func startBackend(t *testing.T, ns *netnstest.NS, cfg netconf.Config, wantMTU in
 	ch, _ := runLoop(t, be, time.Minute)
 	return be, pub, ch
 }
+
+// driverOf is the driver of family i (0: IPv4, 1: IPv6) of b.
+func driverOf(b Backend, i int) *driver {
+	return b.(*backend).drivers[i]
+}

@@ -2,15 +2,11 @@ package dataplane
 
 import (
 	"fmt"
-	"log/slog"
 	"net/netip"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"github.com/weft-net/weft/internal/netconf"
-	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // Host is what a backend needs to know about the machine it programs: the
@@ -36,75 +32,6 @@ type Host struct {
 	// subscribes to kernel events there. nil = the current namespace.
 	NetNS *netns.NsHandle
 }
-
-// NewBackend builds the backend named by cfg.BackendType. Backends are wired
-// here explicitly rather than registered from init() by blank imports, so the
-// set of data paths a binary carries is visible in one place.
-//
-// The backend programs the kernel through h and through one rtnetlink socket
-// of its own (dumps and batched writes), opened here in host.NetNS, which
-// must be the namespace h works in. Close closes that socket; h stays the
-// caller's (Close does not close it).
-func NewBackend(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Logger) (Backend, error) {
-	if h == nil {
-		return nil, fmt.Errorf("dataplane: new %q backend: nil netlink handle", cfg.BackendType)
-	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	cfg.BackendType = strings.ToLower(cfg.BackendType) // as netconf.Parse leaves it
-	if cfg.EnableIPv6 {
-		return newDualStack(cfg, host, h, log)
-	}
-	switch cfg.BackendType {
-	case netconf.BackendVXLAN, "":
-		opts, err := cfg.VXLAN()
-		if err != nil {
-			return nil, fmt.Errorf("dataplane: vxlan options: %w", err)
-		}
-		rt, err := openBackendRTNL(cfg.BackendType, host)
-		if err != nil {
-			return nil, err
-		}
-		return newVXLAN(opts, host, h, rt, log.With("backend", netconf.BackendVXLAN)), nil
-	case netconf.BackendHostGW:
-		rt, err := openBackendRTNL(cfg.BackendType, host)
-		if err != nil {
-			return nil, err
-		}
-		return newHostGW(host, h, rt, log.With("backend", netconf.BackendHostGW)), nil
-	case netconf.BackendAlloc:
-		return newAlloc(host, h), nil // no data path: no socket
-	case netconf.BackendUDP:
-		rt, err := openBackendRTNL(cfg.BackendType, host)
-		if err != nil {
-			return nil, err
-		}
-		b, err := newUDP(cfg, host, h, rt, log.With("backend", netconf.BackendUDP))
-		if err != nil {
-			rt.Close()
-			return nil, err
-		}
-		return b, nil
-	case netconf.BackendIPIP, netconf.BackendWireGuard:
-		return nil, fmt.Errorf("dataplane: backend type %q is not yet supported by weft (supported: vxlan, host-gw, udp, alloc)", cfg.BackendType)
-	default:
-		return nil, fmt.Errorf("dataplane: unknown backend type %q (supported: vxlan, host-gw, udp, alloc)", cfg.BackendType)
-	}
-}
-
-// openBackendRTNL opens the rtnetlink socket of a typ backend in host.NetNS.
-func openBackendRTNL(typ string, host Host) (*rtnl.Conn, error) {
-	rt, err := rtnl.Open(host.NetNS)
-	if err != nil {
-		return nil, fmt.Errorf("dataplane: new %q backend: %w", typ, err)
-	}
-	return rt, nil
-}
-
-// VXLANOptions are the vxlan backend's keys in the config's Backend object;
-// netconf owns their decoding, defaults and validation.
-type VXLANOptions = netconf.VXLANOptions
 
 // findUnderlay looks up the underlay interface (by index, else by name) and
 // fills in its index, name and, unless the caller set it, MTU.

@@ -46,7 +46,6 @@ package dataplane
 // exit, taking the route with it.
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -73,22 +72,31 @@ const UDPDeviceName = "flannel0"
 // + UDP (8).
 const udpOverhead = 28
 
-type udpBackend struct {
-	network netip.Prefix
-	port    int
-	host    Host
-	h       *netlink.Handle
-	rt      *rtnl.Conn // dumps and batched writes; closed by Close
-	log     *slog.Logger
-	w       *watcher
+// udpSpec is the udp backend's kernel state: flannel0's address and the
+// Network route through it. Peers are no kernel objects: they are the
+// engine's table (udpDev.setPeers).
+func udpSpec(network netip.Prefix, host Host) spec {
+	return spec{
+		family: unix.AF_INET, label: netconf.BackendUDP, device: UDPDeviceName, addr: true, blackhole: host.BlackholeRoute,
+		own:    func(snap lease.Snapshot) netip.Prefix { return snap.Own.Subnet.Masked() },
+		static: func(_ netip.Prefix, f Facts) []Route { return []Route{{Dst: network, Link: f.Dev}} },
+		peer:   func(*lease.Lease, netip.Prefix, Facts) (PeerEntries, bool, string) { return PeerEntries{}, true, "" },
+	}
+}
+
+// udpDev is flannel0 and the engine attached to it.
+type udpDev struct {
+	port int
+	host Host
+	h    *netlink.Handle
+	log  *slog.Logger
 
 	// Only the loop goroutine (and Init before it) touches these.
 	eng      *udpfwd.Engine
-	link     netlink.Link
+	lnk      netlink.Link
 	devIndex atomic.Int32 // read by the watcher's filters
-	notes    peerNotes
-	closed   atomic.Bool // an Apply after Close must not start a new engine
-	hooks    UDPHooks    // set before Init
+	closed   atomic.Bool  // an Apply after Close must not start a new engine
+	hooks    UDPHooks     // set before Init
 }
 
 // UDPHooks are the udp backend's counters; internal/metrics implements them.
@@ -103,38 +111,134 @@ type UDPHooks struct {
 // SetUDPHooks sets the hooks of b when it is a udp backend, and reports
 // whether it is. Call it before Init: the engine starts there.
 func SetUDPHooks(b Backend, h UDPHooks) bool {
-	ub, ok := b.(*udpBackend)
-	if ok {
-		ub.hooks = h
+	if u := udpOf(b); u != nil {
+		u.hooks = h
+		return true
 	}
-	return ok
+	return false
 }
 
-// skipped lists the peers the last Apply left out of the engine's table.
-func (b *udpBackend) skipped() []skippedPeer { return b.notes.skipped() }
+// udpOf is b's udp device and engine, nil when b is not a udp backend.
+func udpOf(b Backend) *udpDev {
+	bb, ok := b.(*backend)
+	if !ok || bb.cfg.BackendType != netconf.BackendUDP {
+		return nil
+	}
+	if bb.udpDev == nil { // hooks are set before Init makes the device
+		bb.udpDev = &udpDev{}
+	}
+	return bb.udpDev
+}
 
-func newUDP(cfg netconf.Config, host Host, h *netlink.Handle, rt *rtnl.Conn, log *slog.Logger) (*udpBackend, error) {
+// udpSpecs checks the udp backend's options and returns its desired state.
+func udpSpecs(cfg netconf.Config, host Host) ([]spec, error) {
+	if _, err := udpPort(cfg); err != nil {
+		return nil, err
+	}
+	if !cfg.Network.IsValid() || !cfg.Network.Addr().Is4() {
+		return nil, fmt.Errorf("dataplane: udp backend: Network %s: must be an IPv4 prefix (the route through %s)", cfg.Network, UDPDeviceName)
+	}
+	return []spec{udpSpec(cfg.Network.Masked(), host)}, nil
+}
+
+// udpPort is the port of the udp backend's options (udpfwd.DefaultPort when unset).
+func udpPort(cfg netconf.Config) (int, error) {
 	o, err := cfg.UDP()
 	if err != nil {
-		return nil, fmt.Errorf("dataplane: udp backend options: %w", err)
+		return 0, fmt.Errorf("dataplane: udp backend options: %w", err)
 	}
 	if o.Port == 0 {
 		o.Port = udpfwd.DefaultPort
 	}
 	if o.Port < 1 || o.Port > 65535 {
-		return nil, fmt.Errorf("dataplane: udp Backend.Port %d: must be in 1..65535", o.Port)
+		return 0, fmt.Errorf("dataplane: udp Backend.Port %d: must be in 1..65535", o.Port)
 	}
-	if !cfg.Network.IsValid() || !cfg.Network.Addr().Is4() {
-		return nil, fmt.Errorf("dataplane: udp backend: Network %s: must be an IPv4 prefix (the route through %s)", cfg.Network, UDPDeviceName)
-	}
-	return &udpBackend{
-		network: cfg.Network.Masked(), port: o.Port, host: host, h: h, rt: rt,
-		log: log.With("device", UDPDeviceName, "port", o.Port),
-		w:   newWatcher(host.NetNS, log),
-	}, nil
+	return o.Port, nil
 }
 
-func (b *udpBackend) mtu() int { return b.host.IfaceMTU - udpOverhead }
+// setupUDP attaches to (or creates) flannel0 with an engine that has no
+// peers yet; the driver hands the engine its peers before each route write.
+func setupUDP(b *backend, specs []spec) (Published, int, error) {
+	port, err := udpPort(b.cfg)
+	if err != nil {
+		return Published{}, 0, err
+	}
+	u := b.udpDev
+	if u == nil {
+		u = &udpDev{}
+		b.udpDev = u
+	}
+	u.port, u.h, u.log = port, b.h, b.log.With("device", UDPDeviceName, "port", port)
+	if err := u.init(b.host); err != nil {
+		return Published{}, 0, err
+	}
+	d := b.add(specs[0], u, b.log)
+	d.before = u.setPeers
+	return Published{BackendType: netconf.BackendUDP}, u.mtu(), nil
+}
+
+func (b *udpDev) mtu() int { return b.host.IfaceMTU - udpOverhead }
+
+func (b *udpDev) index() int32 { return b.devIndex.Load() }
+
+func (b *udpDev) link() netlink.Link { return b.lnk }
+
+// init checks the resolved underlay and attaches to (or creates) flannel0
+// with an engine that has no peers yet.
+func (b *udpDev) init(host Host) error {
+	if !host.IfaceAddr.Is4() {
+		return fmt.Errorf("dataplane: udp local address %s on %s: must be IPv4", host.IfaceAddr, host.IfaceName)
+	}
+	b.host = host
+	if b.mtu() < 576 {
+		return fmt.Errorf("dataplane: udp backend: underlay %s MTU %d leaves %d for flannel0: must be at least 576", host.IfaceName, host.IfaceMTU, b.mtu())
+	}
+	_, err := b.ensure(host)
+	return err
+}
+
+// Close stops the engine; flannel0, its address and routes stay (see the
+// package notes on restarts).
+func (b *udpDev) Close() error {
+	b.closed.Store(true)
+	if b.eng != nil {
+		err := b.eng.Close()
+		b.eng = nil
+		if err != nil {
+			return fmt.Errorf("dataplane: stop udp engine: %w", err)
+		}
+	}
+	return nil
+}
+
+// setPeers swaps the engine's peer table for one built from snap, before
+// the driver writes the route that sends the engine traffic. It returns the
+// peers left out: a lease this backend cannot serve, or one that cannot be
+// trusted with a place in the table (udpfwd.NewTable).
+func (b *udpDev) setPeers(snap lease.Snapshot, d *Desired) []skippedPeer {
+	var skipped []skippedPeer
+	peers := make([]udpfwd.Peer, 0, len(snap.Peers))
+	for _, p := range snap.Peers {
+		sub := p.Subnet.Masked()
+		if err := checkPeer(p, d.Own, b.host); err != nil {
+			skipped = append(skipped, skippedPeer{peer: p.Subnet, reason: SkipInvalid, msg: err.Error()})
+			continue
+		}
+		if !strings.EqualFold(p.Attrs.BackendType, netconf.BackendUDP) {
+			skipped = append(skipped, skippedPeer{peer: sub, reason: SkipInvalid, msg: fmt.Sprintf("backend type %q, want udp", p.Attrs.BackendType)})
+			continue
+		}
+		peers = append(peers, udpfwd.Peer{Subnet: sub, Addr: netip.AddrPortFrom(p.Attrs.PublicIP, uint16(b.port))})
+	}
+	tbl, bad := udpfwd.NewTable(d.Own, peers)
+	for _, sk := range bad {
+		skipped = append(skipped, skippedPeer{peer: sk.Subnet, reason: SkipInvalid, msg: sk.Reason})
+	}
+	if b.eng != nil {
+		b.eng.SetPeers(tbl)
+	}
+	return skipped
+}
 
 // inNS runs fn on a thread in the host's namespace: a TUN device and a socket
 // belong to the namespace of the thread that creates them, and the netlink
@@ -146,88 +250,34 @@ func inNS(ns *netns.NsHandle, fn func() error) error {
 	return rtnl.Do(*ns, fn)
 }
 
-// Init resolves the underlay, attaches to (or creates) flannel0 and starts
-// the engine with no peers. Address and route wait for the first snapshot,
-// so that a restart leaves what the previous run installed untouched.
-func (b *udpBackend) Init(ctx context.Context) (Published, int, error) {
-	host, _, err := resolveHost(b.h, b.host)
-	if err != nil {
-		return Published{}, 0, err
-	}
-	if !host.IfaceAddr.Is4() {
-		return Published{}, 0, fmt.Errorf("dataplane: udp local address %s on %s: must be IPv4", host.IfaceAddr, host.IfaceName)
-	}
-	b.host = host
-	if b.mtu() < 576 {
-		return Published{}, 0, fmt.Errorf("dataplane: udp backend: underlay %s MTU %d leaves %d for flannel0: must be at least 576", host.IfaceName, host.IfaceMTU, b.mtu())
-	}
-	if err := b.ensureDevice(); err != nil {
-		return Published{}, 0, err
-	}
-	b.w.start(watchFilter{
-		link: func(u netlink.LinkUpdate) bool {
-			idx := int32(u.Attrs().Index)
-			if u.Header.Type == unix.RTM_DELLINK {
-				return idx == b.devIndex.Load() || int(idx) == b.host.IfaceIndex
-			}
-			if u.Attrs().Name == UDPDeviceName {
-				return idx != b.devIndex.Load() || u.Attrs().Flags&net.FlagUp == 0
-			}
-			return false
-		},
-		route: func(u netlink.RouteUpdate) bool {
-			return u.Type == unix.RTM_DELROUTE && u.Protocol == rtnl.ProtWeft
-		},
-		addr: func(u netlink.AddrUpdate) bool {
-			return !u.NewAddr && int32(u.LinkIndex) == b.devIndex.Load()
-		},
-	})
-	return Published{BackendType: netconf.BackendUDP}, b.mtu(), nil
-}
-
-func (b *udpBackend) Events() <-chan struct{} { return b.w.ch }
-
-// Close stops the watcher and the engine; flannel0, its address and routes
-// stay (see the package notes on restarts).
-func (b *udpBackend) Close() error {
-	b.closed.Store(true)
-	b.w.close()
-	b.rt.Close()
-	if b.eng != nil {
-		err := b.eng.Close()
-		b.eng = nil
-		if err != nil {
-			return fmt.Errorf("dataplane: stop udp engine: %w", err)
-		}
-	}
-	return nil
-}
-
 // Stats returns the engine's packet counters (zero when it is not running).
-func (b *udpBackend) Stats() udpfwd.Stats {
+func (b *udpDev) Stats() udpfwd.Stats {
 	if b.eng == nil {
 		return udpfwd.Stats{}
 	}
 	return b.eng.Stats()
 }
 
-// ensureDevice makes flannel0 exist as a TUN device attached to a running
+// ensure makes flannel0 exist as a TUN device attached to a running
 // engine, with the right MTU and up. A device deleted by hand (or replaced by
 // something else of that name) is recreated with a new engine; the engine's
 // peer table is carried over.
-func (b *udpBackend) ensureDevice() error {
+func (b *udpDev) ensure(Host) (created bool, err error) {
+	if b.closed.Load() {
+		return false, errors.New("dataplane: udp backend is closed")
+	}
 	have, err := b.h.LinkByName(UDPDeviceName)
 	var notFound netlink.LinkNotFoundError
 	switch {
 	case errors.As(err, &notFound):
 		have = nil
 	case err != nil:
-		return fmt.Errorf("dataplane: look up %s: %w", UDPDeviceName, err)
+		return false, fmt.Errorf("dataplane: look up %s: %w", UDPDeviceName, err)
 	}
 	if have != nil && have.Type() != "tuntap" {
 		b.log.Warn("existing device is not a TUN device; recreating it", "type", have.Type())
 		if err := b.h.LinkDel(have); err != nil && !isGone(err) {
-			return fmt.Errorf("dataplane: delete %s of type %s: %w", UDPDeviceName, have.Type(), err)
+			return false, fmt.Errorf("dataplane: delete %s of type %s: %w", UDPDeviceName, have.Type(), err)
 		}
 		have = nil
 	}
@@ -246,41 +296,42 @@ func (b *udpBackend) ensureDevice() error {
 			// which then loses it): replace it.
 			b.log.Warn("cannot attach to the existing TUN device; recreating it", "err", err)
 			if derr := b.h.LinkDel(have); derr != nil && !isGone(derr) {
-				return errors.Join(err, fmt.Errorf("dataplane: delete %s: %w", UDPDeviceName, derr))
+				return false, errors.Join(err, fmt.Errorf("dataplane: delete %s: %w", UDPDeviceName, derr))
 			}
 			eng, err = b.startEngine()
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
 		if peers != nil {
 			eng.SetPeers(peers)
 		}
 		b.eng = eng
 		if have, err = b.h.LinkByName(UDPDeviceName); err != nil {
-			return fmt.Errorf("dataplane: re-read %s after attaching: %w", UDPDeviceName, err)
+			return false, fmt.Errorf("dataplane: re-read %s after attaching: %w", UDPDeviceName, err)
 		}
 	}
 	attrs := have.Attrs()
 	if attrs.MTU != b.mtu() {
 		if err := b.h.LinkSetMTU(have, b.mtu()); err != nil {
-			return fmt.Errorf("dataplane: set %s mtu %d: %w", UDPDeviceName, b.mtu(), err)
+			return created, fmt.Errorf("dataplane: set %s mtu %d: %w", UDPDeviceName, b.mtu(), err)
 		}
 	}
 	if attrs.Flags&net.FlagUp == 0 {
 		if err := b.h.LinkSetUp(have); err != nil {
-			return fmt.Errorf("dataplane: set %s up: %w", UDPDeviceName, err)
+			return created, fmt.Errorf("dataplane: set %s up: %w", UDPDeviceName, err)
 		}
 	}
-	b.link = have
+	created = int32(attrs.Index) != b.devIndex.Load()
+	b.lnk = have
 	b.devIndex.Store(int32(attrs.Index))
-	return nil
+	return created, nil
 }
 
 // startEngine opens flannel0 (creating it or attaching to the persistent one
 // a previous run left), marks it persistent, and starts the engine on the
 // port, all in the host's namespace.
-func (b *udpBackend) startEngine() (*udpfwd.Engine, error) {
+func (b *udpDev) startEngine() (*udpfwd.Engine, error) {
 	var eng *udpfwd.Engine
 	err := inNS(b.host.NetNS, func() error {
 		dev, err := tun.CreateTUN(UDPDeviceName, b.mtu())
@@ -329,69 +380,3 @@ func setPersist(dev tun.Device) error {
 	return nil
 }
 
-// Apply programs flannel0's address and the Network route, then swaps the
-// engine's peer table for one built from snap.
-func (b *udpBackend) Apply(ctx context.Context, snap lease.Snapshot) error {
-	if b.closed.Load() {
-		return errors.New("dataplane: udp backend is closed")
-	}
-	if err := b.ensureDevice(); err != nil {
-		return err
-	}
-	dev := int(b.devIndex.Load())
-	t := &tally{what: "udp apply"}
-	own := snap.Own.Subnet.Masked()
-	var addr netip.Prefix
-	if own.IsValid() {
-		addr = netip.PrefixFrom(own.Addr(), 32)
-	}
-	var errs []error
-	st, err := syncAddrs(b.h, unix.AF_INET, b.link, addr, t)
-	errs = append(errs, err)
-
-	// The peer table goes in before the route: the route makes the kernel
-	// send overlay traffic to the engine, which must then know where to.
-	peers := make([]udpfwd.Peer, 0, len(snap.Peers))
-	b.notes.begin()
-	for _, p := range snap.Peers {
-		sub := p.Subnet.Masked()
-		if err := checkPeer(p, own, b.host); err != nil {
-			b.notes.note(b.log, p.Subnet, err.Error())
-			continue
-		}
-		if !strings.EqualFold(p.Attrs.BackendType, netconf.BackendUDP) {
-			b.notes.note(b.log, sub, fmt.Sprintf("backend type %q, want udp", p.Attrs.BackendType))
-			continue
-		}
-		peers = append(peers, udpfwd.Peer{Subnet: sub, Addr: netip.AddrPortFrom(p.Attrs.PublicIP, uint16(b.port))})
-	}
-	tbl, skipped := udpfwd.NewTable(own, peers)
-	for _, sk := range skipped {
-		b.notes.note(b.log, sk.Subnet, sk.Reason)
-	}
-	b.notes.end()
-	b.eng.SetPeers(tbl)
-
-	have, err := readMainRoutes(b.rt, unix.AF_INET, b.host.IfaceIndex)
-	if err != nil {
-		return fmt.Errorf("dataplane: %w", err)
-	}
-	routes := []routeWant{{Dst: b.network, Link: dev}}
-	if b.host.BlackholeRoute && own.IsValid() {
-		routes = append(routes, routeWant{Dst: own, Blackhole: true, Metric: blackholeMetric})
-	}
-	rs, del, err := syncRoutes(ctx, b.rt, unix.AF_INET, have.weft, routes, t)
-	errs = append(errs, err)
-	if del != nil && err == nil {
-		errs = append(errs, del())
-	}
-	st.plus(*rs)
-	if st != (syncStats{}) {
-		b.log.Debug("udp dataplane changed", "peers", tbl.Len(), "added", st.Added, "replaced", st.Replaced, "deleted", st.Deleted)
-	}
-	errs = append(errs, t.err())
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("dataplane: %w", err)
-	}
-	return nil
-}

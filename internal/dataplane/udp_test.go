@@ -209,7 +209,7 @@ func TestUDPOverlay(t *testing.T) {
 				Attrs: lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{100, 65, byte(i >> 8), byte(i)}), BackendType: "udp"}})
 		}
 		snaps[0] <- s
-		ub := a.b.(*udpBackend)
+		ub := udpOf(a.b)
 		eventually(t, 5*time.Second, "1,001 peers in the table", func() (bool, string) {
 			// The loop goroutine owns ub.eng; Peers() is an atomic load.
 			n := ub.eng.Peers().Len()
@@ -279,7 +279,7 @@ func TestUDPReplacesIncompatibleDevice(t *testing.T) {
 		if got := kernelState(t, h, "flannel0"); !cmp.Equal(got, want) {
 			t.Errorf("run %d: %s", i, cmp.Diff(want, got))
 		}
-		if st := b.(*udpBackend).Stats(); st.SendErrors != 0 || st.TUNWriteErrors != 0 {
+		if st := udpOf(b).Stats(); st.SendErrors != 0 || st.TUNWriteErrors != 0 {
 			t.Errorf("run %d: engine errors %+v", i, st)
 		}
 		must(t, b.Close())

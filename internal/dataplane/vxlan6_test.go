@@ -282,7 +282,7 @@ func TestVXLAN6States(t *testing.T) {
 	for _, i := range order {
 		check(i, true)
 	}
-	v6 := b.(*dualBackend).v6.(*vxlan6Backend)
+	v6 := driverOf(b, 1)
 	if v6.passes.delta == 0 {
 		t.Errorf("no IPv6 apply went the delta path (passes %+v)", v6.passes)
 	}

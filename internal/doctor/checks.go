@@ -1,9 +1,7 @@
 package doctor
 
 import (
-	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -11,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
 	"github.com/weft-net/weft/internal/subnetenv"
@@ -430,40 +429,55 @@ func (w peerWant) route() string {
 	return s
 }
 
-// wants derives the kernel entries the leases in etcd call for, as the
-// dataplane programs them; leases it would refuse are left out.
+// wants is what the leases in etcd call for in the kernel, rendered by the
+// dataplane's own renderer (dataplane.Render: the same function weftd
+// programs from), so the doctor and weftd cannot disagree on what a lease
+// means; leases weftd would refuse are left out. dev is the overlay device
+// (zero for host-gw), iface the underlay interface.
 func (s State) wants(dev Link, iface int) []peerWant {
 	own, _ := s.ownSubnet()
-	var ws []peerWant
-	direct := false
-	if o, err := s.Etcd.Config.VXLAN(); err == nil {
-		direct = o.DirectRouting
+	host := dataplane.Host{IfaceIndex: iface}
+	if l, ok := s.own(); ok {
+		host.PublicIP = l.Attrs.PublicIP
 	}
-	for _, l := range s.Etcd.Leases {
-		sub := l.Subnet.Masked()
-		pub := l.Attrs.PublicIP
-		if !sub.Addr().Is4() || sub == own || !pub.Is4() || pub.IsUnspecified() || s.localAddr(pub) {
+	var connected []netip.Prefix
+	if l, ok := s.Kernel.LinkByIndex(iface); ok {
+		host.IfaceName = l.Name
+		for _, p := range l.Addrs {
+			connected = append(connected, p.Masked())
+			if !host.IfaceAddr.IsValid() && p.Addr().Is4() {
+				host.IfaceAddr = p.Addr()
+			}
+		}
+	}
+	snap := lease.Snapshot{Own: lease.Lease{Subnet: own}}
+	for i := range s.Etcd.Leases {
+		if l := &s.Etcd.Leases[i]; l.Subnet.Masked() != own {
+			snap.Peers = append(snap.Peers, l)
+		}
+	}
+	slices.SortFunc(snap.Peers, lease.ComparePeers)
+	cfg := s.Etcd.Config
+	cfg.EnableIPv6 = false // the doctor checks the IPv4 overlay
+	ds, err := dataplane.Render(cfg, host, snap, func(uint8) dataplane.Facts {
+		return dataplane.NewFacts(dev.Index, connected, nil)
+	})
+	if err != nil || len(ds) == 0 {
+		return nil
+	}
+	d := ds[0]
+	var ws []peerWant
+	for _, r := range d.Routes {
+		if r.Blackhole {
 			continue
 		}
-		switch s.Etcd.Config.BackendType {
-		case netconf.BackendVXLAN:
-			var d struct{ VtepMAC string }
-			if json.Unmarshal(l.Attrs.BackendData, &d) != nil {
-				continue
-			}
-			mac, err := net.ParseMAC(d.VtepMAC)
-			if err != nil || len(mac) != 6 {
-				continue
-			}
-			if direct && s.onLink(iface, pub) {
-				ws = append(ws, peerWant{subnet: sub, gw: pub, link: iface})
-				continue
-			}
-			ws = append(ws, peerWant{subnet: sub, gw: sub.Addr(), link: dev.Index, onlink: true, mac: mac.String(), dst: pub})
-		case netconf.BackendHostGW:
-			ws = append(ws, peerWant{subnet: sub, gw: pub, link: iface})
+		w := peerWant{subnet: r.Dst, gw: r.Gw, link: r.Link, onlink: r.OnLink}
+		if mac, ok := d.Neighs[r.Gw]; ok && r.OnLink {
+			w.mac, w.dst = mac.String(), d.FDB[[6]byte(mac)]
 		}
+		ws = append(ws, w)
 	}
+	slices.SortFunc(ws, func(a, b peerWant) int { return a.subnet.Addr().Compare(b.subnet.Addr()) })
 	return ws
 }
 

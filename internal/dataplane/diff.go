@@ -1,0 +1,188 @@
+package dataplane
+
+// Incremental applies (felix-style: desired AND actual kept in memory). A full
+// apply dumps routes, neighbours and FDB entries and diffs them against the
+// desired state: with 1,000 peers that is most of the cost of a single peer
+// joining. When the loop knows that nothing but the snapshot changed since the
+// last successful apply, the kernel still holds exactly what that apply
+// wanted, so the difference between the two desired states is the whole
+// work (see driver.go for what makes the next apply full again).
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/rtnl"
+)
+
+// deltaApplier is a Backend that can apply a snapshot as the difference to
+// the last one it applied successfully. ApplyDelta falls back to a full apply
+// itself when it has no trustworthy baseline (first apply, last apply failed,
+// device recreated, own subnet changed).
+type deltaApplier interface {
+	ApplyDelta(ctx context.Context, snap lease.Snapshot) error
+}
+
+// applyDiff writes what differs between old (which the kernel holds, as
+// far as weft knows) and d, the state of a family whose neighbours and
+// routes are of family, in the same order as a full pass: adds FDB,
+// neighbour, route; deletes route, neighbour, FDB. Each step goes to the
+// kernel in batches on the backend's socket rt, so a bulk change (every peer
+// leaving in one transaction) costs a few hundred sendmsg calls, not one
+// round trip and one receive buffer per entry.
+func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired, t *tally) syncStats {
+	var st syncStats
+	fdbAdd, fdbDel := diffMaps(old.FDB, d.FDB, func(a, b netip.Addr) bool { return a == b })
+	neighAdd, neighDel := diffMaps(old.Neighs, d.Neighs, func(a, b net.HardwareAddr) bool { return slices.Equal(a, b) })
+	routeAdd, routeDel := diffMaps(old.Routes, d.Routes, func(a, b Route) bool { return a == b })
+
+	fb := rtnl.NewBatch(rt, func(mac [6]byte, err error) bool {
+		t.add(fmt.Errorf("set FDB entry %s dst %s: %w", net.HardwareAddr(mac[:]), d.FDB[mac], err))
+		return true
+	})
+	for _, mac := range fdbAdd {
+		fb.SetNeigh(mac, unix.AF_BRIDGE, d.Dev, d.FDB[mac], mac[:])
+	}
+	fb.Flush()
+	st.Added += fb.OK()
+	if ctx.Err() != nil {
+		return st
+	}
+	nb := rtnl.NewBatch(rt, func(ip netip.Addr, err error) bool {
+		t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, d.Neighs[ip], err))
+		return true
+	})
+	for _, ip := range neighAdd {
+		nb.SetNeigh(ip, family, d.Dev, ip, d.Neighs[ip])
+	}
+	nb.Flush()
+	st.Added += nb.OK()
+	if ctx.Err() != nil {
+		return st
+	}
+	rb := rtnl.NewBatch(rt, func(dst netip.Prefix, err error) bool {
+		t.add(fmt.Errorf("write route %s: %w", d.Routes[dst], err))
+		return true
+	})
+	for _, dst := range routeAdd {
+		// Only a route weft already holds is replaced. A new destination
+		// is added exclusively: a route of another owner that appeared
+		// since the last full pass makes it fail (EEXIST), and the full
+		// pass that follows leaves that route alone.
+		if _, ours := old.Routes[dst]; ours {
+			rb.ReplaceRoute(dst, family, rtnl.RouteSpec(d.Routes[dst]))
+		} else {
+			rb.AddRoute(dst, family, rtnl.RouteSpec(d.Routes[dst]))
+		}
+	}
+	rb.Flush()
+	st.Added += rb.OK()
+	if ctx.Err() != nil {
+		return st
+	}
+
+	gone := func(what string) func(k string, err error) bool {
+		return func(k string, err error) bool {
+			if isGone(err) {
+				return false
+			}
+			t.add(fmt.Errorf("delete stale %s %s: %w", what, k, err))
+			return true
+		}
+	}
+	rd := rtnl.NewBatch(rt, gone("route"))
+	for _, dst := range routeDel {
+		// A replace keeps the key (dst, metric); one at another metric
+		// would survive it.
+		o := old.Routes[dst]
+		if w, ok := d.Routes[dst]; ok && w.Metric == o.Metric {
+			continue
+		}
+		// Whatever its gateway: the kernel matches on destination, table,
+		// metric and protocol.
+		rd.DeleteRoute(o.String(), family, rtnl.Route{Dst: o.Dst, Table: unix.RT_TABLE_MAIN, Protocol: uint8(rtnl.ProtWeft), Priority: o.Metric})
+	}
+	rd.Flush()
+	st.Deleted += rd.OK()
+	nd := rtnl.NewBatch(rt, gone("neighbour"))
+	for _, ip := range neighDel {
+		if _, ok := d.Neighs[ip]; ok {
+			continue // replaced above
+		}
+		nd.DeleteNeigh(ip.String(), rtnl.Neigh{Family: family, Link: old.Dev, IP: ip})
+	}
+	nd.Flush()
+	st.Deleted += nd.OK()
+	fd := rtnl.NewBatch(rt, gone("FDB entry"))
+	for _, mac := range fdbDel {
+		// For a MAC that moved, the set above usually swapped the
+		// destination in place and this finds nothing.
+		dst := old.FDB[mac]
+		fd.DeleteNeigh(net.HardwareAddr(mac[:]).String()+" dst "+dst.String(), rtnl.Neigh{Family: unix.AF_BRIDGE, Link: old.Dev, IP: dst, MAC: mac, MACLen: 6})
+	}
+	fd.Flush()
+	st.Deleted += fd.OK()
+	return st
+}
+
+// routeDrift reports whether the deletion of route u removes a route weft
+// wants (routes is the desired set, nil before the first apply). Deletions of
+// routes weft no longer wants are the echoes of its own applies, not drift.
+func routeDrift(routes map[netip.Prefix]routeWant, u netlink.RouteUpdate) bool {
+	if u.Type != unix.RTM_DELROUTE || u.Protocol != rtnl.ProtWeft {
+		return false
+	}
+	if routes == nil {
+		return true
+	}
+	w, ok := routes[prefixOf(u.Dst)]
+	return ok && u.Priority == w.Metric
+}
+
+// diffMaps lists the keys of cur that are missing from old or differ there
+// (to add or replace), and the keys of old that are missing from cur or
+// differ there (to delete, when the replace does not cover them). When one
+// side is known equal by counting, its pass is skipped: a join walks the
+// maps once, not twice.
+func diffMaps[K comparable, V any](old, cur map[K]V, eq func(a, b V) bool) (add, del []K) {
+	same := 0
+	if len(cur) >= len(old) {
+		for k, v := range cur {
+			if o, ok := old[k]; ok && eq(o, v) {
+				same++
+			} else {
+				add = append(add, k)
+			}
+		}
+		if same < len(old) {
+			for k, o := range old {
+				if v, ok := cur[k]; !ok || !eq(o, v) {
+					del = append(del, k)
+				}
+			}
+		}
+		return add, del
+	}
+	for k, o := range old {
+		if v, ok := cur[k]; ok && eq(o, v) {
+			same++
+		} else {
+			del = append(del, k)
+		}
+	}
+	if same < len(cur) {
+		for k, v := range cur {
+			if o, ok := old[k]; !ok || !eq(o, v) {
+				add = append(add, k)
+			}
+		}
+	}
+	return add, del
+}
