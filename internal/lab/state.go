@@ -170,7 +170,8 @@ func procStart(pid int) string {
 
 // Down stops the lab called name: SIGTERM to the lab process (which removes
 // everything it made), then removal of anything left behind — weftd
-// processes named in the state, the lab's namespaces, its state directory.
+// processes named in the state, dockerds by their pidfiles and their mounts,
+// the lab's namespaces, its state directory.
 func Down(ctx context.Context, name string, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -203,6 +204,11 @@ func Down(ctx context.Context, name string, log *slog.Logger) error {
 			}
 		}
 		nss = append(nss, h.ContainerNS, h.NS)
+	}
+	// Docker's containers hold the namespaces of their hosts; its mounts
+	// would keep the state directory from going.
+	if err := downDocker(ctx, dir, log); err != nil {
+		errs = append(errs, err)
 	}
 	nss = append(nss, st.UnderlayNS)
 	nss = append(nss, leftoverNamespaces(name)...)

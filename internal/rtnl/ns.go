@@ -90,6 +90,23 @@ func CreateNS(name string) (*NS, error) {
 	return n, nil
 }
 
+// OpenNS opens a named namespace something else made, e.g. a container's
+// that `ip netns attach` named. Close then removes only the name: the
+// namespace lives on as long as its processes.
+func OpenNS(name string) (*NS, error) {
+	n := &NS{Name: name, Path: "/run/netns/" + name, fd: -1}
+	fd, err := netns.GetFromPath(n.Path)
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", n.Path, err)
+	}
+	n.fd = fd
+	if n.Handle, err = netlink.NewHandleAt(fd); err != nil {
+		fd.Close()
+		return nil, fmt.Errorf("netlink handle in netns %s: %w", name, err)
+	}
+	return n, nil
+}
+
 // Close removes the namespace; links inside it go with it.
 func (n *NS) Close() {
 	if n.Handle != nil {
