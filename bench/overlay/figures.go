@@ -89,6 +89,8 @@ func figures() []figure {
 				{name: "(kernel floor: deleting them, vxlan, N = 5,000)", unit: "ms"},
 			}
 		}, figFloor},
+		{"scale10k", func() []*row { return scaleRows(10000, true) }, figScale(10000, true)},
+		{"scale20k", func() []*row { return scaleRows(20000, false) }, figScale(20000, false)},
 		{"tcp", func() []*row {
 			return []*row{
 				{name: "TCP pod→pod over vxlan / raw underlay", flanneld: "0.68", target: "≈ 0.68 (kernel path)", unit: "ratio"},
@@ -99,6 +101,11 @@ func figures() []figure {
 		}, figTCP},
 	}
 }
+
+// byNameOnly are the figures "all" leaves out: the scale figures take
+// minutes and machine-wide memory of their own, and "all" keeps the set
+// the BENCHMARKS.md tables were made with.
+var byNameOnly = map[string]bool{"scale10k": true, "scale20k": true}
 
 func figureNames() []string {
 	var n []string
@@ -111,7 +118,7 @@ func figureNames() []string {
 func selectFigures(spec string) ([]figure, error) {
 	all := figures()
 	if spec == "all" {
-		return all, nil
+		return slices.DeleteFunc(all, func(f figure) bool { return byNameOnly[f.name] }), nil
 	}
 	var out []figure
 	for _, name := range strings.Split(spec, ",") {
@@ -268,8 +275,15 @@ func figJoin(ctx context.Context, e *env) ([]float64, error) {
 	}
 	defer c.close()
 	defer kw.close()
+	return joinLeave(ctx, e, c, kw, lid, n)
+}
+
+// joinLeave runs the join figure's samples on a converged cluster of n
+// fake peers: fakes n, n+1, … join and leave one at a time. It returns
+// join p50, p99, leave p50, p99 and the etcd Put round trip p50, in ms.
+func joinLeave(ctx context.Context, e *env, c *cluster, kw *kwatch, lid clientv3.LeaseID, n int) ([]float64, error) {
 	h := c.hosts[0]
-	perf, err := e.startPerf(h, "join")
+	perf, err := e.startPerf(h, fmt.Sprintf("join-%d", n))
 	if err != nil {
 		return nil, err
 	}
@@ -283,24 +297,38 @@ func figJoin(ctx context.Context, e *env) ([]float64, error) {
 		if _, err := e.cli.Put(ctx, f.key(c.prefix), f.value("vxlan"), clientv3.WithLease(lid)); err != nil {
 			return nil, fmt.Errorf("put joining lease %s: %w", f.subnet, err)
 		}
-		puts = append(puts, time.Since(t0))
+		tPut := time.Now()
+		puts = append(puts, tPut.Sub(t0))
 		t1, err := kw.wait(ctx, ch, h, 10*time.Second)
 		if err != nil {
 			return nil, fmt.Errorf("join of %s: %w", f.subnet, err)
 		}
 		joins = append(joins, t1.Sub(t0))
+		e.sample("join", n, f, t0, tPut, t1)
 		ch = kw.expect(keys, false)
 		t0 = time.Now()
 		if _, err := e.cli.Delete(ctx, f.key(c.prefix)); err != nil {
 			return nil, fmt.Errorf("delete leaving lease %s: %w", f.subnet, err)
 		}
+		tDel := time.Now()
 		t1, err = kw.wait(ctx, ch, h, 10*time.Second)
 		if err != nil {
 			return nil, fmt.Errorf("leave of %s: %w", f.subnet, err)
 		}
 		leaves = append(leaves, t1.Sub(t0))
+		e.sample("leave", n, f, t0, tDel, t1)
 	}
 	return []float64{ms(pct(joins, 50)), ms(pct(joins, 99)), ms(pct(leaves, 50)), ms(pct(leaves, 99)), ms(pct(puts, 50))}, nil
+}
+
+// sample writes one join or leave to the -samples file (diagnosis: the
+// times, in µs since the epoch, line up with an instrumented weftd's log):
+// kind, peers, subnet, etcd request sent, its answer, kernel done, latency.
+func (e *env) sample(kind string, n int, f fake, sent, answered, done time.Time) {
+	if e.samples == nil {
+		return
+	}
+	fmt.Fprintf(e.samples, "%s,%d,%s,%d,%d,%d,%.3f\n", kind, n, f.subnet, sent.UnixMicro(), answered.UnixMicro(), done.UnixMicro(), ms(done.Sub(sent)))
 }
 
 // pct is the p-th percentile by nearest rank.
@@ -390,24 +418,11 @@ func figIdle(ctx context.Context, e *env) ([]float64, error) {
 	}
 	defer c.close()
 	kw.close() // not needed past convergence; its polling must not load the machine
-	pid := c.hosts[0].proc.pid()
-	if err := sleepCtx(ctx, 5*time.Second); err != nil {
-		return nil, err
-	}
-	c0, err := procCPUTicks(pid)
+	idle, err := idleCPU(ctx, c.hosts[0].proc.pid(), e.opts.idle)
 	if err != nil {
 		return nil, err
 	}
-	t0 := time.Now()
-	if err := sleepCtx(ctx, e.opts.idle); err != nil {
-		return nil, err
-	}
-	c1, err := procCPUTicks(pid)
-	if err != nil {
-		return nil, err
-	}
-	const hz = 100 // USER_HZ, the unit of /proc/PID/stat
-	return []float64{float64(c1-c0) / hz / time.Since(t0).Seconds() * 100}, nil
+	return []float64{idle}, nil
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -108,34 +108,9 @@ var pollInterval = 200 * time.Microsecond
 func (w *kwatch) message(m *syscall.NetlinkMessage) {
 	switch m.Header.Type {
 	case unix.RTM_NEWROUTE, unix.RTM_DELROUTE:
-		if len(m.Data) < unix.SizeofRtMsg {
-			return
+		if key, ok := weftRouteKey(m); ok {
+			w.update(key, m.Header.Type == unix.RTM_NEWROUTE)
 		}
-		rtm := (*unix.RtMsg)(unsafe.Pointer(&m.Data[0]))
-		if rtm.Family != unix.AF_INET || netlink.RouteProtocol(rtm.Protocol) != rtnl.ProtWeft {
-			return
-		}
-		table := uint32(rtm.Table)
-		var dst net.IP
-		attrs, err := syscall.ParseNetlinkRouteAttr(m)
-		if err != nil {
-			return
-		}
-		for _, a := range attrs {
-			switch a.Attr.Type {
-			case unix.RTA_DST:
-				dst = net.IP(a.Value)
-			case unix.RTA_TABLE:
-				if len(a.Value) == 4 {
-					table = *(*uint32)(unsafe.Pointer(&a.Value[0]))
-				}
-			}
-		}
-		if dst == nil || table != unix.RT_TABLE_MAIN {
-			return
-		}
-		p := &net.IPNet{IP: dst, Mask: net.CIDRMask(int(rtm.Dst_len), 32)}
-		w.update("r "+p.String(), m.Header.Type == unix.RTM_NEWROUTE)
 	case unix.RTM_NEWNEIGH, unix.RTM_DELNEIGH:
 		u, err := netlink.NeighDeserialize(m.Data)
 		if err != nil {
@@ -157,6 +132,39 @@ func (w *kwatch) message(m *syscall.NetlinkMessage) {
 			w.update("f "+u.HardwareAddr.String(), m.Header.Type == unix.RTM_NEWNEIGH)
 		}
 	}
+}
+
+// weftRouteKey is the key ("r <dst>") of a route notification when it is
+// one of weft's: IPv4, protocol 87, main table.
+func weftRouteKey(m *syscall.NetlinkMessage) (string, bool) {
+	if len(m.Data) < unix.SizeofRtMsg {
+		return "", false
+	}
+	rtm := (*unix.RtMsg)(unsafe.Pointer(&m.Data[0]))
+	if rtm.Family != unix.AF_INET || netlink.RouteProtocol(rtm.Protocol) != rtnl.ProtWeft {
+		return "", false
+	}
+	table := uint32(rtm.Table)
+	var dst net.IP
+	attrs, err := syscall.ParseNetlinkRouteAttr(m)
+	if err != nil {
+		return "", false
+	}
+	for _, a := range attrs {
+		switch a.Attr.Type {
+		case unix.RTA_DST:
+			dst = net.IP(a.Value)
+		case unix.RTA_TABLE:
+			if len(a.Value) == 4 {
+				table = *(*uint32)(unsafe.Pointer(&a.Value[0]))
+			}
+		}
+	}
+	if dst == nil || table != unix.RT_TABLE_MAIN {
+		return "", false
+	}
+	p := &net.IPNet{IP: dst, Mask: net.CIDRMask(int(rtm.Dst_len), 32)}
+	return "r " + p.String(), true
 }
 
 // close stops reading; it may be called more than once.

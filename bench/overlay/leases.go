@@ -25,10 +25,11 @@ type fake struct {
 	mac    net.HardwareAddr
 }
 
-// maxFakes keeps subnets inside 10.1.0.0–10.40.255.0 and PublicIPs inside
-// 192.168.0.1–192.168.39.250, clear of the host's own lease (10.100/16)
-// and the hosts' addresses (192.168.200.x).
-const maxFakes = 40 * 250
+// maxFakes keeps subnets inside 10.1.0.0–10.98.255.0 and PublicIPs inside
+// 192.168.0.1–192.168.99.250, clear of the host's own lease (10.100/16)
+// and the hosts' addresses (192.168.200.x): room for the 20,000-peer
+// figure, and for the joins of the 10,000-peer one.
+const maxFakes = 100 * 250
 
 func fakeHost(i int) fake {
 	if i < 0 || i >= maxFakes {
