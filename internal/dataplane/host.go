@@ -6,7 +6,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-
 )
 
 // Host is what a backend needs to know about the machine it programs: the

@@ -360,4 +360,3 @@ func sortedSet[T any](s []T, cmp func(a, b T) int) []T {
 }
 
 func cmpMAC(a, b [6]byte) int { return bytes.Compare(a[:], b[:]) }
-

@@ -379,4 +379,3 @@ func setPersist(dev tun.Device) error {
 	}
 	return nil
 }
-

@@ -65,7 +65,7 @@ type VXLANOptions = netconf.VXLANOptions
 func vxlanSpec(opts VXLANOptions, host Host, family uint8) spec {
 	s := spec{
 		family: family, label: netconf.BackendVXLAN, device: vxlanDevName(opts, family),
-		own: func(snap lease.Snapshot) netip.Prefix { return snap.Own.Subnet.Masked() },
+		own:  func(snap lease.Snapshot) netip.Prefix { return snap.Own.Subnet.Masked() },
 		addr: true, blackhole: host.BlackholeRoute, macWhat: "VtepMAC",
 		orderDependent: opts.DirectRouting, usesConnected: opts.DirectRouting,
 	}
