@@ -79,14 +79,14 @@ const (
 var (
 	containerKinds = []string{ContainersNetns, ContainersDocker, ContainersCNI}
 	nameRE         = regexp.MustCompile(`^[a-z][a-z0-9-]{0,23}$`)
-	backends       = []string{netconf.BackendVXLAN, netconf.BackendHostGW, netconf.BackendAlloc, netconf.BackendUDP}
+	backends       = []string{netconf.BackendVXLAN, netconf.BackendHostGW, netconf.BackendAlloc, netconf.BackendUDP, netconf.BackendWireGuard}
 )
 
 // Config describes a lab. Zero values take the defaults.
 type Config struct {
 	Name    string // prefix of every namespace; default "weft"
 	Hosts   int    // number of hosts; default 3
-	Backend string // vxlan (default), host-gw, alloc or udp
+	Backend string // vxlan (default), host-gw, alloc, udp or wireguard
 	// NetworkConfig replaces the whole network config JSON when set (the
 	// Backend field is then only informative).
 	NetworkConfig string

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/weft-net/weft/internal/wgengine"
 )
 
 // FindWeftd resolves the weftd binary: an explicit path, else the weftd next
@@ -107,7 +109,11 @@ func (l *Lab) startWeftd(h *Host) error {
 	args := append([]string{"netns", "exec", h.NS.Name, l.cfg.WeftdPath}, l.weftdArgs(h)...)
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = weftdEnv(l.cfg.WeftdEnv)
+	// The hosts share one filesystem: each keeps its own WireGuard key and
+	// UAPI socket in its directory (`weftctl lab` prints how to run wg).
+	dir := filepath.Dir(h.SubnetFile)
+	cmd.Env = append(weftdEnv(l.cfg.WeftdEnv), wgengine.KeyFileEnv+"="+filepath.Join(dir, "wgkey"),
+		wgengine.SocketDirEnv+"="+filepath.Join(dir, "wireguard"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		// Its own process group: a Ctrl-C at the terminal reaches the lab,
 		// which then stops the daemons in order.

@@ -34,8 +34,15 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 )
 
-// DefaultSocketDir is where wireguard-tools' `wg` finds userspace devices.
-const DefaultSocketDir = "/var/run/wireguard"
+// DefaultSocketDir is where wireguard-tools' `wg` finds userspace devices
+// (compiled in: `wg` has no option for it). SocketDirEnv names another
+// directory for weftd, for hosts that share one filesystem (the lab); `wg`
+// then needs that directory mounted on /var/run/wireguard in a mount
+// namespace of its own: unshare -m sh -c 'mount --bind DIR /run/wireguard && wg show'.
+const (
+	DefaultSocketDir = "/var/run/wireguard"
+	SocketDirEnv     = "WEFT_WIREGUARD_SOCKET_DIR"
+)
 
 // Config says how to run one device.
 type Config struct {
