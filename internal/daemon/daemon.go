@@ -26,7 +26,6 @@ import (
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/extiface"
 	"github.com/weft-net/weft/internal/flagenv"
 	"github.com/weft-net/weft/internal/lease"
@@ -164,22 +163,39 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 		log.Info("dual-stack network", "ipv6-network", cfg.IPv6Network, "iface-addr6", ext.IfaceAddr6, "public-ipv6", publicV6)
 	}
 
-	backend, err := dataplane.NewBackend(cfg, dataplane.Host{
-		IfaceName: ext.Name, IfaceIndex: ext.Index, IfaceMTU: ext.MTU,
-		IfaceAddr: ext.IfaceAddr, PublicIP: ext.PublicIP,
-		IfaceAddr6: ext.IfaceAddr6, PublicIP6: publicV6,
-		BlackholeRoute: o.IPBlackholeRoute,
-	}, nl, log)
+	// The config in force is read again with its revision: the watch of
+	// live changes starts there, and a write since WaitConfig is judged.
+	cfgRaw, cfgRev, err := store.GetConfig(ctx)
 	if err != nil {
-		return fmt.Errorf("set up backend %q: %w", cfg.BackendType, err)
+		return fmt.Errorf("read the network config again to watch it: %w", err)
 	}
-	defer backend.Close()
-	dataplane.SetUDPHooks(backend, dataplane.UDPHooks{Dropped: h.metrics.OnUDPDrop}) // before Init: the engine starts there
-	pub, mtu, err := backend.Init(ctx)
-	if err != nil {
-		return fmt.Errorf("initialise backend %q: %w", cfg.BackendType, err)
+	if err := checkMTU(cfg, ext.Name, ext.MTU); err != nil {
+		return fmt.Errorf("network config at %s: %w", store.ConfigKey(), err)
 	}
 
+	errc := make(chan error, 4)
+	n := &engine{
+		o: o, log: log, h: h, nl: nl, cfg: cfg, ext: ext, pub6: publicV6,
+		extOpts: extiface.Options{
+			Ifaces: o.Ifaces, IfaceRegex: o.IfaceRegex, CanReach: o.IfaceCanReach, PublicIP: o.PublicIP,
+			PublicIPv6: o.PublicIPv6,
+		},
+		toLoop: make(chan lease.Snapshot, 1), errc: errc,
+	}
+	backend, pub, mtu, err := n.buildBackend(ctx, cfg, ext)
+	if err != nil {
+		return err
+	}
+	n.backend = backend
+	// Stops the loop and closes whichever backend is in force at the end;
+	// deferred before the netlink handle's close runs.
+	defer n.stopDataplane()
+
+	nodeName, nodeFrom, err := ResolveNodeName(o.NodeName)
+	if err != nil {
+		return fmt.Errorf("this host's identity: %w", err)
+	}
+	log.Info("host identity", "node-name", nodeName, "from", nodeFrom)
 	h.setWaiting("acquiring a subnet lease")
 	mgr := lease.NewManager(lease.ManagerConfig{
 		Store:         store,
@@ -190,6 +206,8 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 		BackendData:   pub.BackendData,
 		BackendV6Data: pub.BackendV6Data,
 		PrevSubnet:    subnetenv.LeaseSubnet(prev),
+		NodeName:      nodeName,
+		TTL:           o.SubnetLeaseTTL,
 		RenewMargin:   o.RenewMargin(),
 		Logger:        log,
 		Hooks:         h.metrics.LeaseHooks(),
@@ -198,11 +216,9 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("acquire a subnet lease: %w", err)
 	}
-	env := subnetenv.Env{Network: cfg.Network, Subnet: subnetenv.HostSubnet(own.Subnet), MTU: mtu, IPMasq: o.IPMasq}
-	if cfg.EnableIPv6 {
-		env.IPv6Network, env.IPv6Subnet = cfg.IPv6Network, subnetenv.HostSubnet(own.IPv6Subnet)
-	}
-	if err := subnetenv.Write(o.SubnetFile, env); err != nil {
+	n.mgr, n.own = mgr, own
+	n.env = initialEnv(cfg, own, mtu, o.IPMasq)
+	if err := subnetenv.Write(o.SubnetFile, n.env); err != nil {
 		return fmt.Errorf("write %s: %w", o.SubnetFile, err)
 	}
 	log.Info("lease acquired, subnet file written", "subnet", own.Subnet, "file", o.SubnetFile,
@@ -215,46 +231,25 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 
 	// The underlay guard accepts the backend's encapsulation ports only
 	// from peers (the snapshots below hand them over).
-	encapPorts, err := rules.EncapPorts(cfg)
-	if err != nil {
+	if _, err := rules.EncapPorts(cfg); err != nil {
 		return fmt.Errorf("underlay guard of backend %q: %w", cfg.BackendType, err)
 	}
-	rm := rules.New(log, rules.WithResyncHook(h.metrics.OnRuleResync), rules.WithGuardDropHook(h.metrics.OnUnderlayDrop))
-	desiredRules := func(own lease.Lease) rules.Desired {
-		d := rules.Desired{
-			Network: cfg.Network, Subnet: own.Subnet,
-			IPMasq: o.IPMasq, RandomFully: !o.IPMasqFullyRandomDisable,
-			ForwardRules: o.IPTablesForwardRules, NFTables: cfg.EnableNFTables,
-			EncapPorts: encapPorts,
-		}
-		if cfg.EnableIPv6 {
-			d.IPv6Network, d.IPv6Subnet = cfg.IPv6Network, own.IPv6Subnet
-		}
-		return d
-	}
-	if err := rm.Set(desiredRules(own)); err != nil {
-		// The periodic check retries; traffic within the overlay does not
-		// depend on these rules, so keep going.
-		log.Error("install traffic rules", "err", err)
-	}
-
-	loop := dataplane.NewLoop(backend, 0, log)
-	loop.OnApply(h.metrics.OnApply)
-	loop.OnSkipped(h.metrics.OnPeersSkipped)
-	// The guard's peer sets follow each applied snapshot, in the rules
-	// goroutine (OfferPeers never blocks): after the dataplane, not with it.
-	loop.AfterApply(func(s lease.Snapshot) { rm.OfferPeers(s.Peers) })
-	h.attach(mgr, loop)
+	n.rm = rules.New(log, rules.WithResyncHook(h.metrics.OnRuleResync), rules.WithGuardDropHook(h.metrics.OnUnderlayDrop))
+	n.setRules(own)
+	n.checkOverlap()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	n.startLoop(ctx)
 	go h.logTransitions(ctx, log, time.Second)
-	errc := make(chan error, 3)
-	toLoop := make(chan lease.Snapshot, 1)
 	var wg sync.WaitGroup
 	wg.Go(func() { errc <- mgr.Run(ctx) })
-	wg.Go(func() { errc <- loop.Run(ctx, toLoop) })
-	wg.Go(func() { rm.Run(ctx, time.Duration(o.IPTablesResyncSeconds)*time.Second); errc <- nil })
+	wg.Go(func() { n.rm.Run(ctx, time.Duration(o.IPTablesResyncSeconds)*time.Second); errc <- nil })
+	cfgCh := make(chan []byte, 1)
+	sendLatestBytes(cfgCh, cfgRaw) // judged like any later write
+	wg.Go(func() { watchConfig(ctx, cli, store.ConfigKey(), cfgRev, cfgCh, log) })
+	underlayWake := make(chan struct{}, 1)
+	n.subscribeUnderlay(ctx, underlayWake)
 	// The deferred closes of the netlink handle, the backend and the etcd
 	// client must not race an apply or a renewal still in flight: stop the
 	// workers first. They return promptly on cancel; the bound keeps a stuck
@@ -270,10 +265,10 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 		}
 	}()
 
-	// Relay snapshots to the loop; when our own subnet changes (the lease
-	// was deleted and another subnet had to be taken) the subnet file and
-	// the rules follow before the dataplane does.
-	current, current6 := own.Subnet, own.IPv6Subnet
+	check := time.NewTicker(underlayCheckInterval)
+	defer check.Stop()
+	var settle <-chan time.Time // netlink events come in bursts: check once after them
+	parse := parseConfig(log, h.metrics.ConfigRejected)
 	for {
 		select {
 		case <-ctx.Done():
@@ -283,21 +278,19 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 				return err
 			}
 		case snap := <-mgr.Snapshots():
-			if snap.Own.Subnet.IsValid() && (snap.Own.Subnet != current || snap.Own.IPv6Subnet != current6) {
-				log.Warn("own subnet changed", "from", current, "to", snap.Own.Subnet, "from6", current6, "to6", snap.Own.IPv6Subnet)
-				current, current6 = snap.Own.Subnet, snap.Own.IPv6Subnet
-				env.Subnet = subnetenv.HostSubnet(current)
-				if cfg.EnableIPv6 {
-					env.IPv6Subnet = subnetenv.HostSubnet(current6)
-				}
-				if err := subnetenv.Write(o.SubnetFile, env); err != nil {
-					log.Error("rewrite subnet file", "file", o.SubnetFile, "err", err)
-				}
-				if err := rm.Set(desiredRules(snap.Own)); err != nil {
-					log.Error("update traffic rules", "err", err)
-				}
+			n.relay(snap)
+		case raw := <-cfgCh:
+			n.onConfig(ctx, raw, store.ConfigKey(), parse)
+		case <-underlayWake:
+			if settle == nil {
+				settle = time.After(50 * time.Millisecond)
 			}
-			sendLatest(toLoop, snap)
+		case <-settle:
+			settle = nil
+			n.checkUnderlay(ctx)
+		case <-check.C:
+			n.checkUnderlay(ctx)
+			n.checkOverlap()
 		}
 	}
 }

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -82,6 +84,13 @@ type health struct {
 	waiting string // what the daemon waits for before attach
 	mgr     leaseStatus
 	loop    loopStatus
+	// blocked holds conditions that make the node unready although the
+	// lease and the dataplane are fine (a config change that needs a
+	// restart, the underlay interface gone), by source; see setBlocked.
+	blocked map[string]string
+	// notes are warnings of weftd itself (an address overlapping the
+	// Network), shown like the manager's and the loop's.
+	notes map[string]string
 }
 
 func newHealth() *health {
@@ -127,6 +136,9 @@ func (h *health) ready() (bool, string) {
 	if mgr == nil || loop == nil {
 		return false, "not ready: " + waiting
 	}
+	if why := h.blockedReason(); why != "" {
+		return false, why
+	}
 	held, live, reason := mgr.Status()
 	switch {
 	case !held:
@@ -144,6 +156,47 @@ func (h *health) ready() (bool, string) {
 	return true, "ok"
 }
 
+// setBlocked makes /readyz unready with why under source, or clears the
+// source when why is empty. Sources are sorted so the answer is stable.
+func (h *health) setBlocked(source, why string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if why == "" {
+		delete(h.blocked, source)
+		return
+	}
+	if h.blocked == nil {
+		h.blocked = map[string]string{}
+	}
+	h.blocked[source] = why
+}
+
+func (h *health) blockedReason() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	keys := slices.Sorted(maps.Keys(h.blocked))
+	out := make([]string, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, h.blocked[k])
+	}
+	return strings.Join(out, "; ")
+}
+
+// setNote shows (or, with an empty text, clears) a warning of weftd's own
+// under source.
+func (h *health) setNote(source, text string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if text == "" {
+		delete(h.notes, source)
+		return
+	}
+	if h.notes == nil {
+		h.notes = map[string]string{}
+	}
+	h.notes[source] = text
+}
+
 // warnings collects the warnings of the attached manager and loop, with
 // control characters escaped (they may quote etcd keys, and a newline
 // would forge a /readyz line) and at most maxWarnings of them; total is
@@ -151,8 +204,11 @@ func (h *health) ready() (bool, string) {
 func (h *health) warnings() (shown []string, total int) {
 	h.mu.Lock()
 	sources := []any{h.mgr, h.loop}
-	h.mu.Unlock()
 	var out []string
+	for _, k := range slices.Sorted(maps.Keys(h.notes)) {
+		out = append(out, h.notes[k])
+	}
+	h.mu.Unlock()
 	for _, src := range sources {
 		if w, ok := src.(warner); ok {
 			out = append(out, w.Warnings()...)

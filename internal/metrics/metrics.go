@@ -38,6 +38,14 @@ type Metrics struct {
 
 	// ConfigRejected counts reads of the network config weftd refused.
 	ConfigRejected prometheus.Counter
+	// ConfigRestartRequired is 1 while the network config in etcd differs
+	// from the running one in a way only a restart applies.
+	ConfigRestartRequired prometheus.Gauge
+	// ConfigChangesApplied counts network config changes applied live.
+	ConfigChangesApplied prometheus.Counter
+	// UnderlayRebuilds counts dataplane rebuilds after the underlay
+	// interface changed (recreated, new address, new MTU).
+	UnderlayRebuilds prometheus.Counter
 
 	// lastWatch is the UnixNano of the last watch answer; the lag gauge is
 	// computed at scrape time so that a stalled watch shows a growing value
@@ -125,9 +133,21 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "weft_config_rejected_total",
 			Help: "Reads of the network config from etcd that were refused (invalid or unsafe, e.g. a Network of 0.0.0.0/0).",
 		}),
+		ConfigRestartRequired: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weft_config_restart_required",
+			Help: "1 while the network config in etcd has a change this weftd can only apply by restarting (Backend type, SubnetLen, EnableIPv6, a Network without its subnet; /readyz says which); it runs on the old config meanwhile.",
+		}),
+		ConfigChangesApplied: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_config_changes_applied_total",
+			Help: "Changes of the network config in etcd applied without a restart (a wider Network, backend options, MTU).",
+		}),
+		UnderlayRebuilds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weft_underlay_rebuilds_total",
+			Help: "Dataplane rebuilds after the underlay interface changed (recreated, new address, new MTU).",
+		}),
 		now: time.Now,
 	}
-	reg.MustRegister(m.ConfigRejected)
+	reg.MustRegister(m.ConfigRejected, m.ConfigRestartRequired, m.ConfigChangesApplied, m.UnderlayRebuilds)
 	// Every reason and result is present from the start, so that a query
 	// for rate() or a zero-alert works before the first rejection.
 	for _, r := range lease.RejectReasons {
