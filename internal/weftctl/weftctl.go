@@ -40,13 +40,14 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"docker-opts": {"write Docker options from subnet.env (mk-docker-opts.sh)", runDockerOpts},
-	"config":      {"get, set or validate the network config in etcd", runConfig},
-	"doctor":      {"check this host's overlay: device, bridge, routes, lease, etcd", runDoctor},
-	"leases":      {"list, show, rm, reserve, unreserve subnet leases", runLeases},
-	"lab":         {"run a multi-host overlay in network namespaces on this machine", runLab},
-	"migrate-v2":  {"copy the network config and leases from etcd's v2 store to v3 (dry run unless --apply)", runMigrateV2},
-	"version":     {"print the version", runVersion},
+	"docker-opts":  {"write Docker options from subnet.env (mk-docker-opts.sh)", runDockerOpts},
+	"config":       {"get, set or validate the network config in etcd", runConfig},
+	"decommission": {"retire this host: release its lease, remove weft's devices, routes, rules and files", runDecommission},
+	"doctor":       {"check this host's overlay: device, bridge, routes, lease, etcd", runDoctor},
+	"leases":       {"list, show, rm, reserve, unreserve subnet leases", runLeases},
+	"lab":          {"run a multi-host overlay in network namespaces on this machine", runLab},
+	"migrate-v2":   {"copy the network config and leases from etcd's v2 store to v3 (dry run unless --apply)", runMigrateV2},
+	"version":      {"print the version", runVersion},
 }
 
 // Version is set at build time with -ldflags "-X ...weftctl.Version=...".
