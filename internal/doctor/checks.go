@@ -304,7 +304,7 @@ func checkBridges(s State) []Verdict {
 			continue
 		}
 		check := CheckBridge + "-" + name
-		restart := fmt.Sprintf("make dockerd read /run/flannel/docker (the docker.service.d/flannel.conf drop-in that make install puts in the systemd unit directory: EnvironmentFile=-/run/flannel/docker and ExecStart=/usr/bin/dockerd $DOCKER_NETWORK_OPTIONS; systemctl daemon-reload), then ip link del %s && systemctl restart docker", name)
+		restart := docker0Fix(s, sub)
 		if name == "cni0" {
 			restart = "ip link del cni0 and recreate the pods (the CNI plugin re-creates it from subnet.env)"
 		}
@@ -322,7 +322,7 @@ func checkBridges(s State) []Verdict {
 		case len(outside) > 0:
 			what := fmt.Sprintf("%s has %s, outside the lease %s", name, strings.Join(outside, ", "), sub)
 			if name == "docker0" {
-				what += ": Docker started before weftd and picked its own range"
+				what += docker0Cause()
 			}
 			vs = append(vs, fail(check, what, restart))
 		case len(l.Addrs) == 0:
