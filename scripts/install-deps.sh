@@ -79,3 +79,39 @@ if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
   fi
   modprobe br_netfilter
 fi
+
+# CNI (internal/flannelcni's tests, `weftctl lab --containers cni`): Debian's
+# reference plugins (bridge, host-local, loopback in /usr/lib/cni; 1.1.1,
+# which speaks CNI up to 1.0.0), and for CNI 1.1.0 (STATUS, GC) the same
+# plugins at v1.9.1, the release flannel's own CNI plugin pins, with the
+# spec's cnitool, built once from the Go module proxy into the cache where
+# the tests look (internal/flannelcni: DelegateDirs).
+if [ ! -x /usr/lib/cni/bridge ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: need root to install: containernetworking-plugins" >&2
+    exit 1
+  fi
+  echo "install-deps: installing containernetworking-plugins" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containernetworking-plugins >/dev/null
+fi
+cni_cache=${WEFT_CACHE:-/var/cache/weft}
+cni_plugins=v1.9.1
+cnitool=v1.3.0
+cni_install() { # GOBIN, then module@version package paths
+  local bin=$1
+  shift
+  command -v go >/dev/null || { echo "install-deps: go is not in PATH (needed to build $*)" >&2; exit 1; }
+  echo "install-deps: building $* into $bin" >&2
+  mkdir -p "$bin"
+  # -mod=mod: a caller's GOFLAGS=-mod=vendor/readonly must not apply to a
+  # module built outside this one.
+  GOBIN=$bin GOFLAGS=-mod=mod CGO_ENABLED=0 go install "$@"
+}
+if [ ! -x "$cni_cache/cni-plugins-$cni_plugins/bridge" ] || [ ! -x "$cni_cache/cni-plugins-$cni_plugins/host-local" ] || [ ! -x "$cni_cache/cni-plugins-$cni_plugins/loopback" ]; then
+  p=github.com/containernetworking/plugins/plugins
+  cni_install "$cni_cache/cni-plugins-$cni_plugins" "$p/main/bridge@$cni_plugins" "$p/ipam/host-local@$cni_plugins" "$p/main/loopback@$cni_plugins"
+fi
+if [ ! -x "$cni_cache/cnitool-$cnitool/cnitool" ]; then
+  cni_install "$cni_cache/cnitool-$cnitool" "github.com/containernetworking/cni/cnitool@$cnitool"
+fi
