@@ -112,10 +112,11 @@ type kind struct {
 // registered from init() by blank imports, so the set of data paths a
 // binary carries is visible in one place: adding a backend is one line.
 var kinds = map[string]kind{
-	netconf.BackendVXLAN:  {specs: vxlanSpecs, setup: setupVXLAN, dual: true},
-	netconf.BackendHostGW: {specs: hostGWSpecs, setup: setupHostGW, dual: true},
-	netconf.BackendUDP:    {specs: udpSpecs, setup: setupUDP},
-	netconf.BackendAlloc:  {specs: func(netconf.Config, Host) ([]spec, error) { return nil, nil }},
+	netconf.BackendVXLAN:     {specs: vxlanSpecs, setup: setupVXLAN, dual: true},
+	netconf.BackendHostGW:    {specs: hostGWSpecs, setup: setupHostGW, dual: true},
+	netconf.BackendUDP:       {specs: udpSpecs, setup: setupUDP},
+	netconf.BackendWireGuard: {specs: wireguardSpecs, setup: setupWireGuard},
+	netconf.BackendAlloc:     {specs: func(netconf.Config, Host) ([]spec, error) { return nil, nil }},
 }
 
 // supported lists the backend types of kinds, for messages.

@@ -7,7 +7,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/rtnl"
 )
 
@@ -46,26 +45,4 @@ func resolveHost6(h *netlink.Handle, host Host) (Host, error) {
 		host.PublicIP6 = host.IfaceAddr6
 	}
 	return host, nil
-}
-
-// peer6 says whether a peer takes part in the IPv6 overlay: a lease without
-// an IPv6 subnet (a host of an IPv4-only network, or one that has not
-// upgraded) is silently left out (skip); one with an IPv6 subnet that cannot
-// be programmed is an error naming what is wrong.
-func peer6(p *lease.Lease, own netip.Prefix, host Host) (skip bool, err error) {
-	if !p.IPv6Subnet.IsValid() {
-		return true, nil
-	}
-	pub := p.Attrs.PublicIPv6
-	switch {
-	case !p.IPv6Subnet.Addr().Is6() || p.IPv6Subnet.Addr().Is4In6():
-		return false, fmt.Errorf("IPv6 subnet %s: not an IPv6 subnet", p.IPv6Subnet)
-	case p.IPv6Subnet.Masked() == own:
-		return false, fmt.Errorf("IPv6 subnet %s: is this host's own subnet", p.IPv6Subnet)
-	case !pub.Is6() || pub.Is4In6() || pub.IsUnspecified() || pub.IsMulticast():
-		return false, fmt.Errorf("PublicIPv6 %s: not an IPv6 unicast address", pub)
-	case pub == host.PublicIP6 || pub == host.IfaceAddr6:
-		return false, fmt.Errorf("PublicIPv6 %s: is this host's own address", pub)
-	}
-	return false, nil
 }

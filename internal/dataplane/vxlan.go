@@ -305,21 +305,6 @@ func (b *vxlanDev) ensure(host Host) (created bool, err error) {
 	return created, nil
 }
 
-// checkPeer rejects leases that cannot be programmed whatever the backend.
-func checkPeer(p *lease.Lease, own netip.Prefix, host Host) error {
-	switch {
-	case !p.Subnet.IsValid() || !p.Subnet.Addr().Is4():
-		return fmt.Errorf("subnet %s: not an IPv4 subnet", p.Subnet)
-	case p.Subnet.Masked() == own:
-		return fmt.Errorf("subnet %s: is this host's own subnet", p.Subnet)
-	case !p.Attrs.PublicIP.Is4() || p.Attrs.PublicIP.IsUnspecified():
-		return fmt.Errorf("PublicIP %s: not an IPv4 unicast address", p.Attrs.PublicIP)
-	case p.Attrs.PublicIP == host.PublicIP || p.Attrs.PublicIP == host.IfaceAddr:
-		return fmt.Errorf("PublicIP %s: is this host's own address", p.Attrs.PublicIP)
-	}
-	return nil
-}
-
 func decodeVtepMAC(raw json.RawMessage) (net.HardwareAddr, error) {
 	mac, present, err := lease.VtepMAC(raw)
 	if err == nil && !present {
