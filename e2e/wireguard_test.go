@@ -1,0 +1,301 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/wgengine"
+)
+
+// wgLease is the part of a wireguard lease these tests read.
+type wgLease struct {
+	PublicIP    string
+	BackendType string
+	BackendData struct {
+		PublicKey string
+		Port      int
+	}
+}
+
+func readWGLease(t *testing.T, l *lab.Lab, subnet netip.Prefix) wgLease {
+	t.Helper()
+	resp, err := l.Etcd.Get(context.Background(), lab.LeaseKey(l.Config().Prefix, subnet))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("lease %s: %v (%d keys)", subnet, err, len(resp.Kvs))
+	}
+	var v wgLease
+	if err := json.Unmarshal(resp.Kvs[0].Value, &v); err != nil {
+		t.Fatalf("lease %s: %s: %v", subnet, resp.Kvs[0].Value, err)
+	}
+	return v
+}
+
+// hostDir is the lab host's directory: its key file and UAPI socket.
+func hostDir(h *lab.Host) string { return filepath.Dir(h.SubnetFile) }
+
+// wgState reports what is wrong with a host's flannel-wg, or nil: a TUN
+// holding <lease>/32, MTU underlay − 80 (flannel's), up, with the Network
+// route through it.
+func wgState(h *lab.Host) error {
+	l, err := h.NS.Handle.LinkByName("flannel-wg")
+	if err != nil {
+		return fmt.Errorf("%s: flannel-wg: %v", h.Name, err)
+	}
+	if l.Type() != "tuntap" || l.Attrs().MTU != 1420 {
+		return fmt.Errorf("%s: flannel-wg is a %s with MTU %d, want a TUN with 1420 (1500 − 80)", h.Name, l.Type(), l.Attrs().MTU)
+	}
+	addrs, err := h.NS.Handle.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	if want := netip.PrefixFrom(h.Subnet.Addr(), 32).String(); len(addrs) != 1 || addrs[0].IPNet.String() != want {
+		return fmt.Errorf("%s: flannel-wg addresses %v, want only %s", h.Name, addrs, want)
+	}
+	routes, err := h.NS.Handle.RouteList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	for _, r := range routes {
+		if r.Dst != nil && r.Dst.String() == "172.30.0.0/16" {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: no route for 172.30.0.0/16 via flannel-wg: %v", h.Name, routes)
+}
+
+// wgIn runs wg in host h's namespace with h's UAPI directory mounted where
+// wg looks (/var/run/wireguard → /run/wireguard): `ip netns exec` gives the
+// command a mount namespace of its own, so the mount is private to it.
+func wgIn(h *lab.Host, args ...string) (string, error) {
+	return h.NS.Run("sh", "-c", "mount --bind "+shQuote(hostDir(h))+" /run && exec wg "+strings.Join(args, " "))
+}
+
+func needWG(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("wg"); err != nil {
+		t.Skip("wg (wireguard-tools) is not installed: run scripts/install-deps.sh")
+	}
+}
+
+func allPing(l *lab.Lab) error {
+	var all []pair
+	for i := range l.Hosts {
+		for j := range l.Hosts {
+			if i != j {
+				all = append(all, pair{i, j})
+			}
+		}
+	}
+	return pings(l, all, lab.PingOptions{Timeout: 300 * time.Millisecond})
+}
+
+// TestWireGuard: three weft hosts with the wireguard backend on real etcd:
+// flannel's device, lease and key file; every pair pings (full MTU with DF
+// too); the underlay carries only UDP to port 51820, no inner ICMP or
+// payload in clear; `wg show` reads the UAPI socket; a restart keeps key and
+// subnet; a rotated key (lease rewritten) heals; a garbage key in one lease
+// harms no other peer; a host joins and leaves.
+func TestWireGuard(t *testing.T) {
+	l := newLab(t, "wireguard", 3)
+	ctx := context.Background()
+
+	t.Run("topology", func(t *testing.T) {
+		for _, h := range l.Hosts {
+			if err := wgState(h); err != nil {
+				t.Error(err)
+			}
+			v := readWGLease(t, l, h.Subnet)
+			key, err := wgengine.LoadOrCreateKey(filepath.Join(hostDir(h), "wgkey"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.BackendType != "wireguard" || v.BackendData.PublicKey != key.PublicKey().String() || v.BackendData.Port != 51820 {
+				t.Errorf("%s: lease %+v, want wireguard with the key file's public key %s and Port 51820", h.Name, v, key.PublicKey())
+			}
+			if st, err := os.Stat(filepath.Join(hostDir(h), "wgkey")); err != nil || st.Mode().Perm() != 0o600 {
+				t.Errorf("%s: key file: %v %v, want mode 0600", h.Name, st.Mode(), err)
+			}
+			if b, _ := os.ReadFile(h.SubnetFile); !strings.Contains(string(b), "FLANNEL_MTU=1420\n") {
+				t.Errorf("%s: subnet.env\n%s\nwant FLANNEL_MTU=1420", h.Name, b)
+			}
+		}
+		if err := lab.MatrixErr(l.PingMatrix(ctx, lab.PingOptions{})); err != nil {
+			t.Error(err)
+		}
+		// 1392 + 8 (ICMP) + 20 (IP) = 1420, the overlay MTU.
+		if err := lab.MatrixErr(l.PingMatrix(ctx, lab.PingOptions{Size: 1392, DF: true})); err != nil {
+			t.Errorf("full-MTU ping with DF: %v", err)
+		}
+	})
+
+	t.Run("underlay carries only WireGuard", func(t *testing.T) {
+		if _, err := exec.LookPath("tcpdump"); err != nil {
+			t.Skip("tcpdump is not installed: run scripts/install-deps.sh")
+		}
+		h0, h1 := l.Hosts[0], l.Hosts[1]
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		cap := exec.CommandContext(cctx, "ip", "netns", "exec", h0.NS.Name, "tcpdump", "-i", "eth0", "-nn", "-l", "-x", "-c", "12", "ip")
+		var out strings.Builder
+		cap.Stdout, cap.Stderr = &out, &out
+		if err := cap.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond) // tcpdump attaches
+		// A TCP connection attempt and pings with a marker payload, both ways.
+		h0.ContainerNS.Run("ping", "-c", "3", "-i", "0.2", "-p", "c0ffeec0ffee", h1.ContainerIP.String())
+		h1.ContainerNS.Run("ping", "-c", "3", "-i", "0.2", "-p", "c0ffeec0ffee", h0.ContainerIP.String())
+		cap.Wait()
+		text := out.String()
+		var pkts int
+		for _, line := range strings.Split(text, "\n") {
+			if !strings.Contains(line, " IP ") {
+				continue
+			}
+			pkts++
+			if !strings.Contains(line, "UDP") || !strings.Contains(line, ".51820") {
+				t.Errorf("underlay packet that is not WireGuard UDP to port 51820: %s", line)
+			}
+		}
+		if pkts == 0 {
+			t.Fatalf("tcpdump on %s eth0 saw nothing:\n%s", h0.Name, text)
+		}
+		if strings.Contains(text, "ICMP") || strings.Contains(strings.ReplaceAll(text, " ", ""), "c0ffeec0ffee") {
+			t.Errorf("inner ICMP or its payload in clear on the underlay:\n%s", text)
+		}
+		t.Logf("MEASURED %d underlay packets, all UDP to 51820, none in clear", pkts)
+	})
+
+	t.Run("wg show", func(t *testing.T) {
+		needWG(t)
+		out, err := wgIn(l.Hosts[0], "show", "flannel-wg")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range l.Hosts[1:] {
+			v := readWGLease(t, l, h.Subnet)
+			for _, want := range []string{"peer: " + v.BackendData.PublicKey, "allowed ips: " + h.Subnet.String(), "endpoint: " + h.Eth0IP.String() + ":51820"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("wg show flannel-wg on %s: no %q in\n%s", l.Hosts[0].Name, want, out)
+				}
+			}
+		}
+		if !strings.Contains(out, "listening port: 51820") {
+			t.Errorf("wg show: no listening port 51820:\n%s", out)
+		}
+	})
+
+	t.Run("garbage key harms no other peer", func(t *testing.T) {
+		bad := netip.MustParsePrefix("172.30.240.0/24")
+		key := lab.LeaseKey(l.Config().Prefix, bad)
+		val := `{"PublicIP":"10.64.3.99","BackendType":"wireguard","BackendData":{"PublicKey":"not-a-key","Port":51820}}`
+		if _, err := l.Etcd.Put(ctx, key, val); err != nil {
+			t.Fatal(err)
+		}
+		defer l.Etcd.Delete(ctx, key)
+		waitFor(t, "garbage-key lease logged as skipped", time.Now(), 5*time.Second, 10*time.Second, func() error {
+			b, _ := os.ReadFile(l.Hosts[0].LogFile)
+			if !strings.Contains(string(b), "172.30.240.0/24") || !strings.Contains(string(b), "not-a-key") {
+				return fmt.Errorf("no skip line for %s in %s", bad, l.Hosts[0].LogFile)
+			}
+			return nil
+		})
+		if err := allPing(l); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("restart keeps key and subnet", func(t *testing.T) {
+		h := l.Hosts[1]
+		before := readWGLease(t, l, h.Subnet)
+		if err := l.StopWeftd(1); err != nil {
+			t.Fatal(err)
+		}
+		since := time.Now()
+		if err := l.StartWeftd(1); err != nil {
+			t.Fatal(err)
+		}
+		env, err := l.WaitSubnetFile(ctx, 1, since)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if env.Subnet.Masked() != h.Subnet {
+			t.Errorf("subnet after restart %s, want %s", env.Subnet, h.Subnet)
+		}
+		if after := readWGLease(t, l, h.Subnet); after.BackendData.PublicKey != before.BackendData.PublicKey {
+			t.Errorf("public key after restart %s, want %s", after.BackendData.PublicKey, before.BackendData.PublicKey)
+		}
+		waitFor(t, "every pair pings after a restart", since, 5*time.Second, 15*time.Second, func() error { return allPing(l) })
+	})
+
+	t.Run("rotated key heals", func(t *testing.T) {
+		h := l.Hosts[2]
+		before := readWGLease(t, l, h.Subnet)
+		if err := l.StopWeftd(2); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(filepath.Join(hostDir(h), "wgkey")); err != nil {
+			t.Fatal(err)
+		}
+		since := time.Now()
+		if err := l.StartWeftd(2); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.WaitSubnetFile(ctx, 2, since); err != nil {
+			t.Fatal(err)
+		}
+		if after := readWGLease(t, l, h.Subnet); after.BackendData.PublicKey == before.BackendData.PublicKey {
+			t.Fatalf("lease still has the old key %s", before.BackendData.PublicKey)
+		}
+		waitFor(t, "every pair pings after a key rotation", since, 5*time.Second, 15*time.Second, func() error { return allPing(l) })
+	})
+
+	t.Run("host joins and leaves", func(t *testing.T) {
+		start := time.Now()
+		if _, err := l.AddHost(ctx); err != nil {
+			t.Fatal(err)
+		}
+		n := len(l.Hosts) - 1
+		waitFor(t, "a joining host pings every host both ways", start, 5*time.Second, 15*time.Second, func() error {
+			if err := wgState(l.Hosts[n]); err != nil {
+				return err
+			}
+			return pings(l, pairsWith(l, n), lab.PingOptions{Timeout: 300 * time.Millisecond})
+		})
+		gone := l.Hosts[n]
+		if err := l.StopWeftd(n); err != nil {
+			t.Errorf("SIGTERM: %v", err)
+		}
+		start = time.Now()
+		if _, err := l.Etcd.Delete(ctx, lab.LeaseKey(l.Config().Prefix, gone.Subnet)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := exec.LookPath("wg"); err != nil {
+			t.Log("wg not installed: the leaving host's peer removal is not read back")
+			return
+		}
+		waitFor(t, "a leaving host's peer removed from every other device", start, 2*time.Second, 10*time.Second, func() error {
+			for _, h := range l.Hosts[:n] {
+				out, err := wgIn(h, "show", "flannel-wg", "allowed-ips")
+				if err != nil {
+					return err
+				}
+				if strings.Contains(out, gone.Subnet.String()) {
+					return fmt.Errorf("%s still has a peer for %s:\n%s", h.Name, gone.Subnet, out)
+				}
+			}
+			return nil
+		})
+	})
+}
