@@ -285,7 +285,7 @@ func checkResult(t *testing.T, v, out string, r *rig, c *netnstest.NS) {
 		Interfaces []struct {
 			Name, Sandbox string
 		} `json:"interfaces"`
-		IPs []map[string]any `json:"ips"`
+		IPs    []map[string]any `json:"ips"`
 		Routes []struct {
 			Dst string `json:"dst"`
 		} `json:"routes"`
