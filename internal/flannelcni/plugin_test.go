@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
@@ -39,14 +40,25 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	pluginDir = dir
+	// cnitool keeps ADD's results in libcni's default cache (it cannot be
+	// moved); the directories it creates go when empty again.
+	var made []string
+	for _, d := range []string{"/var/lib/cni", "/var/lib/cni/results"} {
+		if _, err := os.Stat(d); err != nil {
+			made = append(made, d)
+		}
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	for _, d := range slices.Backward(made) {
+		os.Remove(d) // only if empty: files of any other runtime stay
+	}
 	os.Exit(code)
 }
 
 // delegates skips the test when the reference plugins are missing, and
 // when they do not speak the CNI version the test needs.
-func delegates(t *testing.T, cniVersion string) string {
+func delegates(t testing.TB, cniVersion string) string {
 	t.Helper()
 	dir, err := flannelcni.DelegateDir()
 	if err != nil {
@@ -64,7 +76,7 @@ func delegates(t *testing.T, cniVersion string) string {
 
 // cnitool is the CNI spec's own command-line runtime, built by
 // scripts/install-deps.sh.
-func cnitool(t *testing.T) string {
+func cnitool(t testing.TB) string {
 	t.Helper()
 	cands := []string{os.Getenv("WEFT_CNITOOL")}
 	cache := os.Getenv("WEFT_CACHE")
@@ -87,7 +99,7 @@ func cnitool(t *testing.T) string {
 // rig is one simulated host (a namespace where cni0 goes) with its
 // subnet.env, and the flannel network config that points at it.
 type rig struct {
-	t        *testing.T
+	t        testing.TB
 	host     *netnstest.NS
 	dir      string // subnet.env, net.d, dataDirs
 	subnet   netip.Prefix
@@ -102,7 +114,7 @@ const (
 	network6 = "fd30::/48"
 )
 
-func newRig(t *testing.T, cniVersion string, dual bool) *rig {
+func newRig(t testing.TB, cniVersion string, dual bool) *rig {
 	t.Helper()
 	netnstest.RequireRoot(t)
 	r := &rig{
@@ -134,7 +146,7 @@ func newRig(t *testing.T, cniVersion string, dual bool) *rig {
 	return r
 }
 
-func enableIPv6(t *testing.T, ns *netnstest.NS) {
+func enableIPv6(t testing.TB, ns *netnstest.NS) {
 	t.Helper()
 	if err := ns.Do(func() error {
 		for _, f := range []string{"all/disable_ipv6", "default/disable_ipv6", "all/accept_dad", "default/accept_dad"} {
@@ -250,7 +262,14 @@ func TestCNIToolVersions(t *testing.T) {
 
 			if tc.version != "0.3.1" { // CHECK came with 0.4.0
 				if _, err := r.cnitool("check", c); err != nil {
-					t.Errorf("CHECK after ADD: %v", err)
+					if strings.Contains(err.Error(), "not found in routing table") && !strings.Contains(r.cniPath, "cni-plugins-"+flannelcni.PluginsVersion) {
+						// Debian's bridge 1.1.1 compares the routes it
+						// installed via the gateway with the gw-less
+						// routes of its config; later releases do not.
+						t.Logf("CHECK not judged: the bridge plugin in %s fails it on gw-less ipam routes (a bug of old releases; install-deps builds %s): %v", r.cniPath, flannelcni.PluginsVersion, err)
+					} else {
+						t.Errorf("CHECK after ADD: %v", err)
+					}
 				}
 			}
 			// DEL uses the saved config: subnet.env may be gone by then.
@@ -475,7 +494,49 @@ func TestStatusAndGC(t *testing.T) {
 	}
 }
 
-func mustConf(t *testing.T, b []byte) *libcni.PluginConfig {
+// BenchmarkAddDel measures ADD and DEL of one container through libcni,
+// the plugin binary and the reference bridge and host-local (CNI 1.0.0),
+// reporting the medians: go test -run '^$' -bench AddDel -benchtime 20x.
+func BenchmarkAddDel(b *testing.B) {
+	r := newRig(b, "1.0.0", false)
+	cni := libcni.NewCNIConfigWithCacheDir(filepath.SplitList(r.cniPath), b.TempDir(), nil)
+	conf, err := os.ReadFile(r.confFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	nc := mustConf(b, conf)
+	c := netnstest.New(b, "fcb")
+	ctx := context.Background()
+	var adds, dels []time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		rt := &libcni.RuntimeConf{ContainerID: fmt.Sprintf("bench-%d", i), NetNS: c.Path, IfName: "eth0"}
+		err := r.host.Do(func() error {
+			start := time.Now()
+			if _, err := cni.AddNetwork(ctx, nc, rt); err != nil {
+				return fmt.Errorf("ADD: %w", err)
+			}
+			mid := time.Now()
+			if err := cni.DelNetwork(ctx, nc, rt); err != nil {
+				return fmt.Errorf("DEL: %w", err)
+			}
+			adds, dels = append(adds, mid.Sub(start)), append(dels, time.Since(mid))
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	median := func(ds []time.Duration) float64 {
+		slices.Sort(ds)
+		return float64(ds[len(ds)/2].Microseconds()) / 1000
+	}
+	b.ReportMetric(median(adds), "add-median-ms")
+	b.ReportMetric(median(dels), "del-median-ms")
+}
+
+func mustConf(t testing.TB, b []byte) *libcni.PluginConfig {
 	t.Helper()
 	c, err := libcni.ConfFromBytes(b)
 	if err != nil {
