@@ -89,8 +89,9 @@ type Engine struct {
 	pub  Key
 	log  *slog.Logger
 
-	mu   sync.Mutex // serialises SetPeers
-	uapi *uapiServer
+	mu     sync.Mutex // serialises SetPeers
+	seeded bool       // a SetPeers has configured peers: later additions are joins
+	uapi   *uapiServer
 
 	closeOnce sync.Once
 	closeErr  error
@@ -228,6 +229,7 @@ func (e *Engine) SetPeers(peers []Peer) error {
 		return errors.Join(append(errs, err)...)
 	}
 	var b strings.Builder
+	var added []Key
 	removed, written := 0, 0
 	// Removals first: a rotated key's allowed IPs are then free for the
 	// new peer (replace_allowed_ips would move them anyway).
@@ -239,8 +241,12 @@ func (e *Engine) SetPeers(peers []Peer) error {
 	}
 	for _, k := range sortedKeys(want) {
 		p := want[k]
-		if h, ok := have[k]; ok && samePeer(h.Peer, p) {
+		h, ok := have[k]
+		if ok && samePeer(h.Peer, p) {
 			continue
+		}
+		if !ok {
+			added = append(added, k)
 		}
 		fmt.Fprintf(&b, "public_key=%s\npreshared_key=%s\nendpoint=%s\npersistent_keepalive_interval=%d\nreplace_allowed_ips=true\n",
 			k.hex(), p.PSK.hex(), p.Endpoint, int(p.Keepalive/time.Second))
@@ -254,9 +260,27 @@ func (e *Engine) SetPeers(peers []Peer) error {
 			errs = append(errs, fmt.Errorf("wgengine: configure peers of %s (%d added or changed, %d removed): %w", e.name, written, removed, err))
 		} else {
 			e.log.Debug("peers changed", "peers", len(want), "written", written, "removed", removed)
+			if e.seeded {
+				e.greet(added)
+			}
 		}
 	}
+	e.seeded = true
 	return errors.Join(errs...)
+}
+
+// greet starts a handshake with peers that joined after the first
+// configuration. A joining host has usually tried to reach us before our
+// watch told us of it; its initiation was dropped (unknown key) and
+// WireGuard would retry only after REKEY_TIMEOUT (5 s). Our initiation,
+// which it accepts, opens the session at once. Not for the first
+// configuration: those peers mostly do not know us yet.
+func (e *Engine) greet(keys []Key) {
+	for _, k := range keys {
+		if p := e.dev.LookupPeer(device.NoisePublicKey(k)); p != nil {
+			p.SendKeepalive()
+		}
+	}
 }
 
 // samePeer reports whether the device's peer h already is p. h's
