@@ -111,7 +111,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, []string{"reason"}),
 		LeaseAlerts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "weft_lease_alerts_total",
-			Help: "Writes in etcd aimed at this host (counted once per write), by kind: own_lease_rewritten (restored), own_value_claimed (another key names our PublicIP, VtepMAC or subnet; see /readyz warnings).",
+			Help: "Writes in etcd aimed at this host (counted once per write), by kind: own_lease_rewritten (restored), own_value_claimed (another key names our PublicIP, VtepMAC or subnet; see /readyz warnings), identity_conflict (a lease names our PublicIP and another node name: weftd refused to start).",
 		}, []string{"kind"}),
 		RuleResyncs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "weft_rule_resyncs_total",
