@@ -13,8 +13,10 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/rtnl"
 	"github.com/weft-net/weft/internal/wgengine"
 )
 
@@ -298,4 +300,136 @@ func TestWireGuard(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// wireguardGoPath finds the stock wireguard-go scripts/wireguard-go.sh
+// builds: $WEFT_WIREGUARD_GO, else the cache directory of the version this
+// test binary links (weft's go.mod's).
+func wireguardGoPath(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("WEFT_WIREGUARD_GO"); p != "" {
+		return p
+	}
+	// The test runs in e2e/, inside weft's module: go.mod's version.
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "golang.zx2c4.com/wireguard").Output()
+	if err != nil {
+		t.Fatalf("go list -m golang.zx2c4.com/wireguard: %v", err)
+	}
+	version := strings.TrimSpace(string(out))
+	cache := os.Getenv("WEFT_CACHE")
+	if cache == "" {
+		cache = "/var/cache/weft"
+	}
+	p := filepath.Join(cache, "wireguard-go-"+version, "wireguard-go")
+	if _, err := os.Stat(p); err != nil {
+		t.Skipf("stock wireguard-go %s not built at %s: run scripts/wireguard-go.sh (or set WEFT_WIREGUARD_GO)", version, p)
+	}
+	return p
+}
+
+// stockWG runs shell commands in ns with runDir mounted on /run, where
+// wireguard-go puts its UAPI socket and wg looks for it.
+func stockWG(ns *rtnl.NS, runDir, script string) (string, error) {
+	return ns.Run("sh", "-c", "mount --bind "+shQuote(runDir)+" /run && "+script)
+}
+
+// TestWireGuardInterop: two weft hosts and one host that is not weft — a
+// stock wireguard-go configured with wg exactly as flannel's backend
+// configures its device from the leases (its private key, listen-port
+// 51820, one peer per lease: the lease's PublicKey, endpoint PublicIP:51820,
+// allowed-ips its subnet, the network's PSK; the /32 address and the
+// Network route) and publishing flannel's lease (BackendData with the
+// PublicKey only) — talk both ways, with the PSK off and on.
+func TestWireGuardInterop(t *testing.T) {
+	needWG(t)
+	wggo := wireguardGoPath(t)
+	psk, _ := wgengine.GenerateKey()
+	for _, tc := range []struct {
+		name string
+		psk  string
+	}{{"psk off", ""}, {"psk on", psk.String()}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := networkConfig("wireguard")
+			if tc.psk != "" {
+				cfg = strings.Replace(cfg, `"Type":"wireguard"`, `"Type":"wireguard","PSK":"`+tc.psk+`"`, 1)
+			}
+			l := newLabWith(t, lab.Config{Hosts: 3, Backend: "wireguard", NetworkConfig: cfg})
+			ctx := context.Background()
+			stock := l.Hosts[2]
+			if err := l.StopWeftd(2); err != nil {
+				t.Fatal(err)
+			}
+			// weft's persistent TUN stays after it exits; the stock
+			// device takes its name.
+			stock.NS.MustRun(t, "ip", "link", "del", "flannel-wg")
+
+			runDir := t.TempDir()
+			cmd := exec.Command("ip", "netns", "exec", stock.NS.Name, "sh", "-c",
+				"mount --bind "+shQuote(runDir)+" /run && exec "+shQuote(wggo)+" -f flannel-wg")
+			logf, _ := os.Create(filepath.Join(runDir, "wireguard-go.log"))
+			cmd.Stdout, cmd.Stderr = logf, logf
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				cmd.Process.Kill() // by PID: the one started here
+				cmd.Wait()
+				logf.Close()
+				if t.Failed() {
+					b, _ := os.ReadFile(logf.Name())
+					t.Logf("wireguard-go log:\n%s", b)
+				}
+			})
+			sock := filepath.Join(runDir, "wireguard", "flannel-wg.sock")
+			waitFor(t, "wireguard-go's UAPI socket", time.Now(), 5*time.Second, 10*time.Second, func() error {
+				_, err := os.Stat(sock)
+				return err
+			})
+
+			// flannel's key file and lease for the stock host.
+			priv, _ := wgengine.GenerateKey()
+			keyFile := filepath.Join(runDir, "wgkey")
+			os.WriteFile(keyFile, []byte(priv.String()), 0o600)
+			leaseKey := lab.LeaseKey(l.Config().Prefix, stock.Subnet)
+			resp, err := l.Etcd.Get(ctx, leaseKey)
+			if err != nil || len(resp.Kvs) != 1 {
+				t.Fatalf("stock host's lease: %v", err)
+			}
+			val := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":"%s"}}`, stock.Eth0IP, priv.PublicKey())
+			if _, err := l.Etcd.Put(ctx, leaseKey, val, clientv3.WithLease(clientv3.LeaseID(resp.Kvs[0].Lease))); err != nil {
+				t.Fatal(err)
+			}
+
+			// The device as flannel's backend configures it.
+			script := []string{"wg set flannel-wg private-key /run/wgkey listen-port 51820"}
+			if tc.psk != "" {
+				os.WriteFile(filepath.Join(runDir, "psk"), []byte(tc.psk), 0o600)
+			}
+			for _, h := range l.Hosts[:2] {
+				v := readWGLease(t, l, h.Subnet)
+				peer := fmt.Sprintf("wg set flannel-wg peer %s endpoint %s:51820 allowed-ips %s", v.BackendData.PublicKey, v.PublicIP, h.Subnet)
+				if tc.psk != "" {
+					peer += " preshared-key /run/psk"
+				}
+				script = append(script, peer)
+			}
+			script = append(script,
+				"ip addr add "+stock.Subnet.Addr().String()+"/32 dev flannel-wg",
+				"ip link set flannel-wg up",
+				"ip route replace 172.30.0.0/16 dev flannel-wg")
+			if out, err := stockWG(stock.NS, runDir, strings.Join(script, " && ")); err != nil {
+				t.Fatalf("configure the stock device: %v\n%s", err, out)
+			}
+
+			start := time.Now()
+			waitFor(t, "weft ↔ stock wireguard-go: every pair pings", start, 5*time.Second, 20*time.Second, func() error { return allPing(l) })
+			out, err := stockWG(stock.NS, runDir, "wg show flannel-wg latest-handshakes")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := strings.Count(out, "\n"); n != 2 || strings.Contains(out, "\t0\n") {
+				t.Errorf("stock device handshakes:\n%s\nwant a recent handshake with each weft host", out)
+			}
+		})
+	}
 }
