@@ -11,6 +11,7 @@ command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v iperf3 >/dev/null || need+=(iperf3)
 command -v gcc >/dev/null || need+=(gcc libc6-dev) # go test -race needs cgo
 command -v systemd-analyze >/dev/null || need+=(systemd) # dist tests: systemd-analyze verify
+command -v tcpdump >/dev/null || need+=(tcpdump) # wireguard tests: the underlay carries no clear text
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "install-deps: need root to install: ${need[*]}" >&2
@@ -20,6 +21,19 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# wg (wireguard-tools) configures the stock wireguard-go of the wireguard
+# interop tests and reads weft's UAPI socket. Without recommends: they would
+# pull a kernel image (for the WireGuard module weft does not use).
+if ! command -v wg >/dev/null; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: need root to install: wireguard-tools" >&2
+    exit 1
+  fi
+  echo "install-deps: installing wireguard-tools" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends wireguard-tools >/dev/null
 fi
 
 # install_no_start PKG UNIT... installs a package whose maintainer scripts
