@@ -27,7 +27,7 @@ var buildFlannel = sync.OnceValue(func() error {
 // to the reference bridge and host-local), over IPv4 and, dual-stack, IPv6:
 // each container has the first host-local address of its host's lease, a
 // route to the overlay via cni0 at FLANNEL_MTU, and every pair pings across
-// hosts.
+// hosts; closing the lab runs every container's CNI DEL without error.
 func TestCNI(t *testing.T) {
 	if _, err := flannelcni.DelegateDir(); err != nil {
 		t.Skipf("skipped: %v", err)
@@ -79,6 +79,11 @@ func TestCNI(t *testing.T) {
 				waitFor(t, fmt.Sprintf("CNI containers ping across hosts (IPv6 %t)", six), time.Now(), 5*time.Second, 15*time.Second, func() error {
 					return pings(l, all, lab.PingOptions{IPv6: six, Timeout: time.Second})
 				})
+			}
+			// Close runs each container's CNI DEL before removing the
+			// namespaces; a failed DEL is in its error.
+			if err := l.Close(); err != nil {
+				t.Errorf("lab close (CNI DEL included): %v", err)
 			}
 		})
 	}
