@@ -419,6 +419,27 @@ func (l *Lab) stopDockerd(ctx context.Context, h *Host) error {
 	return errors.Join(err, stopDockerdAt(ctx, h.docker(), l.log.With("host", h.Name)))
 }
 
+// ForgetDocker removes host i's Docker state (images, containers and the
+// networks dockerd remembers, e.g. the bridge's last --bip), as on a host
+// where Docker never ran. dockerd must be stopped.
+func (l *Lab) ForgetDocker(i int) error {
+	h, err := l.host(i)
+	if err != nil {
+		return err
+	}
+	p := h.docker()
+	if pid := dockerdPID(p); pid > 0 {
+		return fmt.Errorf("host %s: dockerd (pid %d) still running; StopDockerd first", h.Name, pid)
+	}
+	if m := mountsUnder(p.dataRoot); len(m) > 0 {
+		return fmt.Errorf("host %s: %s still mounted under %s", h.Name, strings.Join(m, ", "), p.dataRoot)
+	}
+	if err := os.RemoveAll(p.dataRoot); err != nil {
+		return fmt.Errorf("host %s: remove Docker's data: %w", h.Name, err)
+	}
+	return nil
+}
+
 // dockerdPID is the PID in p's pidfile if that process is the dockerd
 // started with that pidfile (never a recycled PID), else 0.
 func dockerdPID(p dockerPaths) int {
