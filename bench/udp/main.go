@@ -8,7 +8,15 @@
 //
 // raw:   iperf3 between host A and host B over the underlay veth (the limit);
 // vxlan: container to container over weft's vxlan backend (kernel vxlan);
-// udp:   container to container over weft's udp backend (engine in this process).
+// udp:   container to container over weft's udp backend (engine in this process);
+// wireguard: container to container over weft's wireguard backend (userspace
+//
+//	WireGuard in this process);
+//
+// wggo:  container to container over a stock wireguard-go process per host
+//
+//	(scripts/wireguard-go.sh; configured with wg): the anchor the
+//	wireguard backend must match.
 //
 // For each mode and each of -runs rounds (modes interleaved, so drift on a
 // shared machine hits all of them alike) it runs iperf3 TCP single stream,
@@ -29,6 +37,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -43,6 +52,7 @@ import (
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
 	"github.com/weft-net/weft/internal/testutil/netnstest"
+	"github.com/weft-net/weft/internal/wgengine"
 )
 
 func main() {
@@ -65,9 +75,11 @@ type host struct {
 func (h *host) ctrIP() netip.Addr { return h.subnet.Addr().Next().Next() }
 
 type topo struct {
-	mode string
-	a, b *host
-	all  []*netnstest.NS
+	mode  string
+	a, b  *host
+	all   []*netnstest.NS
+	procs []*exec.Cmd // wireguard-go processes (wggo), killed by PID
+	dir   string      // key files and UAPI sockets (wireguard, wggo)
 }
 
 func (t *topo) close() {
@@ -75,6 +87,13 @@ func (t *topo) close() {
 		if h != nil && h.be != nil {
 			h.be.Close()
 		}
+	}
+	for _, p := range t.procs {
+		p.Process.Kill()
+		p.Wait()
+	}
+	if t.dir != "" {
+		os.RemoveAll(t.dir)
 	}
 	for _, n := range t.all {
 		n.Close()
@@ -116,7 +135,7 @@ func build(mode string, log *slog.Logger) (*topo, error) {
 	if err := netnstest.VethPair(t.a.ns, "eth0", t.b.ns, "eth0"); err != nil {
 		return t, err
 	}
-	mtu := map[string]int{"raw": 1500, "vxlan": 1450, "udp": 1472}[mode]
+	mtu := map[string]int{"raw": 1500, "vxlan": 1450, "udp": 1472, "wireguard": 1420, "wggo": 1420}[mode]
 	for _, h := range hs {
 		if _, err := h.ns.Run("sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
 			return t, err
@@ -155,9 +174,25 @@ func build(mode string, log *slog.Logger) (*topo, error) {
 	if mode == "raw" {
 		return t, nil
 	}
-	for _, h := range hs {
+	if mode == "wireguard" || mode == "wggo" {
+		dir, err := os.MkdirTemp("", "weft-wgbench-")
+		if err != nil {
+			return t, err
+		}
+		t.dir = dir
+	}
+	if mode == "wggo" {
+		return t, buildWGGo(t)
+	}
+	for i, h := range hs {
 		fd := h.ns.Fd()
 		cfg := netconf.Config{BackendType: mode, Backend: json.RawMessage(`{}`), Network: network}
+		if mode == "wireguard" {
+			// Each host its own key (Init reads the environment); no
+			// UAPI socket.
+			os.Setenv(wgengine.KeyFileEnv, filepath.Join(t.dir, fmt.Sprintf("h%d.key", i)))
+			os.Setenv(wgengine.SocketDirEnv, "-")
+		}
 		be, err := dataplane.NewBackend(cfg, dataplane.Host{IfaceName: "eth0", NetNS: &fd}, h.ns.Handle, log)
 		if err != nil {
 			return t, err
@@ -179,6 +214,56 @@ func build(mode string, log *slog.Logger) (*topo, error) {
 		}
 	}
 	return t, nil
+}
+
+// buildWGGo runs a stock wireguard-go on each host, configured with wg as
+// flannel's backend would: key, port 51820, the other host as peer (its
+// subnet, its address), the peer subnet routed through the device.
+func buildWGGo(t *topo) error {
+	bin := os.Getenv("WEFT_WIREGUARD_GO")
+	if bin == "" {
+		out, err := exec.Command("scripts/wireguard-go.sh").Output()
+		if err != nil {
+			return fmt.Errorf("scripts/wireguard-go.sh (run from the repository root): %w", err)
+		}
+		bin = strings.TrimSpace(string(out))
+	}
+	hs := []*host{t.a, t.b}
+	keys := make([]wgengine.Key, 2)
+	for i, h := range hs {
+		keys[i], _ = wgengine.GenerateKey()
+		run := filepath.Join(t.dir, fmt.Sprintf("run%d", i))
+		if err := os.MkdirAll(run, 0o700); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(run, "key"), []byte(keys[i].String()), 0o600); err != nil {
+			return err
+		}
+		cmd := exec.Command("ip", "netns", "exec", h.ns.Name, "sh", "-c", "mount --bind "+run+" /run && exec "+bin+" -f wg0")
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("start wireguard-go: %w", err)
+		}
+		t.procs = append(t.procs, cmd)
+		sock := filepath.Join(run, "wireguard", "wg0.sock")
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if _, err := os.Stat(sock); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("wireguard-go in %s: no UAPI socket %s", h.ns.Name, sock)
+			}
+		}
+	}
+	for i, h := range hs {
+		peer := hs[1-i]
+		script := fmt.Sprintf("mount --bind %s /run && wg set wg0 private-key /run/key listen-port 51820 peer %s endpoint %s:51820 allowed-ips %s"+
+			" && ip link set wg0 mtu 1420 up && ip route add %s dev wg0",
+			filepath.Join(t.dir, fmt.Sprintf("run%d", i)), keys[1-i].PublicKey(), peer.public, peer.subnet, peer.subnet)
+		if _, err := h.ns.Run("sh", "-c", script); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // endpoints: where the iperf3 client and server run, and the server address.
@@ -407,6 +492,12 @@ func run() error {
 		}
 		fmt.Printf("udp / vxlan udp64 pps: %.0f %%\n", 100*med("udp", "udp64", func(x result) float64 { return x.pps })/med("vxlan", "udp64", func(x result) float64 { return x.pps }))
 		fmt.Printf("udp engine (this process) CPU during TCP 1 stream: %.0f %% of a core\n", 100*med("udp", "tcp1", func(x result) float64 { return x.selfCPU }))
+	}
+	if res["wireguard"] != nil && res["wggo"] != nil {
+		for _, tc := range []string{"tcp1", "tcp4"} {
+			fmt.Printf("wireguard / wggo %s: %.0f %%\n", tc, 100*med("wireguard", tc, gbps)/med("wggo", tc, gbps))
+		}
+		fmt.Printf("wireguard (this process) CPU during TCP 1 stream: %.0f %% of a core\n", 100*med("wireguard", "tcp1", func(x result) float64 { return x.selfCPU }))
 	}
 	if res["udp"] != nil && res["raw"] != nil {
 		fmt.Printf("udp / raw tcp1: %.1f %%\n", 100*med("udp", "tcp1", gbps)/med("raw", "tcp1", gbps))
