@@ -9,14 +9,11 @@
 // raw:   iperf3 between host A and host B over the underlay veth (the limit);
 // vxlan: container to container over weft's vxlan backend (kernel vxlan);
 // udp:   container to container over weft's udp backend (engine in this process);
-// wireguard: container to container over weft's wireguard backend (userspace
-//
-//	WireGuard in this process);
-//
-// wggo:  container to container over a stock wireguard-go process per host
-//
-//	(scripts/wireguard-go.sh; configured with wg): the anchor the
-//	wireguard backend must match.
+// wireguard: container to container over weft's wireguard backend
+// (userspace WireGuard in this process);
+// wggo: container to container over a stock wireguard-go process per host
+// (scripts/wireguard-go.sh; configured with wg), the anchor the wireguard
+// backend must match.
 //
 // For each mode and each of -runs rounds (modes interleaved, so drift on a
 // shared machine hits all of them alike) it runs iperf3 TCP single stream,
