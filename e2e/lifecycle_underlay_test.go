@@ -71,8 +71,9 @@ func hostNet(a netip.Addr) *net.IPNet {
 // kernel deletes flannel.1 with it) and recreates it with the same address
 // while the containers ping: weftd rebuilds the dataplane on the new NIC and
 // the pings come back. The recovery time (first answered ping after the
-// NIC is back) is logged as MEASURED. The lease names the host's VtepMAC,
-// which peers follow if the device came back with another MAC.
+// NIC is back) is logged as MEASURED. The rebuilt device keeps the VtepMAC
+// the lease publishes (dataplane.Host.VtepMAC), so peers' FDB entries stay
+// right throughout.
 func TestUnderlayNICRecreated(t *testing.T) {
 	l := newLab(t, "vxlan", 2, "-healthz-port="+faultHealthPort)
 	before, _ := readLease(t, l, l.Hosts[1].Subnet)
@@ -85,7 +86,9 @@ func TestUnderlayNICRecreated(t *testing.T) {
 		return pings(l, []pair{{0, 1}, {1, 0}}, lab.PingOptions{Timeout: 100 * time.Millisecond})
 	})
 	after, _ := readLease(t, l, l.Hosts[1].Subnet)
-	t.Logf("VtepMAC before %s, after the NIC was recreated %s", before.BackendData.VtepMAC, after.BackendData.VtepMAC)
+	if before.BackendData.VtepMAC != after.BackendData.VtepMAC {
+		t.Errorf("VtepMAC %s before, %s after the NIC was recreated: want it kept", before.BackendData.VtepMAC, after.BackendData.VtepMAC)
+	}
 	if after.PublicIP != l.Hosts[1].Eth0IP.String() {
 		t.Errorf("lease PublicIP %s, want %s", after.PublicIP, l.Hosts[1].Eth0IP)
 	}

@@ -54,14 +54,24 @@ type engine struct {
 	cfgRaw   string // the last config value judged
 }
 
-// hostFor is the backend's view of the underlay interface ext.
+// hostFor is the backend's view of the underlay interface ext. A rebuilt
+// backend (the NIC was recreated, deleting flannel.<VNI> with it) recreates
+// its device with the VtepMAC the lease already publishes, so peers' FDB
+// entries stay right while the lease is rewritten.
 func (n *engine) hostFor(ext extiface.ExtIface) dataplane.Host {
-	return dataplane.Host{
+	h := dataplane.Host{
 		IfaceName: ext.Name, IfaceIndex: ext.Index, IfaceMTU: ext.MTU,
 		IfaceAddr: ext.IfaceAddr, PublicIP: ext.PublicIP,
 		IfaceAddr6: ext.IfaceAddr6, PublicIP6: n.pub6,
 		BlackholeRoute: n.o.IPBlackholeRoute,
 	}
+	if mac, ok, err := lease.VtepMAC(n.last.Own.Attrs.BackendData); ok && err == nil {
+		h.VtepMAC = mac
+	}
+	if mac, ok, err := lease.VtepMAC(n.last.Own.Attrs.BackendV6Data); ok && err == nil {
+		h.VtepMAC6 = mac
+	}
+	return h
 }
 
 // buildBackend creates and initialises the backend of cfg on ext; the

@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/extiface"
 	"github.com/weft-net/weft/internal/netconf"
 	"github.com/weft-net/weft/internal/rtnl"
@@ -20,14 +21,6 @@ import (
 // without a netlink event (a missed or overflowed subscription); tests
 // shorten it.
 var underlayCheckInterval = 5 * time.Second
-
-// Encapsulation overheads, for the MTU check at start. They are the
-// dataplane's (vxlanOverhead, udpOverhead), which it does not export: the
-// check must stay in step with them.
-const (
-	vxlanOverhead4 = 50 // outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
-	vxlanOverhead6 = 70 // the same over an IPv6 underlay (outer header 40)
-)
 
 // checkMTU refuses a configured vxlan MTU that does not fit the underlay:
 // each encapsulated frame would be larger than the NIC's MTU and dropped
@@ -43,10 +36,7 @@ func checkMTU(cfg netconf.Config, iface string, ifaceMTU int) error {
 	if err != nil || opts.MTU == 0 {
 		return nil // invalid options are netconf's to report; 0 follows the NIC
 	}
-	overhead := vxlanOverhead4
-	if cfg.EnableIPv6 {
-		overhead = vxlanOverhead6 // flannel-v6 carries the same MTU over IPv6
-	}
+	overhead := dataplane.Overhead(cfg) // flannel-v6 carries the same MTU over IPv6
 	if limit := ifaceMTU - overhead; opts.MTU > limit {
 		return fmt.Errorf("Backend.MTU %d does not fit interface %s: its MTU %d minus the %d bytes vxlan adds is %d, so encapsulated frames would be dropped; set Backend.MTU to at most %d (or 0: %s's MTU minus %d), or raise %s's MTU to at least %d",
 			opts.MTU, iface, ifaceMTU, overhead, limit, limit, iface, overhead, iface, opts.MTU+overhead)

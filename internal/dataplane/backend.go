@@ -282,3 +282,22 @@ func (b *backend) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Overhead is what the backend of cfg adds to every packet on the underlay,
+// so the largest MTU a container may use is the underlay's minus it (0 for
+// the backends that do not encapsulate). A dual-stack vxlan network counts
+// the IPv6 device's larger outer header: a container has one MTU for both.
+func Overhead(cfg netconf.Config) int {
+	switch strings.ToLower(cfg.BackendType) {
+	case netconf.BackendVXLAN, "":
+		if cfg.EnableIPv6 {
+			return vxlan6Overhead
+		}
+		return vxlanOverhead
+	case netconf.BackendUDP:
+		return udpOverhead
+	case netconf.BackendWireGuard:
+		return wgOverhead
+	}
+	return 0
+}

@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
@@ -21,6 +22,14 @@ type Host struct {
 	// Only a dual-stack network (EnableIPv6) uses these two.
 	IfaceAddr6 netip.Addr // the interface's global IPv6 address: flannel-v6.<VNI>'s local address; zero = first usable one on it
 	PublicIP6  netip.Addr // lease PublicIPv6; zero = IfaceAddr6
+
+	// VtepMAC and VtepMAC6 are the MACs a vxlan device weft must create
+	// takes (flannel.<VNI>, flannel-v6.<VNI>): what the lease already
+	// publishes, so that a backend rebuilt after the underlay NIC was
+	// recreated (which deletes the device with it) keeps the lease's MAC
+	// and peers' FDB entries stay right. nil: the kernel picks one. An
+	// existing compatible device keeps its own.
+	VtepMAC, VtepMAC6 net.HardwareAddr
 
 	// BlackholeRoute installs a blackhole route for the own subnet
 	// (-ip-blackhole-route), so that traffic for a container that does not

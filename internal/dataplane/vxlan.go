@@ -343,8 +343,10 @@ func setupVXLAN(b *backend, specs []spec) (Published, int, error) {
 	for _, s := range specs {
 		dev := newVXLANDev(opts, s.family, b.h, b.log)
 		log := b.log.With("device", dev.name)
+		dev.mac = host.VtepMAC
 		if s.family == unix.AF_INET6 {
 			log = log.With("family", "ipv6")
+			dev.mac = host.VtepMAC6
 		}
 		if _, err := dev.ensure(host); err != nil {
 			return Published{}, 0, err
