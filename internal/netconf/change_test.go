@@ -22,7 +22,7 @@ func TestCompareConfigs(t *testing.T) {
 	cur := mustParse(t, `{"Network":"172.30.0.0/16","Backend":{"Type":"vxlan"}}`)
 	for _, tc := range []struct {
 		next             string
-		noLease          bool // judged for a host without a lease
+		noLease          bool   // judged for a host without a lease
 		restart, live    string // substrings of the first restart/live item ("" = none)
 		network, backend bool
 	}{
