@@ -28,6 +28,7 @@ import (
 
 	"github.com/weft-net/weft/internal/extiface"
 	"github.com/weft-net/weft/internal/flagenv"
+	"github.com/weft-net/weft/internal/latest"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
 	"github.com/weft-net/weft/internal/rules"
@@ -246,7 +247,7 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 	wg.Go(func() { errc <- mgr.Run(ctx) })
 	wg.Go(func() { n.rm.Run(ctx, time.Duration(o.IPTablesResyncSeconds)*time.Second); errc <- nil })
 	cfgCh := make(chan []byte, 1)
-	sendLatestBytes(cfgCh, cfgRaw) // judged like any later write
+	latest.Send(cfgCh, cfgRaw) // judged like any later write
 	wg.Go(func() { watchConfig(ctx, cli, store.ConfigKey(), cfgRev, cfgCh, log) })
 	underlayWake := make(chan struct{}, 1)
 	n.subscribeUnderlay(ctx, underlayWake)
@@ -326,21 +327,6 @@ func connectEtcd(ctx context.Context, o *Options, h *health, log *slog.Logger) (
 		case <-time.After(retry):
 		}
 		retry = min(2*retry, 30*time.Second)
-	}
-}
-
-// sendLatest replaces an unread snapshot: only the newest state matters.
-func sendLatest(ch chan lease.Snapshot, s lease.Snapshot) {
-	for {
-		select {
-		case ch <- s:
-			return
-		default:
-			select {
-			case <-ch:
-			default:
-			}
-		}
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/extiface"
+	"github.com/weft-net/weft/internal/latest"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
 	"github.com/weft-net/weft/internal/rules"
@@ -111,7 +112,7 @@ func (n *engine) startLoop(ctx context.Context) {
 		}
 	}()
 	if n.last.Own.Subnet.IsValid() {
-		sendLatest(n.toLoop, n.last)
+		latest.Send(n.toLoop, n.last)
 	}
 }
 
@@ -208,5 +209,5 @@ func (n *engine) relay(snap lease.Snapshot) {
 		n.own = snap.Own
 	}
 	n.last = snap
-	sendLatest(n.toLoop, snap)
+	latest.Send(n.toLoop, snap)
 }

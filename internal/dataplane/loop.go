@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/weft-net/weft/internal/latest"
 	"github.com/weft-net/weft/internal/lease"
 )
 
@@ -159,7 +160,9 @@ func (l *Loop) Run(ctx context.Context, snaps <-chan lease.Snapshot) error {
 				snaps = nil // keep the last snapshot; keep reconciling it
 				continue
 			}
-			snap, have, dirty = latest(snaps, s), true, true
+			// A burst of snapshots costs one apply.
+			snap, _ = latest.Drain(snaps, s)
+			have, dirty = true, true
 		case <-events:
 			dirty, full = true, true
 		case <-retry.C:
@@ -167,21 +170,6 @@ func (l *Loop) Run(ctx context.Context, snaps <-chan lease.Snapshot) error {
 		case <-resync.C:
 			dirty, full = true, true
 			resync.Reset(l.jittered())
-		}
-	}
-}
-
-// latest drains snapshots already queued so a burst costs one apply.
-func latest(snaps <-chan lease.Snapshot, s lease.Snapshot) lease.Snapshot {
-	for {
-		select {
-		case n, ok := <-snaps:
-			if !ok {
-				return s
-			}
-			s = n
-		default:
-			return s
 		}
 	}
 }

@@ -36,6 +36,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weft-net/weft/internal/latest"
 	"github.com/weft-net/weft/internal/netconf"
 )
 
@@ -804,7 +805,7 @@ func (m *Manager) rejectLocked(key string, l Lease, reason, why string) {
 }
 
 // publishLocked sends the current state as a snapshot, replacing an unread
-// one. Only the goroutine holding m.mu sends, so drain-then-send cannot block.
+// one (only the goroutine holding m.mu sends).
 func (m *Manager) publishLocked() {
 	if !m.held {
 		return
@@ -818,11 +819,7 @@ func (m *Manager) publishLocked() {
 	if m.cfg.Hooks.Peers != nil {
 		m.cfg.Hooks.Peers(m.idx.known, len(snap.Peers))
 	}
-	select {
-	case <-m.snaps:
-	default:
-	}
-	m.snaps <- snap
+	latest.Send(m.snaps, snap)
 }
 
 // Run keeps the lease alive, follows the peers and re-acquires the lease
