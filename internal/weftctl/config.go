@@ -8,8 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,8 +29,11 @@ const configUsage = `usage: weftctl config get [etcd flags]
 
 get       print the network config stored at <etcd-prefix>/config
 set       validate FILE (- = stdin) and write it; an invalid config is refused,
-          the change is shown as a diff, and a config that existing leases
-          would not fit is refused unless -force
+          the change is shown as a diff with what the running weftds apply
+          live and what needs a restart (and on how many hosts); a change
+          that needs a restart of hosts holding leases, or that existing
+          leases would not fit, is refused unless -force; -dry-run shows all
+          of it and writes nothing
 validate  check FILE (- = stdin), or the stored config when no FILE is given
 
 etcd flags (also read from FLANNELD_* environment variables, as weftd does):`
@@ -60,7 +65,8 @@ func runConfig(ctx context.Context, env *Env, args []string) error {
 	fs.SetOutput(env.Stderr)
 	var eo etcdopts.Options
 	eo.AddFlags(fs)
-	force := fs.Bool("force", false, "set: write even if existing leases fall outside the new config")
+	force := fs.Bool("force", false, "set: write even if existing leases fall outside the new config or running weftds need a restart for it")
+	dryRun := fs.Bool("dry-run", false, "set: show the change, what the running weftds apply live and what needs a restart, and write nothing")
 	fs.Usage = func() { printConfigUsage(env.Stderr, fs) }
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -107,7 +113,8 @@ func runConfig(ctx context.Context, env *Env, args []string) error {
 			return err
 		}
 		defer cli.Close()
-		if err := reviewChange(ctx, env, cli, eo.Prefix, key, data, newCfg, *force); err != nil {
+		write, err := reviewChange(ctx, env, cli, eo.Prefix, key, data, newCfg, *force, *dryRun)
+		if err != nil || !write {
 			return err
 		}
 		cctx, cancel := context.WithTimeout(ctx, etcdCallTimeout)
@@ -143,19 +150,27 @@ func runConfig(ctx context.Context, env *Env, args []string) error {
 	}
 }
 
-// reviewChange shows what set changes and refuses a config under which
-// existing leases would no longer fit (a new Network, SubnetLen or range):
-// their hosts would keep routing subnets that no longer belong to the overlay.
-// -force writes anyway (weftd then moves each host to a subnet that fits).
-func reviewChange(ctx context.Context, env *Env, cli *clientv3.Client, prefix, key string, data []byte, c netconf.Config, force bool) error {
+// reviewChange shows what set changes and how the running weftds take it
+// (netconf.CompareConfigs, weftd's own judgement), then decides whether to
+// write. Refused unless -force: a config under which existing leases would no
+// longer fit (their hosts would keep routing subnets outside the overlay), and
+// a change that needs a restart of hosts holding leases (each such weftd turns
+// unready and runs on the old config until restarted: writing it is the first
+// step of a rolling restart, which the operator must mean). A change every
+// weftd applies live is written without asking. The returned bool is whether
+// to write; dryRun shows everything and writes nothing.
+func reviewChange(ctx context.Context, env *Env, cli *clientv3.Client, prefix, key string, data []byte, c netconf.Config, force, dryRun bool) (bool, error) {
 	cctx, cancel := context.WithTimeout(ctx, etcdCallTimeout)
 	defer cancel()
 	resp, err := cli.Get(cctx, key)
 	if err != nil {
-		return fmt.Errorf("get %s from etcd %s: %w", key, strings.Join(cli.Endpoints(), ","), err)
+		return false, fmt.Errorf("get %s from etcd %s: %w", key, strings.Join(cli.Endpoints(), ","), err)
 	}
 	if len(resp.Kvs) == 0 {
-		return nil // first config: nothing to compare or orphan
+		if dryRun {
+			fmt.Fprintf(env.Stdout, "%s does not exist: the config would be written as the first one\n", key)
+		}
+		return !dryRun, nil // first config: nothing to compare or orphan
 	}
 	old := resp.Kvs[0].Value
 	if d := lineDiff(prettyJSON(old), prettyJSON(data)); d != "" {
@@ -163,7 +178,12 @@ func reviewChange(ctx context.Context, env *Env, cli *clientv3.Client, prefix, k
 	}
 	leases, _, err := lease.NewStore(cli, prefix, nil).List(ctx)
 	if err != nil {
-		return fmt.Errorf("list leases to check the new config: %w", err)
+		return false, fmt.Errorf("list leases to check the new config: %w", err)
+	}
+	subnets := lease.SubnetsPrefix(prefix)
+	var refusals []string
+	if msg := judgeForHosts(env, old, c, leases, subnets); msg != "" {
+		refusals = append(refusals, msg)
 	}
 	var orphans []string
 	for _, l := range leases {
@@ -171,15 +191,78 @@ func reviewChange(ctx context.Context, env *Env, cli *clientv3.Client, prefix, k
 			orphans = append(orphans, fmt.Sprintf("%s (%s)", l.Subnet, l.Attrs.PublicIP))
 		}
 	}
-	if len(orphans) == 0 {
-		return nil
+	if len(orphans) > 0 {
+		refusals = append(refusals, fmt.Sprintf("%d existing lease(s) fall outside the new config (Network %s, SubnetLen %d): %s", len(orphans), c.Network, c.SubnetLen, strings.Join(orphans, ", ")))
 	}
-	msg := fmt.Sprintf("%d existing lease(s) fall outside the new config (Network %s, SubnetLen %d): %s", len(orphans), c.Network, c.SubnetLen, strings.Join(orphans, ", "))
-	if !force {
-		return fmt.Errorf("%s; nothing written to %s (add -force to write anyway)", msg, key)
+	switch {
+	case dryRun:
+		verdict := "would be written"
+		if len(refusals) > 0 && !force {
+			verdict = "would be refused without -force: " + strings.Join(refusals, "; ")
+		}
+		fmt.Fprintf(env.Stdout, "dry run: nothing written to %s; the config %s\n", key, verdict)
+		return false, nil
+	case len(refusals) == 0:
+		return true, nil
+	case !force:
+		return false, fmt.Errorf("%s; nothing written to %s (add -force to write anyway, -dry-run to only show the change)", strings.Join(refusals, "; "), key)
 	}
-	fmt.Fprintf(env.Stderr, "warning: %s; writing because of -force\n", msg)
-	return nil
+	fmt.Fprintf(env.Stderr, "warning: %s; writing because of -force\n", strings.Join(refusals, "; "))
+	return true, nil
+}
+
+// judgeForHosts prints which changes every running weftd applies live and
+// which need a restart, with how many hosts (leases under subnets) are
+// affected; it returns the refusal for a restart needed by at least one host,
+// "" when none is. A stored config that no longer parses cannot be compared:
+// that is said, and nothing is refused for it (weftd ignores invalid values,
+// so the hosts run on some older config).
+func judgeForHosts(env *Env, old []byte, next netconf.Config, leases []lease.Lease, subnets string) string {
+	cur, _, err := netconf.Parse(old)
+	if err != nil {
+		fmt.Fprintf(env.Stdout, "the config in etcd is invalid (%v): the running weftds ignored it, so how they take the new one cannot be judged\n", err)
+		return ""
+	}
+	all := netconf.CompareConfigs(cur, next, netip.Prefix{})
+	var restartHosts []string
+	reasons := all.Restart
+	for _, l := range leases {
+		ch := netconf.CompareConfigs(cur, next, l.Subnet)
+		if len(ch.Restart) == 0 {
+			continue
+		}
+		restartHosts = append(restartHosts, fmt.Sprintf("%s (%s)", l.Subnet, l.Attrs.PublicIP))
+		for _, r := range ch.Restart {
+			if !slices.Contains(reasons, r) {
+				reasons = append(reasons, r)
+			}
+		}
+	}
+	n := len(leases)
+	switch liveHosts := n - len(restartHosts); {
+	case len(all.Live) == 0:
+	case len(reasons) == 0:
+		fmt.Fprintf(env.Stdout, "applied live by the running weftd of each of the %d host(s) with a lease under %s, no restart: %s\n",
+			n, subnets, strings.Join(all.Live, "; "))
+	case len(all.Restart) > 0:
+		// weftd applies nothing of a change that mixes both kinds.
+		fmt.Fprintf(env.Stdout, "not applied live either, since the change also needs a restart: %s\n", strings.Join(all.Live, "; "))
+	case liveHosts > 0:
+		fmt.Fprintf(env.Stdout, "applied live by the running weftd of %d of the %d host(s) with a lease under %s (the others need a restart): %s\n",
+			liveHosts, n, subnets, strings.Join(all.Live, "; "))
+	}
+	if len(reasons) == 0 {
+		return ""
+	}
+	if len(restartHosts) == 0 {
+		fmt.Fprintf(env.Stdout, "needs a restart of weftd (%s), but no host holds a lease under %s: nothing runs on the old config\n",
+			strings.Join(reasons, "; "), subnets)
+		return ""
+	}
+	fmt.Fprintf(env.Stdout, "needs a restart of weftd on %d of the %d host(s) with a lease under %s: %s\n"+
+		"  until restarted each answers /readyz 503 \"restart needed\" and runs on the current config; restart them one at a time\n",
+		len(restartHosts), n, subnets, strings.Join(reasons, "; "))
+	return fmt.Sprintf("the change needs a restart of weftd on %d host(s) (%s): %s", len(restartHosts), strings.Join(restartHosts, ", "), strings.Join(reasons, "; "))
 }
 
 // prettyJSON indents a JSON document one key per line, for the diff; input
