@@ -13,23 +13,100 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lease"
 )
+
+// preStart records each host's kernel dump and the etcd dump as they were
+// before any weftd started (lab.Config.BeforeWeftd).
+type preStart struct {
+	kernel map[string]string // host name -> kernelDump
+	etcd   []string
+}
+
+// newLabPreStart is newLab, recording the hosts before weft touched them.
+func newLabPreStart(t *testing.T, backend string, hosts int, weftdArgs ...string) (*lab.Lab, *preStart) {
+	t.Helper()
+	pre := &preStart{kernel: map[string]string{}}
+	cfg := lab.Config{Hosts: hosts, Backend: backend, NetworkConfig: networkConfig(backend), WeftdArgs: weftdArgs}
+	cfg.BeforeWeftd = func(l *lab.Lab, h *lab.Host) {
+		// The NICs were just brought up: IPv6 duplicate address detection
+		// of their link-local addresses (then their local routes) would
+		// otherwise differ from any later dump.
+		waitFor(t, h.Name+" link-local addresses settled", time.Now(), 5*time.Second, 10*time.Second, func() error {
+			if out, _ := h.NS.Run("ip", "-6", "addr", "show", "tentative"); strings.TrimSpace(out) != "" {
+				return fmt.Errorf("tentative: %s", out)
+			}
+			return nil
+		})
+		pre.kernel[h.Name] = kernelDump(t, h)
+		if pre.etcd == nil {
+			pre.etcd = etcdDump(t, l)
+		}
+	}
+	return newLabWith(t, cfg), pre
+}
+
+// compareWithPreStart checks that after a decommission host h's kernel is
+// as it was before its weftd first started — apart from the lab's stand-in
+// for Docker (docker0 and the container's veth, which decommission leaves by
+// design) — and that etcd holds what it held then plus the other hosts'
+// leases.
+func compareWithPreStart(t *testing.T, l *lab.Lab, pre *preStart, h *lab.Host, dump string, etcd []string) {
+	t.Helper()
+	if want, got := pre.kernel[h.Name], withoutContainer(dump); want != got {
+		t.Errorf("kernel state of %s after decommission differs from before its weftd started:\n%s", h.Name, diffLines(want, got))
+	}
+	var rest []string
+	for _, kv := range etcd {
+		other := false
+		for _, o := range l.Hosts {
+			if o != h && strings.HasPrefix(kv, lease.SubnetsPrefix(l.Config().Prefix)+strings.Replace(o.Subnet.String(), "/", "-", 1)+"=") {
+				other = true
+			}
+		}
+		if !other {
+			rest = append(rest, kv)
+		}
+	}
+	if !slices.Equal(rest, pre.etcd) {
+		t.Errorf("etcd after decommission (other hosts' leases aside) %q, before any weftd started %q", rest, pre.etcd)
+	}
+}
+
+// withoutContainer drops the lines of the lab's container (docker0, its
+// veth vethc1), which stand for Docker's and are not weft's to remove.
+func withoutContainer(dump string) string {
+	var keep []string
+	for _, line := range strings.Split(dump, "\n") {
+		if !strings.Contains(line, "docker0") && !strings.Contains(line, "vethc1") {
+			keep = append(keep, line)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+// decommissionArgs is weftctl decommission for host h of l, as the ops
+// note's host runs it.
+func decommissionArgs(l *lab.Lab, h *lab.Host, docker string) []string {
+	return []string{filepath.Join(binDir, "weftctl"), "decommission", "-etcd-endpoints=" + labHostEtcd, "-etcd-prefix=" + l.Config().Prefix,
+		"-iface=eth0", "-subnet-file=" + h.SubnetFile, "-docker-opts-file=" + docker}
+}
 
 // TestDecommission retires a vxlan host with -ip-masq (devices, routes,
 // FDB, neighbours, masquerade and forward chains, underlay guard, files):
 // once with weftd stopped, then — after it joined again — with weftd
-// running (refused without --stop, done with it). The host's kernel state
-// and the etcd keys after each decommission are identical, hold nothing of
-// weft's and no key naming the host; a second run changes nothing; the
-// peer drops its route to the host within its watch latency.
+// running (refused without --stop, done with it). After each decommission
+// the host's kernel and etcd are as they were before its weftd first
+// started (the lab's container aside; etcd: the peer's lease aside); a
+// second run changes nothing; the peer drops its route to the host within
+// its watch latency.
 func TestDecommission(t *testing.T) {
-	l := newLab(t, "vxlan", 2, "-ip-masq")
+	l, pre := newLabPreStart(t, "vxlan", 2, "-ip-masq")
 	h := l.Hosts[1]
 	peer := l.Hosts[0]
 	weftctl := filepath.Join(binDir, "weftctl")
 	docker := filepath.Join(filepath.Dir(h.SubnetFile), "docker-opts")
-	args := []string{weftctl, "decommission", "-etcd-endpoints=" + labHostEtcd, "-etcd-prefix=" + l.Config().Prefix,
-		"-iface=eth0", "-subnet-file=" + h.SubnetFile, "-docker-opts-file=" + docker}
+	args := decommissionArgs(l, h, docker)
 	run := func(extra ...string) (string, error) { return h.NS.Run(append(args, extra...)...) }
 
 	if _, err := h.NS.Run(weftctl, "docker-opts", "-f", h.SubnetFile, "-d", docker); err != nil {
@@ -64,8 +141,9 @@ func TestDecommission(t *testing.T) {
 		}
 		return nil
 	})
-	after1, keys1 := kernelDump(t, h), etcdKeys(t, l)
-	assertNoWeft(t, after1, keys1, h)
+	after1, etcd1 := kernelDump(t, h), etcdDump(t, l)
+	assertNoWeft(t, after1, etcd1, h)
+	compareWithPreStart(t, l, pre, h, after1, etcd1)
 	if out, err = run(); err != nil || !strings.Contains(out, "nothing of weft's left") || !strings.Contains(out, "no lease names this host") {
 		t.Fatalf("second decommission: %v\n%s", err, out)
 	}
@@ -87,15 +165,62 @@ func TestDecommission(t *testing.T) {
 	if out, err = run("--stop"); err != nil || !strings.Contains(out, "stopping weftd pid") {
 		t.Fatalf("decommission --stop: %v\n%s", err, out)
 	}
-	after2, keys2 := kernelDump(t, h), etcdKeys(t, l)
-	if after2 != after1 {
-		t.Errorf("kernel state after the second decommission differs from the first:\n%s", diffLines(after1, after2))
-	}
-	if !slices.Equal(keys1, keys2) {
-		t.Errorf("etcd keys after the second decommission %v, after the first %v", keys2, keys1)
-	}
+	after2, etcd2 := kernelDump(t, h), etcdDump(t, l)
+	compareWithPreStart(t, l, pre, h, after2, etcd2)
 	if running, _ := l.WeftdRunning(1); running {
 		t.Errorf("weftd still running after decommission --stop")
+	}
+}
+
+// TestDecommissionBackends retires a host-gw host with -ip-blackhole-route
+// (peer routes and the blackhole route, weft's protocol 87) and a udp host
+// (flannel0, its userspace engine stopped first): each host's kernel and
+// etcd end as they were before its weftd started, and the peer drops its
+// route to the host.
+func TestDecommissionBackends(t *testing.T) {
+	for _, tc := range []struct {
+		backend string
+		args    []string
+		before  []string // in the kernel dump before decommission
+		out     []string // in decommission's output
+	}{
+		{"host-gw", []string{"-ip-blackhole-route"}, []string{"proto 87", "blackhole"}, []string{"released lease", "removed route"}},
+		{"udp", nil, []string{"flannel0"}, []string{"released lease", "removed device flannel0"}},
+	} {
+		t.Run(tc.backend, func(t *testing.T) {
+			l, pre := newLabPreStart(t, tc.backend, 2, tc.args...)
+			h, peer := l.Hosts[1], l.Hosts[0]
+			docker := filepath.Join(filepath.Dir(h.SubnetFile), "docker-opts")
+			before := kernelDump(t, h)
+			for _, want := range tc.before {
+				if !strings.Contains(before, want) {
+					t.Fatalf("%s host before decommission lacks %q:\n%s", tc.backend, want, before)
+				}
+			}
+			if err := l.StopWeftd(1); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			out, err := h.NS.Run(decommissionArgs(l, h, docker)...)
+			if err != nil {
+				t.Fatalf("decommission: %v\n%s", err, out)
+			}
+			t.Logf("decommission:\n%s", out)
+			for _, want := range tc.out {
+				if !strings.Contains(out, want) {
+					t.Errorf("decommission output lacks %q", want)
+				}
+			}
+			waitFor(t, "peer drops the decommissioned host's route", start, 2*time.Second, 10*time.Second, func() error {
+				if r, _ := peer.NS.Run("ip", "route", "show", h.Subnet.String()); strings.TrimSpace(r) != "" {
+					return fmt.Errorf("peer still routes %s: %s", h.Subnet, r)
+				}
+				return nil
+			})
+			after, etcd := kernelDump(t, h), etcdDump(t, l)
+			assertNoWeft(t, after, etcd, h)
+			compareWithPreStart(t, l, pre, h, after, etcd)
+		})
 	}
 }
 
@@ -125,22 +250,24 @@ func kernelDump(t *testing.T, h *lab.Host) string {
 	return b.String()
 }
 
-func etcdKeys(t *testing.T, l *lab.Lab) []string {
+// etcdDump is every key of the lab's etcd with its value, "key=value",
+// in key order.
+func etcdDump(t *testing.T, l *lab.Lab) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	resp, err := l.Etcd.Get(ctx, "/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	resp, err := l.Etcd.Get(ctx, "/", clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}
-	var keys []string
+	var kvs []string
 	for _, kv := range resp.Kvs {
-		keys = append(keys, string(kv.Key))
+		kvs = append(kvs, string(kv.Key)+"="+string(kv.Value))
 	}
-	return keys
+	return kvs
 }
 
-func assertNoWeft(t *testing.T, dump string, keys []string, h *lab.Host) {
+func assertNoWeft(t *testing.T, dump string, etcd []string, h *lab.Host) {
 	t.Helper()
 	for _, bad := range []string{"flannel.1", "proto 87", "FLANNEL-", "table ip weft", "weft-guard", "blackhole"} {
 		if strings.Contains(dump, bad) {
@@ -148,9 +275,9 @@ func assertNoWeft(t *testing.T, dump string, keys []string, h *lab.Host) {
 		}
 	}
 	sub := strings.Replace(h.Subnet.String(), "/", "-", 1)
-	for _, k := range keys {
-		if strings.HasSuffix(k, sub) {
-			t.Errorf("after decommission etcd still has %s", k)
+	for _, kv := range etcd {
+		if strings.Contains(kv, "/"+sub+"=") {
+			t.Errorf("after decommission etcd still has %s", kv)
 		}
 	}
 }

@@ -114,7 +114,12 @@ type Config struct {
 	Containers string
 	// ReadyTimeout bounds the wait for each host's subnet.env; default 30s.
 	ReadyTimeout time.Duration
-	Log          *slog.Logger
+	// BeforeWeftd, when set, is called with each host once its network is
+	// built and before its weftd first starts (in Up: for every host before
+	// any weftd starts; in AddHost: for the new host), so that a test can
+	// take the host as it was before weft touched it.
+	BeforeWeftd func(l *Lab, h *Host)
+	Log         *slog.Logger
 }
 
 func (c *Config) setDefaults() error {
@@ -350,6 +355,11 @@ func (l *Lab) up(ctx context.Context) error {
 	}
 	if err := l.saveState(); err != nil {
 		return err
+	}
+	if l.cfg.BeforeWeftd != nil {
+		for _, h := range l.Hosts {
+			l.cfg.BeforeWeftd(l, h)
+		}
 	}
 	for _, h := range l.Hosts {
 		if err := l.startWeftd(h); err != nil {
@@ -617,6 +627,9 @@ func (l *Lab) AddHost(ctx context.Context) (*Host, error) {
 	h, err := l.addHostNet()
 	if err != nil {
 		return nil, err
+	}
+	if l.cfg.BeforeWeftd != nil {
+		l.cfg.BeforeWeftd(l, h)
 	}
 	if err := l.startWeftd(h); err != nil {
 		return nil, err
