@@ -456,25 +456,30 @@ func procStatusKB(pid int, field string) (int, error) {
 // children (fields 14–17 of stat): a daemon that forks rule checkers must
 // pay for them too.
 func procCPUTicks(pid int) (int64, error) {
+	user, sys, err := procCPU(pid)
+	return user + sys, err
+}
+
+// procCPU is procCPUTicks split: user (utime+cutime) and kernel
+// (stime+cstime) time.
+func procCPU(pid int) (user, sys int64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, fmt.Errorf("read stat of weftd pid %d: %w", pid, err)
+		return 0, 0, fmt.Errorf("read stat of weftd pid %d: %w", pid, err)
 	}
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	f := strings.Fields(s[i+1:]) // f[0] is field 3
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	if len(f) < 15 {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
 	}
-	var sum int64
-	for _, v := range f[11:15] {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("/proc/%d/stat: CPU time field %q: not a number", pid, v)
+	var t [4]int64 // utime, stime, cutime, cstime
+	for k, v := range f[11:15] {
+		if t[k], err = strconv.ParseInt(v, 10, 64); err != nil {
+			return 0, 0, fmt.Errorf("/proc/%d/stat: CPU time field %q: not a number", pid, v)
 		}
-		sum += n
 	}
-	return sum, nil
+	return t[0] + t[2], t[1] + t[3], nil
 }
 
 // figTCP: iperf3 TCP single stream in the lab (two hosts, the ops note's

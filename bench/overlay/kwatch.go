@@ -134,14 +134,19 @@ func (w *kwatch) message(m *syscall.NetlinkMessage) {
 	}
 }
 
+// routeProto is the protocol of the routes the daemon under test installs
+// (-route-proto): weft's 87, or 3 (boot, the kernel's default) to run the
+// figures against flanneld, whose routes carry none.
+var routeProto = rtnl.ProtWeft
+
 // weftRouteKey is the key ("r <dst>") of a route notification when it is
-// one of weft's: IPv4, protocol 87, main table.
+// one of the daemon's: IPv4, protocol routeProto, main table.
 func weftRouteKey(m *syscall.NetlinkMessage) (string, bool) {
 	if len(m.Data) < unix.SizeofRtMsg {
 		return "", false
 	}
 	rtm := (*unix.RtMsg)(unsafe.Pointer(&m.Data[0]))
-	if rtm.Family != unix.AF_INET || netlink.RouteProtocol(rtm.Protocol) != rtnl.ProtWeft {
+	if rtm.Family != unix.AF_INET || netlink.RouteProtocol(rtm.Protocol) != routeProto {
 		return "", false
 	}
 	table := uint32(rtm.Table)
@@ -280,7 +285,7 @@ func (w *kwatch) count(prefix string) int {
 // neighbours and n FDB entries on flannel.1.
 func verify(h *host, n int, vxlan bool) error {
 	hd := h.ns.Handle
-	routes, err := hd.RouteListFiltered(unix.AF_INET, &netlink.Route{Protocol: rtnl.ProtWeft, Table: unix.RT_TABLE_MAIN},
+	routes, err := hd.RouteListFiltered(unix.AF_INET, &netlink.Route{Protocol: routeProto, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return fmt.Errorf("dump routes in %s: %w", h.ns.Name, err)

@@ -16,7 +16,7 @@
 // of "all") that notification socket may overflow while weftd writes in
 // batches, so the scale figures judge completion by dumps of the kernel's
 // routes, neighbours and flannel.1's FDB: made when a route subscription
-// has seen every route added, every 250 ms otherwise, every -dump-poll once
+// has seen every route added, every second otherwise, every -dump-poll once
 // that subscription lost messages (see waitKernel). Each run gives: start →
 // first route; start → all routes+neigh+fdb; weftd's CPU (utime+stime) from
 // start to that moment; idle CPU over -idle after 5 s to settle; VmHWM read
@@ -49,10 +49,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -110,6 +112,14 @@ func run() error {
 	flag.DurationVar(&o.iperfT, "iperf-time", 5*time.Second, "duration of each iperf3 run of the tcp figure")
 	flag.BoolVar(&o.verbose, "v", false, "log progress to stderr")
 	flag.DurationVar(&pollInterval, "poll", pollInterval, "sleep of the kernel watch between drains of its netlink socket (resolution of every time measured in the kernel)")
+	flag.Func("route-proto", "protocol number of the daemon's routes (default 87, weft's; 3 for flanneld with -weftd pointing at it)", func(v string) error {
+		n, err := strconv.ParseUint(v, 10, 8)
+		if err != nil {
+			return fmt.Errorf("%q: want a route protocol number 0-255", v)
+		}
+		routeProto = netlink.RouteProtocol(n)
+		return nil
+	})
 	flag.DurationVar(&dumpPoll, "dump-poll", dumpPoll, "sleep between the kernel dumps that judge completion of the scale figures once their route subscription lost messages")
 	flag.DurationVar(&convergeTimeout, "timeout", convergeTimeout, "bound on each wait for the kernel to reach the expected state")
 	flag.Func("weftd-env", "extra weftd environment variable NAME=VALUE (repeatable), e.g. GODEBUG=gctrace=1", func(s string) error {
