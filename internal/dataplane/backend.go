@@ -71,13 +71,13 @@ func NewBackend(cfg netconf.Config, host Host, h *netlink.Handle, log *slog.Logg
 	}
 	k, ok := kinds[cfg.BackendType]
 	if !ok {
-		if cfg.BackendType == netconf.BackendIPIP || cfg.BackendType == netconf.BackendWireGuard {
-			return nil, fmt.Errorf("dataplane: backend type %q is not yet supported by weft (supported: %s)", cfg.BackendType, supported())
+		if cfg.BackendType == netconf.BackendIPIP {
+			return nil, fmt.Errorf("dataplane: backend type %q is flannel's but not implemented by weft (supported: %s)", cfg.BackendType, supported())
 		}
 		return nil, fmt.Errorf("dataplane: unknown backend type %q (supported: %s)", cfg.BackendType, supported())
 	}
 	if cfg.EnableIPv6 && !k.dual {
-		return nil, fmt.Errorf("dataplane: backend type %q has no IPv6 data path (EnableIPv6 is supported with vxlan and host-gw)", cfg.BackendType)
+		return nil, fmt.Errorf("dataplane: backend type %q has no IPv6 data path (EnableIPv6 is supported with %s)", cfg.BackendType, supported(func(k kind) bool { return k.dual }))
 	}
 	// The specs are pure: building them once here checks the backend's
 	// options before anything is opened.
@@ -115,15 +115,18 @@ var kinds = map[string]kind{
 	netconf.BackendVXLAN:     {specs: vxlanSpecs, setup: setupVXLAN, dual: true},
 	netconf.BackendHostGW:    {specs: hostGWSpecs, setup: setupHostGW, dual: true},
 	netconf.BackendUDP:       {specs: udpSpecs, setup: setupUDP},
-	netconf.BackendWireGuard: {specs: wireguardSpecs, setup: setupWireGuard},
+	netconf.BackendWireGuard: {specs: wireguardSpecs, setup: setupWireGuard, dual: true},
 	netconf.BackendAlloc:     {specs: func(netconf.Config, Host) ([]spec, error) { return nil, nil }},
 }
 
-// supported lists the backend types of kinds, for messages.
-func supported() string {
+// supported lists the backend types of kinds (those of which every only
+// says yes to), for messages.
+func supported(only ...func(kind) bool) string {
 	names := make([]string, 0, len(kinds))
-	for n := range kinds {
-		names = append(names, n)
+	for n, k := range kinds {
+		if !slices.ContainsFunc(only, func(ok func(kind) bool) bool { return !ok(k) }) {
+			names = append(names, n)
+		}
 	}
 	slices.Sort(names)
 	return strings.Join(names, ", ")

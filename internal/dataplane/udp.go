@@ -46,15 +46,10 @@ package dataplane
 // exit, taking the route with it.
 
 import (
-	"errors"
 	"fmt"
-	"log/slog"
-	"net"
 	"net/netip"
 	"strings"
-	"sync/atomic"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
@@ -86,17 +81,13 @@ func udpSpec(network netip.Prefix, host Host) spec {
 
 // udpDev is flannel0 and the engine attached to it.
 type udpDev struct {
+	tunDev
 	port int
-	host Host
-	h    *netlink.Handle
-	log  *slog.Logger
 
 	// Only the loop goroutine (and Init before it) touches these.
-	eng      *udpfwd.Engine
-	lnk      netlink.Link
-	devIndex atomic.Int32 // read by the watcher's filters
-	closed   atomic.Bool  // an Apply after Close must not start a new engine
-	hooks    UDPHooks     // set before Init
+	eng   *udpfwd.Engine
+	carry *udpfwd.Table // the peers of an engine stopped for a restart, for the next one
+	hooks UDPHooks      // set before Init
 }
 
 // UDPHooks are the udp backend's counters; internal/metrics implements them.
@@ -168,20 +159,16 @@ func setupUDP(b *backend, specs []spec) (Published, int, error) {
 		u = &udpDev{}
 		b.udpDev = u
 	}
-	u.port, u.h, u.log = port, b.h, b.log.With("device", UDPDeviceName, "port", port)
+	u.port = port
+	u.tunDev = tunDev{name: UDPDeviceName, h: b.h, log: b.log.With("device", UDPDeviceName, "port", port),
+		running: func() bool { return u.eng != nil }, start: u.startEngine}
 	if err := u.init(b.host); err != nil {
 		return Published{}, 0, err
 	}
 	d := b.add(specs[0], u, b.log)
 	d.before = u.setPeers
-	return Published{BackendType: netconf.BackendUDP}, u.mtu(), nil
+	return Published{BackendType: netconf.BackendUDP}, u.mtu, nil
 }
-
-func (b *udpDev) mtu() int { return b.host.IfaceMTU - udpOverhead }
-
-func (b *udpDev) index() int32 { return b.devIndex.Load() }
-
-func (b *udpDev) link() netlink.Link { return b.lnk }
 
 // init checks the resolved underlay and attaches to (or creates) flannel0
 // with an engine that has no peers yet.
@@ -189,9 +176,9 @@ func (b *udpDev) init(host Host) error {
 	if !host.IfaceAddr.Is4() {
 		return fmt.Errorf("dataplane: udp local address %s on %s: must be IPv4", host.IfaceAddr, host.IfaceName)
 	}
-	b.host = host
-	if b.mtu() < 576 {
-		return fmt.Errorf("dataplane: udp backend: underlay %s MTU %d leaves %d for flannel0: must be at least 576", host.IfaceName, host.IfaceMTU, b.mtu())
+	b.host, b.mtu = host, host.IfaceMTU-udpOverhead
+	if b.mtu < 576 {
+		return fmt.Errorf("dataplane: udp backend: underlay %s MTU %d leaves %d for flannel0: must be at least 576", host.IfaceName, host.IfaceMTU, b.mtu)
 	}
 	_, err := b.ensure(host)
 	return err
@@ -258,124 +245,34 @@ func (b *udpDev) Stats() udpfwd.Stats {
 	return b.eng.Stats()
 }
 
-// ensure makes flannel0 exist as a TUN device attached to a running
-// engine, with the right MTU and up. A device deleted by hand (or replaced by
-// something else of that name) is recreated with a new engine; the engine's
-// peer table is carried over.
-func (b *udpDev) ensure(Host) (created bool, err error) {
-	if b.closed.Load() {
-		return false, errors.New("dataplane: udp backend is closed")
+// startEngine stops the running engine, if any, keeping its peer table,
+// and starts one on dev (flannel0, opened in the host's namespace, where
+// this runs) listening on the port, with that table.
+func (b *udpDev) startEngine(dev tun.Device) error {
+	if b.eng != nil {
+		b.carry = b.eng.Peers()
+		b.eng.Close()
+		b.eng = nil
 	}
-	have, err := b.h.LinkByName(UDPDeviceName)
-	var notFound netlink.LinkNotFoundError
-	switch {
-	case errors.As(err, &notFound):
-		have = nil
-	case err != nil:
-		return false, fmt.Errorf("dataplane: look up %s: %w", UDPDeviceName, err)
-	}
-	if have != nil && have.Type() != "tuntap" {
-		b.log.Warn("existing device is not a TUN device; recreating it", "type", have.Type())
-		if err := b.h.LinkDel(have); err != nil && !isGone(err) {
-			return false, fmt.Errorf("dataplane: delete %s of type %s: %w", UDPDeviceName, have.Type(), err)
-		}
-		have = nil
-	}
-	if b.eng == nil || have == nil || int32(have.Attrs().Index) != b.devIndex.Load() {
-		var peers *udpfwd.Table
-		if b.eng != nil {
-			b.log.Warn("TUN device disappeared or changed; reattaching the engine")
-			peers = b.eng.Peers()
-			b.eng.Close()
-			b.eng = nil
-		}
-		eng, err := b.startEngine()
-		if err != nil && have != nil {
-			// A leftover flannel0 that cannot be attached to as weft's TUN
-			// (a TAP, multi-queue, or still held by a running flanneld,
-			// which then loses it): replace it.
-			b.log.Warn("cannot attach to the existing TUN device; recreating it", "err", err)
-			if derr := b.h.LinkDel(have); derr != nil && !isGone(derr) {
-				return false, errors.Join(err, fmt.Errorf("dataplane: delete %s: %w", UDPDeviceName, derr))
-			}
-			eng, err = b.startEngine()
-		}
-		if err != nil {
-			return false, err
-		}
-		if peers != nil {
-			eng.SetPeers(peers)
-		}
-		b.eng = eng
-		if have, err = b.h.LinkByName(UDPDeviceName); err != nil {
-			return false, fmt.Errorf("dataplane: re-read %s after attaching: %w", UDPDeviceName, err)
-		}
-	}
-	attrs := have.Attrs()
-	if attrs.MTU != b.mtu() {
-		if err := b.h.LinkSetMTU(have, b.mtu()); err != nil {
-			return created, fmt.Errorf("dataplane: set %s mtu %d: %w", UDPDeviceName, b.mtu(), err)
-		}
-	}
-	if attrs.Flags&net.FlagUp == 0 {
-		if err := b.h.LinkSetUp(have); err != nil {
-			return created, fmt.Errorf("dataplane: set %s up: %w", UDPDeviceName, err)
-		}
-	}
-	created = int32(attrs.Index) != b.devIndex.Load()
-	b.lnk = have
-	b.devIndex.Store(int32(attrs.Index))
-	return created, nil
-}
-
-// startEngine opens flannel0 (creating it or attaching to the persistent one
-// a previous run left), marks it persistent, and starts the engine on the
-// port, all in the host's namespace.
-func (b *udpDev) startEngine() (*udpfwd.Engine, error) {
-	var eng *udpfwd.Engine
-	err := inNS(b.host.NetNS, func() error {
-		dev, err := tun.CreateTUN(UDPDeviceName, b.mtu())
-		if err != nil {
-			return fmt.Errorf("dataplane: open TUN device %s: %w", UDPDeviceName, err)
-		}
-		if err := setPersist(dev); err != nil {
-			dev.Close()
-			return err
-		}
-		bind, err := udpfwd.NewBind(b.host.IfaceAddr)
-		if err != nil {
-			dev.Close()
-			return fmt.Errorf("dataplane: %w", err)
-		}
-		eng, err = udpfwd.New(udpfwd.Config{TUN: dev, Bind: bind, Port: uint16(b.port), MTU: b.mtu(), Log: b.log,
-			OnDrop: b.hooks.Dropped})
-		if err != nil {
-			dev.Close()
-			return fmt.Errorf("dataplane: %w", err)
-		}
-		if err := eng.Start(); err != nil {
-			dev.Close()
-			return fmt.Errorf("dataplane: %w", err)
-		}
-		return nil
-	})
-	return eng, err
-}
-
-// setPersist keeps flannel0 when its file descriptor closes (daemon exit).
-// The ioctl goes through SyscallConn: os.File.Fd would switch the descriptor
-// to blocking mode and stall the engine's poller-driven reads.
-func setPersist(dev tun.Device) error {
-	sc, err := dev.File().SyscallConn()
+	bind, err := udpfwd.NewBind(b.host.IfaceAddr)
 	if err != nil {
-		return fmt.Errorf("dataplane: %s raw descriptor: %w", UDPDeviceName, err)
+		dev.Close()
+		return fmt.Errorf("dataplane: %w", err)
 	}
-	var ierr error
-	if err := sc.Control(func(fd uintptr) { ierr = unix.IoctlSetInt(int(fd), unix.TUNSETPERSIST, 1) }); err != nil {
-		return fmt.Errorf("dataplane: %s raw descriptor: %w", UDPDeviceName, err)
+	eng, err := udpfwd.New(udpfwd.Config{TUN: dev, Bind: bind, Port: uint16(b.port), MTU: b.mtu, Log: b.log,
+		OnDrop: b.hooks.Dropped})
+	if err != nil {
+		dev.Close()
+		return fmt.Errorf("dataplane: %w", err)
 	}
-	if ierr != nil {
-		return fmt.Errorf("dataplane: make %s persistent (TUNSETPERSIST): %w", UDPDeviceName, ierr)
+	if err := eng.Start(); err != nil {
+		dev.Close()
+		return fmt.Errorf("dataplane: %w", err)
 	}
+	if b.carry != nil {
+		eng.SetPeers(b.carry)
+		b.carry = nil
+	}
+	b.eng = eng
 	return nil
 }

@@ -13,44 +13,64 @@ package dataplane
 //
 // with one WireGuard peer per lease: its public key from the lease's
 // BackendData {"PublicKey":"<base64>","Port":51820}, its endpoint
-// PublicIP:Port (a Port of 0 or none — flanneld publishes none — means our
-// own ListenPort, which is what flanneld assumes), its allowed IPs its
-// subnet, and the network's PSK and PersistentKeepaliveInterval. Kernel
-// WireGuard peers (flanneld) and weft hosts therefore interoperate.
+// PublicIP:Port (a Port of 0 or none — flanneld before 0.26 publishes none —
+// means our own ListenPort, which is what flanneld assumes), its allowed
+// IPs its subnet, and the network's PSK and PersistentKeepaliveInterval.
+// Kernel WireGuard peers (flanneld) and weft hosts therefore interoperate.
+//
+// Dual stack (EnableIPv6), as flannel's Mode says:
+//
+//   - separate (the default): a second device flannel-wg-v6 with the
+//     lease's IPv6 address as a /128 and the IPv6Network route, listening
+//     on the underlay's IPv6 address and ListenPortV6 (51821); its peers
+//     are the leases' IPv6 subnets at [PublicIPv6]:<BackendV6Data Port>,
+//     with BackendV6Data's key. Both devices have the one key of the key
+//     file, as in flannel, and the lease publishes BackendV6Data
+//     {"PublicKey","Port":ListenPortV6}.
+//   - auto, ipv4, ipv6: flannel-wg alone carries both families (the /128
+//     and the IPv6Network route too); each peer's allowed IPs are both its
+//     subnets and its endpoint is its PublicIP (ipv4), its PublicIPv6
+//     (ipv6), or, in auto, chosen as flannel chooses: IPv4 unless the
+//     peer's IPv4 address is private and both its and our IPv6 addresses
+//     are not. The device listens on ListenPort on the underlay's IPv4
+//     and IPv6 addresses (ipv4 and ipv6: that family's only), and the port
+//     of both endpoints is the peer's BackendData Port: flanneld's one
+//     device listens there whatever its BackendV6Data says (flannel
+//     publishes ListenPortV6 in it in every mode). weft publishes the port
+//     it listens on, ListenPort, in both.
 //
 // Identity. The private key lives in /run/flannel/wgkey (WIREGUARD_KEY_FILE
 // overrides), created 0600 when missing, so a restart publishes the same
-// public key and peers keep their sessions' configuration.
+// public key and peers keep their sessions' configuration; the restarted
+// device greets every peer (wgengine), so peers still holding sessions with
+// the old device move to a new one at once, not after 15 s without an
+// answer.
 //
 // Trust. A peer's key comes from etcd: one that does not parse, is all
 // zeros, is ours, or is already another lease's is a skipped peer (logged
 // once, counted as invalid) and every other peer is still programmed. What
 // arrives on the socket is WireGuard's to authenticate: a datagram that is
 // not from a configured peer's key never reaches the TUN, and a peer may
-// only send from its own subnet (its allowed IPs).
+// only send from its own subnets (its allowed IPs).
 //
-// Restarts. As with the udp backend, flannel-wg is persistent
-// (TUNSETPERSIST): while weftd is stopped, traffic to other hosts is
-// dropped there rather than sent in clear by the default route. flanneld
-// deletes its device on exit.
+// Restarts. As with the udp backend, the devices are persistent
+// (TUNSETPERSIST, tun.go): while weftd is stopped, traffic to other hosts
+// is dropped there rather than sent in clear by the default route.
+// flanneld deletes its devices on exit.
 //
-// Not here yet: IPv6 (flannel-wg-v6, Mode auto/ipv6 with dual-stack); the
-// kernel's WireGuard when it has one.
+// Not here: the kernel's WireGuard when it has one; flannel's MTU option.
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"strings"
-	"sync/atomic"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
@@ -58,24 +78,37 @@ import (
 )
 
 // WireGuardDeviceName is flannel's device name for the wireguard backend's
-// IPv4 (or single) device.
-const WireGuardDeviceName = "flannel-wg"
+// IPv4 (or single) device, WireGuardDeviceNameV6 its IPv6 device in Mode
+// separate.
+const (
+	WireGuardDeviceName   = "flannel-wg"
+	WireGuardDeviceNameV6 = "flannel-wg-v6"
+)
 
 // wgOverhead is what flannel subtracts from the underlay MTU for its
 // WireGuard devices (enough for an outer IPv6 header).
 const wgOverhead = 80
 
-// wgLeaseData is the wireguard backend's BackendData.
+// wgLeaseData is the wireguard backend's BackendData and BackendV6Data.
 type wgLeaseData struct {
 	PublicKey string
 	Port      int `json:",omitempty"`
 }
 
+// The wireguard Modes (netconf.WireGuardModes).
+const (
+	wgSeparate = "separate"
+	wgAuto     = "auto"
+	wgIPv4     = "ipv4"
+	wgIPv6     = "ipv6"
+)
+
 // wgOptions are the wireguard options this backend uses, checked.
 type wgOptions struct {
-	port      int
-	psk       wgengine.Key
-	keepalive time.Duration
+	port, port6 int
+	mode        string
+	psk         wgengine.Key
+	keepalive   time.Duration
 }
 
 func wireGuardOptions(cfg netconf.Config) (wgOptions, error) {
@@ -83,251 +116,376 @@ func wireGuardOptions(cfg netconf.Config) (wgOptions, error) {
 	if err != nil {
 		return wgOptions{}, fmt.Errorf("dataplane: wireguard backend options: %w", err)
 	}
-	w := wgOptions{port: o.ListenPort, keepalive: time.Duration(o.PersistentKeepaliveInterval) * time.Second}
+	w := wgOptions{port: o.ListenPort, port6: o.ListenPortV6, mode: strings.ToLower(o.Mode),
+		keepalive: time.Duration(o.PersistentKeepaliveInterval) * time.Second}
+	if w.mode == "" {
+		w.mode = wgSeparate
+	}
 	if o.PSK != "" {
 		if w.psk, err = wgengine.ParseKey(o.PSK); err != nil {
 			return wgOptions{}, errors.New("dataplane: wireguard Backend.PSK: must be the base64 encoding of 32 bytes")
 		}
 	}
-	if o.Mode == "ipv6" {
-		return wgOptions{}, errors.New("dataplane: wireguard Backend.Mode \"ipv6\": IPv6 endpoints are not supported by weft yet (use separate, auto or ipv4 on an IPv4 network)")
+	if w.mode == wgIPv6 && !cfg.EnableIPv6 {
+		return wgOptions{}, errors.New("dataplane: wireguard Backend.Mode \"ipv6\": needs EnableIPv6 (peers' IPv6 endpoints and keys are in their leases' BackendV6Data, which only a dual-stack network publishes); use separate, auto or ipv4 on an IPv4 network")
+	}
+	if w.mode == wgSeparate && cfg.EnableIPv6 && w.port6 == w.port {
+		return wgOptions{}, fmt.Errorf("dataplane: wireguard Backend.ListenPortV6 %d: must differ from ListenPort in Mode separate (two devices listen)", w.port6)
 	}
 	return w, nil
 }
 
 // wireguardSpecs checks the backend's options and returns its desired
-// state: like udp's, an address and the Network route; peers are the
-// engine's (wgDev.setPeers).
+// state: like udp's, per family an address and the Network route through
+// the family's device; peers are the engine's (wgDev.setPeers).
 func wireguardSpecs(cfg netconf.Config, host Host) ([]spec, error) {
-	if _, err := wireGuardOptions(cfg); err != nil {
+	o, err := wireGuardOptions(cfg)
+	if err != nil {
 		return nil, err
 	}
 	if !cfg.Network.IsValid() || !cfg.Network.Addr().Is4() {
 		return nil, fmt.Errorf("dataplane: wireguard backend: Network %s: must be an IPv4 prefix (the route through %s)", cfg.Network, WireGuardDeviceName)
 	}
+	none := func(*lease.Lease, netip.Prefix, Facts) (PeerEntries, bool, string) { return PeerEntries{}, true, "" }
 	network := cfg.Network.Masked()
-	return []spec{{
+	specs := []spec{{
 		family: unix.AF_INET, label: netconf.BackendWireGuard, device: WireGuardDeviceName, addr: true, blackhole: host.BlackholeRoute,
 		own:    func(snap lease.Snapshot) netip.Prefix { return snap.Own.Subnet.Masked() },
 		static: func(_ netip.Prefix, f Facts) []Route { return []Route{{Dst: network, Link: f.Dev}} },
-		peer:   func(*lease.Lease, netip.Prefix, Facts) (PeerEntries, bool, string) { return PeerEntries{}, true, "" },
-	}}, nil
+		peer:   none,
+	}}
+	if !cfg.EnableIPv6 {
+		return specs, nil
+	}
+	dev6 := WireGuardDeviceName
+	if o.mode == wgSeparate {
+		dev6 = WireGuardDeviceNameV6
+	}
+	if !cfg.IPv6Network.IsValid() || !cfg.IPv6Network.Addr().Is6() || cfg.IPv6Network.Addr().Is4In6() {
+		return nil, fmt.Errorf("dataplane: wireguard backend: IPv6Network %s: must be an IPv6 prefix (the route through %s)", cfg.IPv6Network, dev6)
+	}
+	network6 := cfg.IPv6Network.Masked()
+	return append(specs, spec{
+		family: unix.AF_INET6, label: "wireguard IPv6", device: dev6, addr: true, blackhole: host.BlackholeRoute,
+		own:    func(snap lease.Snapshot) netip.Prefix { return snap.Own.IPv6Subnet.Masked() },
+		static: func(_ netip.Prefix, f Facts) []Route { return []Route{{Dst: network6, Link: f.Dev, Metric: v6Metric}} },
+		peer:   none,
+	}), nil
 }
 
-// setupWireGuard loads the key, attaches to (or creates) flannel-wg with a
-// device that has no peers yet, and publishes the public key and port.
+// setupWireGuard loads the key, attaches to (or creates) the devices of
+// the Mode, each running a WireGuard device that has no peers yet, and
+// publishes the public key and ports.
 func setupWireGuard(b *backend, specs []spec) (Published, int, error) {
 	o, err := wireGuardOptions(b.cfg)
 	if err != nil {
 		return Published{}, 0, err
 	}
-	log := b.log.With("device", WireGuardDeviceName, "port", o.port)
-	key, err := wgengine.LoadOrCreateKey(wgengine.KeyFile(), log)
+	key, err := wgengine.LoadOrCreateKey(wgengine.KeyFile(), b.log)
 	if err != nil {
 		return Published{}, 0, fmt.Errorf("dataplane: %w", err)
 	}
-	w := &wgDev{opts: o, key: key, h: b.h, log: log, sockDir: os.Getenv(wgengine.SocketDirEnv)}
-	if err := w.init(b.host); err != nil {
-		return Published{}, 0, err
+	dual := len(specs) > 1
+	newDev := func(name string, port int, v4, v6 bool) (*wgDev, error) {
+		w := &wgDev{opts: o, key: key, port: port, v4: v4, v6: v6, sockDir: os.Getenv(wgengine.SocketDirEnv)}
+		w.tunDev = tunDev{name: name, h: b.h, log: b.log.With("device", name, "port", port),
+			running: func() bool { return w.eng != nil }, start: w.startEngine}
+		return w, w.init(b.host)
 	}
-	data, err := json.Marshal(wgLeaseData{PublicKey: key.PublicKey().String(), Port: o.port})
-	if err != nil {
+	pub := Published{BackendType: netconf.BackendWireGuard}
+	var dev *wgDev
+	if o.mode == wgSeparate {
+		if dev, err = newDev(WireGuardDeviceName, o.port, true, false); err != nil {
+			return Published{}, 0, err
+		}
+		b.add(specs[0], dev, b.log).before = dev.setPeers
+		if dual {
+			dev6, err := newDev(WireGuardDeviceNameV6, o.port6, false, true)
+			if err != nil {
+				dev.Close()
+				return Published{}, 0, err
+			}
+			b.add(specs[1], dev6, b.log).before = dev6.setPeers
+			if pub.BackendV6Data, err = json.Marshal(wgLeaseData{PublicKey: key.PublicKey().String(), Port: o.port6}); err != nil {
+				return Published{}, 0, fmt.Errorf("dataplane: wireguard BackendV6Data: %w", err)
+			}
+		}
+	} else {
+		if dev, err = newDev(WireGuardDeviceName, o.port, true, dual); err != nil {
+			return Published{}, 0, err
+		}
+		b.add(specs[0], dev, b.log).before = dev.setPeers
+		if dual {
+			// One device, two families: the IPv4 driver, which applies
+			// first, configures every peer; the IPv6 one reports its
+			// family's skipped peers.
+			b.add(specs[1], dev, b.log).before = func(snap lease.Snapshot, _ *Desired) []skippedPeer {
+				_, sk := dev.plan(snap)
+				return sk[1]
+			}
+			if pub.BackendV6Data, err = json.Marshal(wgLeaseData{PublicKey: key.PublicKey().String(), Port: o.port}); err != nil {
+				return Published{}, 0, fmt.Errorf("dataplane: wireguard BackendV6Data: %w", err)
+			}
+		}
+	}
+	if pub.BackendData, err = json.Marshal(wgLeaseData{PublicKey: key.PublicKey().String(), Port: o.port}); err != nil {
 		return Published{}, 0, fmt.Errorf("dataplane: wireguard BackendData: %w", err)
 	}
-	d := b.add(specs[0], w, b.log)
-	d.before = w.setPeers
-	return Published{BackendType: netconf.BackendWireGuard, BackendData: data}, w.mtu(), nil
+	return pub, dev.mtu, nil
 }
 
-// wgDev is flannel-wg and the WireGuard device running on it.
+// wgDev is one WireGuard device (flannel-wg or flannel-wg-v6) and its TUN.
+// v4 and v6 say which families of peer subnets it carries: flannel-wg in
+// Mode separate IPv4, flannel-wg-v6 IPv6, a single device both (v6 in a
+// dual-stack network only).
 type wgDev struct {
+	tunDev
 	opts    wgOptions
 	key     wgengine.Key
-	host    Host
-	h       *netlink.Handle
-	log     *slog.Logger
+	port    int
+	v4, v6  bool
 	sockDir string // "" = wgengine.DefaultSocketDir
 
-	// Only the loop goroutine (and Init before it) touches these.
-	eng      *wgengine.Engine
-	lnk      netlink.Link
-	devIndex atomic.Int32 // read by the watcher's filters
-	closed   atomic.Bool  // an Apply after Close must not start a new engine
+	eng *wgengine.Engine // only the loop goroutine (and Init before it) touches it
 }
 
-func (w *wgDev) mtu() int { return w.host.IfaceMTU - wgOverhead }
+// endpoints4 and endpoints6 say which families of peer endpoints the device
+// uses, and so which underlay addresses it listens on.
+func (w *wgDev) endpoints4() bool {
+	return w.v4 && w.opts.mode != wgIPv6 || w.v6 && w.opts.mode == wgIPv4
+}
 
-func (w *wgDev) index() int32 { return w.devIndex.Load() }
-
-func (w *wgDev) link() netlink.Link { return w.lnk }
+func (w *wgDev) endpoints6() bool {
+	return w.v6 && w.opts.mode != wgIPv4 || w.v4 && w.opts.mode == wgIPv6
+}
 
 func (w *wgDev) init(host Host) error {
-	if !host.IfaceAddr.Is4() {
+	if w.endpoints4() && !host.IfaceAddr.Is4() {
 		return fmt.Errorf("dataplane: wireguard local address %s on %s: must be IPv4", host.IfaceAddr, host.IfaceName)
 	}
-	w.host = host
-	if w.mtu() < 576 {
-		return fmt.Errorf("dataplane: wireguard backend: underlay %s MTU %d leaves %d for %s: must be at least 576", host.IfaceName, host.IfaceMTU, w.mtu(), WireGuardDeviceName)
+	if w.endpoints6() && (!host.IfaceAddr6.Is6() || host.IfaceAddr6.Is4In6()) {
+		return fmt.Errorf("dataplane: wireguard local IPv6 address %q on %s: none (%s needs one)", host.IfaceAddr6, host.IfaceName, w.name)
+	}
+	w.host, w.mtu = host, host.IfaceMTU-wgOverhead
+	if w.mtu < 576 {
+		return fmt.Errorf("dataplane: wireguard backend: underlay %s MTU %d leaves %d for %s: must be at least 576", host.IfaceName, host.IfaceMTU, w.mtu, w.name)
 	}
 	_, err := w.ensure(host)
 	return err
 }
 
-// Close stops the device; flannel-wg, its address and route stay.
+// Close stops the device; its TUN, address and route stay.
 func (w *wgDev) Close() error {
 	w.closed.Store(true)
 	if w.eng != nil {
 		err := w.eng.Close()
 		w.eng = nil
 		if err != nil {
-			return fmt.Errorf("dataplane: stop wireguard device: %w", err)
+			return fmt.Errorf("dataplane: stop wireguard device %s: %w", w.name, err)
 		}
 	}
 	return nil
 }
 
-// ensure makes flannel-wg exist as a TUN device with a running WireGuard
-// device on it, the right MTU, and up. A TUN deleted by hand is recreated
-// with a new device, whose peers the same apply's setPeers gives it.
-func (w *wgDev) ensure(Host) (created bool, err error) {
-	if w.closed.Load() {
-		return false, errors.New("dataplane: wireguard backend is closed")
+// startEngine stops the running device, if any, and starts one with no
+// peers on dev (opened in the host's namespace, where this runs), listening
+// on the underlay's addresses of the device's endpoint families; the same
+// apply's setPeers gives it its peers.
+func (w *wgDev) startEngine(dev tun.Device) error {
+	if w.eng != nil {
+		w.eng.Close()
+		w.eng = nil
 	}
-	have, err := w.h.LinkByName(WireGuardDeviceName)
-	var notFound netlink.LinkNotFoundError
-	switch {
-	case errors.As(err, &notFound):
-		have = nil
-	case err != nil:
-		return false, fmt.Errorf("dataplane: look up %s: %w", WireGuardDeviceName, err)
+	cfg := wgengine.Config{
+		Name: w.name, TUN: dev, ListenPort: uint16(w.port),
+		NetNS: w.host.NetNS, PrivateKey: w.key, SocketDir: w.sockDir, Log: w.log,
 	}
-	if have != nil && have.Type() != "tuntap" {
-		// flanneld's kernel device of the same name, left by a swap.
-		w.log.Warn("existing device is not a TUN device; recreating it", "type", have.Type())
-		if err := w.h.LinkDel(have); err != nil && !isGone(err) {
-			return false, fmt.Errorf("dataplane: delete %s of type %s: %w", WireGuardDeviceName, have.Type(), err)
-		}
-		have = nil
+	if w.endpoints4() {
+		cfg.ListenAddr = w.host.IfaceAddr
 	}
-	if w.eng == nil || have == nil || int32(have.Attrs().Index) != w.devIndex.Load() {
-		if w.eng != nil {
-			w.log.Warn("TUN device disappeared or changed; restarting the WireGuard device")
-			w.eng.Close()
-			w.eng = nil
-		}
-		if err := w.start(); err != nil {
-			return false, err
-		}
-		if have, err = w.h.LinkByName(WireGuardDeviceName); err != nil {
-			return false, fmt.Errorf("dataplane: re-read %s after attaching: %w", WireGuardDeviceName, err)
-		}
+	if w.endpoints6() {
+		cfg.ListenAddr6 = w.host.IfaceAddr6
 	}
-	attrs := have.Attrs()
-	if attrs.MTU != w.mtu() {
-		if err := w.h.LinkSetMTU(have, w.mtu()); err != nil {
-			return false, fmt.Errorf("dataplane: set %s mtu %d: %w", WireGuardDeviceName, w.mtu(), err)
-		}
+	eng, err := wgengine.New(cfg)
+	if err != nil {
+		dev.Close()
+		return fmt.Errorf("dataplane: %w", err)
 	}
-	if attrs.Flags&net.FlagUp == 0 {
-		if err := w.h.LinkSetUp(have); err != nil {
-			return false, fmt.Errorf("dataplane: set %s up: %w", WireGuardDeviceName, err)
-		}
-	}
-	created = int32(attrs.Index) != w.devIndex.Load()
-	w.lnk = have
-	w.devIndex.Store(int32(attrs.Index))
-	return created, nil
-}
-
-// start opens flannel-wg in the host's namespace and starts the WireGuard
-// device on it, listening on the underlay address.
-func (w *wgDev) start() error {
-	return inNS(w.host.NetNS, func() error {
-		dev, err := wgengine.OpenTUN(WireGuardDeviceName, w.mtu())
-		if err != nil {
-			return fmt.Errorf("dataplane: %w", err)
-		}
-		w.eng, err = wgengine.New(wgengine.Config{
-			Name: WireGuardDeviceName, TUN: dev, ListenAddr: w.host.IfaceAddr, ListenPort: uint16(w.opts.port),
-			NetNS: w.host.NetNS, PrivateKey: w.key, SocketDir: w.sockDir, Log: w.log,
-		})
-		if err != nil {
-			dev.Close()
-			return fmt.Errorf("dataplane: %w", err)
-		}
-		return nil
-	})
+	w.eng = eng
+	return nil
 }
 
 // setPeers gives the device one peer per usable lease of snap, before the
 // driver writes the route that sends it traffic, and returns the leases
-// left out.
+// left out of the driver's family.
 func (w *wgDev) setPeers(snap lease.Snapshot, d *Desired) []skippedPeer {
-	var skipped []skippedPeer
-	skip := func(p netip.Prefix, format string, a ...any) {
-		skipped = append(skipped, skippedPeer{peer: p, reason: SkipInvalid, msg: fmt.Sprintf(format, a...)})
-	}
-	own := w.key.PublicKey()
-	byKey := make(map[wgengine.Key]netip.Prefix, len(snap.Peers))
-	peers := make([]wgengine.Peer, 0, len(snap.Peers))
-	for _, p := range snap.Peers {
-		sub := p.Subnet.Masked()
-		if err := checkPeer(p, d.Own, w.host); err != nil {
-			skip(p.Subnet, "%s", err)
-			continue
-		}
-		if !strings.EqualFold(p.Attrs.BackendType, netconf.BackendWireGuard) {
-			skip(sub, "backend type %q, want wireguard", p.Attrs.BackendType)
-			continue
-		}
-		key, port, err := w.peerData(p.Attrs.BackendData)
-		if err != nil {
-			skip(sub, "%s", err)
-			continue
-		}
-		switch other, dup := byKey[key]; {
-		case key == own:
-			skip(sub, "BackendData PublicKey %s: is this host's own key", key)
-			continue
-		case dup:
-			skip(sub, "BackendData PublicKey %s: already the key of peer %s", key, other)
-			continue
-		}
-		byKey[key] = sub
-		peers = append(peers, wgengine.Peer{
-			PublicKey: key, Endpoint: netip.AddrPortFrom(p.Attrs.PublicIP, port),
-			AllowedIPs: []netip.Prefix{sub}, PSK: w.opts.psk, Keepalive: w.opts.keepalive,
-		})
-	}
+	peers, skipped := w.plan(snap)
 	if w.eng != nil {
 		if err := w.eng.SetPeers(peers); err != nil {
-			// Every peer given was checked above: this is the device
+			// Every peer given was checked by plan: this is the device
 			// refusing its configuration, retried by the next apply.
 			w.log.Error("configure WireGuard peers", "err", err)
 		}
 	}
-	return skipped
+	if d.Family == unix.AF_INET6 {
+		return skipped[1]
+	}
+	return skipped[0]
 }
 
-// peerData decodes a peer's BackendData: its public key, and its port (0
-// or absent: our own, as flanneld, which publishes none, assumes).
-func (w *wgDev) peerData(raw json.RawMessage) (wgengine.Key, uint16, error) {
+// plan is the device's peers for snap, and the leases it leaves out, per
+// family of the subnets they would have carried (IPv4, IPv6).
+func (w *wgDev) plan(snap lease.Snapshot) ([]wgengine.Peer, [2][]skippedPeer) {
+	var skipped [2][]skippedPeer
+	own4, own6 := snap.Own.Subnet.Masked(), snap.Own.IPv6Subnet.Masked()
+	ownKey := w.key.PublicKey()
+	byKey := make(map[wgengine.Key]netip.Prefix, len(snap.Peers))
+	peers := make([]wgengine.Peer, 0, len(snap.Peers))
+	for _, p := range snap.Peers {
+		var (
+			allowed  []netip.Prefix
+			sub4     netip.Prefix // the subnets it would carry, for skips
+			sub6     netip.Prefix
+			ok4, ok6 bool // its address of the family is usable
+		)
+		if err := checkPeer(p, own4, w.host); err == nil {
+			ok4 = true
+		} else if w.v4 {
+			skipped[0] = append(skipped[0], skippedPeer{peer: p.Subnet, reason: SkipInvalid, msg: err.Error()})
+		}
+		if w.v4 && ok4 {
+			sub4 = p.Subnet.Masked()
+			allowed = append(allowed, sub4)
+		}
+		if w.v6 || w.endpoints6() {
+			skip, err := peer6(p, own6, w.host)
+			switch {
+			case skip:
+			case err != nil && w.v6:
+				skipped[1] = append(skipped[1], skippedPeer{peer: p.IPv6Subnet, reason: SkipInvalid, msg: err.Error()})
+			case err == nil:
+				ok6 = true
+				if w.v6 {
+					sub6 = p.IPv6Subnet.Masked()
+					allowed = append(allowed, sub6)
+				}
+			}
+		}
+		if len(allowed) == 0 {
+			continue
+		}
+		skip := func(format string, a ...any) {
+			msg := fmt.Sprintf(format, a...)
+			if sub4.IsValid() {
+				skipped[0] = append(skipped[0], skippedPeer{peer: sub4, reason: SkipInvalid, msg: msg})
+			}
+			if sub6.IsValid() {
+				skipped[1] = append(skipped[1], skippedPeer{peer: sub6, reason: SkipInvalid, msg: msg})
+			}
+		}
+		if !strings.EqualFold(p.Attrs.BackendType, netconf.BackendWireGuard) {
+			skip("backend type %q, want wireguard", p.Attrs.BackendType)
+			continue
+		}
+		key, port, err := w.peerData(p)
+		if err != nil {
+			skip("%s", err)
+			continue
+		}
+		switch other, dup := byKey[key]; {
+		case key == ownKey:
+			skip("PublicKey %s: is this host's own key", key)
+			continue
+		case dup:
+			skip("PublicKey %s: already the key of peer %s", key, other)
+			continue
+		}
+		var ep netip.AddrPort
+		switch six := w.endpoint6(p, ok4, ok6); {
+		case six && ok6:
+			ep = netip.AddrPortFrom(p.Attrs.PublicIPv6, port)
+		case !six && ok4:
+			ep = netip.AddrPortFrom(p.Attrs.PublicIP, port)
+		default:
+			skip("no usable PublicIP%s for Mode %s", map[bool]string{true: "v6"}[six], w.opts.mode)
+			continue
+		}
+		byKey[key] = allowed[0]
+		peers = append(peers, wgengine.Peer{
+			PublicKey: key, Endpoint: ep, AllowedIPs: allowed, PSK: w.opts.psk, Keepalive: w.opts.keepalive,
+		})
+	}
+	return peers, skipped
+}
+
+// endpoint6 says whether the device reaches peer p at its PublicIPv6.
+func (w *wgDev) endpoint6(p *lease.Lease, ok4, ok6 bool) bool {
+	switch {
+	case !w.endpoints6():
+		return false
+	case !w.endpoints4():
+		return true
+	}
+	// Mode auto, as flannel's selectMode: IPv4 unless the peer's IPv4
+	// address is private and both IPv6 addresses are public.
+	switch {
+	case !ok6:
+		return false
+	case !ok4:
+		return true
+	case !p.Attrs.PublicIP.IsPrivate() && w.host.PublicIP.IsValid():
+		return false
+	}
+	return !p.Attrs.PublicIPv6.IsPrivate() && w.host.PublicIP6.IsValid() && !w.host.PublicIP6.IsPrivate()
+}
+
+// peerData decodes a peer's key and port: from BackendV6Data for
+// flannel-wg-v6, else from BackendData (a single device's BackendV6Data
+// must name the same key). A port of 0 or none means our own, as flanneld,
+// which published none before 0.26, assumes.
+func (w *wgDev) peerData(p *lease.Lease) (wgengine.Key, uint16, error) {
+	what, raw := "BackendData", p.Attrs.BackendData
+	if !w.v4 {
+		what, raw = "BackendV6Data", p.Attrs.BackendV6Data
+	}
+	key, port, err := decodeWGData(what, raw)
+	if err != nil {
+		return wgengine.Key{}, 0, err
+	}
+	if w.v4 && w.v6 && len(p.Attrs.BackendV6Data) > 0 {
+		key6, _, err := decodeWGData("BackendV6Data", p.Attrs.BackendV6Data)
+		if err != nil {
+			return wgengine.Key{}, 0, err
+		}
+		if key6 != key {
+			return wgengine.Key{}, 0, fmt.Errorf("BackendV6Data PublicKey %s: differs from BackendData's %s (one device, one key)", key6, key)
+		}
+	}
+	if port == 0 {
+		port = uint16(w.port)
+	}
+	return key, port, nil
+}
+
+// decodeWGData decodes one wireguard BackendData or BackendV6Data: its
+// public key, and its port (0 when absent).
+func decodeWGData(what string, raw json.RawMessage) (wgengine.Key, uint16, error) {
+	if len(raw) == 0 {
+		return wgengine.Key{}, 0, fmt.Errorf("no %s (the peer publishes no WireGuard key)", what)
+	}
 	var data wgLeaseData
 	if err := json.Unmarshal(raw, &data); err != nil {
-		return wgengine.Key{}, 0, fmt.Errorf("BackendData %.80s: not a wireguard object: %w", raw, err)
+		return wgengine.Key{}, 0, fmt.Errorf("%s %.80s: not a wireguard object: %w", what, raw, err)
 	}
 	key, err := wgengine.ParseKey(data.PublicKey)
 	if err != nil {
-		return wgengine.Key{}, 0, fmt.Errorf("BackendData PublicKey: %w", err)
+		return wgengine.Key{}, 0, fmt.Errorf("%s PublicKey: %w", what, err)
 	}
 	if key.IsZero() {
-		return wgengine.Key{}, 0, errors.New("BackendData PublicKey: all zeros, not a key")
+		return wgengine.Key{}, 0, fmt.Errorf("%s PublicKey: all zeros, not a key", what)
 	}
-	switch {
-	case data.Port == 0:
-		return key, uint16(w.opts.port), nil
-	case data.Port < 0 || data.Port > 65535:
-		return wgengine.Key{}, 0, fmt.Errorf("BackendData Port %d: must be in 0..65535", data.Port)
+	if data.Port < 0 || data.Port > 65535 {
+		return wgengine.Key{}, 0, fmt.Errorf("%s Port %d: must be in 0..65535", what, data.Port)
 	}
 	return key, uint16(data.Port), nil
 }

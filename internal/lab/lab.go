@@ -142,8 +142,8 @@ func (c *Config) setDefaults() error {
 	if !contains(backends, c.Backend) {
 		return fmt.Errorf("backend %q: must be one of %s", c.Backend, strings.Join(backends, ", "))
 	}
-	if c.IPv6 && c.Backend != netconf.BackendVXLAN && c.Backend != netconf.BackendHostGW {
-		return fmt.Errorf("backend %q: IPv6 (dual-stack) needs vxlan or host-gw", c.Backend)
+	if c.IPv6 && c.Backend != netconf.BackendVXLAN && c.Backend != netconf.BackendHostGW && c.Backend != netconf.BackendWireGuard {
+		return fmt.Errorf("backend %q: IPv6 (dual-stack) needs vxlan, host-gw or wireguard", c.Backend)
 	}
 	if c.Containers == "" {
 		c.Containers = ContainersNetns

@@ -51,10 +51,14 @@ type Config struct {
 	// TUN is the device's TUN, opened by the caller in the host's
 	// namespace. The engine owns it from New on: Close closes it.
 	TUN tun.Device
-	// ListenAddr is the IPv4 address the UDP socket is bound to (the
-	// underlay interface's); ListenPort its port (0 = any free port).
-	ListenAddr netip.Addr
-	ListenPort uint16
+	// ListenAddr is the IPv4 address the UDP socket for IPv4 endpoints is
+	// bound to (the underlay interface's), ListenAddr6 the IPv6 address of
+	// the socket for IPv6 endpoints; a zero one means no peer of that
+	// family, and at least one is needed. ListenPort is their port (0 = any
+	// free port).
+	ListenAddr  netip.Addr
+	ListenAddr6 netip.Addr
+	ListenPort  uint16
 	// NetNS is the namespace the socket is opened in; nil = the current one.
 	NetNS *netns.NsHandle
 	// PrivateKey is the device's private key.
@@ -68,7 +72,7 @@ type Config struct {
 // Peer is one peer the device must have.
 type Peer struct {
 	PublicKey  Key
-	Endpoint   netip.AddrPort // where its datagrams go: IPv4 PublicIP:port
+	Endpoint   netip.AddrPort // where its datagrams go: PublicIP:port or [PublicIPv6]:port
 	AllowedIPs []netip.Prefix // the inner addresses it may send from and is sent to
 	PSK        Key            // zero = none
 	Keepalive  time.Duration  // persistent keepalive, whole seconds; 0 = off
@@ -89,9 +93,11 @@ type Engine struct {
 	pub  Key
 	log  *slog.Logger
 
-	mu     sync.Mutex // serialises SetPeers
-	seeded bool       // a SetPeers has configured peers: later additions are joins
-	uapi   *uapiServer
+	mu   sync.Mutex // serialises SetPeers
+	uapi *uapiServer
+
+	badMu       sync.Mutex
+	badResponse map[string]time.Time // endpoint → when its last bad handshake response was logged
 
 	closeOnce sync.Once
 	closeErr  error
@@ -114,16 +120,22 @@ func New(cfg Config) (*Engine, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("device", cfg.Name)
-	b, err := newBind(cfg.ListenAddr, cfg.NetNS)
+	b, err := newBind(cfg.ListenAddr, cfg.ListenAddr6, cfg.NetNS)
 	if err != nil {
 		return nil, fmt.Errorf("wgengine: %s: %w", cfg.Name, err)
 	}
-	e := &Engine{name: cfg.Name, bind: b, pub: cfg.PrivateKey.PublicKey(), log: log}
+	e := &Engine{name: cfg.Name, bind: b, pub: cfg.PrivateKey.PublicKey(), log: log, badResponse: make(map[string]time.Time)}
 	e.dev = device.NewDevice(cfg.TUN, b, &device.Logger{
 		// wireguard-go's own lines: handshakes and keepalives are
 		// debug; its "errors" are mostly a peer not answering yet.
-		Verbosef: func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...)) },
-		Errorf:   func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...)) },
+		Verbosef: func(f string, a ...any) {
+			if f == invalidResponse && len(a) == 1 {
+				e.noteBadResponse(fmt.Sprint(a[0]))
+				return
+			}
+			log.Debug(fmt.Sprintf(f, a...))
+		},
+		Errorf: func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...)) },
 	})
 	conf := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", cfg.PrivateKey.hex(), cfg.ListenPort)
 	if err := e.dev.IpcSet(conf); err != nil {
@@ -132,7 +144,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if err := e.dev.Up(); err != nil {
 		e.dev.Close()
-		return nil, fmt.Errorf("wgengine: bring %s up (UDP %s:%d): %w", cfg.Name, cfg.ListenAddr, cfg.ListenPort, err)
+		return nil, fmt.Errorf("wgengine: bring %s up (UDP %s %s port %d): %w", cfg.Name, cfg.ListenAddr, cfg.ListenAddr6, cfg.ListenPort, err)
 	}
 	if cfg.SocketDir != "-" {
 		dir := cmp.Or(cfg.SocketDir, DefaultSocketDir)
@@ -177,8 +189,10 @@ func (e *Engine) checkPeer(p Peer) error {
 		return errors.New("public key is all zeros")
 	case p.PublicKey == e.pub:
 		return errors.New("public key is this device's own")
-	case !p.Endpoint.Addr().Is4() || p.Endpoint.Addr().IsUnspecified() || p.Endpoint.Port() == 0:
-		return fmt.Errorf("endpoint %s: must be an IPv4 address and a port", p.Endpoint)
+	case !p.Endpoint.IsValid() || p.Endpoint.Addr().Is4In6() || p.Endpoint.Addr().IsUnspecified() || p.Endpoint.Port() == 0:
+		return fmt.Errorf("endpoint %s: must be an address and a port", p.Endpoint)
+	case !e.bind.serves(p.Endpoint.Addr()):
+		return fmt.Errorf("endpoint %s: the device listens on no address of its family", p.Endpoint)
 	case len(p.AllowedIPs) == 0:
 		return errors.New("no allowed IPs")
 	case p.Keepalive < 0 || p.Keepalive > 65535*time.Second:
@@ -260,26 +274,62 @@ func (e *Engine) SetPeers(peers []Peer) error {
 			errs = append(errs, fmt.Errorf("wgengine: configure peers of %s (%d added or changed, %d removed): %w", e.name, written, removed, err))
 		} else {
 			e.log.Debug("peers changed", "peers", len(want), "written", written, "removed", removed)
-			if e.seeded {
-				e.greet(added)
-			}
+			e.greet(added)
 		}
 	}
-	e.seeded = true
 	return errors.Join(errs...)
 }
 
-// greet starts a handshake with peers that joined after the first
-// configuration. A joining host has usually tried to reach us before our
-// watch told us of it; its initiation was dropped (unknown key) and
-// WireGuard would retry only after REKEY_TIMEOUT (5 s). Our initiation,
-// which it accepts, opens the session at once. Not for the first
-// configuration: those peers mostly do not know us yet.
+// greet starts a handshake with every peer the device did not have, the
+// first configuration's included:
+//   - A joining host has usually tried to reach us before our watch told
+//     us of it; its initiation was dropped (unknown key) and WireGuard
+//     would retry only after REKEY_TIMEOUT (5 s). Our initiation, which it
+//     accepts, opens the session at once.
+//   - After a restart our device has no sessions while its peers still
+//     hold the old ones: what they send is dropped here (unknown receiver
+//     index) and, as long as we send nothing back, they start a new
+//     handshake only after KEEPALIVE_TIMEOUT + REKEY_TIMEOUT (15 s). Our
+//     initiation replaces their session at once.
+//
+// A peer that does not know us yet (a cluster starting) drops it, and
+// WireGuard retries for REKEY_ATTEMPT_TIME: a few small datagrams.
 func (e *Engine) greet(keys []Key) {
 	for _, k := range keys {
 		if p := e.dev.LookupPeer(device.NoisePublicKey(k)); p != nil {
 			p.SendKeepalive()
 		}
+	}
+}
+
+// invalidResponse is wireguard-go's debug line for a handshake response
+// that does not authenticate.
+const invalidResponse = "Received invalid response message from %s"
+
+// badResponseEvery is how often a peer's failing handshakes are logged:
+// WireGuard retries every 5 s.
+const badResponseEvery = time.Minute
+
+// noteBadResponse logs, at most once a badResponseEvery per endpoint, a
+// handshake response that failed to authenticate: the peer knows our key
+// (it answered our initiation) but the session keys differ, which, between
+// hosts configured from the same leases, is a pre-shared key that differs.
+// No session is made and no traffic passes; wireguard-go would say so only
+// in a debug line.
+func (e *Engine) noteBadResponse(from string) {
+	now := time.Now()
+	e.badMu.Lock()
+	last, seen := e.badResponse[from]
+	if !seen && len(e.badResponse) >= endpointCacheMax {
+		clear(e.badResponse) // bounded: endpoints come from the network
+	}
+	log := !seen || now.Sub(last) >= badResponseEvery
+	if log {
+		e.badResponse[from] = now
+	}
+	e.badMu.Unlock()
+	if log {
+		e.log.Warn("WireGuard handshake response did not authenticate: no session with this peer (its pre-shared key differs from ours, PSK in the network config)", "endpoint", from)
 	}
 }
 

@@ -1,6 +1,7 @@
 package wgengine
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -8,7 +9,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/device"
@@ -118,4 +122,80 @@ func (s *uapiServer) close() error {
 		return fmt.Errorf("close UAPI socket %s: %w", s.path, err)
 	}
 	return nil
+}
+
+// Device is a WireGuard device as its UAPI socket describes it.
+type Device struct {
+	PublicKey  Key // derived from the private key the socket reports
+	ListenPort uint16
+	Peers      []PeerStatus // sorted by public key
+}
+
+// Query reads the device behind the UAPI socket path with the "get"
+// operation `wg show` uses: weftd's devices, a stock wireguard-go's, any
+// userspace implementation's.
+func Query(path string, timeout time.Duration) (Device, error) {
+	c, err := net.DialTimeout("unix", path, timeout)
+	if err != nil {
+		return Device{}, fmt.Errorf("wgengine: query UAPI socket: %w", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte("get=1\n\n")); err != nil {
+		return Device{}, fmt.Errorf("wgengine: query UAPI socket %s: %w", path, err)
+	}
+	var b strings.Builder
+	sc := bufio.NewScanner(c)
+	for sc.Scan() && sc.Text() != "" {
+		b.WriteString(sc.Text())
+		b.WriteByte('\n')
+	}
+	if err := sc.Err(); err != nil {
+		return Device{}, fmt.Errorf("wgengine: read UAPI socket %s: %w", path, err)
+	}
+	d, err := parseDevice(b.String())
+	if err != nil {
+		return Device{}, fmt.Errorf("wgengine: UAPI socket %s: %w", path, err)
+	}
+	return d, nil
+}
+
+// parseDevice parses a whole UAPI "get" reply.
+func parseDevice(s string) (Device, error) {
+	var d Device
+	errno := ""
+device:
+	for line := range strings.Lines(s) {
+		key, val, _ := strings.Cut(strings.TrimSuffix(line, "\n"), "=")
+		switch key {
+		case "public_key":
+			break device // device lines come first
+		case "private_key":
+			k, err := hexKey(val)
+			if err != nil {
+				return d, err
+			}
+			d.PublicKey = k.PublicKey()
+		case "listen_port":
+			p, err := strconv.ParseUint(val, 10, 16)
+			if err != nil {
+				return d, fmt.Errorf("UAPI line listen_port=%s: %w", val, err)
+			}
+			d.ListenPort = uint16(p)
+		}
+	}
+	if i := strings.LastIndex(s, "errno="); i >= 0 {
+		errno = strings.TrimSpace(s[i+len("errno="):])
+	}
+	if errno != "" && errno != "0" {
+		return d, fmt.Errorf("the device answered errno=%s", errno)
+	}
+	have, err := parsePeers(s)
+	if err != nil {
+		return d, err
+	}
+	for _, k := range sortedKeys(have) {
+		d.Peers = append(d.Peers, have[k])
+	}
+	return d, nil
 }

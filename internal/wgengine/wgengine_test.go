@@ -2,13 +2,18 @@ package wgengine
 
 import (
 	"bufio"
+	"bytes"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/weft-net/weft/internal/testutil/netnstest"
 )
@@ -83,21 +88,41 @@ type side struct {
 	eng     *Engine
 }
 
-func newSide(t *testing.T, ns *netnstest.NS, under, overlay string, sockDir string) *side {
+// newSide starts an engine in ns on wgt0 with a new key, listening on
+// under (IPv4 or IPv6) port 51820; log (optional) gets the engine's lines.
+func newSide(t *testing.T, ns *netnstest.NS, under, overlay string, sockDir string, log ...*slog.Logger) *side {
 	t.Helper()
-	s := &side{ns: ns, under: netip.MustParseAddr(under), overlay: netip.MustParsePrefix(overlay)}
-	s.key, _ = GenerateKey()
-	if out, err := ns.Run("ip", "addr", "add", under+"/24", "dev", "u0"); err != nil && !strings.Contains(out, "already assigned") {
-		t.Fatal(err)
+	key, _ := GenerateKey()
+	return newSideKey(t, ns, under, overlay, sockDir, key, log...)
+}
+
+func newSideKey(t *testing.T, ns *netnstest.NS, under, overlay string, sockDir string, key Key, log ...*slog.Logger) *side {
+	t.Helper()
+	s := &side{ns: ns, under: netip.MustParseAddr(under), overlay: netip.MustParsePrefix(overlay), key: key}
+	args := []string{"ip", "addr", "add", under + "/24", "dev", "u0"}
+	if s.under.Is6() {
+		args = []string{"ip", "addr", "add", under + "/64", "dev", "u0", "nodad"}
+	}
+	if out, err := ns.Run(args...); err != nil && !strings.Contains(out, "already assigned") && !strings.Contains(out, "exists") {
+		t.Fatal(err, out)
 	}
 	fd := ns.Fd()
+	cfg := Config{Name: "wgt0-" + ns.Name, ListenPort: 51820, NetNS: &fd, PrivateKey: s.key, SocketDir: sockDir}
+	if s.under.Is6() {
+		cfg.ListenAddr6 = s.under
+	} else {
+		cfg.ListenAddr = s.under
+	}
+	if len(log) > 0 {
+		cfg.Log = log[0]
+	}
 	err := ns.Do(func() error {
-		dev, err := OpenTUN("wgt0", 1420)
+		dev, err := tun.CreateTUN("wgt0", 1420)
 		if err != nil {
 			return err
 		}
-		s.eng, err = New(Config{Name: "wgt0-" + ns.Name, TUN: dev, ListenAddr: s.under, ListenPort: 51820,
-			NetNS: &fd, PrivateKey: s.key, SocketDir: sockDir})
+		cfg.TUN = dev
+		s.eng, err = New(cfg)
 		if err != nil {
 			dev.Close()
 		}
@@ -183,8 +208,7 @@ func TestTwoEngines(t *testing.T) {
 
 	// b's key rotates (its lease is rewritten): b restarts its engine with
 	// a new key, a replaces the peer; traffic recovers.
-	b.eng.Close()
-	nb.MustRun(t, "ip", "link", "del", "wgt0")
+	b.eng.Close() // closes wgt0, which is not persistent: it goes
 	b2 := newSide(t, nb, "10.77.0.2", "10.78.2.1/24", "-")
 	if err := b2.eng.SetPeers([]Peer{a.peer()}); err != nil {
 		t.Fatal(err)
@@ -230,5 +254,135 @@ func TestTwoEngines(t *testing.T) {
 	}
 	if ping(t, a, b2.overlay.Addr()) == nil {
 		t.Fatal("ping went through with no peer")
+	}
+}
+
+// pair is two namespaces joined by a veth (u0 on both sides).
+func pair(t *testing.T) (*netnstest.NS, *netnstest.NS) {
+	t.Helper()
+	na, nb := netnstest.New(t, "wga"), netnstest.New(t, "wgb")
+	if err := netnstest.VethPair(na, "u0", nb, "u0"); err != nil {
+		t.Fatal(err)
+	}
+	return na, nb
+}
+
+// TestIPv6Endpoints: two devices whose peers' endpoints are IPv6 (the
+// socket on the underlay's IPv6 address) talk, and carry IPv6 inner
+// traffic too; an IPv4 endpoint on a device with no IPv4 socket is refused.
+func TestIPv6Endpoints(t *testing.T) {
+	na, nb := pair(t)
+	a := newSide(t, na, "fd77::1", "10.78.1.1/24", "-")
+	b := newSide(t, nb, "fd77::2", "10.78.2.1/24", "-")
+	for _, s := range []*side{a, b} {
+		o6 := "fd78:0:0:" + s.overlay.Addr().String()[6:7] + "::1"
+		s.ns.MustRun(t, "ip", "addr", "add", o6+"/128", "dev", "wgt0", "nodad")
+		s.ns.MustRun(t, "ip", "route", "add", "fd78::/48", "dev", "wgt0")
+	}
+	pa, pb := a.peer(), b.peer()
+	pa.AllowedIPs = append(pa.AllowedIPs, netip.MustParsePrefix("fd78:0:0:1::/64"))
+	pb.AllowedIPs = append(pb.AllowedIPs, netip.MustParsePrefix("fd78:0:0:2::/64"))
+	if err := a.eng.SetPeers([]Peer{pb}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.eng.SetPeers([]Peer{pa}); err != nil {
+		t.Fatal(err)
+	}
+	waitPing(t, a, b.overlay.Addr())
+	if _, err := a.ns.Run("ping", "-c1", "-W2", "fd78:0:0:2::1"); err != nil {
+		t.Errorf("IPv6 inner ping over IPv6 endpoints: %v", err)
+	}
+	ps, _ := a.eng.Peers()
+	if len(ps) != 1 || ps[0].Endpoint.String() != "[fd77::2]:51820" || ps[0].LastHandshake.IsZero() {
+		t.Errorf("a's peers %+v, want b at [fd77::2]:51820 with a handshake", ps)
+	}
+	bad := pb
+	bad.Endpoint = netip.MustParseAddrPort("10.77.0.2:51820")
+	if err := a.eng.SetPeers([]Peer{bad}); err == nil || !strings.Contains(err.Error(), "no address of its family") {
+		t.Errorf("IPv4 endpoint on an IPv6-only device: err %v", err)
+	}
+}
+
+// syncBuf is a log sink the engine's goroutines write to.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// TestPSKMismatch: two devices that know each other's keys but were given
+// different pre-shared keys make no session: no handshake completes, no
+// ping passes, and the failing handshake is logged as a warning naming the
+// peer's endpoint and the PSK.
+func TestPSKMismatch(t *testing.T) {
+	na, nb := pair(t)
+	var logs syncBuf
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	a := newSide(t, na, "10.77.0.1", "10.78.1.1/24", "-", log)
+	b := newSide(t, nb, "10.77.0.2", "10.78.2.1/24", "-", log)
+	pa, pb := a.peer(), b.peer()
+	pa.PSK, _ = GenerateKey()
+	pb.PSK, _ = GenerateKey()
+	if err := a.eng.SetPeers([]Peer{pb}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.eng.SetPeers([]Peer{pa}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if ping(t, a, b.overlay.Addr()) == nil {
+			t.Fatal("a ping passed between devices with different PSKs")
+		}
+	}
+	for _, s := range []*side{a, b} {
+		ps, _ := s.eng.Peers()
+		if len(ps) != 1 || !ps[0].LastHandshake.IsZero() || ps[0].RxBytes > 1024 {
+			t.Errorf("%s: peers %+v, want one with no handshake", s.ns.Name, ps)
+		}
+	}
+	got := logs.String()
+	if !strings.Contains(got, "level=WARN") || !strings.Contains(got, "pre-shared key") || !strings.Contains(got, "endpoint=10.77.0.") {
+		t.Errorf("no warning naming the failing handshake:\n%s", got)
+	}
+	if n := strings.Count(got, "did not authenticate"); n > 2 {
+		t.Errorf("%d warnings in 3 s, want at most one per peer:\n%s", n, got)
+	}
+}
+
+// TestRestartGreets: a device restarted with its key (weftd restarted)
+// starts a handshake with every peer of its first configuration, so a
+// peer still holding a session with the old device gets a new one at once,
+// without either side sending traffic (after a restart, the peer's packets
+// to us would be dropped for up to 15 s while we send nothing).
+func TestRestartGreets(t *testing.T) {
+	na, nb := pair(t)
+	a := newSide(t, na, "10.77.0.1", "10.78.1.1/24", "-")
+	b := newSide(t, nb, "10.77.0.2", "10.78.2.1/24", "-")
+	a.eng.SetPeers([]Peer{b.peer()})
+	b.eng.SetPeers([]Peer{a.peer()})
+	waitPing(t, a, b.overlay.Addr())
+	ps, _ := a.eng.Peers()
+	first := ps[0].LastHandshake
+
+	b.eng.Close()
+	time.Sleep(1100 * time.Millisecond) // handshake times have 1 s granularity in what we compare
+	restarted := time.Now()
+	b2 := newSideKey(t, nb, "10.77.0.2", "10.78.2.1/24", "-", b.key)
+	if err := b2.eng.SetPeers([]Peer{a.peer()}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		ps, _ := a.eng.Peers()
+		if len(ps) == 1 && ps[0].LastHandshake.After(first) {
+			t.Logf("MEASURED new session %s after the restarted device's first configuration, no traffic sent", time.Since(restarted).Round(time.Millisecond))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a's session with b not renewed within 2 s of b's restart: %+v", ps)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
