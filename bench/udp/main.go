@@ -330,6 +330,13 @@ func iperf(t *topo, secs int, args ...string) (result, error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	var d0 dropSnap
+	udp := slices.Contains(args, "-u")
+	if *showDrops && udp {
+		if d0, err = snapDrops(t); err != nil {
+			return result{}, err
+		}
+	}
 	b0, t0 := cpuBusy()
 	s0 := selfCPU()
 	start := time.Now()
@@ -337,6 +344,13 @@ func iperf(t *topo, secs int, args ...string) (result, error) {
 	wall := time.Since(start)
 	b1, t1 := cpuBusy()
 	s1 := selfCPU()
+	if *showDrops && udp && err == nil {
+		d1, derr := snapDrops(t)
+		if derr != nil {
+			return result{}, derr
+		}
+		fmt.Fprintf(os.Stderr, "drops %-5s %s\n", t.mode, dropReport(t, d0, d1))
+	}
 	if err != nil {
 		return result{}, fmt.Errorf("iperf3 %s to %s: %w: %s", strings.Join(args, " "), addr, err, out)
 	}
@@ -362,7 +376,7 @@ func iperf(t *topo, secs int, args ...string) (result, error) {
 		return result{}, fmt.Errorf("iperf3: %s", r.Error)
 	}
 	res := result{gbps: r.End.SumReceived.BitsPerSecond / 1e9}
-	if slices.Contains(args, "-u") {
+	if udp {
 		s := r.End.Sum
 		res.gbps = s.BitsPerSecond / 1e9 * (1 - s.LostPercent/100)
 		res.loss = s.LostPercent
@@ -388,6 +402,12 @@ func median(xs []float64) float64 {
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
+
+// showDrops: print where the UDP test's datagrams were lost (drops.go).
+var showDrops = flag.Bool("drops", false, "after each UDP test, print the kernel's send, receive and drop counters that moved, per namespace")
+
+// txqlen overrides the TUN devices' queue length (an experiment knob).
+var txqlen = flag.Int("txqlen", 0, "set the udp/wireguard TUN devices' txqueuelen (0: leave the backend's)")
 
 func run() error {
 	secs := flag.Int("t", 10, "seconds per iperf3 test")
@@ -426,6 +446,14 @@ func run() error {
 		}
 		if !ok {
 			return fmt.Errorf("%s: no ping from %s to %s", m, cli.Name, addr)
+		}
+		if *txqlen > 0 && (m == "udp" || m == "wireguard") {
+			dev := map[string]string{"udp": dataplane.UDPDeviceName, "wireguard": "flannel-wg"}[m]
+			for _, h := range []*host{t.a, t.b} {
+				if _, err := h.ns.Run("ip", "link", "set", dev, "txqueuelen", strconv.Itoa(*txqlen)); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	if *cpuProfile != "" {

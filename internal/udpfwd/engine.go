@@ -14,7 +14,9 @@
 //   - UDP with recvmmsg/sendmmsg and UDP GSO/GRO: one sendmsg carries up to
 //     64 datagrams to one peer, one recvmsg returns as many; the socket
 //     listens on the underlay interface's IPv4 address only;
-//   - 7 MiB socket buffers (SO_RCVBUFFORCE/SO_SNDBUFFORCE);
+//   - 7 MiB socket buffers (SO_RCVBUFFORCE/SO_SNDBUFFORCE) and a TUN queue
+//     of TUNQueueLen packets, so that a burst while the engine waits for a
+//     CPU is queued rather than dropped;
 //   - buffers allocated once per goroutine; the route lookup is a map probe on
 //     an immutable table (Table) read through an atomic pointer, so the
 //     control plane swaps the peer set without stopping or locking the engine.
@@ -180,6 +182,11 @@ func (e *Engine) Start() error {
 		return fmt.Errorf("udpfwd: listen on UDP port %d: %w", e.cfg.Port, err)
 	}
 	e.started = true
+	// Best effort, like the socket buffers: with the kernel's default
+	// queue the engine only drops more packets when it falls behind.
+	if err := RaiseQueueLen(e.cfg.TUN, TUNQueueLen); err != nil {
+		e.log.Warn("TUN queue left at its length", "want", TUNQueueLen, "err", err)
+	}
 	local := netip.AddrPortFrom(netip.IPv4Unspecified(), port) // StdNetBind: every address
 	if lb, ok := e.cfg.Bind.(interface{ LocalAddr() netip.AddrPort }); ok {
 		local = lb.LocalAddr()
