@@ -185,53 +185,94 @@ func setupWireGuard(b *backend, specs []spec) (Published, int, error) {
 	if err != nil {
 		return Published{}, 0, fmt.Errorf("dataplane: %w", err)
 	}
-	dual := len(specs) > 1
-	newDev := func(name string, port int, v4, v6 bool) (*wgDev, error) {
-		w := &wgDev{opts: o, key: key, port: port, v4: v4, v6: v6, sockDir: os.Getenv(wgengine.SocketDirEnv)}
-		w.tunDev = tunDev{name: name, h: b.h, log: b.log.With("device", name, "port", port),
-			running: func() bool { return w.eng != nil }, start: w.startEngine}
-		return w, w.init(b.host)
-	}
+	devs := wgLayout(o, key, len(specs) > 1)
 	pub := Published{BackendType: netconf.BackendWireGuard}
-	var dev *wgDev
-	if o.mode == wgSeparate {
-		if dev, err = newDev(WireGuardDeviceName, o.port, true, false); err != nil {
+	for i, w := range devs {
+		w.sockDir = os.Getenv(wgengine.SocketDirEnv)
+		w.tunDev = tunDev{name: w.name, h: b.h, log: b.log.With("device", w.name, "port", w.port),
+			running: func() bool { return w.eng != nil }, start: w.startEngine}
+		if err := w.init(b.host); err != nil {
+			for _, started := range devs[:i] {
+				started.Close()
+			}
 			return Published{}, 0, err
 		}
-		b.add(specs[0], dev, b.log).before = dev.setPeers
-		if dual {
-			dev6, err := newDev(WireGuardDeviceNameV6, o.port6, false, true)
-			if err != nil {
-				dev.Close()
-				return Published{}, 0, err
-			}
-			b.add(specs[1], dev6, b.log).before = dev6.setPeers
-			if pub.BackendV6Data, err = json.Marshal(wgLeaseData{PublicKey: key.PublicKey().String(), Port: o.port6}); err != nil {
-				return Published{}, 0, fmt.Errorf("dataplane: wireguard BackendV6Data: %w", err)
-			}
+		data, err := json.Marshal(wgLeaseData{PublicKey: key.PublicKey().String(), Port: w.port})
+		if err != nil {
+			return Published{}, 0, fmt.Errorf("dataplane: wireguard lease data: %w", err)
 		}
-	} else {
-		if dev, err = newDev(WireGuardDeviceName, o.port, true, dual); err != nil {
-			return Published{}, 0, err
+		if w.v4 {
+			pub.BackendData = data
 		}
-		b.add(specs[0], dev, b.log).before = dev.setPeers
-		if dual {
-			// One device, two families: the IPv4 driver, which applies
-			// first, configures every peer; the IPv6 one reports its
-			// family's skipped peers.
-			b.add(specs[1], dev, b.log).before = func(snap lease.Snapshot, _ *Desired) []skippedPeer {
-				_, sk := dev.plan(snap)
-				return sk[1]
-			}
-			if pub.BackendV6Data, err = json.Marshal(wgLeaseData{PublicKey: key.PublicKey().String(), Port: o.port}); err != nil {
-				return Published{}, 0, fmt.Errorf("dataplane: wireguard BackendV6Data: %w", err)
-			}
+		if w.v6 {
+			pub.BackendV6Data = data
 		}
 	}
-	if pub.BackendData, err = json.Marshal(wgLeaseData{PublicKey: key.PublicKey().String(), Port: o.port}); err != nil {
-		return Published{}, 0, fmt.Errorf("dataplane: wireguard BackendData: %w", err)
+	b.add(specs[0], devs[0], b.log).before = devs[0].setPeers
+	switch {
+	case len(devs) > 1: // separate
+		b.add(specs[1], devs[1], b.log).before = devs[1].setPeers
+	case len(specs) > 1:
+		// One device, two families: the IPv4 driver, which applies
+		// first, configures every peer; the IPv6 one reports its family's
+		// skipped peers.
+		dev := devs[0]
+		b.add(specs[1], dev, b.log).before = func(snap lease.Snapshot, _ *Desired) []skippedPeer {
+			_, sk := dev.plan(snap)
+			return sk[1]
+		}
 	}
-	return pub, dev.mtu, nil
+	return pub, devs[0].mtu, nil
+}
+
+// wgLayout is the devices of Mode o.mode, not yet started: flannel-wg
+// (IPv4, and IPv6 too in the single-device modes of a dual-stack network)
+// and, in Mode separate with dual, flannel-wg-v6.
+func wgLayout(o wgOptions, key wgengine.Key, dual bool) []*wgDev {
+	dev := func(name string, port int, v4, v6 bool) *wgDev {
+		w := &wgDev{opts: o, key: key, pub: key.PublicKey(), port: port, v4: v4, v6: v6}
+		w.name = name
+		return w
+	}
+	if o.mode != wgSeparate {
+		return []*wgDev{dev(WireGuardDeviceName, o.port, true, dual)}
+	}
+	devs := []*wgDev{dev(WireGuardDeviceName, o.port, true, false)}
+	if dual {
+		devs = append(devs, dev(WireGuardDeviceNameV6, o.port6, false, true))
+	}
+	return devs
+}
+
+// WireGuardDevice is what the leases ask of one of this host's WireGuard
+// devices: its name, listen port and peers.
+type WireGuardDevice struct {
+	Name       string
+	ListenPort uint16
+	Peers      []wgengine.Peer
+	// Skipped are the leases it leaves out, and why.
+	Skipped []string
+}
+
+// WireGuardPeers is what snap asks of the WireGuard devices of a host
+// whose public key is pub, for `weftctl doctor`: the same plan weftd's
+// devices are given, so there is one definition of a peer.
+func WireGuardPeers(cfg netconf.Config, host Host, pub wgengine.Key, snap lease.Snapshot) ([]WireGuardDevice, error) {
+	o, err := wireGuardOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var out []WireGuardDevice
+	for _, w := range wgLayout(o, wgengine.Key{}, cfg.EnableIPv6) {
+		w.pub, w.host = pub, host
+		peers, skipped := w.plan(snap)
+		d := WireGuardDevice{Name: w.name, ListenPort: uint16(w.port), Peers: peers}
+		for _, sk := range append(skipped[0], skipped[1]...) {
+			d.Skipped = append(d.Skipped, fmt.Sprintf("%s: %s", sk.peer, sk.msg))
+		}
+		out = append(out, d)
+	}
+	return out, nil
 }
 
 // wgDev is one WireGuard device (flannel-wg or flannel-wg-v6) and its TUN.
@@ -242,6 +283,7 @@ type wgDev struct {
 	tunDev
 	opts    wgOptions
 	key     wgengine.Key
+	pub     wgengine.Key // key's public key
 	port    int
 	v4, v6  bool
 	sockDir string // "" = wgengine.DefaultSocketDir
@@ -338,7 +380,7 @@ func (w *wgDev) setPeers(snap lease.Snapshot, d *Desired) []skippedPeer {
 func (w *wgDev) plan(snap lease.Snapshot) ([]wgengine.Peer, [2][]skippedPeer) {
 	var skipped [2][]skippedPeer
 	own4, own6 := snap.Own.Subnet.Masked(), snap.Own.IPv6Subnet.Masked()
-	ownKey := w.key.PublicKey()
+	ownKey := w.pub
 	byKey := make(map[wgengine.Key]netip.Prefix, len(snap.Peers))
 	peers := make([]wgengine.Peer, 0, len(snap.Peers))
 	for _, p := range snap.Peers {

@@ -89,7 +89,7 @@ func TestWireGuardPlan(t *testing.T) {
 	}
 	snap.Peers[2].Attrs.BackendV6Data = json.RawMessage(`{"PublicKey":"not-a-key"}`)
 	dev := func(mode string, port int, v4, v6 bool) *wgDev {
-		return &wgDev{tunDev: tunDev{host: host}, key: key, opts: wgOptions{port: 51820, port6: 51821, mode: mode}, port: port, v4: v4, v6: v6}
+		return &wgDev{tunDev: tunDev{host: host}, key: key, pub: key.PublicKey(), opts: wgOptions{port: 51820, port6: 51821, mode: mode}, port: port, v4: v4, v6: v6}
 	}
 	for _, tc := range []struct {
 		name      string

@@ -56,6 +56,7 @@ func Check(s State) Report {
 	vs = append(vs, checkBridges(s)...)
 	vs = append(vs, checkIface(s), checkIPForward(s))
 	vs = append(vs, checkPeers(s)...)
+	vs = append(vs, checkWireGuard(s)...)
 	return NewReport(vs)
 }
 

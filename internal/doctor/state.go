@@ -31,6 +31,9 @@ type State struct {
 
 	Etcd   EtcdState
 	Kernel KernelState
+	// WireGuard is the wireguard backend's devices as their UAPI sockets
+	// show them (wireguard.go); nil for other backends.
+	WireGuard []WireGuardState
 }
 
 // EtcdState is what etcd holds under the prefix.
@@ -287,6 +290,9 @@ type Inputs struct {
 	// Sysctl reads sysctls of that same namespace (ProcSysctl for the current one).
 	Sysctl SysctlReader
 	Now    time.Time
+	// WireGuardSocketDir is where the wireguard backend's UAPI sockets are
+	// ("" = $WEFT_WIREGUARD_SOCKET_DIR, else /var/run/wireguard).
+	WireGuardSocketDir string
 }
 
 // Observe reads everything the checks need.
@@ -302,5 +308,8 @@ func Observe(ctx context.Context, in Inputs) State {
 		dev = DeviceName(s.Etcd.Config)
 	}
 	s.Kernel = ObserveKernel(in.Handle, dev, in.Sysctl)
+	if s.Etcd.Err == nil && s.Etcd.ConfigErr == nil && s.Etcd.Config.BackendType == netconf.BackendWireGuard {
+		s.WireGuard = ObserveWireGuard(s.Etcd.Config, in.WireGuardSocketDir)
+	}
 	return s
 }

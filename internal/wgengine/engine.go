@@ -97,7 +97,7 @@ type Engine struct {
 	uapi *uapiServer
 
 	badMu       sync.Mutex
-	badResponse map[string]time.Time // endpoint → when its last bad handshake response was logged
+	badResponse map[string]*badResponses // by endpoint
 
 	closeOnce sync.Once
 	closeErr  error
@@ -124,7 +124,7 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("wgengine: %s: %w", cfg.Name, err)
 	}
-	e := &Engine{name: cfg.Name, bind: b, pub: cfg.PrivateKey.PublicKey(), log: log, badResponse: make(map[string]time.Time)}
+	e := &Engine{name: cfg.Name, bind: b, pub: cfg.PrivateKey.PublicKey(), log: log, badResponse: make(map[string]*badResponses)}
 	e.dev = device.NewDevice(cfg.TUN, b, &device.Logger{
 		// wireguard-go's own lines: handshakes and keepalives are
 		// debug; its "errors" are mostly a peer not answering yet.
@@ -306,30 +306,46 @@ func (e *Engine) greet(keys []Key) {
 // that does not authenticate.
 const invalidResponse = "Received invalid response message from %s"
 
-// badResponseEvery is how often a peer's failing handshakes are logged:
-// WireGuard retries every 5 s.
+// badResponseEvery is how often a peer's failing handshakes are logged,
+// and the window in which a second failure makes one worth logging:
+// WireGuard retries every 5 s, while a single failure is also what a late
+// answer to an initiation we have since replaced looks like.
 const badResponseEvery = time.Minute
 
-// noteBadResponse logs, at most once a badResponseEvery per endpoint, a
-// handshake response that failed to authenticate: the peer knows our key
-// (it answered our initiation) but the session keys differ, which, between
-// hosts configured from the same leases, is a pre-shared key that differs.
-// No session is made and no traffic passes; wireguard-go would say so only
-// in a debug line.
+type badResponses struct {
+	first, logged time.Time
+	n             int
+}
+
+// noteBadResponse logs, from the second in a badResponseEvery and at most
+// once a badResponseEvery per endpoint, a handshake response that failed
+// to authenticate: the peer knows our key (it answered our initiation) but
+// the session keys differ, which, between hosts configured from the same
+// leases, is a pre-shared key that differs. No session is made and no
+// traffic passes; wireguard-go would say so only in a debug line.
 func (e *Engine) noteBadResponse(from string) {
 	now := time.Now()
 	e.badMu.Lock()
-	last, seen := e.badResponse[from]
-	if !seen && len(e.badResponse) >= endpointCacheMax {
-		clear(e.badResponse) // bounded: endpoints come from the network
+	b := e.badResponse[from]
+	if b == nil {
+		if len(e.badResponse) >= endpointCacheMax {
+			clear(e.badResponse) // bounded: endpoints come from the network
+		}
+		b = &badResponses{first: now}
+		e.badResponse[from] = b
 	}
-	log := !seen || now.Sub(last) >= badResponseEvery
+	if now.Sub(b.first) > badResponseEvery {
+		b.first, b.n = now, 0
+	}
+	b.n++
+	log := b.n >= 2 && now.Sub(b.logged) >= badResponseEvery
 	if log {
-		e.badResponse[from] = now
+		b.logged = now
 	}
+	n := b.n
 	e.badMu.Unlock()
 	if log {
-		e.log.Warn("WireGuard handshake response did not authenticate: no session with this peer (its pre-shared key differs from ours, PSK in the network config)", "endpoint", from)
+		e.log.Warn("WireGuard handshakes with this peer fail: its responses do not authenticate, no session, no traffic (its pre-shared key differs from ours: PSK in the network config)", "endpoint", from, "failures", n)
 	}
 }
 

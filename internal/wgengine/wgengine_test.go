@@ -331,7 +331,9 @@ func TestPSKMismatch(t *testing.T) {
 	if err := b.eng.SetPeers([]Peer{pa}); err != nil {
 		t.Fatal(err)
 	}
-	for range 3 {
+	// WireGuard retries a handshake every 5 s; the second failure is logged.
+	deadline := time.Now().Add(12 * time.Second)
+	for !strings.Contains(logs.String(), "handshakes with this peer fail") && time.Now().Before(deadline) {
 		if ping(t, a, b.overlay.Addr()) == nil {
 			t.Fatal("a ping passed between devices with different PSKs")
 		}
@@ -346,8 +348,8 @@ func TestPSKMismatch(t *testing.T) {
 	if !strings.Contains(got, "level=WARN") || !strings.Contains(got, "pre-shared key") || !strings.Contains(got, "endpoint=10.77.0.") {
 		t.Errorf("no warning naming the failing handshake:\n%s", got)
 	}
-	if n := strings.Count(got, "did not authenticate"); n > 2 {
-		t.Errorf("%d warnings in 3 s, want at most one per peer:\n%s", n, got)
+	if n := strings.Count(got, "handshakes with this peer fail"); n > 2 {
+		t.Errorf("%d warnings, want at most one per side:\n%s", n, got)
 	}
 }
 
