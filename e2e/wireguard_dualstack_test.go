@@ -145,4 +145,3 @@ func uapiSet(sock, body string) error {
 	}
 	return nil
 }
-
