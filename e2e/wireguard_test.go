@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -432,4 +434,72 @@ func TestWireGuardInterop(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWireGuardRestartOneWay: traffic that goes one way only (UDP from a
+// container on host 0 to one on host 1 that never answers) resumes at once
+// when host 1's weftd restarts. Host 0 still holds its session with the old
+// device, whose keys the restarted one lacks; as long as host 1 sends
+// nothing, WireGuard on host 0 would start a new handshake only after
+// KEEPALIVE_TIMEOUT + REKEY_TIMEOUT (15 s). The restarted device greets its
+// peers instead.
+func TestWireGuardRestartOneWay(t *testing.T) {
+	l := newLab(t, "wireguard", 2)
+	ctx := context.Background()
+	src, dst := l.Hosts[0], l.Hosts[1]
+	to := &net.UDPAddr{IP: dst.ContainerIP.AsSlice(), Port: 9999}
+	var rx, tx *net.UDPConn
+	if err := dst.ContainerNS.Do(func() (err error) { rx, err = net.ListenUDP("udp4", to); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+	if err := src.ContainerNS.Do(func() (err error) { tx, err = net.DialUDP("udp4", nil, to); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Close()
+	var last atomic.Int64 // unix nanoseconds of the last datagram received
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			if _, err := rx.Read(buf); err != nil {
+				return
+			}
+			last.Store(time.Now().UnixNano())
+		}
+	}()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for tick := time.NewTicker(20 * time.Millisecond); ; {
+			select {
+			case <-stop:
+				tick.Stop()
+				return
+			case <-tick.C:
+				tx.Write([]byte("one way"))
+			}
+		}
+	}()
+	heardAfter := func(t0 time.Time) func() error {
+		return func() error {
+			if l := time.Unix(0, last.Load()); !l.After(t0) {
+				return fmt.Errorf("nothing received on %s since %s", to, t0.Format(time.StampMilli))
+			}
+			return nil
+		}
+	}
+	waitFor(t, "one-way datagrams arrive", time.Now(), 5*time.Second, 10*time.Second, heardAfter(time.Now()))
+
+	if err := l.StopWeftd(1); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // datagrams meanwhile go to the stopped device's TUN
+	since := time.Now()
+	if err := l.StartWeftd(1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.WaitSubnetFile(ctx, 1, since); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "one-way datagrams arrive again after the receiver's weftd restarted", since, 3*time.Second, 25*time.Second, heardAfter(since))
 }
