@@ -92,7 +92,10 @@ var inet = &family{name: "inet", tf: nftables.TableFamilyINet, proto: unix.NFPRO
 // udp's Port, wireguard's ListenPort. host-gw and alloc encapsulate nothing:
 // nil, and no guard.
 func EncapPorts(cfg netconf.Config) ([]uint16, error) {
-	var port int
+	var (
+		port  int
+		extra []uint16
+	)
 	switch cfg.BackendType {
 	case netconf.BackendVXLAN:
 		o, err := cfg.VXLAN()
@@ -112,13 +115,21 @@ func EncapPorts(cfg netconf.Config) ([]uint16, error) {
 			return nil, err
 		}
 		port = o.ListenPort
+		// Mode separate in a dual-stack network: flannel-wg-v6 listens on
+		// its own port, which the guard covers too.
+		if cfg.EnableIPv6 && (o.Mode == "" || o.Mode == "separate") && o.ListenPortV6 != o.ListenPort {
+			if o.ListenPortV6 < 1 || o.ListenPortV6 > 65535 {
+				return nil, fmt.Errorf("rules: %s ListenPortV6 %d: must be in 1..65535", cfg.BackendType, o.ListenPortV6)
+			}
+			extra = append(extra, uint16(o.ListenPortV6))
+		}
 	default:
 		return nil, nil
 	}
 	if port < 1 || port > 65535 {
 		return nil, fmt.Errorf("rules: %s port %d: must be in 1..65535", cfg.BackendType, port)
 	}
-	return []uint16{uint16(port)}, nil
+	return append([]uint16{uint16(port)}, extra...), nil
 }
 
 // WithGuardDropHook calls fn with the number of packets the guard dropped

@@ -149,6 +149,9 @@ func TestEncapPorts(t *testing.T) {
 		{`{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan","Port":4789}}`, []uint16{4789}},
 		{`{"Network":"10.0.0.0/8","Backend":{"Type":"udp"}}`, []uint16{8285}},
 		{`{"Network":"10.0.0.0/8","Backend":{"Type":"udp","Port":9000}}`, []uint16{9000}},
+		{`{"Network":"10.0.0.0/8","Backend":{"Type":"wireguard"}}`, []uint16{51820}},
+		{`{"Network":"10.0.0.0/8","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"wireguard"}}`, []uint16{51820, 51821}},
+		{`{"Network":"10.0.0.0/8","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"wireguard","Mode":"auto"}}`, []uint16{51820}},
 		{`{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw"}}`, nil},
 		{`{"Network":"10.0.0.0/8","Backend":{"Type":"alloc"}}`, nil},
 	} {

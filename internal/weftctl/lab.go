@@ -23,8 +23,8 @@ const labUsage = `usage: weftctl lab <up|run|status|down> [flags]
   down    stop a running lab and remove whatever it left behind
 
 flags (up, run): --name NAME (default weft), --hosts N (default 3),
-  --backend vxlan|host-gw|alloc|udp (default vxlan), --ipv6 (dual-stack:
-  EnableIPv6, IPv6 on every host and container; vxlan and host-gw), --weftd PATH (default:
+  --backend vxlan|host-gw|wireguard|udp|alloc (default vxlan), --ipv6 (dual-stack:
+  EnableIPv6, IPv6 on every host and container; vxlan, host-gw and wireguard), --weftd PATH (default:
   the weftd next to weftctl, else in PATH), --containers netns|docker|cni
   (default netns: a namespace on a docker0 the lab builds; docker: a real
   dockerd per host; cni: weft's flannel CNI plugin), -v (debug log)
@@ -50,7 +50,7 @@ func runLab(ctx context.Context, env *Env, args []string) error {
 	switch sub {
 	case "up", "run":
 		hosts = fs.Int("hosts", lab.DefaultHosts, "number of hosts")
-		backend = fs.String("backend", lab.DefaultBackend, "vxlan, host-gw, alloc or udp")
+		backend = fs.String("backend", lab.DefaultBackend, "vxlan, host-gw, wireguard, udp or alloc")
 		weftd = fs.String("weftd", "", "weftd binary")
 		ipv6 = fs.Bool("ipv6", false, "dual-stack overlay (IPv4 and IPv6)")
 		containers = fs.String("containers", lab.ContainersNetns, "what makes each host's container: netns (a namespace on a docker0 the lab builds), docker (a real dockerd per host) or cni (weft's flannel CNI plugin)")
