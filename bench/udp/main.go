@@ -290,11 +290,14 @@ func cpuBusy() (busy, total uint64) {
 }
 
 type result struct {
-	gbps    float64 // received
-	pps     float64 // UDP: datagrams received per second
-	loss    float64 // UDP: percent
-	cpu     float64 // cores busy (machine-wide), e.g. 1.5 = 150 %
-	selfCPU float64 // cores used by this process (the udp engine)
+	gbps float64 // received
+	pps  float64 // UDP: datagrams received per second
+	loss float64 // UDP: percent
+	// With -drops: the part of the sent datagrams dropped on the path
+	// (links, TUN, engine sockets) and at the receiving iperf3's socket.
+	pathLoss, rcvLoss float64
+	cpu               float64 // cores busy (machine-wide), e.g. 1.5 = 150 %
+	selfCPU           float64 // cores used by this process (the udp engine)
 }
 
 func selfCPU() time.Duration {
@@ -306,7 +309,7 @@ func selfCPU() time.Duration {
 // iperf runs one iperf3 test and returns what the receiver saw.
 func iperf(t *topo, secs int, args ...string) (result, error) {
 	cli, srv, addr := t.endpoints()
-	server := exec.Command("ip", "netns", "exec", srv.Name, "iperf3", "-s", "-1")
+	server := exec.Command("ip", append([]string{"netns", "exec", srv.Name}, pinned(1, "iperf3", "-s", "-1")...)...)
 	if err := server.Start(); err != nil {
 		return result{}, fmt.Errorf("start iperf3 server in %s: %w", srv.Name, err)
 	}
@@ -330,9 +333,12 @@ func iperf(t *topo, secs int, args ...string) (result, error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	var d0 dropSnap
+	var (
+		d0                  dropSnap
+		pathDrops, rcvDrops uint64
+	)
 	udp := slices.Contains(args, "-u")
-	if *showDrops && udp {
+	if *showDrops {
 		if d0, err = snapDrops(t); err != nil {
 			return result{}, err
 		}
@@ -340,16 +346,17 @@ func iperf(t *topo, secs int, args ...string) (result, error) {
 	b0, t0 := cpuBusy()
 	s0 := selfCPU()
 	start := time.Now()
-	out, err = exec.Command("ip", append([]string{"netns", "exec", cli.Name, "iperf3", "-c", addr, "-J", "-t", strconv.Itoa(secs)}, args...)...).Output()
+	out, err = exec.Command("ip", append([]string{"netns", "exec", cli.Name}, pinned(0, append([]string{"iperf3", "-c", addr, "-J", "-t", strconv.Itoa(secs)}, args...)...)...)...).Output()
 	wall := time.Since(start)
 	b1, t1 := cpuBusy()
 	s1 := selfCPU()
-	if *showDrops && udp && err == nil {
+	if *showDrops && err == nil {
 		d1, derr := snapDrops(t)
 		if derr != nil {
 			return result{}, derr
 		}
 		fmt.Fprintf(os.Stderr, "drops %-5s %s\n", t.mode, dropReport(t, d0, d1))
+		pathDrops, rcvDrops = dropSplit(t, d0, d1)
 	}
 	if err != nil {
 		return result{}, fmt.Errorf("iperf3 %s to %s: %w: %s", strings.Join(args, " "), addr, err, out)
@@ -383,12 +390,42 @@ func iperf(t *topo, secs int, args ...string) (result, error) {
 		if s.Seconds > 0 {
 			res.pps = (s.Packets - s.LostPackets) / s.Seconds
 		}
+		if s.Packets > 0 && *showDrops {
+			res.pathLoss = 100 * float64(pathDrops) / s.Packets
+			res.rcvLoss = 100 * float64(rcvDrops) / s.Packets
+		}
 	}
 	if t1 > t0 {
 		res.cpu = float64(b1-b0) / float64(t1-t0) * float64(runtime.NumCPU())
 	}
 	res.selfCPU = float64(s1-s0) / float64(wall)
 	return res, nil
+}
+
+// pin places the iperf3 client and server on CPUs ("0,1": client on 0,
+// server on 1): the same test gives two different results depending on
+// whether the scheduler puts the two ends on one core or on two.
+var pin = flag.String("pin", "", "CPU of the iperf3 client and of the server, e.g. 0,1 (default: the scheduler's choice)")
+
+// pinned prefixes cmd with taskset for end 0 (client) or 1 (server) when
+// -pin is set.
+func pinned(end int, cmd ...string) []string {
+	cpus := strings.Split(*pin, ",")
+	if *pin == "" || end >= len(cpus) {
+		return cmd
+	}
+	return append([]string{"taskset", "-c", cpus[end]}, cmd...)
+}
+
+// loadAvg is the 1-minute load average, printed with every figure: on a
+// shared machine it says how much the other load may have moved it.
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
 }
 
 func median(xs []float64) float64 {
@@ -403,8 +440,8 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// showDrops: print where the UDP test's datagrams were lost (drops.go).
-var showDrops = flag.Bool("drops", false, "after each UDP test, print the kernel's send, receive and drop counters that moved, per namespace")
+// showDrops: print where each test's packets were lost (drops.go).
+var showDrops = flag.Bool("drops", false, "after each test, print the kernel counters (sent, received, drops) that moved, per namespace; split UDP loss into path and receiver")
 
 // txqlen overrides the TUN devices' queue length (an experiment knob).
 var txqlen = flag.Int("txqlen", 0, "set the udp/wireguard TUN devices' txqueuelen (0: leave the backend's)")
@@ -414,6 +451,7 @@ func run() error {
 	runs := flag.Int("runs", 3, "rounds (medians are reported)")
 	modesFlag := flag.String("modes", "raw,vxlan,udp", "modes to measure")
 	verbose := flag.Bool("v", false, "log the backends")
+	testsFlag := flag.String("tests", "", "tests to run, of tcp1,tcp4,udp64 (default: all)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the udp engine) to this file")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -475,6 +513,15 @@ func run() error {
 		{"tcp4", []string{"-P", "4"}},
 		{"udp64", []string{"-u", "-l", "64", "-b", "0"}},
 	}
+	if *testsFlag != "" {
+		want := strings.Split(*testsFlag, ",")
+		tests = slices.DeleteFunc(tests, func(tc struct {
+			name string
+			args []string
+		}) bool {
+			return !slices.Contains(want, tc.name)
+		})
+	}
 	res := map[string]map[string][]result{}
 	for r := 0; r < *runs; r++ {
 		for _, tc := range tests {
@@ -487,8 +534,8 @@ func run() error {
 					res[m] = map[string][]result{}
 				}
 				res[m][tc.name] = append(res[m][tc.name], x)
-				fmt.Fprintf(os.Stderr, "round %d %-5s %-5s %7.3f Gbit/s  %9.0f pps  loss %5.1f%%  cpu %4.0f%%  self %4.0f%%\n",
-					r+1, m, tc.name, x.gbps, x.pps, x.loss, x.cpu*100, x.selfCPU*100)
+				fmt.Fprintf(os.Stderr, "round %d %-5s %-5s %7.3f Gbit/s  %9.0f pps  loss %5.1f%% (path %.1f%%, receiver %.1f%%)  cpu %4.0f%%  self %4.0f%%  load %s\n",
+					r+1, m, tc.name, x.gbps, x.pps, x.loss, x.pathLoss, x.rcvLoss, x.cpu*100, x.selfCPU*100, loadAvg())
 			}
 		}
 	}
@@ -509,6 +556,13 @@ func run() error {
 		cpg := med(m, "tcp1", func(x result) float64 { return x.cpu / x.gbps })
 		fmt.Printf("| %s | %.2f | %.2f | %.2f | %.3f | %.0f | %.1f |\n", m, g1, med(m, "tcp4", gbps), c1, cpg,
 			med(m, "udp64", func(x result) float64 { return x.pps }), med(m, "udp64", func(x result) float64 { return x.loss }))
+	}
+	if *showDrops {
+		fmt.Println()
+		for _, m := range modes {
+			fmt.Printf("%s UDP 64 B loss: %.1f %% on the path, %.1f %% at the receiving iperf3's socket\n", m,
+				med(m, "udp64", func(x result) float64 { return x.pathLoss }), med(m, "udp64", func(x result) float64 { return x.rcvLoss }))
+		}
 	}
 	if res["udp"] != nil && res["vxlan"] != nil {
 		fmt.Println()
