@@ -564,22 +564,32 @@ func run() error {
 				med(m, "udp64", func(x result) float64 { return x.pathLoss }), med(m, "udp64", func(x result) float64 { return x.rcvLoss }))
 		}
 	}
+	// ratio is a/b in percent, or n/a when a test was not run (-tests).
+	ratio := func(a, b float64) string {
+		if a == 0 || b == 0 {
+			return "n/a"
+		}
+		return fmt.Sprintf("%.0f %%", 100*a/b)
+	}
+	pps := func(x result) float64 { return x.pps }
+	self := func(x result) float64 { return x.selfCPU }
 	if res["udp"] != nil && res["vxlan"] != nil {
 		fmt.Println()
 		for _, tc := range []string{"tcp1", "tcp4"} {
-			fmt.Printf("udp / vxlan %s: %.0f %%\n", tc, 100*med("udp", tc, gbps)/med("vxlan", tc, gbps))
+			fmt.Printf("udp / vxlan %s: %s\n", tc, ratio(med("udp", tc, gbps), med("vxlan", tc, gbps)))
 		}
-		fmt.Printf("udp / vxlan udp64 pps: %.0f %%\n", 100*med("udp", "udp64", func(x result) float64 { return x.pps })/med("vxlan", "udp64", func(x result) float64 { return x.pps }))
-		fmt.Printf("udp engine (this process) CPU during TCP 1 stream: %.0f %% of a core\n", 100*med("udp", "tcp1", func(x result) float64 { return x.selfCPU }))
+		fmt.Printf("udp / vxlan udp64 pps: %s\n", ratio(med("udp", "udp64", pps), med("vxlan", "udp64", pps)))
+		fmt.Printf("udp engine (this process) CPU during TCP 1 stream: %.0f %% of a core\n", 100*med("udp", "tcp1", self))
 	}
 	if res["wireguard"] != nil && res["wggo"] != nil {
 		for _, tc := range []string{"tcp1", "tcp4"} {
-			fmt.Printf("wireguard / wggo %s: %.0f %%\n", tc, 100*med("wireguard", tc, gbps)/med("wggo", tc, gbps))
+			fmt.Printf("wireguard / wggo %s: %s\n", tc, ratio(med("wireguard", tc, gbps), med("wggo", tc, gbps)))
 		}
-		fmt.Printf("wireguard (this process) CPU during TCP 1 stream: %.0f %% of a core\n", 100*med("wireguard", "tcp1", func(x result) float64 { return x.selfCPU }))
+		fmt.Printf("wireguard / wggo udp64 pps: %s\n", ratio(med("wireguard", "udp64", pps), med("wggo", "udp64", pps)))
+		fmt.Printf("wireguard (this process) CPU during TCP 1 stream: %.0f %% of a core\n", 100*med("wireguard", "tcp1", self))
 	}
 	if res["udp"] != nil && res["raw"] != nil {
-		fmt.Printf("udp / raw tcp1: %.1f %%\n", 100*med("udp", "tcp1", gbps)/med("raw", "tcp1", gbps))
+		fmt.Printf("udp / raw tcp1: %s\n", ratio(med("udp", "tcp1", gbps), med("raw", "tcp1", gbps)))
 	}
 	return nil
 }
