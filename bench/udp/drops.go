@@ -142,3 +142,27 @@ func dropReport(t *topo, before, after dropSnap) string {
 	parts = append(parts, fmt.Sprintf("softnet_dropped=%d", after.softnet-before.softnet))
 	return strings.Join(parts, " | ")
 }
+
+// dropSplit divides the drops of a test between the path (every queue
+// between the two iperf3 processes: links, TUN rings, the hosts' engine
+// sockets, CPU backlogs) and the receiving iperf3's own socket, which
+// overflows when the receiver reads slower than the sender writes,
+// whatever carries the packets.
+func dropSplit(t *topo, before, after dropSnap) (path, receiver uint64) {
+	places := t.places()
+	last := len(places) - 1
+	for i := range places {
+		for k, v := range after.sets[i] {
+			d := v - before.sets[i][k]
+			switch {
+			case strings.HasSuffix(k, "_dropped"):
+				path += d
+			case k == "udp.RcvbufErrors" && i == last:
+				receiver += d
+			case (k == "udp.RcvbufErrors" || k == "udp.SndbufErrors") && i != 0 && i != last:
+				path += d // the engines' sockets (vxlan's is the kernel's)
+			}
+		}
+	}
+	return path + (after.softnet - before.softnet), receiver
+}
