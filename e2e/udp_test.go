@@ -64,7 +64,9 @@ func TestUDP(t *testing.T) {
 			if err != nil || len(resp.Kvs) != 1 {
 				t.Fatalf("%s: lease: %v", h.Name, err)
 			}
-			want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null,"BackendType":"udp"}`, h.Eth0IP)
+			// flannel's udp lease, and weft's identity after flannel's
+			// fields (which flanneld ignores).
+			want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null,"BackendType":"udp","WeftNodeName":"%s"}`, h.Eth0IP, h.Name)
 			if got := string(resp.Kvs[0].Value); got != want {
 				t.Errorf("%s: lease value %s, want flannel's udp lease %s", h.Name, got, want)
 			}

@@ -110,9 +110,12 @@ func (l *Lab) startWeftd(h *Host) error {
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// The hosts share one filesystem: each keeps its own WireGuard key and
-	// UAPI socket in its directory (`weftctl lab` prints how to run wg).
+	// UAPI socket in its directory (`weftctl lab` prints how to run wg),
+	// and they share /etc/machine-id, weftd's default identity, so each
+	// is named after its host (the caller's WeftdEnv may override it).
 	dir := filepath.Dir(h.SubnetFile)
-	cmd.Env = append(weftdEnv(l.cfg.WeftdEnv), wgengine.KeyFileEnv+"="+filepath.Join(dir, "wgkey"),
+	env := weftdEnv(append([]string{"FLANNELD_NODE_NAME=" + h.Name}, l.cfg.WeftdEnv...))
+	cmd.Env = append(env, wgengine.KeyFileEnv+"="+filepath.Join(dir, "wgkey"),
 		wgengine.SocketDirEnv+"="+filepath.Join(dir, "wireguard"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		// Its own process group: a Ctrl-C at the terminal reaches the lab,
