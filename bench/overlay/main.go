@@ -31,7 +31,7 @@
 //
 //	go run ./bench/overlay -figure all -runs 5
 //	go run ./bench/overlay -figure join,bulk -runs 5
-//	go run ./bench/overlay -figure scale10k,scale20k -runs 3 -idle 30s
+//	go run ./bench/overlay -figure scale10k,scale20k -runs 3
 //
 // For diagnosis: -samples FILE writes every join/leave sample with its
 // wall-clock times (µs), to line up with weftd's log (-keep-logs).
