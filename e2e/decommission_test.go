@@ -89,7 +89,8 @@ func withoutContainer(dump string) string {
 // note's host runs it.
 func decommissionArgs(l *lab.Lab, h *lab.Host, docker string) []string {
 	return []string{filepath.Join(binDir, "weftctl"), "decommission", "-etcd-endpoints=" + labHostEtcd, "-etcd-prefix=" + l.Config().Prefix,
-		"-iface=eth0", "-subnet-file=" + h.SubnetFile, "-docker-opts-file=" + docker}
+		"-iface=eth0", "-subnet-file=" + h.SubnetFile, "-docker-opts-file=" + docker,
+		"-node-name=" + h.Name} // the lab names each host's weftd so (its hosts share /etc/machine-id)
 }
 
 // TestDecommission retires a vxlan host with -ip-masq (devices, routes,

@@ -690,9 +690,10 @@ func (n *opsNote) etcdLeaseValue() {
 	if pub != h.Eth0IP.String() || typ != "vxlan" || mac != n.vtepMAC(i) {
 		t.Errorf("lease value %s: want PublicIP %s (eth0), BackendType vxlan, VtepMAC %s (flannel.1)", raw, h.Eth0IP, n.vtepMAC(i))
 	}
-	// Beyond the note's keys only COMPAT.md's: PublicIPv6, BackendData.VNI.
+	// Beyond the note's keys only COMPAT.md's: PublicIPv6, BackendData.VNI,
+	// and weft's identity (WeftNodeName, which flanneld ignores).
 	for k := range v {
-		if !slices.Contains([]string{"PublicIP", "PublicIPv6", "BackendType", "BackendData"}, k) {
+		if !slices.Contains([]string{"PublicIP", "PublicIPv6", "BackendType", "BackendData", "WeftNodeName"}, k) {
 			t.Errorf("lease value %s: unexpected key %q", raw, k)
 		}
 	}

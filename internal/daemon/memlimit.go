@@ -68,12 +68,18 @@ func (m *MemoryLimit) Set(s string) error {
 	return nil
 }
 
-// memLimiter keeps the runtime's soft memory limit at
-// max(floor, 1.5 × the heap the last collection found live). Under the
-// floor this bounds the heap's growth during a burst; when the live heap
-// outgrows the floor (a larger cluster) the limit follows it, so the
-// collector never runs back to back: each cycle has at least half the live
-// heap to allocate before the next (GOGC=100 gives it the whole).
+// memLimiter keeps the runtime's soft memory limit at the floor while 1.5 ×
+// the heap the last collection found live fits under it, which bounds the
+// heap's growth during a burst of a small cluster. When the live heap
+// outgrows that (a larger cluster) the limit follows it: 1.5 × live plus the
+// runtime's memory that is neither heap objects nor free pages (stacks,
+// metadata, unused room in spans), which the runtime holds against the limit
+// too. So the collector never runs back to back: each cycle has at least
+// half the live heap to allocate before the next (GOGC=100 gives it the
+// whole). Without that second term, at 10,000 peers (13 MB live, 6.5 MB
+// besides) the heap goal was the live heap itself and weftd collected every
+// 20 ms, idle or not (BENCHMARKS.md, issue 12). Below the switch the floor
+// is unchanged, so small clusters keep their RSS.
 type memLimiter struct {
 	floor   int64
 	prev    int64 // the limit in force before, restored on stop
@@ -97,7 +103,13 @@ func startMemoryLimit(floor MemoryLimit, lookupEnv func(string) (string, bool), 
 	if floor == 0 || !limiterActive.CompareAndSwap(false, true) {
 		return func() {}
 	}
-	l := &memLimiter{floor: int64(floor), sample: []metrics.Sample{{Name: "/gc/heap/live:bytes"}}}
+	l := &memLimiter{floor: int64(floor), sample: []metrics.Sample{
+		{Name: "/gc/heap/live:bytes"},
+		{Name: "/memory/classes/total:bytes"},
+		{Name: "/memory/classes/heap/released:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/memory/classes/heap/objects:bytes"},
+	}}
 	l.prev = debug.SetMemoryLimit(l.floor)
 	l.last = l.floor
 	l.arm()
@@ -129,11 +141,20 @@ func (l *memLimiter) arm() {
 // adjust runs on the finalizer goroutine after each collection.
 func (l *memLimiter) adjust() {
 	metrics.Read(l.sample)
-	if l.sample[0].Value.Kind() != metrics.KindUint64 {
-		return
+	var v [5]int64 // live, total, released, free, objects
+	for i, s := range l.sample {
+		if s.Value.Kind() != metrics.KindUint64 {
+			return
+		}
+		v[i] = int64(min(s.Value.Uint64(), math.MaxInt64/4))
 	}
-	live := int64(min(l.sample[0].Value.Uint64(), math.MaxInt64/2))
-	limit := max(l.floor, live+live/2)
+	live := v[0]
+	limit := l.floor
+	if grown := live + live/2; grown > l.floor {
+		// Free pages are left out: counting them would raise the limit
+		// by what the last cycle freed, cycle after cycle.
+		limit = grown + max(v[1]-v[2]-v[3]-v[4], 0)
+	}
 	if limit != l.last {
 		debug.SetMemoryLimit(limit)
 		l.last = limit

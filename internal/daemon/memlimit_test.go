@@ -51,19 +51,20 @@ func TestMemoryLimitAppliedAndRestored(t *testing.T) {
 	}
 	stop2()
 
-	// A live heap above the floor raises the limit to 1.5× it after a
-	// collection, so the collector does not run back to back.
+	// A live heap above the floor raises the limit to 1.5× it plus the
+	// runtime's other memory after a collection, so the collector does not
+	// run back to back.
 	big := make([][]byte, 0, 64)
 	for range 64 {
 		big = append(big, make([]byte, 1<<20)) // 64 MiB live
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for currentLimit() < 64<<20 && time.Now().Before(deadline) {
+	for currentLimit() <= 96<<20 && time.Now().Before(deadline) {
 		runtime.GC()
 		time.Sleep(10 * time.Millisecond) // the finalizer goroutine adjusts after the cycle
 	}
-	if got := currentLimit(); got < 64<<20 {
-		t.Errorf("with 64 MiB live the limit stayed at %d", got)
+	if got := currentLimit(); got <= 96<<20 {
+		t.Errorf("with 64 MiB live the limit is %d, want more than 1.5× it (96 MiB) by the runtime's own memory", got)
 	}
 	runtime.KeepAlive(big)
 	stop()
