@@ -16,6 +16,14 @@ import (
 // when nothing told it to, to catch drift no netlink event reported.
 const DefaultResync = 10 * time.Second
 
+// resyncBudget paces the periodic resync: the wait before the next one is
+// at least this many times what the last full pass took, so reading and
+// comparing the whole kernel state costs at most ~1 % of the time however
+// large the cluster (at 10,000 peers a pass that finds nothing to do takes
+// ~60 ms, at 20,000 ~150 ms). Drift is still caught at once when a kernel
+// event reports it; the resync is for what no event reported.
+const resyncBudget = 100
+
 const (
 	retryMin = 50 * time.Millisecond
 	retryMax = 5 * time.Second
@@ -34,6 +42,10 @@ type Loop struct {
 	b      Backend
 	resync time.Duration
 	log    *slog.Logger
+
+	// lastFull is how long the last successful full pass took (the loop's
+	// goroutine only), which paces the periodic resync.
+	lastFull time.Duration
 
 	onApply    func(peers int, took time.Duration, err error)
 	afterApply func(lease.Snapshot)
@@ -112,7 +124,8 @@ func (l *Loop) Applies() uint64 {
 }
 
 func (l *Loop) jittered() time.Duration {
-	return time.Duration(float64(l.resync) * (0.9 + 0.2*rand.Float64()))
+	period := max(l.resync, resyncBudget*l.lastFull)
+	return time.Duration(float64(period) * (0.9 + 0.2*rand.Float64()))
 }
 
 // Run applies snapshots until ctx ends, then returns nil. Nothing is applied
@@ -185,6 +198,9 @@ func (l *Loop) apply(ctx context.Context, snap lease.Snapshot, full bool) error 
 		err = l.b.Apply(ctx, snap)
 	}
 	took := time.Since(start)
+	if kind == "full" && err == nil {
+		l.lastFull = took
+	}
 	var (
 		warnings []string
 		counts   [len(SkipReasons)]int

@@ -152,3 +152,21 @@ func TestLoopAfterApply(t *testing.T) {
 		t.Errorf("AfterApply saw %v, want [1 1 2] (the failed apply of 1, its retry, then 2)", after)
 	}
 }
+
+// TestResyncPacedByFullPass: the periodic resync waits at least
+// resyncBudget times the last full pass, so its cost stays bounded as the
+// cluster grows; a fast pass keeps the configured period.
+func TestResyncPacedByFullPass(t *testing.T) {
+	l := NewLoop(nil, 10*time.Second, nil)
+	if d := l.jittered(); d < 9*time.Second || d > 11*time.Second {
+		t.Errorf("no pass yet: next resync in %v, want 10 s ± 10 %%", d)
+	}
+	l.lastFull = 20 * time.Millisecond // 2 s at the budget: under the period
+	if d := l.jittered(); d < 9*time.Second || d > 11*time.Second {
+		t.Errorf("20 ms pass: next resync in %v, want 10 s ± 10 %%", d)
+	}
+	l.lastFull = 300 * time.Millisecond
+	if d := l.jittered(); d < 27*time.Second || d > 33*time.Second {
+		t.Errorf("300 ms pass: next resync in %v, want 30 s ± 10 %%", d)
+	}
+}
