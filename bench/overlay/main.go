@@ -42,6 +42,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -102,9 +103,10 @@ func main() {
 
 func run() error {
 	var (
-		figs  = flag.String("figure", "all", "comma-separated figures, or all: "+strings.Join(figureNames(), ","))
-		weftd = flag.String("weftd", "", "weftd binary (default: go build ./cmd/weftd into a temporary directory)")
-		o     options
+		figs   = flag.String("figure", "all", "comma-separated figures, or all: "+strings.Join(figureNames(), ","))
+		weftd  = flag.String("weftd", "", "weftd binary (default: go build ./cmd/weftd into a temporary directory)")
+		before = flag.String("weftd-before", "", "a second weftd binary, from before a change: each run of each figure is made with it, then with -weftd, and both columns are printed")
+		o      options
 	)
 	flag.IntVar(&o.runs, "runs", 5, "runs of each figure (min/median/max are over these)")
 	flag.IntVar(&o.joins, "joins", 100, "join and leave samples per run of the join figure")
@@ -190,39 +192,63 @@ func run() error {
 	}
 	defer e.cli.Close()
 
+	// With -weftd-before, every run of every figure is made with the
+	// binary before a change and then with the one after it, one after the
+	// other, so both columns see the same machine (issue 12's A/B rule).
+	bins, labels := []string{e.weftd}, []string{""}
+	if *before != "" {
+		b, err := buildWeftd(*before, tmp)
+		if err != nil {
+			return err
+		}
+		bins, labels = []string{b, e.weftd}, []string{"before", "after"}
+	}
 	m := machine()
-	var rows []*row
+	rows := make([][]*row, len(bins))
 	var failures []string
 	for _, f := range selected {
-		fr := f.rows()
-		rows = append(rows, fr...)
+		frs := make([][]*row, len(bins))
+		for b := range bins {
+			frs[b] = f.rows()
+			rows[b] = append(rows[b], frs[b]...)
+		}
 		for r := range o.runs {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			log.Info("figure", "name", f.name, "run", r+1)
-			vals, err := f.run(ctx, e)
-			if err != nil {
+			for b, bin := range bins {
 				if ctx.Err() != nil {
-					return err
+					return ctx.Err()
 				}
-				// A figure that cannot complete is a result too: note it
-				// and go on with the others.
-				log.Error("figure failed", "name", f.name, "run", r+1, "err", err)
-				failures = append(failures, fmt.Sprintf("%s, run %d: %v", f.name, r+1, firstLine(err.Error())))
-				for _, row := range fr {
-					row.failed++
+				e.weftd = bin
+				log.Info("figure", "name", f.name, "run", r+1, "weftd", labels[b])
+				vals, err := f.run(ctx, e)
+				if len(bins) > 1 {
+					e.closeLabs() // a lab's hosts run the binary they started with
 				}
-				continue
-			}
-			for i, v := range vals {
-				fr[i].vals = append(fr[i].vals, v)
+				if err != nil {
+					if ctx.Err() != nil {
+						return err
+					}
+					// A figure that cannot complete is a result too: note
+					// it and go on with the others.
+					log.Error("figure failed", "name", f.name, "run", r+1, "weftd", labels[b], "err", err)
+					failures = append(failures, fmt.Sprintf("%s, run %d %s: %v", f.name, r+1, labels[b], firstLine(err.Error())))
+					for _, row := range frs[b] {
+						row.failed++
+					}
+					continue
+				}
+				for i, v := range vals {
+					frs[b][i].vals = append(frs[b][i].vals, v)
+				}
 			}
 		}
 		e.closeLabs()
 	}
 	m.loadEnd = loadavg()
-	printTable(os.Stdout, m, rows, o, linksServer)
+	if len(bins) == 1 {
+		printTable(os.Stdout, m, rows[0], o, linksServer)
+	} else {
+		printCompare(os.Stdout, m, bins, rows[0], rows[1], o)
+	}
 	if len(failures) > 0 {
 		fmt.Println("\nFailed runs:")
 		for _, f := range failures {
@@ -374,5 +400,33 @@ func printTable(w *os.File, m machineInfo, rows []*row, o options, linksServer b
 		}
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.name, r.flanneld, r.target,
 			fmtVal(lo, r.unit), fmtVal(med, r.unit), fmtVal(hi, r.unit), r.unit, meets, strings.Join(all, ", "))
+	}
+}
+
+// printCompare prints the figures of two binaries measured in one
+// interleaved run: the median (min–max) of each, and the change.
+func printCompare(w io.Writer, m machineInfo, bins []string, before, after []*row, o options) {
+	fmt.Fprintf(w, "Machine: %d CPUs, %s, kernel %s; %s; load average %s at start, %s at end.\n",
+		m.nproc, m.cpu, m.kernel, m.date, m.loadStart, m.loadEnd)
+	fmt.Fprintf(w, "Runs per figure and binary: %d, interleaved (before, after, before, …).\nbefore: %s\nafter: %s\n\n", o.runs, bins[0], bins[1])
+	fmt.Fprintln(w, "| figure | before: median (min–max) | after: median (min–max) | after / before | unit |")
+	fmt.Fprintln(w, "|---|---|---|---|---|")
+	for i, a := range after {
+		b := before[i]
+		cell := func(r *row) string {
+			if len(r.vals) == 0 {
+				return "failed"
+			}
+			lo, med, hi := stats(r.vals)
+			return fmt.Sprintf("%s (%s–%s)", fmtVal(med, r.unit), fmtVal(lo, r.unit), fmtVal(hi, r.unit))
+		}
+		ratio := "—"
+		if len(a.vals) > 0 && len(b.vals) > 0 {
+			if _, mb, _ := stats(b.vals); mb != 0 {
+				_, ma, _ := stats(a.vals)
+				ratio = fmt.Sprintf("%.2f", ma/mb)
+			}
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", a.name, cell(b), cell(a), ratio, a.unit)
 	}
 }
