@@ -40,25 +40,10 @@ type kwatch struct {
 
 func newKwatch(ns *netnstest.NS) (*kwatch, error) {
 	w := &kwatch{done: make(chan struct{}), present: map[string]bool{}}
-	// One raw rtnetlink socket, created inside the namespace, bound to the
-	// IPv4 route and neighbour groups (the latter carries bridge FDB too).
-	var fd int
-	if err := ns.Do(func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("netlink socket in %s: %w", ns.Name, err)
-	}
-	// Thousands of entries arrive in one burst: a big buffer (forced, we
-	// are root) keeps the kernel from dropping notifications.
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("netlink socket buffer in %s: %w", ns.Name, err)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_IPV4_ROUTE | unix.RTMGRP_NEIGH}); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("bind netlink socket in %s: %w", ns.Name, err)
+	// IPv4 routes and neighbours (the latter carries bridge FDB too).
+	fd, err := openMonitor(ns, unix.RTMGRP_IPV4_ROUTE|unix.RTMGRP_NEIGH)
+	if err != nil {
+		return nil, err
 	}
 	go w.read(fd)
 	return w, nil
@@ -324,4 +309,29 @@ func verify(h *host, n int, vxlan bool) error {
 		return fmt.Errorf("kernel in %s holds %d permanent neighbours and %d FDB entries on flannel.1, want %d each", h.ns.Name, perm, fake, n)
 	}
 	return nil
+}
+
+// openMonitor opens a raw rtnetlink socket inside ns, subscribed to the
+// multicast groups: what the kernel announces there, not weftd's log, is
+// what the figures time.
+func openMonitor(ns *netnstest.NS, groups uint32) (int, error) {
+	var fd int
+	if err := ns.Do(func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
+		return err
+	}); err != nil {
+		return -1, fmt.Errorf("netlink socket in %s: %w", ns.Name, err)
+	}
+	// Thousands of entries arrive in one burst: a big buffer (forced, we
+	// are root) keeps the kernel from dropping notifications.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("netlink socket buffer in %s: %w", ns.Name, err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: groups}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("bind netlink socket in %s: %w", ns.Name, err)
+	}
+	return fd, nil
 }

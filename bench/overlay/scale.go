@@ -296,21 +296,9 @@ type routeWatch struct {
 }
 
 func watchRoutes(ns *netnstest.NS, target int) (*routeWatch, error) {
-	var fd int
-	if err := ns.Do(func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("netlink socket in %s: %w", ns.Name, err)
-	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("netlink socket buffer in %s: %w", ns.Name, err)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_IPV4_ROUTE}); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("bind netlink socket in %s: %w", ns.Name, err)
+	fd, err := openMonitor(ns, unix.RTMGRP_IPV4_ROUTE)
+	if err != nil {
+		return nil, err
 	}
 	w := &routeWatch{done: make(chan struct{}), at: make(chan time.Time, 1), fd: fd,
 		present: map[string]bool{}, target: target, full: make(chan time.Time, 1)}
