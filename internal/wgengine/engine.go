@@ -289,16 +289,72 @@ func (e *Engine) SetPeers(peers []Peer) error {
 //   - After a restart our device has no sessions while its peers still
 //     hold the old ones: what they send is dropped here (unknown receiver
 //     index) and, as long as we send nothing back, they start a new
-//     handshake only after KEEPALIVE_TIMEOUT + REKEY_TIMEOUT (15 s). Our
+//     handshake only after KEEPALIVE_TIMEOUT + REKEY_TIMEOUT (5+10 s). Our
 //     initiation replaces their session at once.
 //
-// A peer that does not know us yet (a cluster starting) drops it, and
-// WireGuard retries for REKEY_ATTEMPT_TIME: a few small datagrams.
+// Hosts that start together learn of each other in the same instant (one
+// etcd watch) and would greet each other in the same instant. Two
+// initiations that cross fail both: each side answers the other's and
+// forgets its own, so each rejects the response it gets ("invalid response
+// message"), and no session is made. Worse, when both greetings are
+// dropped (the peer does not know us yet, or its underlay guard does not
+// admit us yet), both sides' retransmit timers, 5 s + 0..333 ms of jitter,
+// start in the same instant and cross again, round after round, whenever
+// the jitter difference is smaller than the time a loaded host takes to
+// handle a handshake. So only the side with the smaller public key greets
+// at once; the other greets after greetDelay, and only if no handshake
+// completed meanwhile: the two sides' handshake schedules are then
+// greetDelay apart and do not cross.
+//
+// A peer that does not know us yet drops the greeting, and WireGuard
+// retries for REKEY_ATTEMPT_TIME: a few small datagrams.
 func (e *Engine) greet(keys []Key) {
+	var later []Key
 	for _, k := range keys {
-		if p := e.dev.LookupPeer(device.NoisePublicKey(k)); p != nil {
-			p.SendKeepalive()
+		if greetsFirst(e.pub, k) {
+			e.sendGreeting(k)
+		} else {
+			later = append(later, k)
 		}
+	}
+	if len(later) > 0 {
+		time.AfterFunc(greetDelay, func() { e.greetLate(later) })
+	}
+}
+
+// greetDelay is how long the side with the larger public key waits before
+// greeting: longer than a loaded host takes to answer an initiation (tens
+// of ms), so that the smaller key's greeting has made the session, and
+// well inside REKEY_TIMEOUT minus its jitter (4.67 s), so that its retries
+// stay apart from the other side's.
+const greetDelay = time.Second
+
+// greetsFirst reports whether the device whose public key is own greets
+// the peer whose key is peer at once (the smaller key), rather than after
+// greetDelay.
+func greetsFirst(own, peer Key) bool {
+	return strings.Compare(string(own[:]), string(peer[:])) < 0
+}
+
+// greetLate greets those of keys that the device still has and has no
+// completed handshake with.
+func (e *Engine) greetLate(keys []Key) {
+	have, err := e.peers()
+	if err != nil {
+		return // closed: nothing to greet
+	}
+	for _, k := range keys {
+		if p, ok := have[k]; ok && p.LastHandshake.IsZero() {
+			e.sendGreeting(k)
+		}
+	}
+}
+
+// sendGreeting sends peer k a keepalive, which, with no session yet,
+// starts a handshake.
+func (e *Engine) sendGreeting(k Key) {
+	if p := e.dev.LookupPeer(device.NoisePublicKey(k)); p != nil {
+		p.SendKeepalive()
 	}
 }
 
@@ -321,7 +377,8 @@ type badResponses struct {
 // once a badResponseEvery per endpoint, a handshake response that failed
 // to authenticate: the peer knows our key (it answered our initiation) but
 // the session keys differ, which, between hosts configured from the same
-// leases, is a pre-shared key that differs. No session is made and no
+// leases, is a pre-shared key that differs, or (rarely since greet
+// staggers the two sides) both sides' initiations crossed twice. No session is made and no
 // traffic passes; wireguard-go would say so only in a debug line.
 func (e *Engine) noteBadResponse(from string) {
 	now := time.Now()
@@ -345,7 +402,7 @@ func (e *Engine) noteBadResponse(from string) {
 	n := b.n
 	e.badMu.Unlock()
 	if log {
-		e.log.Warn("WireGuard handshakes with this peer fail: its responses do not authenticate, no session, no traffic (its pre-shared key differs from ours: PSK in the network config)", "endpoint", from, "failures", n)
+		e.log.Warn("WireGuard handshakes with this peer fail: its responses do not authenticate, no session, no traffic (its pre-shared key differs from ours: PSK in the network config; or both sides' handshakes crossed)", "endpoint", from, "failures", n)
 	}
 }
 

@@ -3,10 +3,12 @@ package wgengine
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -375,7 +377,9 @@ func TestRestartGreets(t *testing.T) {
 	if err := b2.eng.SetPeers([]Peer{a.peer()}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(2 * time.Second)
+	// The restarted device greets at once or, when its key is the larger,
+	// after greetDelay (see greet).
+	deadline := time.Now().Add(greetDelay + 2*time.Second)
 	for {
 		ps, _ := a.eng.Peers()
 		if len(ps) == 1 && ps[0].LastHandshake.After(first) {
@@ -383,8 +387,93 @@ func TestRestartGreets(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("a's session with b not renewed within 2 s of b's restart: %+v", ps)
+			t.Fatalf("a's session with b not renewed within %s of b's restart: %+v", greetDelay+2*time.Second, ps)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// initiations records when a device's log says it sent a handshake
+// initiation (wireguard-go's debug line).
+type initiations struct {
+	mu    sync.Mutex
+	times []time.Time
+}
+
+func (r *initiations) Enabled(context.Context, slog.Level) bool { return true }
+func (r *initiations) WithAttrs([]slog.Attr) slog.Handler       { return r }
+func (r *initiations) WithGroup(string) slog.Handler            { return r }
+func (r *initiations) Handle(_ context.Context, rec slog.Record) error {
+	if strings.Contains(rec.Message, "Sending handshake initiation") {
+		r.mu.Lock()
+		r.times = append(r.times, time.Now())
+		r.mu.Unlock()
+	}
+	return nil
+}
+
+func (r *initiations) first() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.times) == 0 {
+		return time.Time{}
+	}
+	return r.times[0]
+}
+
+// TestGreetStaggered: two devices configured with each other in the same
+// instant (hosts starting together) whose greetings are dropped (each
+// side's underlay guard does not admit the other yet: an nft drop rule)
+// do not start their handshakes in the same instant — the smaller key
+// greets at once, the larger greetDelay later — so that WireGuard's
+// retries (5 s + 0..333 ms) do not cross once the guards admit them, and
+// the session is made by the first retry. Before the fix both greeted at
+// once and, on a loaded host, their retries crossed round after round
+// (each side answers the other's initiation and rejects the response to
+// its own): e2e TestWireGuardDualStack/auto did not converge in 25 s.
+func TestGreetStaggered(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("nft (nftables) not installed: scripts/install-deps.sh installs it")
+	}
+	na, nb := pair(t)
+	ka, _ := GenerateKey()
+	kb, _ := GenerateKey()
+	if !greetsFirst(ka.PublicKey(), kb.PublicKey()) {
+		ka, kb = kb, ka // a is the side that greets first
+	}
+	var ra, rb initiations
+	a := newSideKey(t, na, "10.77.0.1", "10.78.1.1/24", "-", ka, slog.New(&ra))
+	b := newSideKey(t, nb, "10.77.0.2", "10.78.2.1/24", "-", kb, slog.New(&rb))
+	for _, ns := range []*netnstest.NS{na, nb} {
+		ns.MustRun(t, "nft", "add table inet wgguard; add chain inet wgguard in { type filter hook input priority 0; }; add rule inet wgguard in udp dport 51820 drop")
+	}
+	var wg sync.WaitGroup
+	for _, s := range [][2]*side{{a, b}, {b, a}} {
+		wg.Go(func() {
+			if err := s[0].eng.SetPeers([]Peer{s[1].peer()}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	time.Sleep(greetDelay + 300*time.Millisecond)
+	fa, fb := ra.first(), rb.first()
+	if fa.IsZero() || fb.IsZero() {
+		t.Fatalf("first initiations at %v (smaller key) and %v (larger key): want both to greet within %s", fa, fb, greetDelay+300*time.Millisecond)
+	}
+	if gap := fb.Sub(fa); gap < greetDelay*9/10 {
+		t.Fatalf("the larger key greeted %s after the smaller: want about %s, so that their retries do not cross", gap, greetDelay)
+	}
+	admitted := time.Now()
+	for _, ns := range []*netnstest.NS{na, nb} {
+		ns.MustRun(t, "nft", "delete", "table", "inet", "wgguard")
+	}
+	deadline := admitted.Add(8 * time.Second) // the smaller key's retry at 5-5.33 s after its greeting
+	for ping(t, a, b.overlay.Addr()) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("no session %s after both guards admitted the peers", time.Since(admitted).Round(time.Millisecond))
+		}
+	}
+	t.Logf("MEASURED larger key greeted %s after the smaller; session %s after the guards admitted the peers (%s after the greetings)",
+		fb.Sub(fa).Round(time.Millisecond), time.Since(admitted).Round(time.Millisecond), time.Since(fa).Round(time.Millisecond))
 }
