@@ -80,7 +80,7 @@ func TestWireGuardDualStack(t *testing.T) {
 				}
 			}
 			for _, six := range []bool{false, true} {
-				waitFor(t, fmt.Sprintf("every pair pings (IPv6 %t)", six), time.Now(), 5*time.Second, 15*time.Second, func() error {
+				waitFor(t, fmt.Sprintf("every pair pings (IPv6 %t)", six), time.Now(), wgHandshakeBound, 15*time.Second, func() error {
 					return pings(l, all, lab.PingOptions{IPv6: six, Timeout: 500 * time.Millisecond})
 				})
 			}
