@@ -126,10 +126,18 @@ func (m *Manager) loadHistory(ctx context.Context, h *freeHistory, rev int64) (e
 	prefix := m.s.SubnetsPrefix()
 	for attempt := 0; attempt < 2; attempt++ {
 		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wch := m.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(from))
+		// Only deletes matter: etcd leaves the puts out (the window holds
+		// every lease written in it — at 5,000 peers preloaded in one
+		// transaction, 5,000 events decoded for nothing).
+		wch := m.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithFilterPut())
 		// A progress notification comes only once the watcher has caught
-		// up with the present: it marks the end of the replay.
-		progress := time.NewTicker(50 * time.Millisecond)
+		// up with the present: it marks the end of the replay. etcd
+		// answers a progress request only while every watcher of the
+		// stream is synced, and syncs a watcher from the past in a loop
+		// that runs every 100 ms, so the request is repeated often: each
+		// costs one small round trip, and the replay ends ≤ 10 ms after
+		// etcd caught up rather than at the next 50 ms tick.
+		progress := time.NewTicker(10 * time.Millisecond)
 		compacted := int64(0)
 	read:
 		for {
