@@ -24,6 +24,7 @@ package lease
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -62,15 +63,25 @@ func (h *freeHistory) note(p netip.Prefix, rev int64) {
 		return
 	}
 	h.at[p] = rev
-	if len(h.at) > maxFreeHistory {
-		var oldest netip.Prefix
-		var oldRev int64 = -1
-		for q, r := range h.at {
-			if oldRev < 0 || r < oldRev {
-				oldest, oldRev = q, r
-			}
+	if len(h.at) > maxFreeHistory+maxFreeHistory/8 {
+		h.trim()
+	}
+}
+
+// trim drops the oldest entries down to maxFreeHistory. It runs once per
+// maxFreeHistory/8 notes, not on each: a bulk delete of 5,000 leases must
+// not scan the whole history once per lease.
+func (h *freeHistory) trim() {
+	revs := make([]int64, 0, len(h.at))
+	for _, r := range h.at {
+		revs = append(revs, r)
+	}
+	slices.Sort(revs)
+	cut := revs[len(revs)-maxFreeHistory] // keep what is at least this recent
+	for q, r := range h.at {
+		if r < cut {
+			delete(h.at, q)
 		}
-		delete(h.at, oldest)
 	}
 }
 

@@ -55,11 +55,16 @@ func TestFreeHistoryPick(t *testing.T) {
 	if got, ok := h.pick(r, all); ok {
 		t.Errorf("pick in a full range = %v, want none", got)
 	}
-	for i := range maxFreeHistory + 10 {
+	// Trimmed in batches: never more than an eighth over the bound, back
+	// to the bound when it trims, the oldest going first.
+	for i := range maxFreeHistory + maxFreeHistory/8 { // with the entry above, one over: a trim
 		h.note(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24), int64(100+i))
+		if len(h.at) > maxFreeHistory+maxFreeHistory/8 {
+			t.Fatalf("history holds %d entries, over the bound %d + 1/8", len(h.at), maxFreeHistory)
+		}
 	}
 	if len(h.at) != maxFreeHistory {
-		t.Errorf("history holds %d entries, want the bound %d", len(h.at), maxFreeHistory)
+		t.Errorf("history holds %d entries after a trim, want the bound %d", len(h.at), maxFreeHistory)
 	}
 	if _, ok := h.at[p("172.30.1.0/24")]; ok {
 		t.Errorf("the oldest entry survived eviction")
