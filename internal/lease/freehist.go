@@ -22,6 +22,7 @@ package lease
 // freed recently, the oldest is taken rather than failing.
 
 import (
+	"cmp"
 	"context"
 	"net/netip"
 	"slices"
@@ -72,16 +73,19 @@ func (h *freeHistory) note(p netip.Prefix, rev int64) {
 // maxFreeHistory/8 notes, not on each: a bulk delete of 5,000 leases must
 // not scan the whole history once per lease.
 func (h *freeHistory) trim() {
-	revs := make([]int64, 0, len(h.at))
-	for _, r := range h.at {
-		revs = append(revs, r)
+	type entry struct {
+		p   netip.Prefix
+		rev int64
 	}
-	slices.Sort(revs)
-	cut := revs[len(revs)-maxFreeHistory] // keep what is at least this recent
-	for q, r := range h.at {
-		if r < cut {
-			delete(h.at, q)
-		}
+	es := make([]entry, 0, len(h.at))
+	for p, r := range h.at {
+		es = append(es, entry{p, r})
+	}
+	// Oldest first; the deletes of one transaction share a revision, so
+	// exactly the surplus goes, whatever the ties.
+	slices.SortFunc(es, func(a, b entry) int { return cmp.Compare(a.rev, b.rev) })
+	for _, e := range es[:len(es)-maxFreeHistory] {
+		delete(h.at, e.p)
 	}
 }
 

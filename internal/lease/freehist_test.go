@@ -198,3 +198,16 @@ func TestAllocationOrderLiveWatch(t *testing.T) {
 		t.Fatalf("re-acquired %v, want %s (freed longest ago; %s was freed later, our own subnet just now)", got.Own.Subnet, others[0], others[1])
 	}
 }
+
+// TestFreeHistoryTrimTies: the deletes of one transaction share a revision;
+// a bulk delete larger than the bound still trims to it (a trim keeping
+// every entry of the cut-off revision ran again on every note).
+func TestFreeHistoryTrimTies(t *testing.T) {
+	var h freeHistory
+	for i := range 2 * maxFreeHistory {
+		h.note(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24), 7)
+		if len(h.at) > maxFreeHistory+maxFreeHistory/8 {
+			t.Fatalf("after %d deletes at one revision the history holds %d entries, over the bound", i+1, len(h.at))
+		}
+	}
+}
