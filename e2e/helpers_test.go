@@ -345,3 +345,21 @@ func runCmd(ctx context.Context, name string, args ...string) (string, error) {
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 	return string(out), err
 }
+
+// overlayMTUPings checks that every host's subnet.env announces the overlay
+// MTU mtu and that every container pair pings, also with a packet of
+// exactly that MTU and DF set (mtu - 28 bytes of ICMP payload).
+func overlayMTUPings(ctx context.Context, t *testing.T, l *lab.Lab, mtu int) {
+	t.Helper()
+	for _, h := range l.Hosts {
+		if b, _ := os.ReadFile(h.SubnetFile); !strings.Contains(string(b), fmt.Sprintf("FLANNEL_MTU=%d\n", mtu)) {
+			t.Errorf("%s: subnet.env\n%s\nwant FLANNEL_MTU=%d", h.Name, b, mtu)
+		}
+	}
+	if err := lab.MatrixErr(l.PingMatrix(ctx, lab.PingOptions{})); err != nil {
+		t.Error(err)
+	}
+	if err := lab.MatrixErr(l.PingMatrix(ctx, lab.PingOptions{Size: mtu - 28, DF: true})); err != nil {
+		t.Errorf("full-MTU ping with DF: %v", err)
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -70,18 +69,8 @@ func TestUDP(t *testing.T) {
 			if got := string(resp.Kvs[0].Value); got != want {
 				t.Errorf("%s: lease value %s, want flannel's udp lease %s", h.Name, got, want)
 			}
-			b, _ := os.ReadFile(h.SubnetFile)
-			if !strings.Contains(string(b), "FLANNEL_MTU=1472\n") {
-				t.Errorf("%s: subnet.env\n%s\nwant FLANNEL_MTU=1472", h.Name, b)
-			}
 		}
-		if err := lab.MatrixErr(l.PingMatrix(ctx, lab.PingOptions{})); err != nil {
-			t.Error(err)
-		}
-		// 1444 + 8 (ICMP) + 20 (IP) = 1472, the overlay MTU.
-		if err := lab.MatrixErr(l.PingMatrix(ctx, lab.PingOptions{Size: 1444, DF: true})); err != nil {
-			t.Errorf("full-MTU ping with DF: %v", err)
-		}
+		overlayMTUPings(ctx, t, l, 1472)
 	})
 
 	t.Run("unknown subnet is net-unreachable", func(t *testing.T) {

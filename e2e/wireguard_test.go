@@ -130,17 +130,8 @@ func TestWireGuard(t *testing.T) {
 			if st, err := os.Stat(filepath.Join(hostDir(h), "wgkey")); err != nil || st.Mode().Perm() != 0o600 {
 				t.Errorf("%s: key file: %v %v, want mode 0600", h.Name, st.Mode(), err)
 			}
-			if b, _ := os.ReadFile(h.SubnetFile); !strings.Contains(string(b), "FLANNEL_MTU=1420\n") {
-				t.Errorf("%s: subnet.env\n%s\nwant FLANNEL_MTU=1420", h.Name, b)
-			}
 		}
-		if err := lab.MatrixErr(l.PingMatrix(ctx, lab.PingOptions{})); err != nil {
-			t.Error(err)
-		}
-		// 1392 + 8 (ICMP) + 20 (IP) = 1420, the overlay MTU.
-		if err := lab.MatrixErr(l.PingMatrix(ctx, lab.PingOptions{Size: 1392, DF: true})); err != nil {
-			t.Errorf("full-MTU ping with DF: %v", err)
-		}
+		overlayMTUPings(ctx, t, l, 1420)
 	})
 
 	t.Run("underlay carries only WireGuard", func(t *testing.T) {
