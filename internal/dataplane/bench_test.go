@@ -21,8 +21,12 @@ func benchPeers(n int, mk func(i int) lease.Lease) lease.Snapshot {
 	return snapshot(1, peers...)
 }
 
+// benchSizes are the peer counts of the apply benchmarks: the overlay's
+// sizes in BENCHMARKS.md, up to the 10,000 of the scale figures.
+var benchSizes = []int{1000, 5000, 10000}
+
 func benchApply(b *testing.B, typ string, mk func(i int) lease.Lease, noop bool) {
-	for _, n := range []int{1000, 5000} {
+	for _, n := range benchSizes {
 		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
 			l := newLab(b, hostAddr, swAddr)
 			be := l.backend(b, typ, `{}`)
@@ -92,7 +96,7 @@ func cpuTime() time.Duration {
 // benchJoinLeave: with n peers programmed, one more peer joins and leaves
 // (two applies per op), through the delta path or through full passes.
 func benchJoinLeave(b *testing.B, typ string, mk func(i int) lease.Lease, delta bool) {
-	for _, n := range []int{1000, 5000} {
+	for _, n := range benchSizes {
 		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
 			l := newLab(b, hostAddr, swAddr)
 			be := l.backend(b, typ, `{}`)
