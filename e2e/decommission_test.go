@@ -51,6 +51,30 @@ func newLabPreStart(t *testing.T, backend string, hosts int, weftdArgs ...string
 // for Docker (docker0 and the container's veth, which decommission leaves by
 // design) — and that etcd holds what it held then plus the other hosts'
 // leases.
+// checkDecommissioned checks a finished decommission of h (its output out
+// names every want), waits for peer to drop h's route (timed from start),
+// and compares h's kernel and etcd with the dumps from before weftd first
+// started; it returns the kernel dump.
+func checkDecommissioned(t *testing.T, l *lab.Lab, pre *preStart, h, peer *lab.Host, start time.Time, out string, want ...string) string {
+	t.Helper()
+	t.Logf("decommission:\n%s", out)
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("decommission output lacks %q", w)
+		}
+	}
+	waitFor(t, "peer drops the decommissioned host's route", start, 2*time.Second, 10*time.Second, func() error {
+		if r, _ := peer.NS.Run("ip", "route", "show", h.Subnet.String()); strings.TrimSpace(r) != "" {
+			return fmt.Errorf("peer still routes %s: %s", h.Subnet, r)
+		}
+		return nil
+	})
+	dump, etcd := kernelDump(t, h), etcdDump(t, l)
+	assertNoWeft(t, dump, etcd, h)
+	compareWithPreStart(t, l, pre, h, dump, etcd)
+	return dump
+}
+
 func compareWithPreStart(t *testing.T, l *lab.Lab, pre *preStart, h *lab.Host, dump string, etcd []string) {
 	t.Helper()
 	if want, got := pre.kernel[h.Name], withoutContainer(dump); want != got {
@@ -130,21 +154,8 @@ func TestDecommission(t *testing.T) {
 	if out, err = run(); err != nil {
 		t.Fatalf("decommission: %v\n%s", err, out)
 	}
-	t.Logf("decommission:\n%s", out)
-	for _, want := range []string{"released lease", "removed device flannel.1", "FLANNEL-POSTRTG", "table inet weft-guard", "removed file " + h.SubnetFile, "removed file " + docker} {
-		if !strings.Contains(out, want) {
-			t.Errorf("decommission output lacks %q", want)
-		}
-	}
-	waitFor(t, "peer drops the decommissioned host's route", start, 2*time.Second, 10*time.Second, func() error {
-		if r, _ := peer.NS.Run("ip", "route", "show", h.Subnet.String()); strings.TrimSpace(r) != "" {
-			return fmt.Errorf("peer still routes %s: %s", h.Subnet, r)
-		}
-		return nil
-	})
-	after1, etcd1 := kernelDump(t, h), etcdDump(t, l)
-	assertNoWeft(t, after1, etcd1, h)
-	compareWithPreStart(t, l, pre, h, after1, etcd1)
+	after1 := checkDecommissioned(t, l, pre, h, peer, start, out,
+		"released lease", "removed device flannel.1", "FLANNEL-POSTRTG", "table inet weft-guard", "removed file "+h.SubnetFile, "removed file "+docker)
 	if out, err = run(); err != nil || !strings.Contains(out, "nothing of weft's left") || !strings.Contains(out, "no lease names this host") {
 		t.Fatalf("second decommission: %v\n%s", err, out)
 	}
@@ -206,21 +217,7 @@ func TestDecommissionBackends(t *testing.T) {
 			if err != nil {
 				t.Fatalf("decommission: %v\n%s", err, out)
 			}
-			t.Logf("decommission:\n%s", out)
-			for _, want := range tc.out {
-				if !strings.Contains(out, want) {
-					t.Errorf("decommission output lacks %q", want)
-				}
-			}
-			waitFor(t, "peer drops the decommissioned host's route", start, 2*time.Second, 10*time.Second, func() error {
-				if r, _ := peer.NS.Run("ip", "route", "show", h.Subnet.String()); strings.TrimSpace(r) != "" {
-					return fmt.Errorf("peer still routes %s: %s", h.Subnet, r)
-				}
-				return nil
-			})
-			after, etcd := kernelDump(t, h), etcdDump(t, l)
-			assertNoWeft(t, after, etcd, h)
-			compareWithPreStart(t, l, pre, h, after, etcd)
+			checkDecommissioned(t, l, pre, h, peer, start, out, tc.out...)
 		})
 	}
 }

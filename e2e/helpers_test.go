@@ -363,3 +363,34 @@ func overlayMTUPings(ctx context.Context, t *testing.T, l *lab.Lab, mtu int) {
 		t.Errorf("full-MTU ping with DF: %v", err)
 	}
 }
+
+// tunDeviceState reports what is wrong with the userspace backend's TUN
+// device name on host h (udp's flannel0, wireguard's flannel-wg), or nil:
+// a TUN of MTU mtu holding only <lease>/32, with a route for the lab's
+// Network (172.30.0.0/16) through it.
+func tunDeviceState(h *lab.Host, name string, mtu int) error {
+	l, err := h.NS.Handle.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("%s: %s: %v", h.Name, name, err)
+	}
+	if l.Type() != "tuntap" || l.Attrs().MTU != mtu {
+		return fmt.Errorf("%s: %s is a %s with MTU %d, want a TUN with %d", h.Name, name, l.Type(), l.Attrs().MTU, mtu)
+	}
+	addrs, err := h.NS.Handle.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	if want := netip.PrefixFrom(h.Subnet.Addr(), 32).String(); len(addrs) != 1 || addrs[0].IPNet.String() != want {
+		return fmt.Errorf("%s: %s addresses %v, want only %s", h.Name, name, addrs, want)
+	}
+	routes, err := h.NS.Handle.RouteList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	for _, r := range routes {
+		if r.Dst != nil && r.Dst.String() == "172.30.0.0/16" {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: no route for 172.30.0.0/16 via %s: %v", h.Name, name, routes)
+}

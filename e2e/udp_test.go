@@ -3,49 +3,17 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/vishvananda/netlink"
 
 	"github.com/weft-net/weft/internal/lab"
 )
 
 // udpState reports what is wrong with a host's flannel0, or nil: a TUN
-// device holding <lease>/32, MTU underlay − 28, up, and a route for the
-// whole Network through it.
-func udpState(h *lab.Host) error {
-	l, err := h.NS.Handle.LinkByName("flannel0")
-	if err != nil {
-		return fmt.Errorf("%s: flannel0: %v", h.Name, err)
-	}
-	if l.Type() != "tuntap" {
-		return fmt.Errorf("%s: flannel0 is a %s, want tun", h.Name, l.Type())
-	}
-	if l.Attrs().MTU != 1472 {
-		return fmt.Errorf("%s: flannel0 mtu %d, want 1472 (1500 − 28)", h.Name, l.Attrs().MTU)
-	}
-	addrs, err := h.NS.Handle.AddrList(l, netlink.FAMILY_V4)
-	if err != nil {
-		return err
-	}
-	want := netip.PrefixFrom(h.Subnet.Addr(), 32).String()
-	if len(addrs) != 1 || addrs[0].IPNet.String() != want {
-		return fmt.Errorf("%s: flannel0 addresses %v, want only %s", h.Name, addrs, want)
-	}
-	routes, err := h.NS.Handle.RouteList(l, netlink.FAMILY_V4)
-	if err != nil {
-		return err
-	}
-	for _, r := range routes {
-		if r.Dst != nil && r.Dst.String() == "172.30.0.0/16" {
-			return nil
-		}
-	}
-	return fmt.Errorf("%s: no route for 172.30.0.0/16 via flannel0: %v", h.Name, routes)
-}
+// device holding <lease>/32, MTU underlay − 28, and a route for the whole
+// Network through it.
+func udpState(h *lab.Host) error { return tunDeviceState(h, "flannel0", 1472) }
 
 // The udp backend with real weftd: flannel's wire format (no BackendData),
 // every pair pings including a full-MTU packet with DF, a packet to a subnet

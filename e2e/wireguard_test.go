@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/internal/lab"
@@ -49,34 +48,9 @@ func readWGLease(t *testing.T, l *lab.Lab, subnet netip.Prefix) wgLease {
 func hostDir(h *lab.Host) string { return filepath.Dir(h.SubnetFile) }
 
 // wgState reports what is wrong with a host's flannel-wg, or nil: a TUN
-// holding <lease>/32, MTU underlay − 80 (flannel's), up, with the Network
+// holding <lease>/32, MTU underlay − 80 (flannel's), with the Network
 // route through it.
-func wgState(h *lab.Host) error {
-	l, err := h.NS.Handle.LinkByName("flannel-wg")
-	if err != nil {
-		return fmt.Errorf("%s: flannel-wg: %v", h.Name, err)
-	}
-	if l.Type() != "tuntap" || l.Attrs().MTU != 1420 {
-		return fmt.Errorf("%s: flannel-wg is a %s with MTU %d, want a TUN with 1420 (1500 − 80)", h.Name, l.Type(), l.Attrs().MTU)
-	}
-	addrs, err := h.NS.Handle.AddrList(l, netlink.FAMILY_V4)
-	if err != nil {
-		return err
-	}
-	if want := netip.PrefixFrom(h.Subnet.Addr(), 32).String(); len(addrs) != 1 || addrs[0].IPNet.String() != want {
-		return fmt.Errorf("%s: flannel-wg addresses %v, want only %s", h.Name, addrs, want)
-	}
-	routes, err := h.NS.Handle.RouteList(l, netlink.FAMILY_V4)
-	if err != nil {
-		return err
-	}
-	for _, r := range routes {
-		if r.Dst != nil && r.Dst.String() == "172.30.0.0/16" {
-			return nil
-		}
-	}
-	return fmt.Errorf("%s: no route for 172.30.0.0/16 via flannel-wg: %v", h.Name, routes)
-}
+func wgState(h *lab.Host) error { return tunDeviceState(h, "flannel-wg", 1420) }
 
 // wgIn runs wg in host h's namespace with h's UAPI directory mounted where
 // wg looks (/var/run/wireguard → /run/wireguard): `ip netns exec` gives the

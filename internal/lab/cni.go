@@ -13,7 +13,6 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/weft-net/weft/internal/flannelcni"
-	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // cniVersion is what the lab speaks to the plugins: the newest that
@@ -56,15 +55,9 @@ func (l *Lab) addCNIContainer(ctx context.Context, h *Host) error {
 		return fmt.Errorf("containers cni: network config: %w", err)
 	}
 
-	cns, err := rtnl.CreateNS(h.Name + "-c1")
+	cns, err := h.newContainerNS()
 	if err != nil {
-		return fmt.Errorf("create container namespace: %w", err)
-	}
-	h.ContainerNS = cns
-	if h.Subnet6.IsValid() {
-		if err := enableIPv6(cns, false); err != nil {
-			return err
-		}
+		return err
 	}
 	cni := libcni.NewCNIConfigWithCacheDir([]string{filepath.Dir(plugin), delegates}, filepath.Join(dir, "cache"), nil)
 	rt := &libcni.RuntimeConf{ContainerID: cns.Name, NetNS: cns.Path, IfName: "eth0"}

@@ -563,15 +563,9 @@ func (l *Lab) addContainer(h *Host, d dockerOpts) error {
 	if err := addBridge(h.NS.Handle, "docker0", d.MTU, d.BIP); err != nil {
 		return err
 	}
-	cns, err := rtnl.CreateNS(h.Name + "-c1")
+	cns, err := h.newContainerNS()
 	if err != nil {
-		return fmt.Errorf("create container namespace: %w", err)
-	}
-	h.ContainerNS = cns
-	if h.Subnet6.IsValid() {
-		if err := enableIPv6(cns, false); err != nil {
-			return err
-		}
+		return err
 	}
 	if err := rtnl.VethPair(h.NS, containerVeth, cns, "eth0"); err != nil {
 		return err
@@ -619,6 +613,23 @@ func (l *Lab) addContainer(h *Host, d dockerOpts) error {
 		return fmt.Errorf("default IPv6 route via %s in %s: %w", gw6, cns.Name, err)
 	}
 	return nil
+}
+
+// newContainerNS creates the namespace of h's container, <host>-c1 (with
+// IPv6 on in a dual-stack lab), and makes it h.ContainerNS; what gives it
+// its interface differs by Config.Containers.
+func (h *Host) newContainerNS() (*rtnl.NS, error) {
+	cns, err := rtnl.CreateNS(h.Name + "-c1")
+	if err != nil {
+		return nil, fmt.Errorf("create container namespace: %w", err)
+	}
+	h.ContainerNS = cns
+	if h.Subnet6.IsValid() {
+		if err := enableIPv6(cns, false); err != nil {
+			return nil, err
+		}
+	}
+	return cns, nil
 }
 
 // AddHost adds one more host (weftd, docker0, container) to a running lab
