@@ -302,6 +302,34 @@ func stockWG(ns *rtnl.NS, runDir, script string) (string, error) {
 	return ns.Run("sh", "-c", "mount --bind "+shQuote(runDir)+" /run && "+script)
 }
 
+// startStockWG starts a stock wireguard-go for device dev in ns, with
+// runDir mounted on /run (its UAPI socket goes to runDir/wireguard), and
+// waits for the socket; the process is killed (by PID) at the test's end.
+func startStockWG(t *testing.T, wggo string, ns *rtnl.NS, runDir, dev string) {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", ns.Name, "sh", "-c",
+		"mount --bind "+shQuote(runDir)+" /run && exec "+shQuote(wggo)+" -f "+dev)
+	logf, _ := os.Create(filepath.Join(runDir, "wireguard-go-"+dev+".log"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill() // by PID: the one started here
+		cmd.Wait()
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("wireguard-go %s log:\n%s", dev, b)
+		}
+	})
+	sock := filepath.Join(runDir, "wireguard", dev+".sock")
+	waitFor(t, "wireguard-go's UAPI socket "+dev, time.Now(), 5*time.Second, 10*time.Second, func() error {
+		_, err := os.Stat(sock)
+		return err
+	})
+}
+
 // TestWireGuardInterop: two weft hosts and one host that is not weft — a
 // stock wireguard-go configured with wg exactly as flannel's backend
 // configures its device from the leases (its private key, listen-port
@@ -333,27 +361,7 @@ func TestWireGuardInterop(t *testing.T) {
 			stock.NS.MustRun(t, "ip", "link", "del", "flannel-wg")
 
 			runDir := t.TempDir()
-			cmd := exec.Command("ip", "netns", "exec", stock.NS.Name, "sh", "-c",
-				"mount --bind "+shQuote(runDir)+" /run && exec "+shQuote(wggo)+" -f flannel-wg")
-			logf, _ := os.Create(filepath.Join(runDir, "wireguard-go.log"))
-			cmd.Stdout, cmd.Stderr = logf, logf
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				cmd.Process.Kill() // by PID: the one started here
-				cmd.Wait()
-				logf.Close()
-				if t.Failed() {
-					b, _ := os.ReadFile(logf.Name())
-					t.Logf("wireguard-go log:\n%s", b)
-				}
-			})
-			sock := filepath.Join(runDir, "wireguard", "flannel-wg.sock")
-			waitFor(t, "wireguard-go's UAPI socket", time.Now(), 5*time.Second, 10*time.Second, func() error {
-				_, err := os.Stat(sock)
-				return err
-			})
+			startStockWG(t, wggo, stock.NS, runDir, "flannel-wg")
 
 			// flannel's key file and lease for the stock host.
 			priv, _ := wgengine.GenerateKey()
