@@ -162,17 +162,77 @@ func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
 // BatchSize is the number of datagrams per receive and the most per Send.
 func (b *Bind) BatchSize() int { return conn.IdealBatchSize }
 
-// receiver returns the socket's ReceiveFunc. Its state (messages, control
-// buffers, endpoints) is allocated once: the receive path allocates only what
-// x/net does (one address per message, i.e. per up to 64 GRO segments).
+// rxMsg is one received message: n bytes in buf, datagrams of seg bytes
+// each (the last may be shorter; seg = n for a single datagram), all from src
+// (invalid when the kernel gave no IPv4 address: the engine drops them).
+type rxMsg struct {
+	buf    []byte
+	n, seg int
+	src    netip.AddrPort
+}
+
+// msgReader reads batches of messages (recvmmsg) from one socket; with UDP
+// GRO each message carries up to 64 datagrams of one sender. Its state is
+// allocated once: a read allocates only what x/net does (one address per
+// message).
+type msgReader struct {
+	s    *udpSock
+	msgs []ipv4.Message
+}
+
+func newMsgReader(s *udpSock, n int) *msgReader {
+	r := &msgReader{s: s, msgs: make([]ipv4.Message, n)}
+	oob := make([]byte, n*gsoCmsgSpace)
+	for i := range r.msgs {
+		r.msgs[i].Buffers = make([][]byte, 1)
+		r.msgs[i].OOB = oob[i*gsoCmsgSpace : (i+1)*gsoCmsgSpace]
+	}
+	return r
+}
+
+// read receives up to len(bufs) messages, message i into bufs[i], and
+// describes them in out.
+func (r *msgReader) read(bufs [][]byte, out []rxMsg) (int, error) {
+	ms := r.msgs[:min(len(bufs), len(r.msgs), len(out))]
+	for i := range ms {
+		ms[i].Buffers[0] = bufs[i]
+		ms[i].OOB = ms[i].OOB[:gsoCmsgSpace]
+	}
+	got, err := r.s.pc.ReadBatch(ms, 0)
+	if err != nil {
+		return 0, err
+	}
+	for i := range got {
+		m := &ms[i]
+		var ap netip.AddrPort
+		if ua, ok := m.Addr.(*net.UDPAddr); ok {
+			ap = ua.AddrPort()
+		}
+		seg := m.N
+		if g := groSize(m.OOB[:m.NN]); r.s.gro && g > 0 && g < m.N {
+			seg = g
+		}
+		out[i] = rxMsg{buf: bufs[i][:m.N], n: m.N, seg: seg, src: ap}
+	}
+	return got, nil
+}
+
+// messages returns a reader of the open socket's messages, for the engine,
+// which handles the datagrams of a message in place; nil when not open.
+func (b *Bind) messages(n int) *msgReader {
+	s := b.sock.Load()
+	if s == nil {
+		return nil
+	}
+	return newMsgReader(s, n)
+}
+
+// receiver returns the socket's ReceiveFunc, which splits every message into
+// one buffer per datagram (what conn.Bind's users expect).
 func (b *Bind) receiver(s *udpSock) conn.ReceiveFunc {
 	n := b.BatchSize()
-	msgs := make([]ipv4.Message, n)
-	oob := make([]byte, n*gsoCmsgSpace)
-	for i := range msgs {
-		msgs[i].Buffers = make([][]byte, 1)
-		msgs[i].OOB = oob[i*gsoCmsgSpace : (i+1)*gsoCmsgSpace]
-	}
+	r := newMsgReader(s, n)
+	got := make([]rxMsg, n)
 	eps := make([]conn.StdNetEndpoint, n)
 	return func(bufs [][]byte, sizes []int, out []conn.Endpoint) (int, error) {
 		if len(bufs) > n {
@@ -185,39 +245,25 @@ func (b *Bind) receiver(s *udpSock) conn.ReceiveFunc {
 		if s.gro {
 			at = len(bufs) - max(1, len(bufs)/gsoMaxSegments)
 		}
-		ms := msgs[at:len(bufs)]
-		for i := range ms {
-			ms[i].Buffers[0] = bufs[at+i]
-			ms[i].OOB = ms[i].OOB[:gsoCmsgSpace]
-		}
-		got, err := s.pc.ReadBatch(ms, 0)
+		m, err := r.read(bufs[at:], got)
 		if err != nil {
 			return 0, err
 		}
 		k := 0 // datagrams so far, in bufs[:k]
-		for i := range got {
-			m := &ms[i]
-			var ap netip.AddrPort // unknown: the engine drops it
-			if ua, ok := m.Addr.(*net.UDPAddr); ok {
-				ap = ua.AddrPort()
-			}
-			seg := m.N
-			if g := groSize(m.OOB[:m.NN]); s.gro && g > 0 && g < m.N {
-				seg = g
-			}
-			src := bufs[at+i][:m.N]
-			for off := 0; ; off += seg {
+		for i := range m {
+			msg := &got[i]
+			for off := 0; ; off += msg.seg {
 				// The message's own buffer is the last one its datagrams
 				// may go to: the next would overwrite an unsplit message.
 				if k > at+i {
-					return 0, fmt.Errorf("udpfwd: receive from %s: %d bytes in datagrams of %d overflow %d buffers", ap, m.N, seg, len(bufs))
+					return 0, fmt.Errorf("udpfwd: receive from %s: %d bytes in datagrams of %d overflow %d buffers", msg.src, msg.n, msg.seg, len(bufs))
 				}
-				end := min(off+seg, m.N)
-				sizes[k] = copy(bufs[k], src[off:end])
-				eps[k].AddrPort = ap
+				end := min(off+msg.seg, msg.n)
+				sizes[k] = copy(bufs[k], msg.buf[off:end])
+				eps[k].AddrPort = msg.src
 				out[k] = &eps[k]
 				k++
-				if end >= m.N {
+				if end >= msg.n {
 					break
 				}
 			}

@@ -195,6 +195,16 @@ func (e *Engine) Start() error {
 	e.wg.Add(2 + len(fns))
 	go e.drainEvents()
 	go e.tunToUDP()
+	// weft's own Bind on a TUN with virtio-net headers: messages are
+	// written to the TUN in place, in runs (coalesce.go).
+	if b, ok := e.cfg.Bind.(*Bind); ok && len(fns) == 1 {
+		if w := newTUNWriter(e.cfg.TUN); w != nil {
+			if r := b.messages(rxMessages); r != nil {
+				go e.udpToTUNRuns(r, w)
+				return nil
+			}
+		}
+	}
 	for _, fn := range fns {
 		go e.udpToTUN(fn)
 	}
@@ -468,6 +478,100 @@ func (e *Engine) udpToTUN(recv conn.ReceiveFunc) {
 	}
 }
 
+// rxMessages is the number of messages per receive of udpToTUNRuns: with
+// UDP GRO each holds up to 64 datagrams (64 KiB).
+const rxMessages = 16
+
+// udpToTUNRuns is udpToTUN for weft's Bind on a TUN with virtio-net headers:
+// it receives whole messages (up to 64 datagrams of one sender each), checks
+// every datagram in place and writes each run of one flow's segments into
+// the TUN with one writev (coalesce.go), without copying or checksumming.
+func (e *Engine) udpToTUNRuns(r *msgReader, w *tunWriter) {
+	defer e.wg.Done()
+	bufs := makeBufs(rxMessages, 65535)
+	msgs := make([]rxMsg, rxMessages)
+	recvErrs := errLog{log: e.log, msg: "receive from UDP socket failed"}
+	writeErrs := errLog{log: e.log, msg: "write to TUN failed"}
+	c := &e.c
+	cur := run{noUDP: !w.uso}
+	for {
+		n, err := r.read(bufs, msgs)
+		if err != nil {
+			if isClosed(err) {
+				return
+			}
+			recvErrs.note(err)
+			continue
+		}
+		var (
+			rxp, rxb, ttl uint64
+			drops         [rxReasons]uint64
+			a             admission
+			closed        bool
+		)
+		tbl := e.table.Load()
+		flush := func() {
+			if len(cur.pkts) == 0 || closed {
+				return
+			}
+			err := w.write(&cur)
+			cur.pkts = cur.pkts[:0]
+			if err != nil {
+				if isClosed(err) {
+					closed = true
+					return
+				}
+				c.tunErrs.Add(1)
+				writeErrs.note(err)
+			}
+		}
+		for i := range n {
+			m := &msgs[i]
+			for off := 0; off < m.n; off += m.seg {
+				pkt := m.buf[off:min(off+m.seg, m.n)]
+				if why := a.admitFrom(tbl, m.src, pkt); why >= 0 {
+					if drops[why] == 0 {
+						e.logDrop(why, a.src, pkt)
+					}
+					drops[why]++
+					flush()
+					continue
+				}
+				if !decTTL(pkt) {
+					ttl++
+					flush()
+					continue
+				}
+				rxp++
+				rxb += uint64(len(pkt))
+				if len(cur.pkts) > 0 && cur.add(pkt) {
+					continue
+				}
+				flush()
+				cur.start(pkt)
+			}
+			flush() // a run never spans two messages: their buffers are not adjacent
+		}
+		if closed {
+			return
+		}
+		c.rxPackets.Add(rxp)
+		c.rxBytes.Add(rxb)
+		if ttl != 0 {
+			c.ttl.Add(ttl)
+		}
+		for why, k := range drops {
+			if k == 0 {
+				continue
+			}
+			c.drops[why].Add(k)
+			if e.cfg.OnDrop != nil {
+				e.cfg.OnDrop(dropNames[why], k)
+			}
+		}
+	}
+}
+
 // admission decides, datagram by datagram, whether a received datagram may
 // enter flannel0. It remembers the last sender: the datagrams of a batch
 // usually come from one peer, so the table is probed once per sender change.
@@ -486,6 +590,11 @@ func (a *admission) admit(tbl *Table, ep conn.Endpoint, pkt []byte) int {
 	if se, ok := ep.(*conn.StdNetEndpoint); ok {
 		src = se.AddrPort
 	}
+	return a.admitFrom(tbl, src, pkt)
+}
+
+// admitFrom is admit for a datagram from src.
+func (a *admission) admitFrom(tbl *Table, src netip.AddrPort, pkt []byte) int {
 	if !a.probed || src != a.src {
 		a.src, a.peer, a.probed = src, -1, true
 		if tbl != nil {
