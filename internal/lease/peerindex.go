@@ -2,6 +2,7 @@ package lease
 
 import (
 	"cmp"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -162,13 +163,69 @@ func older(a string, la *Lease, b string, lb *Lease) bool {
 // drops the index, and the next publish rebuilds it whole, as a relist or a
 // new own lease does.
 type peerIndex struct {
-	// owner holds, for every claim of every valid peer lease, one key making
-	// it; contested the other keys making it, when there are several.
-	owner     map[claim]string
+	// owner holds, for every claim of every valid peer lease, one lease
+	// making it (packed: see claim.packed; owner16 the claims that do not
+	// pack, IPv6 subnets); contested the other keys making it, when there
+	// are several.
+	owner     map[uint64]*Lease
+	owner16   map[claim]*Lease
 	contested map[claim][]string
 	sorted    []*Lease // the published leases, in ComparePeers order
 	known     int      // peer leases counted: not ours, not naming our PublicIP
 	buf       [5]claim // scratch for claimsOf, so a join or leave allocates nothing
+}
+
+// v4InV6 is the first 12 bytes of an IPv4 address in a claim's val.
+var v4InV6 = [12]byte{10: 0xff, 11: 0xff}
+
+// packed is c as 64 bits, when it fits: an IPv4 subnet or address, a
+// 6-byte MAC — every claim of an IPv4 network. Three claims a peer, the
+// owner map was the largest thing the manager kept at 20,000 peers (issue
+// 12): an 18-byte key padded to 24 beside a 16-byte key string made
+// 40-byte slots; a packed key and a pointer make 16.
+func (c claim) packed() (uint64, bool) {
+	head := uint64(c.kind)<<56 | uint64(c.bits)<<48
+	switch c.kind {
+	case claimSubnet, claimPublicIP:
+		if [12]byte(c.val[:12]) != v4InV6 || c.bits > 32 {
+			return 0, false
+		}
+		return head | uint64(binary.BigEndian.Uint32(c.val[12:])), true
+	case claimVtepMAC, claimVtepMAC6:
+		if [10]byte(c.val[6:]) != [10]byte{} || c.bits != 0 {
+			return 0, false
+		}
+		return head | uint64(binary.BigEndian.Uint16(c.val[:2]))<<32 | uint64(binary.BigEndian.Uint32(c.val[2:6])), true
+	}
+	return 0, false
+}
+
+func (x *peerIndex) ownerOf(c claim) (*Lease, bool) {
+	if k, ok := c.packed(); ok {
+		l, found := x.owner[k]
+		return l, found
+	}
+	l, found := x.owner16[c]
+	return l, found
+}
+
+func (x *peerIndex) setOwner(c claim, l *Lease) {
+	if k, ok := c.packed(); ok {
+		x.owner[k] = l
+		return
+	}
+	if x.owner16 == nil {
+		x.owner16 = map[claim]*Lease{}
+	}
+	x.owner16[c] = l
+}
+
+func (x *peerIndex) dropOwner(c claim) {
+	if k, ok := c.packed(); ok {
+		delete(x.owner, k)
+		return
+	}
+	delete(x.owner16, c)
 }
 
 // counted reports whether a lease is a peer at all (rather than this host's
@@ -179,7 +236,7 @@ func (m *Manager) counted(key string, l Lease) bool {
 
 // rebuildIndexLocked computes the published set from m.peers from scratch.
 func (m *Manager) rebuildIndexLocked() {
-	x := &peerIndex{owner: make(map[claim]string, 3*len(m.peers))}
+	x := &peerIndex{owner: make(map[uint64]*Lease, 3*len(m.peers))}
 	m.idx = x
 	cands := make([]string, 0, len(m.peers))
 	for k, l := range m.peers {
@@ -192,8 +249,8 @@ func (m *Manager) rebuildIndexLocked() {
 		}
 		cands = append(cands, k)
 		for _, c := range claimsOf(l, x.buf[:0]) {
-			if _, taken := x.owner[c]; !taken {
-				x.owner[c] = k
+			if _, taken := x.ownerOf(c); !taken {
+				x.setOwner(c, l)
 				continue
 			}
 			if x.contested == nil {
@@ -226,13 +283,15 @@ func (m *Manager) electLocked() map[string]bool {
 	}
 	losses := map[string]loss{}
 	for c, others := range x.contested {
-		w := x.owner[c]
+		first, _ := x.ownerOf(c)
+		w := m.s.Key(first.Subnet, first.IPv6Subnet) // the key it was stored under (keys are canonical)
+		all := append([]string{w}, others...)
 		for _, k := range others {
 			if older(k, m.peers[k], w, m.peers[w]) {
 				w = k
 			}
 		}
-		for _, k := range append([]string{x.owner[c]}, others...) {
+		for _, k := range all {
 			if prev, seen := losses[k]; k != w && (!seen || c.kind < prev.c.kind) {
 				losses[k] = loss{c, w}
 			}
@@ -264,11 +323,11 @@ func (m *Manager) indexRemoveLocked(key string, l *Lease) {
 			}
 		}
 	}
-	if x.owner[cs[0]] != key {
+	if o, _ := x.ownerOf(cs[0]); o != l {
 		return // it was rejected, so never published
 	}
 	for _, c := range cs {
-		delete(x.owner, c)
+		x.dropOwner(c)
 	}
 	if !x.unsort(l) {
 		// Cannot happen while the index is consistent; rebuilding is
@@ -289,13 +348,13 @@ func (m *Manager) indexAddLocked(key string, l *Lease) {
 	}
 	cs := claimsOf(l, x.buf[:0])
 	for _, c := range cs {
-		if _, taken := x.owner[c]; taken {
+		if _, taken := x.ownerOf(c); taken {
 			m.idx = nil // a clash: the election decides, on the rebuild
 			return
 		}
 	}
 	for _, c := range cs {
-		x.owner[c] = key
+		x.setOwner(c, l)
 	}
 	i, _ := slices.BinarySearchFunc(x.sorted, l, ComparePeers)
 	x.sorted = slices.Insert(x.sorted, i, l)

@@ -239,3 +239,42 @@ func benchLeases(b *testing.B, s *Store, n int) []Lease {
 	}
 	return leases
 }
+
+// TestClaimPacked: the packed owner keys are exact — distinct claims never
+// share a key (kind, prefix length and value all count), and claims that
+// do not fit (IPv6 subnets, a MAC longer than 6 bytes) are kept unpacked.
+func TestClaimPacked(t *testing.T) {
+	v4 := func(kind claimKind, s string, bits uint8) claim {
+		return claim{kind: kind, bits: bits, val: netip.MustParseAddr(s).As16()}
+	}
+	mac := func(kind claimKind, b ...byte) claim {
+		c := claim{kind: kind}
+		copy(c.val[:], b)
+		return c
+	}
+	packs := []claim{
+		v4(claimSubnet, "10.1.2.0", 24), v4(claimSubnet, "10.1.2.0", 23), v4(claimSubnet, "10.1.3.0", 24),
+		v4(claimPublicIP, "10.1.2.0", 0), v4(claimPublicIP, "192.168.0.1", 0),
+		mac(claimVtepMAC, 0xd6, 0x51, 0, 0, 0, 1), mac(claimVtepMAC6, 0xd6, 0x51, 0, 0, 0, 1), mac(claimVtepMAC, 0xd6, 0x51, 0, 0, 1, 0),
+	}
+	seen := map[uint64]claim{}
+	for _, c := range packs {
+		k, ok := c.packed()
+		if !ok {
+			t.Errorf("%v (kind %d): not packed, want packed", c, c.kind)
+			continue
+		}
+		if o, dup := seen[k]; dup {
+			t.Errorf("%v (kind %d) and %v (kind %d) share the packed key %#x", c, c.kind, o, o.kind, k)
+		}
+		seen[k] = c
+	}
+	for _, c := range []claim{
+		{kind: claimSubnet6, bits: 64, val: netip.MustParseAddr("fc00::").As16()},
+		mac(claimVtepMAC, 0xd6, 0x51, 0, 0, 0, 1, 2, 3), // a 8-byte hardware address
+	} {
+		if k, ok := c.packed(); ok {
+			t.Errorf("%v (kind %d) packed as %#x, want unpacked", c, c.kind, k)
+		}
+	}
+}
