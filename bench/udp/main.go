@@ -298,6 +298,11 @@ type result struct {
 	pathLoss, rcvLoss float64
 	cpu               float64 // cores busy (machine-wide), e.g. 1.5 = 150 %
 	selfCPU           float64 // cores used by this process (the udp engine)
+	// iperf3's own CPU (its cpu_utilization_percent: the process's user +
+	// system time over the test, in cores) at the sending and receiving
+	// end, and UDP datagrams sent per second: with pps and selfCPU they give
+	// each party's CPU per packet.
+	sndCPU, rcvCPU, sentPPS float64
 }
 
 func selfCPU() time.Duration {
@@ -373,6 +378,10 @@ func iperf(t *topo, secs int, args ...string) (result, error) {
 				LostPackets   float64 `json:"lost_packets"`
 				LostPercent   float64 `json:"lost_percent"`
 			} `json:"sum"`
+			CPU struct {
+				Host   float64 `json:"host_total"`
+				Remote float64 `json:"remote_total"`
+			} `json:"cpu_utilization_percent"`
 		} `json:"end"`
 		Error string `json:"error"`
 	}
@@ -382,13 +391,14 @@ func iperf(t *topo, secs int, args ...string) (result, error) {
 	if r.Error != "" {
 		return result{}, fmt.Errorf("iperf3: %s", r.Error)
 	}
-	res := result{gbps: r.End.SumReceived.BitsPerSecond / 1e9}
+	res := result{gbps: r.End.SumReceived.BitsPerSecond / 1e9, sndCPU: r.End.CPU.Host / 100, rcvCPU: r.End.CPU.Remote / 100}
 	if udp {
 		s := r.End.Sum
 		res.gbps = s.BitsPerSecond / 1e9 * (1 - s.LostPercent/100)
 		res.loss = s.LostPercent
 		if s.Seconds > 0 {
 			res.pps = (s.Packets - s.LostPackets) / s.Seconds
+			res.sentPPS = s.Packets / s.Seconds
 		}
 		if s.Packets > 0 && *showDrops {
 			res.pathLoss = 100 * float64(pathDrops) / s.Packets
@@ -534,8 +544,14 @@ func run() error {
 					res[m] = map[string][]result{}
 				}
 				res[m][tc.name] = append(res[m][tc.name], x)
-				fmt.Fprintf(os.Stderr, "round %d %-5s %-5s %7.3f Gbit/s  %9.0f pps  loss %5.1f%% (path %.1f%%, receiver %.1f%%)  cpu %4.0f%%  self %4.0f%%  load %s\n",
-					r+1, m, tc.name, x.gbps, x.pps, x.loss, x.pathLoss, x.rcvLoss, x.cpu*100, x.selfCPU*100, loadAvg())
+				fmt.Fprintf(os.Stderr, "round %d %-5s %-5s %7.3f Gbit/s  %9.0f pps  loss %5.1f%% (path %.1f%%, receiver %.1f%%)  cpu %4.0f%%  self %4.0f%%  iperf3 snd %4.0f%% rcv %4.0f%%  load %s\n",
+					r+1, m, tc.name, x.gbps, x.pps, x.loss, x.pathLoss, x.rcvLoss, x.cpu*100, x.selfCPU*100, x.sndCPU*100, x.rcvCPU*100, loadAvg())
+				if x.sentPPS > 0 && x.pps > 0 {
+					// Each party's CPU per datagram: the sender's per datagram
+					// sent, the engine's and the receiver's per datagram delivered.
+					fmt.Fprintf(os.Stderr, "cpu/pkt %-5s %-5s sender %.2f µs (%.0f pps sent)  engine %.2f µs  receiver %.2f µs (%.0f pps read)\n",
+						m, tc.name, x.sndCPU/x.sentPPS*1e6, x.sentPPS, x.selfCPU/x.pps*1e6, x.rcvCPU/x.pps*1e6, x.pps)
+				}
 			}
 		}
 	}
