@@ -20,13 +20,20 @@ package lease
 //
 // The history is a preference, never a rule: when every free subnet was
 // freed recently, the oldest is taken rather than failing.
+//
+// The replay costs a new host up to 100 ms at start (etcd serves a watch
+// from the past only on its next unsynced-watcher pass, every 100 ms), so it
+// is skipped when a cheaper read proves the window holds no delete under
+// the prefix (quietWindow): then the replay could only return nothing.
 
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -46,6 +53,15 @@ const (
 	// historyTimeout bounds the start-up replay: acquisition does not wait
 	// longer for a preference.
 	historyTimeout = 3 * time.Second
+	// quietMaxRevs and quietMaxWork bound quietWindow's proof: it asks etcd
+	// for one count per revision of the window, and each count walks the
+	// prefix's keys in etcd's index (revisions × keys lookups). Past either
+	// bound the replay is the cheaper way.
+	quietMaxRevs = 1024
+	quietMaxWork = 1 << 20
+	// quietTxnOps is etcd's default --max-txn-ops: the counts go in
+	// transactions of at most this many reads, sent at once.
+	quietTxnOps = 128
 )
 
 // freeHistory maps subnets to the etcd revision of their last delete.
@@ -131,11 +147,15 @@ func (h *freeHistory) pick(r subnetRange, taken map[netip.Prefix]bool) (netip.Pr
 	return best, bestRev >= 0
 }
 
+// historyFrom is the first revision of the window the start-up replay
+// looks at when the list was read at rev.
+func historyFrom(rev int64) int64 { return max(rev-historyWindow+1, 1) }
+
 // loadHistory replays the deletes under the subnets prefix from the last
 // historyWindow revisions up to rev into h (see the file comment). Errors
 // only shorten the history, so none is returned.
 func (m *Manager) loadHistory(ctx context.Context, h *freeHistory, rev int64) (events int) {
-	from := max(rev-historyWindow+1, 1)
+	from := historyFrom(rev)
 	ctx, cancel := context.WithTimeout(ctx, historyTimeout)
 	defer cancel()
 	prefix := m.s.SubnetsPrefix()
@@ -195,4 +215,91 @@ func (m *Manager) loadHistory(ctx context.Context, h *freeHistory, rev int64) (e
 		from = compacted
 	}
 	return events
+}
+
+// quietWindow reports whether etcd proves that no key under the subnets
+// prefix was deleted in the revisions [from, rev], given leases, the list of
+// the prefix at rev. Then a replay of the window's deletes would return
+// nothing, and it is skipped. Any error, bound or doubt answers false: the
+// replay decides.
+//
+// The proof, from what etcd serves at once (reads at past revisions; no
+// watch): let n(r) be the number of keys under the prefix at revision r and
+// c(r) the number of keys alive at rev that were created at r. With no
+// delete in the window, every key created in it is alive at rev, so
+// n(r) - n(r-1) = c(r) for every r in [from, rev]. Conversely, if there were
+// deletes, let d be the last revision holding one: a key created at d is
+// alive at rev (its delete would be later than d, and etcd refuses a put
+// and a delete of one key in one transaction), so n(d) - n(d-1) = c(d) -
+// deletes(d) < c(d). The counts must also cover every key: a key under the
+// prefix that is not a lease (absent from leases) could hide a delete, so
+// n(rev) must be len(leases).
+func (m *Manager) quietWindow(ctx context.Context, from, rev int64, leases []Lease) bool {
+	lo := max(from-1, 1) // n(0) = 0: etcd's store is empty at revision 1 and before
+	revs := rev - lo + 1
+	if from < 1 || revs < 1 || revs > quietMaxRevs || revs*int64(len(leases)+1) > quietMaxWork {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	prefix := m.s.SubnetsPrefix()
+	n := make([]int64, revs) // n[i] = n(lo+i)
+	errs := make(chan error, revs/quietTxnOps+1)
+	var wg sync.WaitGroup
+	for start := lo; start <= rev; start += quietTxnOps {
+		end := min(start+quietTxnOps-1, rev)
+		wg.Go(func() {
+			ops := make([]clientv3.Op, 0, end-start+1)
+			for r := start; r <= end; r++ {
+				ops = append(ops, clientv3.OpGet(prefix, clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithRev(r)))
+			}
+			resp, err := m.cli.Txn(ctx).Then(ops...).Commit()
+			if err != nil {
+				errs <- fmt.Errorf("count %s at revisions %d-%d: %w", prefix, start, end, err)
+				return
+			}
+			if len(resp.Responses) != len(ops) {
+				errs <- fmt.Errorf("count %s at revisions %d-%d: %d answers to %d reads", prefix, start, end, len(resp.Responses), len(ops))
+				return
+			}
+			for i, r := range resp.Responses {
+				rr := r.GetResponseRange()
+				if rr == nil {
+					errs <- fmt.Errorf("count %s at revision %d: no range answer", prefix, start+int64(i))
+					return
+				}
+				n[start-lo+int64(i)] = rr.Count
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		// A compacted window, a server with a lower --max-txn-ops, no
+		// permission: the replay copes with each.
+		m.log.Debug("lease history: no quiet-window proof; replaying", "err", err)
+		return false
+	}
+	if n[revs-1] != int64(len(leases)) {
+		return false
+	}
+	created := make(map[int64]int64)
+	for _, l := range leases {
+		if l.CreateRevision >= from {
+			created[l.CreateRevision]++
+		}
+	}
+	prev := int64(0) // n(lo-1) when lo is 1, i.e. from is 1
+	i0 := int64(0)
+	if lo == from-1 {
+		prev, i0 = n[0], 1
+	}
+	for i := i0; i < revs; i++ {
+		r := lo + i
+		if n[i]-prev != created[r] {
+			return false
+		}
+		prev = n[i]
+	}
+	return true
 }

@@ -3,7 +3,9 @@ package lease
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -209,5 +211,165 @@ func TestFreeHistoryTrimTies(t *testing.T) {
 		if len(h.at) > maxFreeHistory+maxFreeHistory/8 {
 			t.Fatalf("after %d deletes at one revision the history holds %d entries, over the bound", i+1, len(h.at))
 		}
+	}
+}
+
+// TestQuietWindowExact: quietWindow's proof against etcd's own history. A
+// random mix of what happens to a subnets prefix — creates, rewrites,
+// deletes, expiries (an etcd lease revoked), multi-key transactions that
+// create one lease and delete another, a key that is not a lease, writes
+// elsewhere in the keyspace — and, at checkpoints, every window [from,
+// rev]: quietWindow never says "no delete" when a watch from revision 1
+// shows one, and says it whenever there was none and every key is a lease.
+func TestQuietWindowExact(t *testing.T) {
+	_, cli, s, _ := newTestStore(t)
+	log, _ := newLogger()
+	m := newTestManager(s, testNet(), hostIP(1), log)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rng := rand.New(rand.NewPCG(12, 16))
+	k := func(i int) string {
+		return s.Key(netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 30, byte(1 + i), 0}), 24), netip.Prefix{})
+	}
+	val := `{"PublicIP":"10.64.0.9","PublicIPv6":null}`
+	bad := s.SubnetsPrefix() + "not-a-lease"
+	alive := map[string]bool{}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	do := func() {
+		a, b := k(rng.IntN(8)), k(rng.IntN(8))
+		switch op := rng.IntN(10); {
+		case op < 3: // create or rewrite
+			put(t, cli, a, val)
+			alive[a] = true
+		case op < 5:
+			if alive[a] {
+				_, err := cli.Delete(ctx, a)
+				must(err)
+				delete(alive, a)
+			}
+		case op == 5: // one transaction: a created or rewritten, b deleted
+			if a != b && alive[b] {
+				_, err := cli.Txn(ctx).Then(clientv3.OpPut(a, val), clientv3.OpDelete(b)).Commit()
+				must(err)
+				alive[a] = true
+				delete(alive, b)
+			}
+		case op == 6: // two leases in one transaction
+			if a != b {
+				_, err := cli.Txn(ctx).Then(clientv3.OpPut(a, val), clientv3.OpPut(b, val)).Commit()
+				must(err)
+				alive[a], alive[b] = true, true
+			}
+		case op == 7: // an expiry: the key goes with its etcd lease
+			if !alive[a] {
+				g, err := cli.Grant(ctx, 60)
+				must(err)
+				put(t, cli, a, val, clientv3.WithLease(g.ID))
+				_, err = cli.Revoke(ctx, g.ID)
+				must(err)
+			}
+		case op == 8: // elsewhere in the keyspace
+			put(t, cli, "/weft-test/other/x", val)
+			_, err := cli.Delete(ctx, "/weft-test/other/x")
+			must(err)
+		default: // not a lease, under the prefix
+			if alive[bad] {
+				_, err := cli.Delete(ctx, bad)
+				must(err)
+				delete(alive, bad)
+			} else {
+				put(t, cli, bad, "x")
+				alive[bad] = true
+			}
+		}
+	}
+	deletesAt := func(rev int64) []int64 { // revisions of the prefix's deletes up to rev
+		wctx, wcancel := context.WithCancel(ctx)
+		defer wcancel()
+		var revs []int64
+		for w := range cli.Watch(wctx, s.SubnetsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(1), clientv3.WithProgressNotify()) {
+			must(w.Err())
+			for _, ev := range w.Events {
+				if ev.Kv.ModRevision > rev {
+					return revs
+				}
+				if ev.Type == clientv3.EventTypeDelete {
+					revs = append(revs, ev.Kv.ModRevision)
+				}
+			}
+			if w.Header.Revision >= rev && (len(w.Events) == 0 || w.Events[len(w.Events)-1].Kv.ModRevision >= rev) {
+				return revs
+			}
+			_ = cli.RequestProgress(wctx)
+		}
+		t.Fatal("watch closed")
+		return nil
+	}
+	proved, disproved := 0, 0
+	for step := 1; step <= 60; step++ {
+		do()
+		if step > 6 && step%10 != 0 { // early checkpoints: windows without deletes
+			continue
+		}
+		leases, rev, err := s.List(ctx)
+		must(err)
+		dels := deletesAt(rev)
+		for from := int64(1); from <= rev; from++ {
+			deleted := slices.ContainsFunc(dels, func(d int64) bool { return d >= from })
+			got := m.quietWindow(ctx, from, rev, leases)
+			if got && deleted {
+				t.Fatalf("window [%d, %d]: quietWindow says no delete, etcd's history has deletes at %v", from, rev, dels)
+			}
+			if !got && !deleted && !alive[bad] {
+				t.Fatalf("window [%d, %d]: no delete in etcd's history (deletes at %v) and every key a lease, but quietWindow found no proof", from, rev, dels)
+			}
+			if got {
+				proved++
+			} else if deleted {
+				disproved++
+			}
+		}
+	}
+	if proved == 0 || disproved == 0 {
+		t.Fatalf("the random history proved %d windows quiet and found deletes in %d: both cases must occur", proved, disproved)
+	}
+	t.Logf("%d windows proved quiet, %d with deletes", proved, disproved)
+}
+
+// A new host on a prefix with no delete in the window takes a subnet
+// without the replay (quietWindow); with one it still replays, and the
+// freed subnet goes last (TestAllocationOrderRealEtcd for the order).
+func TestAcquireSkipsReplayOnQuietWindow(t *testing.T) {
+	_, cli, s, _ := newTestStore(t)
+	cfg := smallNet("172.30.1.0/24", "172.30.3.0/24")
+	val := `{"PublicIP":"10.64.0.9","PublicIPv6":null}`
+	k := func(sub string) string { return s.Key(netip.MustParsePrefix(sub), netip.Prefix{}) }
+	put(t, cli, k("172.30.1.0/24"), val)
+	log, lb := newLogger()
+	own1 := runManager(t, newTestManager(s, cfg, hostIP(1), log))
+	if lb.Count("no delete in the window") != 1 || lb.Count("lease history replayed") != 0 {
+		t.Fatalf("a new host on a window without deletes: want the quiet-window proof and no replay; log:\n%s", lb)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := cli.Delete(ctx, k("172.30.1.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	log, lb = newLogger()
+	own := runManager(t, newTestManager(s, cfg, hostIP(2), log))
+	if lb.Count("no delete in the window") != 0 || lb.Count("lease history replayed") != 1 {
+		t.Fatalf("a new host after a delete: want the replay; log:\n%s", lb)
+	}
+	want := "172.30.2.0/24"
+	if own1.Subnet.String() == want {
+		want = "172.30.3.0/24"
+	}
+	if own.Subnet.String() != want {
+		t.Fatalf("host 2 got %v, want %s (host 1 holds %v, .1 was freed in the window)", own.Subnet, want, own1.Subnet)
 	}
 }

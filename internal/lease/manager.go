@@ -516,14 +516,18 @@ func (m *Manager) acquireOnce(ctx context.Context, prev netip.Prefix) (Lease, er
 	// a lost race moves on to another one.
 	if !m.freedLoaded {
 		var h freeHistory
-		n := m.loadHistory(ctx, &h, rev)
+		if from := historyFrom(rev); m.quietWindow(ctx, from, rev, leases) {
+			m.log.Debug("lease history: no delete in the window, nothing to replay", "from", from, "to", rev)
+		} else {
+			n := m.loadHistory(ctx, &h, rev)
+			m.log.Debug("lease history replayed", "events", n, "freedSubnets", len(h.at))
+		}
 		m.mu.Lock()
 		for p, r := range h.at {
 			m.freed.note(p, r)
 		}
 		m.freedLoaded = true
 		m.mu.Unlock()
-		m.log.Debug("lease history replayed", "events", n, "freedSubnets", len(h.at))
 	}
 	for range 16 {
 		m.mu.Lock()
