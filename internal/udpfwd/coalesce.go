@@ -97,6 +97,7 @@ func coalescible(pkt []byte) (proto byte, hl int) {
 // start begins a run with pkt.
 func (r *run) start(pkt []byte) {
 	r.proto, r.hl = coalescible(pkt)
+	r.psh, r.nextSeq = false, 0
 	r.first = pkt
 	r.pkts = append(r.pkts[:0], pkt)
 	if r.proto == protoUDP && r.noUDP {
