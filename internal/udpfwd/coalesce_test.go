@@ -313,7 +313,10 @@ func TestEngineRunsThroughKernel(t *testing.T) {
 
 	// TCP: 32 MiB of random bytes from A to B, compared by hash.
 	var ln net.Listener
-	if err := nsB.Do(func() (err error) { ln, err = net.Listen("tcp4", netip.AddrPortFrom(overlay[1], 5201).String()); return err }); err != nil {
+	if err := nsB.Do(func() (err error) {
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(overlay[1], 5201).String())
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
