@@ -647,11 +647,18 @@ func (m *Manager) install(own Lease, key string, leases []Lease, rev int64) {
 	}
 }
 
+// setPeersLocked takes leases over: the manager keeps pointers into the
+// slice (the caller must not use it after), so that a list of 20,000 leases
+// is held once, not once as the list and once as 20,000 copies (issue 12).
+// A lease later replaced or deleted keeps the slice alive until the next
+// list replaces every one of them: at most one list's worth more.
 func (m *Manager) setPeersLocked(leases []Lease, rev int64) {
 	old := m.peers
 	m.peers = make(map[string]*Lease, len(leases))
-	for _, l := range leases {
-		m.peers[m.s.Key(l.Subnet, l.IPv6Subnet)] = m.kept(l)
+	for i := range leases {
+		l := &leases[i]
+		m.typeLease(l)
+		m.peers[m.s.Key(l.Subnet, l.IPv6Subnet)] = l
 	}
 	// Deleted while the watch was down: freed no later than rev.
 	for k, l := range old {
@@ -681,10 +688,15 @@ func (m *Manager) setPeersLocked(leases []Lease, rev int64) {
 // the backend refuses it), and so does a typeless lease in a network of
 // any other backend, where flannel ignores it too.
 func (m *Manager) kept(l Lease) *Lease {
+	m.typeLease(&l)
+	return &l
+}
+
+// typeLease gives a typeless lease in a udp network its type (see kept).
+func (m *Manager) typeLease(l *Lease) {
 	if l.Attrs.BackendType == "" && m.udp {
 		l.Attrs.BackendType = netconf.BackendUDP
 	}
-	return &l
 }
 
 // peerOK filters what the dataplane must never program: subnets that are

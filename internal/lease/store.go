@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -107,33 +108,73 @@ func (s *Store) GetConfig(ctx context.Context) ([]byte, int64, error) {
 	return resp.Kvs[0].Value, resp.Header.Revision, nil
 }
 
-// List returns every well-formed lease under subnets/ with one prefix Get
-// (O(1) round trips whatever the number of leases) and the revision it
-// reflects. Malformed keys or values are logged once per write and skipped.
-// Expiration is not filled: see Expirations.
+// List returns every well-formed lease under subnets/ and the revision it
+// reflects, read in pages of listPage keys at one revision (O(N/listPage)
+// round trips). Malformed keys or values are logged once per write and
+// skipped. Expiration is not filled: see Expirations.
+//
+// Why pages: at 20,000 leases one response is ~6 MB of key-values that
+// were held whole beside their decoded copy — the start-up's transient
+// peak of weftd's heap (issue 12). A page is decoded and dropped before the
+// next is read. Should the revision be compacted away between two pages,
+// the list starts over at the newest one.
 func (s *Store) List(ctx context.Context) ([]Lease, int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, callTimeout)
-	defer cancel()
-	resp, err := s.cli.Get(ctx, s.SubnetsPrefix(), clientv3.WithPrefix())
-	if err != nil {
-		return nil, 0, fmt.Errorf("list %s: %w", s.SubnetsPrefix(), err)
-	}
-	leases := make([]Lease, 0, len(resp.Kvs))
-	var seenBad map[string]bool // nil until a malformed key: the usual case
-	for i, kv := range resp.Kvs {
-		// Each raw key-value is dropped once decoded, so that with
-		// thousands of leases a collection during the decode frees them
-		// instead of keeping the raw response and the decoded slice at once.
-		resp.Kvs[i] = nil
-		l, err := s.decode(kv)
-		if err != nil {
-			if seenBad == nil {
-				seenBad = map[string]bool{}
-			}
-			seenBad[clip(string(kv.Key))] = true
-			continue
+	for {
+		leases, rev, err := s.listAt(ctx)
+		if errors.Is(err, rpctypes.ErrCompacted) && ctx.Err() == nil {
+			continue // compacted between two pages: list again at the newest revision
 		}
-		leases = append(leases, l)
+		return leases, rev, err
+	}
+}
+
+// listPage is the number of keys of one page of List (a variable for the
+// tests). Larger pages save no time: 5,000 leases list in fewer ms in pages
+// of 1,000 than in one (BenchmarkList5000).
+var listPage = 1000
+
+func (s *Store) listAt(ctx context.Context) ([]Lease, int64, error) {
+	end := clientv3.GetPrefixRangeEnd(s.SubnetsPrefix())
+	var (
+		leases  []Lease
+		rev     int64
+		seenBad map[string]bool // nil until a malformed key: the usual case
+	)
+	for from := s.SubnetsPrefix(); ; {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(listPage))}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		pctx, cancel := context.WithTimeout(ctx, callTimeout) // each page: a large list is not one call
+		resp, err := s.cli.Get(pctx, from, opts...)
+		cancel()
+		if err != nil {
+			return nil, 0, fmt.Errorf("list %s (from key %.120q, revision %d): %w", s.SubnetsPrefix(), from, rev, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+			// Count is the whole range's; bounded, so that a wrong figure
+			// cannot make us allocate more than 64 pages ahead.
+			leases = make([]Lease, 0, min(resp.Count, int64(len(resp.Kvs)+listPage*64)))
+		}
+		if n := len(resp.Kvs); n > 0 {
+			from = string(resp.Kvs[n-1].Key) + "\x00" // the next page starts after this one's last key
+		}
+		for i, kv := range resp.Kvs {
+			resp.Kvs[i] = nil // dropped once decoded: a collection meanwhile frees it
+			l, err := s.decode(kv)
+			if err != nil {
+				if seenBad == nil {
+					seenBad = map[string]bool{}
+				}
+				seenBad[clip(string(kv.Key))] = true
+				continue
+			}
+			leases = append(leases, l)
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
 	}
 	s.mu.Lock()
 	for k := range s.bad {
@@ -142,7 +183,7 @@ func (s *Store) List(ctx context.Context) ([]Lease, int64, error) {
 		}
 	}
 	s.mu.Unlock()
-	return leases, resp.Header.Revision, nil
+	return leases, rev, nil
 }
 
 // decode turns one etcd key-value into a Lease, logging (once per write) why

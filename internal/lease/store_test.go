@@ -242,3 +242,44 @@ func TestWaitConfig(t *testing.T) {
 		}
 	})
 }
+
+// TestStoreListPages: a list in many pages (3 keys each here) returns
+// every well-formed lease once, at the revision of its first page, with
+// malformed keys on page boundaries skipped, and a key beyond the subnets
+// range (the config, a sibling prefix) never read.
+func TestStoreListPages(t *testing.T) {
+	defer func(n int) { listPage = n }(listPage)
+	listPage = 3
+	_, cli, s, _ := newTestStore(t)
+	ctx := context.Background()
+	sp := s.SubnetsPrefix()
+	want := map[string]bool{}
+	for i := range 10 {
+		k := FormatKey(netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 30, byte(10 + i), 0}), 24), netip.Prefix{})
+		put(t, cli, sp+k, `{"PublicIP":"10.64.3.`+string(rune('1'+i%9))+`"}`)
+		want[k] = true
+		if i%3 == 1 {
+			put(t, cli, sp+k+"x", `{"PublicIP":"10.64.3.1"}`) // malformed key, sorted right after a good one
+		}
+	}
+	put(t, cli, testPrefix+"/subnets0", `{"PublicIP":"10.64.3.1"}`) // just past the range's end
+	last := put(t, cli, testPrefix+"/config", `{"Network":"172.30.0.0/16"}`)
+	leases, rev, err := s.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rev != last {
+		t.Errorf("List revision %d, want %d (the store's revision at the first page)", rev, last)
+	}
+	got := map[string]bool{}
+	for _, l := range leases {
+		k := FormatKey(l.Subnet, l.IPv6Subnet)
+		if got[k] || !want[k] {
+			t.Errorf("List returned %s twice or unexpectedly", k)
+		}
+		got[k] = true
+	}
+	if len(got) != len(want) {
+		t.Errorf("List returned %d leases in pages of %d, want %d: %v", len(got), listPage, len(want), got)
+	}
+}
