@@ -85,6 +85,22 @@ func (b *Batch[K]) DeleteNeigh(key K, n Neigh) {
 	b.end(key, unix.RTM_DELNEIGH, 0)
 }
 
+// ReplaceNexthop queues the nexthop object n with weft's protocol, created
+// or replacing the one of the same id (routes through it follow).
+func (b *Batch[K]) ReplaceNexthop(key K, n Nexthop) {
+	b.begin()
+	b.buf = appendNexthop(b.buf, n)
+	b.end(key, unix.RTM_NEWNEXTHOP, setFlags)
+}
+
+// DeleteNexthop queues the removal of the nexthop object id; the kernel
+// removes the routes through it with it.
+func (b *Batch[K]) DeleteNexthop(key K, id uint32) {
+	b.begin()
+	b.buf = appendNexthopDel(b.buf, id)
+	b.end(key, unix.RTM_DELNEXTHOP, 0)
+}
+
 // begin starts a request (its header is filled in by end).
 func (b *Batch[K]) begin() { b.start = len(b.buf); b.buf = append(b.buf, make([]byte, nlmsgHdrLen)...) }
 

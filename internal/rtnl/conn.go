@@ -315,3 +315,106 @@ func (c *Conn) DumpFDB(link int, f func(n Neigh)) error {
 		}
 	})
 }
+
+// DumpNexthops dumps the namespace's nexthop objects and calls f with each
+// (every owner's: the kernel filters a nexthop dump by device or group, not
+// by protocol, so the callers pick weft's by Protocol). One dump; wrap it
+// in RetryDump.
+func (c *Conn) DumpNexthops(f func(n Nexthop)) error {
+	var rb [unix.SizeofNhmsg]byte
+	req := appendNhmsg(rb[:0], unix.AF_UNSPEC, 0, 0)
+	return c.dump(unix.RTM_GETNEXTHOP, req, unix.RTM_NEWNEXTHOP, func(p []byte) {
+		if n, ok := parseNexthop(p); ok {
+			f(n)
+		}
+	})
+}
+
+// probeNexthopID is the id of the nexthop ProbeNexthops creates and removes:
+// 255.255.255.255 as a number, which weft's id scheme (a peer subnet's
+// address) never yields.
+const probeNexthopID = 0xffffffff
+
+// ProbeNexthops reports whether the kernel makes nexthop objects (Linux
+// 5.3 and later): it creates a blackhole nexthop of weft's protocol and
+// removes it. err is nil when the answer is a plain no (EOPNOTSUPP, EINVAL:
+// the kernel does not know the request or the attribute); otherwise it says
+// why the probe itself failed.
+func (c *Conn) ProbeNexthops() (ok bool, err error) {
+	var addErr error
+	b := NewBatch(c, func(_ int, e error) bool { addErr = e; return true })
+	b.begin()
+	b.buf = appendNhmsg(b.buf, unix.AF_INET, uint8(ProtWeft), 0)
+	b.buf = appendAttrU32(b.buf, unix.NHA_ID, probeNexthopID)
+	b.buf = appendAttr(b.buf, unix.NHA_BLACKHOLE, nil)
+	b.end(0, unix.RTM_NEWNEXTHOP, unix.NLM_F_CREATE|unix.NLM_F_EXCL)
+	b.Flush()
+	switch {
+	case addErr == nil:
+	case errors.Is(addErr, unix.EEXIST):
+		return true, nil // somebody's probe left it: the kernel has them
+	case errors.Is(addErr, unix.EOPNOTSUPP), errors.Is(addErr, unix.EINVAL), errors.Is(addErr, unix.EAFNOSUPPORT):
+		return false, nil
+	default:
+		return false, fmt.Errorf("create probe nexthop id %d: %w", uint32(probeNexthopID), addErr)
+	}
+	var delErr error
+	d := NewBatch(c, func(_ int, e error) bool { delErr = e; return true })
+	d.DeleteNexthop(0, probeNexthopID)
+	d.Flush()
+	if delErr != nil && !errors.Is(delErr, unix.ENOENT) {
+		return true, fmt.Errorf("remove probe nexthop id %d: %w", uint32(probeNexthopID), delErr)
+	}
+	return true, nil
+}
+
+// NexthopUpdate is a nexthop notification: one created or replaced, or,
+// with Deleted, one removed (which removed the routes through it too,
+// without a route notification for them).
+type NexthopUpdate struct {
+	Nexthop
+	Deleted bool
+}
+
+// SubscribeNexthops sends the nexthop notifications of ns (nil: the current
+// namespace) to ch until done is closed or the socket fails, then closes
+// ch. rcvBuf sizes the socket's receive buffer (0: the default).
+func SubscribeNexthops(ns *netns.NsHandle, ch chan<- NexthopUpdate, done <-chan struct{}, rcvBuf int) error {
+	at := netns.None()
+	if ns != nil && ns.IsOpen() {
+		at = *ns
+	}
+	s, err := nl.SubscribeAt(at, netns.None(), unix.NETLINK_ROUTE, unix.RTNLGRP_NEXTHOP)
+	if err != nil {
+		return fmt.Errorf("subscribe to nexthop notifications: %w", err)
+	}
+	if rcvBuf > 0 {
+		_ = s.SetReceiveBufferSize(rcvBuf, true)
+	}
+	go func() {
+		<-done
+		s.Close()
+	}()
+	go func() {
+		defer close(ch)
+		for {
+			msgs, _, err := s.Receive()
+			if err != nil {
+				return
+			}
+			for _, m := range msgs {
+				if m.Header.Type != unix.RTM_NEWNEXTHOP && m.Header.Type != unix.RTM_DELNEXTHOP {
+					continue
+				}
+				if n, ok := parseNexthop(m.Data); ok {
+					select {
+					case ch <- NexthopUpdate{Nexthop: n, Deleted: m.Header.Type == unix.RTM_DELNEXTHOP}:
+					case <-done:
+						return
+					}
+				}
+			}
+		}
+	}()
+	return nil
+}

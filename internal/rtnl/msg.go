@@ -171,6 +171,10 @@ type RouteSpec struct {
 	OnLink    bool
 	Blackhole bool
 	Metric    int
+	// NhID, when not 0, sends the route through the kernel nexthop object
+	// of that id (RTA_NH_ID) instead of Gw, Link and OnLink, which then
+	// only describe that nexthop: it must exist before the route.
+	NhID uint32
 }
 
 // appendRouteSpec appends the RTM_NEWROUTE payload of w, a route of family,
@@ -181,11 +185,19 @@ func appendRouteSpec(b []byte, family uint8, w RouteSpec) []byte {
 		typ = unix.RTN_BLACKHOLE
 	}
 	var flags uint32
-	if w.OnLink {
+	if w.OnLink && w.NhID == 0 {
 		flags = unix.RTNH_F_ONLINK
 	}
 	b = appendRtmsg(b, family, uint8(w.Dst.Bits()), 0, unix.RT_TABLE_MAIN, uint8(ProtWeft), unix.RT_SCOPE_UNIVERSE, typ, flags)
 	b = appendAttrAddr(b, unix.RTA_DST, w.Dst.Addr())
+	if w.NhID != 0 && !w.Blackhole {
+		// The kernel refuses a gateway or device beside a nexthop id.
+		b = appendAttrU32(b, rtaNHID, w.NhID)
+		if w.Metric > 0 {
+			b = appendAttrU32(b, unix.RTA_PRIORITY, uint32(w.Metric))
+		}
+		return b
+	}
 	if w.Gw.IsValid() {
 		b = appendAttrAddr(b, unix.RTA_GATEWAY, w.Gw)
 	}
@@ -211,6 +223,10 @@ type Route struct {
 	Protocol uint8
 	Scope    uint8
 	Type     uint8
+	// NhID is the nexthop object the route goes through (0: none). With
+	// nexthop_compat_mode=1, the default, the dump also carries that
+	// nexthop's gateway, device and flags.
+	NhID uint32
 	// Other: a next hop weft never sets (multipath, RTA_VIA, an encap).
 	Other bool
 }
@@ -221,6 +237,9 @@ func (r Route) String() string {
 	switch r.Type {
 	case 0, unix.RTN_UNICAST:
 		s = r.Dst.String()
+		if r.NhID != 0 {
+			s += fmt.Sprintf(" nhid %d", r.NhID)
+		}
 		if r.Gw.IsValid() {
 			s += " via " + r.Gw.String()
 		}
@@ -283,7 +302,11 @@ func parseRoute(p []byte, family uint8) (r Route, ok bool) {
 			if len(a.Value) == 4 {
 				r.Table = native.Uint32(a.Value)
 			}
-		case unix.RTA_MULTIPATH, unix.RTA_VIA, unix.RTA_ENCAP, rtaNHID:
+		case rtaNHID:
+			if len(a.Value) == 4 {
+				r.NhID = native.Uint32(a.Value)
+			}
+		case unix.RTA_MULTIPATH, unix.RTA_VIA, unix.RTA_ENCAP:
 			r.Other = true
 		}
 	}
@@ -305,6 +328,16 @@ func appendRouteDel(b []byte, family uint8, r Route) []byte {
 	b = appendAttrAddr(b, unix.RTA_DST, r.Dst.Addr())
 	if r.Table >= 256 {
 		b = appendAttrU32(b, unix.RTA_TABLE, r.Table)
+	}
+	if r.NhID != 0 {
+		// A route through a nexthop object matches a delete by its id
+		// only: naming the gateway or device the dump reports makes the
+		// kernel find no such route.
+		b = appendAttrU32(b, rtaNHID, r.NhID)
+		if r.Priority > 0 {
+			b = appendAttrU32(b, unix.RTA_PRIORITY, uint32(r.Priority))
+		}
+		return b
 	}
 	if r.Gw.IsValid() {
 		b = appendAttrAddr(b, unix.RTA_GATEWAY, r.Gw)
@@ -423,3 +456,102 @@ func appendNeighSet(b []byte, family uint8, link int, ip netip.Addr, mac []byte)
 	b = appendAttrAddr(b, unix.NDA_DST, ip)
 	return appendAttr(b, unix.NDA_LLADDR, mac)
 }
+
+// Nexthop is a kernel nexthop object (ip nexthop): weft's are single
+// gateways on a device, proto ProtWeft, and its routes refer to them by
+// id (RouteSpec.NhID). With one fib_info per distinct route, a kernel
+// whose fib_info hash leaves out the gateway walks every other peer route
+// on each insert; routes through nexthop objects share no such bucket.
+type Nexthop struct {
+	ID       uint32
+	Family   uint8 // of the gateway: AF_INET or AF_INET6
+	Gw       netip.Addr
+	Link     int
+	OnLink   bool
+	Protocol uint8 // ProtWeft on weft's
+	// Other: a nexthop weft never makes (a group, a blackhole, an encap,
+	// an FDB nexthop, or one without a gateway).
+	Other bool
+}
+
+// String describes a nexthop in ip-nexthop terms, for messages.
+func (n Nexthop) String() string {
+	s := fmt.Sprintf("id %d", n.ID)
+	if n.Gw.IsValid() {
+		s += " via " + n.Gw.String()
+	}
+	if n.Link != 0 {
+		s += fmt.Sprintf(" dev #%d", n.Link)
+	}
+	if n.OnLink {
+		s += " onlink"
+	}
+	return s + fmt.Sprintf(" proto %d", n.Protocol)
+}
+
+// appendNhmsg appends struct nhmsg.
+func appendNhmsg(b []byte, family, proto uint8, flags uint32) []byte {
+	b = append(b, family, 0, proto, 0)
+	return native.AppendUint32(b, flags)
+}
+
+// appendNexthop appends the RTM_NEWNEXTHOP payload of n with weft's
+// protocol, as `ip nexthop replace id ID via GW dev LINK [onlink] proto 87`
+// sends it.
+func appendNexthop(b []byte, n Nexthop) []byte {
+	var flags uint32
+	if n.OnLink {
+		flags = unix.RTNH_F_ONLINK
+	}
+	family := n.Family
+	if family == 0 {
+		family = unix.AF_INET
+		if n.Gw.Is6() {
+			family = unix.AF_INET6
+		}
+	}
+	b = appendNhmsg(b, family, uint8(ProtWeft), flags)
+	b = appendAttrU32(b, unix.NHA_ID, n.ID)
+	b = appendAttrU32(b, unix.NHA_OIF, uint32(n.Link))
+	return appendAttrAddr(b, unix.NHA_GATEWAY, n.Gw)
+}
+
+// appendNexthopDel appends the RTM_DELNEXTHOP payload removing nexthop id.
+func appendNexthopDel(b []byte, id uint32) []byte {
+	b = appendNhmsg(b, unix.AF_UNSPEC, 0, 0)
+	return appendAttrU32(b, unix.NHA_ID, id)
+}
+
+// parseNexthop reads an RTM_NEWNEXTHOP or RTM_DELNEXTHOP payload.
+func parseNexthop(p []byte) (n Nexthop, ok bool) {
+	if len(p) < unix.SizeofNhmsg {
+		return n, false
+	}
+	n.Family, n.Protocol = p[0], p[2]
+	n.OnLink = native.Uint32(p[4:])&unix.RTNH_F_ONLINK != 0
+	a := Attrs{b: p[unix.SizeofNhmsg:]}
+	for a.Next() {
+		switch a.Type {
+		case unix.NHA_ID:
+			if len(a.Value) == 4 {
+				n.ID = native.Uint32(a.Value)
+			}
+		case unix.NHA_OIF:
+			if len(a.Value) == 4 {
+				n.Link = int(native.Uint32(a.Value))
+			}
+		case unix.NHA_GATEWAY:
+			n.Gw, _ = netip.AddrFromSlice(a.Value)
+		case unix.NHA_GROUP, unix.NHA_BLACKHOLE, unix.NHA_ENCAP, nhaFDB:
+			n.Other = true
+		}
+	}
+	if !n.Gw.IsValid() {
+		n.Other = true
+	}
+	return n, n.ID != 0
+}
+
+// nhaFDB is NHA_FDB (a nexthop for vxlan FDB entries), which x/sys/unix
+// does not name.
+const nhaFDB = 11
