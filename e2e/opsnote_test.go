@@ -423,9 +423,11 @@ func (n *opsNote) flannelAndDocker0() {
 		routes := n.mustOnHost(i, "ip", "route", "show")
 		var wantRoutes []*regexp.Regexp
 		wantRoutes = append(wantRoutes, regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(h.Subnet.String())+` dev docker0 proto kernel scope link src `+regexp.QuoteMeta(bip.Addr().String())+`\b`))
+		// The meaning (dst, gateway, device, onlink), whether the route
+		// names its gateway itself or through a nexthop object (nhid).
 		for j, p := range n.l.Hosts {
 			if j != i {
-				wantRoutes = append(wantRoutes, regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(p.Subnet.String())+` via `+regexp.QuoteMeta(p.Subnet.Addr().String())+` dev flannel\.1 (proto \S+ )?onlink\b`))
+				wantRoutes = append(wantRoutes, regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(p.Subnet.String())+` (nhid \d+ )?via `+regexp.QuoteMeta(p.Subnet.Addr().String())+` dev flannel\.1 (proto \S+ )?onlink\b`))
 			}
 		}
 		for _, re := range wantRoutes {

@@ -212,12 +212,21 @@ func (b *backend) watchFilter() watchFilter {
 	for i, d := range b.drivers {
 		fs[i] = d.watchFilter()
 	}
-	return watchFilter{
+	w := watchFilter{
 		link:  func(u netlink.LinkUpdate) bool { return anyOf(fs, func(f watchFilter) bool { return f.link(u) }) },
 		route: func(u netlink.RouteUpdate) bool { return anyOf(fs, func(f watchFilter) bool { return f.route(u) }) },
 		neigh: func(u netlink.NeighUpdate) bool { return anyOf(fs, func(f watchFilter) bool { return f.neigh(u) }) },
 		addr:  func(u netlink.AddrUpdate) bool { return anyOf(fs, func(f watchFilter) bool { return f.addr(u) }) },
 	}
+	for _, f := range fs {
+		if f.nexthop != nil {
+			w.nexthop = func(u rtnl.NexthopUpdate) bool {
+				return anyOf(fs, func(f watchFilter) bool { return f.nexthop != nil && f.nexthop(u) })
+			}
+			break
+		}
+	}
+	return w
 }
 
 func anyOf(fs []watchFilter, ok func(watchFilter) bool) bool {

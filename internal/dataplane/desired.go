@@ -36,6 +36,9 @@ type Desired struct {
 	Routes map[netip.Prefix]Route
 	Neighs map[netip.Addr]net.HardwareAddr
 	FDB    map[[6]byte]netip.Addr
+	// Nexthops are the kernel nexthop objects the routes go through, by
+	// id (nexthops.go): IPv4 vxlan peers' on a kernel that makes them.
+	Nexthops map[uint32]rtnl.Nexthop
 	// Skipped are the peers of the snapshot that asked for nothing this
 	// backend can program, and why, in snapshot order.
 	Skipped []skippedPeer
@@ -48,6 +51,11 @@ func newDesired(family uint8, device string, own netip.Prefix, dev, n int) *Desi
 		Neighs: make(map[netip.Addr]net.HardwareAddr, n),
 		FDB:    make(map[[6]byte]netip.Addr, n),
 	}
+}
+
+// nexthopOf is the nexthop object the route w goes through.
+func nexthopOf(w Route) rtnl.Nexthop {
+	return rtnl.Nexthop{ID: w.NhID, Gw: w.Gw, Link: w.Link, OnLink: w.OnLink, Protocol: uint8(rtnl.ProtWeft)}
 }
 
 // PeerEntries is what one valid peer asks of the kernel: a route and, when
@@ -69,6 +77,12 @@ func (e PeerEntries) usesNeigh() bool { return e.MAC != nil && !e.Direct }
 
 func (d *Desired) add(e PeerEntries) {
 	d.Routes[e.Route.Dst] = e.Route
+	if e.Route.NhID != 0 {
+		if d.Nexthops == nil {
+			d.Nexthops = make(map[uint32]rtnl.Nexthop)
+		}
+		d.Nexthops[e.Route.NhID] = nexthopOf(e.Route)
+	}
 	if e.usesNeigh() {
 		d.Neighs[e.Route.Gw] = e.MAC
 		d.FDB[[6]byte(e.MAC)] = e.Dst
@@ -77,6 +91,9 @@ func (d *Desired) add(e PeerEntries) {
 
 func (d *Desired) remove(e PeerEntries) {
 	delete(d.Routes, e.Route.Dst)
+	if e.Route.NhID != 0 {
+		delete(d.Nexthops, e.Route.NhID)
+	}
 	if e.usesNeigh() {
 		delete(d.Neighs, e.Route.Gw)
 		delete(d.FDB, [6]byte(e.MAC))
@@ -91,6 +108,12 @@ type Facts struct {
 	// Foreign are other owners' routes to destinations of the overlay's
 	// subnet length (see owner.go).
 	Foreign foreignRoutes
+	// Nexthops: the kernel makes nexthop objects (probed once at Init),
+	// so the peer routes of a spec that can go through them do;
+	// ForeignNH are the ids other owners' nexthops hold, which weft
+	// leaves alone (the routes of those peers stay plain `via` routes).
+	Nexthops  bool
+	ForeignNH map[uint32]struct{}
 }
 
 // spec is a backend's desired state for one address family, as a pure
@@ -137,6 +160,7 @@ func (s *spec) render(snap lease.Snapshot, f Facts, reuse *Desired) *Desired {
 		clear(d.Routes)
 		clear(d.Neighs)
 		clear(d.FDB)
+		clear(d.Nexthops)
 		d.Own, d.Dev, d.Addr, d.Skipped = own, f.Dev, netip.Prefix{}, d.Skipped[:0]
 	} else {
 		d = newDesired(s.family, s.device, own, f.Dev, len(snap.Peers))

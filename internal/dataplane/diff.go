@@ -39,10 +39,25 @@ type deltaApplier interface {
 // round trip and one receive buffer per entry.
 func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired, t *tally) syncStats {
 	var st syncStats
+	nhAdd, nhDel := diffMaps(old.Nexthops, d.Nexthops, func(a, b rtnl.Nexthop) bool { return a == b })
 	fdbAdd, fdbDel := diffMaps(old.FDB, d.FDB, func(a, b netip.Addr) bool { return a == b })
 	neighAdd, neighDel := diffMaps(old.Neighs, d.Neighs, func(a, b net.HardwareAddr) bool { return slices.Equal(a, b) })
 	routeAdd, routeDel := diffMaps(old.Routes, d.Routes, func(a, b Route) bool { return a == b })
 
+	if len(nhAdd) > 0 {
+		hb := rtnl.NewBatch(rt, func(id uint32, err error) bool {
+			t.add(fmt.Errorf("replace nexthop %s: %w", d.Nexthops[id], err))
+			return true
+		})
+		for _, id := range nhAdd {
+			hb.ReplaceNexthop(id, d.Nexthops[id])
+		}
+		hb.Flush()
+		st.Added += hb.OK()
+		if ctx.Err() != nil {
+			return st
+		}
+	}
 	fb := rtnl.NewBatch(rt, func(mac [6]byte, err error) bool {
 		t.add(fmt.Errorf("set FDB entry %s dst %s: %w", net.HardwareAddr(mac[:]), d.FDB[mac], err))
 		return true
@@ -129,6 +144,14 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 	}
 	fd.Flush()
 	st.Deleted += fd.OK()
+	// Last: deleting a nexthop deletes the routes through it.
+	nhStale := nhDel[:0]
+	for _, id := range nhDel {
+		if _, ok := d.Nexthops[id]; !ok {
+			nhStale = append(nhStale, id) // else replaced above
+		}
+	}
+	_ = deleteNexthops(ctx, rt, nhStale, &st, t)()
 	return st
 }
 

@@ -56,6 +56,9 @@ type driver struct {
 	// that sends it traffic. It returns the peers it left out.
 	before func(snap lease.Snapshot, d *Desired) []skippedPeer
 	what   string // "<label> apply", built once
+	// nexthops: the peer routes go through kernel nexthop objects, whose
+	// full pass reads and syncs weft's (nexthops.go); set at setup.
+	nexthops bool
 
 	// applied is the desired state of the last successful apply (nil:
 	// none, or the last apply failed), the baseline of a delta, and
@@ -192,7 +195,14 @@ func (v *driver) applyFull(ctx context.Context, snap lease.Snapshot, dev int, t 
 	if err != nil {
 		return nil, st, append(errs, err)
 	}
-	v.facts = Facts{Dev: dev, Connected: have.connected, Foreign: newForeignRoutes(have.foreign)}
+	var haveNH []rtnl.Nexthop
+	var foreignNH map[uint32]struct{}
+	if v.nexthops {
+		if haveNH, foreignNH, err = readNexthops(v.rt, v.spec.family); err != nil {
+			return nil, st, append(errs, err)
+		}
+	}
+	v.facts = Facts{Dev: dev, Connected: have.connected, Foreign: newForeignRoutes(have.foreign), Nexthops: v.nexthops, ForeignNH: foreignNH}
 	d := v.renderInPlace(snap)
 	if v.before != nil {
 		d.Skipped = append(d.Skipped, v.before(snap, d)...)
@@ -204,7 +214,7 @@ func (v *driver) applyFull(ctx context.Context, snap lease.Snapshot, dev int, t 
 	v.routeBuf = routes
 	have.weft = v.facts.Foreign.adopted(have.weft, d.Routes, dev)
 	if dev != 0 {
-		errs = append(errs, syncDevice(ctx, v.rt, d, have.weft, routes, &st, t)...)
+		errs = append(errs, syncDevice(ctx, v.rt, d, have.weft, haveNH, routes, &st, t)...)
 	} else {
 		rs, del, err := syncRoutes(ctx, v.rt, v.spec.family, have.weft, routes, t)
 		errs = append(errs, err)
@@ -427,6 +437,7 @@ func (v *driver) watchFilter() watchFilter {
 			}
 			return routeDrift(routes, u)
 		},
+		nexthop: v.nexthopFilter(),
 		neigh: func(u netlink.NeighUpdate) bool {
 			if v.dev == nil || u.Type != unix.RTM_DELNEIGH || int32(u.LinkIndex) != v.dev.index() {
 				return false
@@ -457,5 +468,19 @@ func (v *driver) watchFilter() watchFilter {
 			d := v.want.Load()
 			return d == nil || prefixOf(&u.LinkAddress) == d.Addr
 		},
+	}
+}
+
+// nexthopFilter is the driver's filter of nexthop notifications (nil when
+// its routes use none).
+func (v *driver) nexthopFilter() func(rtnl.NexthopUpdate) bool {
+	if !v.nexthops {
+		return nil
+	}
+	return func(u rtnl.NexthopUpdate) bool {
+		v.wantMu.RLock()
+		defer v.wantMu.RUnlock()
+		d := v.want.Load()
+		return nexthopDrift(d.nexthopsOrNil(), d != nil && d.Routes != nil, u)
 	}
 }

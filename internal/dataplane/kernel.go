@@ -155,6 +155,11 @@ func (w routeWant) matches(r rtnl.Route) bool {
 	if w.Blackhole {
 		return typ == unix.RTN_BLACKHOLE && r.Priority == w.Metric
 	}
+	if w.NhID != 0 || r.NhID != 0 {
+		// The nexthop object holds gateway, device and onlink; a plain
+		// route (an older weftd's, flanneld's) is replaced in place.
+		return typ == unix.RTN_UNICAST && r.NhID == w.NhID && r.Priority == w.Metric && !r.Other
+	}
 	return typ == unix.RTN_UNICAST &&
 		r.Gw == w.Gw &&
 		r.Link == w.Link &&
@@ -168,6 +173,9 @@ func (w routeWant) String() string {
 		return fmt.Sprintf("blackhole %s metric %d", w.Dst, w.Metric)
 	}
 	s := fmt.Sprintf("%s via %s dev #%d", w.Dst, w.Gw, w.Link)
+	if w.NhID != 0 {
+		s = fmt.Sprintf("%s nhid %d via %s dev #%d", w.Dst, w.NhID, w.Gw, w.Link)
+	}
 	if w.OnLink {
 		s += " onlink"
 	}

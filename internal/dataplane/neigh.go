@@ -20,19 +20,32 @@ import (
 // in dependency order (FDB, neighbour, then the route that uses them: a
 // route is usable the moment it appears), deletes in reverse, so no packet
 // is sent through a half-programmed peer.
-func syncDevice(ctx context.Context, rt *rtnl.Conn, d *Desired, have []rtnl.Route, routes []Route, st *syncStats, t *tally) []error {
+func syncDevice(ctx context.Context, rt *rtnl.Conn, d *Desired, have []rtnl.Route, haveNH []rtnl.Nexthop, routes []Route, st *syncStats, t *tally) []error {
 	var errs []error
+	// Nexthop objects before everything: a route through one cannot be
+	// written before it, and deleting one deletes its routes, so stale
+	// ones go last.
+	var (
+		nhs   = &syncStats{}
+		nhdel func() error
+	)
+	if len(d.Nexthops) > 0 || len(haveNH) > 0 {
+		var err error
+		nhs, nhdel, err = syncNexthops(ctx, rt, haveNH, d.Nexthops, t)
+		errs = append(errs, err)
+	}
 	fs, fdel, err := syncFDB(ctx, rt, d.Dev, d.FDB, t)
 	errs = append(errs, err)
 	ns, ndel, err := syncNeighs(ctx, rt, d.Family, d.Dev, d.Neighs, t)
 	errs = append(errs, err)
 	rs, rdel, err := syncRoutes(ctx, rt, d.Family, have, routes, t)
 	errs = append(errs, err)
-	for _, del := range []func() error{rdel, ndel, fdel} {
+	for _, del := range []func() error{rdel, ndel, fdel, nhdel} {
 		if del != nil {
 			errs = append(errs, del())
 		}
 	}
+	st.plus(*nhs)
 	st.plus(*fs)
 	st.plus(*ns)
 	st.plus(*rs)

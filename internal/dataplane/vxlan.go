@@ -110,7 +110,11 @@ func vxlanSpec(opts VXLANOptions, host Host, family uint8) spec {
 		if opts.DirectRouting && coveredBy(f.Connected, pub) {
 			return PeerEntries{Route: Route{Dst: sub, Gw: pub, Link: host.IfaceIndex, Metric: metric}, MAC: mac, Dst: pub, Direct: true}, false, ""
 		}
-		return PeerEntries{Route: Route{Dst: sub, Gw: sub.Addr(), Link: f.Dev, OnLink: true, Metric: metric}, MAC: mac, Dst: pub}, false, ""
+		w := Route{Dst: sub, Gw: sub.Addr(), Link: f.Dev, OnLink: true, Metric: metric}
+		if family == unix.AF_INET {
+			w = viaNexthop(w, f) // nexthops.go
+		}
+		return PeerEntries{Route: w, MAC: mac, Dst: pub}, false, ""
 	}
 	return s
 }
@@ -340,6 +344,17 @@ func setupVXLAN(b *backend, specs []spec) (Published, int, error) {
 	}
 	pub := Published{BackendType: netconf.BackendVXLAN}
 	mtu := 0
+	// Decided once: the kernel does not gain or lose nexthop objects while
+	// weftd runs.
+	nexthops, err := b.rt.ProbeNexthops()
+	switch {
+	case err != nil:
+		b.log.Warn("probing the kernel for nexthop objects failed; vxlan peer routes go in as plain via routes", "err", err)
+	case nexthops:
+		b.log.Info("kernel nexthop objects: vxlan peer routes go through one nexthop each (proto 87, id = the peer subnet's address)")
+	default:
+		b.log.Warn("this kernel makes no nexthop objects (Linux < 5.3?); vxlan peer routes go in as plain via routes, whose install time grows with the cluster size")
+	}
 	for _, s := range specs {
 		dev := newVXLANDev(opts, s.family, b.h, b.log)
 		log := b.log.With("device", dev.name)
@@ -363,7 +378,7 @@ func setupVXLAN(b *backend, specs []spec) (Published, int, error) {
 		if m := dev.mtu(host.IfaceMTU); mtu == 0 || m < mtu {
 			mtu = m
 		}
-		b.add(s, dev, log)
+		b.add(s, dev, log).nexthops = nexthops && s.family == unix.AF_INET
 	}
 	return pub, mtu, nil
 }

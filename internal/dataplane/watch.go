@@ -7,6 +7,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/weft-net/weft/internal/rtnl"
 )
 
 // watchFilter says which kernel notifications may mean the dataplane drifted.
@@ -17,6 +19,8 @@ type watchFilter struct {
 	route func(netlink.RouteUpdate) bool
 	neigh func(netlink.NeighUpdate) bool
 	addr  func(netlink.AddrUpdate) bool
+	// nexthop is nil when no driver uses nexthop objects: no subscription.
+	nexthop func(rtnl.NexthopUpdate) bool
 }
 
 // watcher turns kernel notifications into a coalesced "maybe dirty" signal.
@@ -85,6 +89,19 @@ func (w *watcher) start(f watchFilter) {
 			return func() {
 				for u := range ch {
 					if f.neigh(u) {
+						w.poke()
+					}
+				}
+			}, err
+		})
+	}
+	if f.nexthop != nil {
+		w.keep("nexthop", func(done chan struct{}) (func(), error) {
+			ch := make(chan rtnl.NexthopUpdate, 64)
+			err := rtnl.SubscribeNexthops(w.ns, ch, done, watchRcvBuf)
+			return func() {
+				for u := range ch {
+					if f.nexthop(u) {
 						w.poke()
 					}
 				}
