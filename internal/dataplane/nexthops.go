@@ -163,7 +163,6 @@ func nexthopDrift(want map[uint32]rtnl.Nexthop, published bool, u rtnl.NexthopUp
 	return ok
 }
 
-
 func (d *Desired) nexthopsOrNil() map[uint32]rtnl.Nexthop {
 	if d == nil {
 		return nil
