@@ -164,6 +164,9 @@ type backend struct {
 	drivers []*driver
 	w       *watcher
 	udpDev  *udpDev // the udp backend's device and engine (SetUDPHooks reaches it before Init)
+	// noNexthops makes setup act as on a kernel without nexthop objects
+	// (a test's knob: this machine's kernel has them).
+	noNexthops bool
 }
 
 // Init resolves the underlay interface (and its IPv6 address in a

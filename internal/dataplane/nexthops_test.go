@@ -80,3 +80,49 @@ func TestVXLANNexthops(t *testing.T) {
 		}
 	}
 }
+
+// TestVXLANNexthopFallback: where the probe finds no nexthop objects (forced
+// here: this kernel has them), the same peers get plain `via … onlink`
+// routes and the kernel holds no nexthop; a join, a leave and a route
+// deleted by hand are handled as on any kernel.
+func TestVXLANNexthopFallback(t *testing.T) {
+	l := newLab(t, hostAddr, swAddr)
+	b := l.backend(t, "vxlan", `{}`)
+	b.(*backend).noNexthops = true
+	_, _, err := b.Init(context.Background())
+	must(t, err)
+	ns := l.ns
+	peers := []lease.Lease{vxlanPeer(2, publicIP(2)), vxlanPeer(3, publicIP(3))}
+	snaps, _ := runLoop(t, b, time.Minute) // resync far away: the repair must come from the route event
+	var want []string
+	converged := func() (bool, string) {
+		d := cmp.Diff(want, kernelState(t, ns.Handle, "flannel.1"))
+		return d == "", d
+	}
+	plain := func(what string) {
+		t.Helper()
+		if nh := ns.MustRun(t, "ip", "nexthop", "show"); strings.TrimSpace(nh) != "" {
+			t.Errorf("%s: nexthop objects on the fallback path:\n%s", what, nh)
+		}
+		for _, r := range strings.Split(strings.TrimSpace(ns.MustRun(t, "ip", "route", "show", "proto", "87")), "\n") {
+			if strings.Contains(r, "nhid") || !strings.Contains(r, " onlink") {
+				t.Errorf("%s: route %q, want a plain via … onlink route", what, r)
+			}
+		}
+	}
+
+	snaps <- snapshot(1, peers...)
+	want = wantVXLAN(1, peers...)
+	eventually(t, 5*time.Second, "initial apply", converged)
+	plain("initial apply")
+
+	peers = []lease.Lease{peers[0], vxlanPeer(4, publicIP(4))}
+	snaps <- snapshot(1, peers...)
+	want = wantVXLAN(1, peers...)
+	eventually(t, 2*time.Second, "peer 3 left, peer 4 joined", converged)
+	plain("delta")
+
+	ns.MustRun(t, "ip", "route", "del", peerSubnet(4).String())
+	eventually(t, time.Second, "deleted route restored", converged)
+	plain("repair")
+}

@@ -346,7 +346,10 @@ func setupVXLAN(b *backend, specs []spec) (Published, int, error) {
 	mtu := 0
 	// Decided once: the kernel does not gain or lose nexthop objects while
 	// weftd runs.
-	nexthops, err := b.rt.ProbeNexthops()
+	nexthops := false
+	if !b.noNexthops {
+		nexthops, err = b.rt.ProbeNexthops()
+	}
 	switch {
 	case err != nil:
 		b.log.Warn("probing the kernel for nexthop objects failed; vxlan peer routes go in as plain via routes", "err", err)
