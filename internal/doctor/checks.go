@@ -12,6 +12,7 @@ import (
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
+	"github.com/weft-net/weft/internal/rtnl"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
@@ -435,7 +436,7 @@ func (w peerWant) route() string {
 // programs from), so the doctor and weftd cannot disagree on what a lease
 // means; leases weftd would refuse are left out. dev is the overlay device
 // (zero for host-gw), iface the underlay interface.
-func (s State) wants(dev Link, iface int) []peerWant {
+func (s State) wants(dev Link, iface int) ([]peerWant, map[uint32]rtnl.Nexthop) {
 	own, _ := s.ownSubnet()
 	host := dataplane.Host{IfaceIndex: iface}
 	if l, ok := s.own(); ok {
@@ -460,11 +461,22 @@ func (s State) wants(dev Link, iface int) []peerWant {
 	slices.SortFunc(snap.Peers, lease.ComparePeers)
 	cfg := s.Etcd.Config
 	cfg.EnableIPv6 = false // the doctor checks the IPv4 overlay
+	// Rendered as weftd renders on a kernel with nexthop objects, other
+	// owners' ids left to them, for the set of nexthops weftd would keep;
+	// a route is judged by its gateway and device, in either form.
+	foreignNH := map[uint32]struct{}{}
+	for _, n := range s.Kernel.Nexthops {
+		if n.Protocol != uint8(rtnl.ProtWeft) {
+			foreignNH[n.ID] = struct{}{}
+		}
+	}
 	ds, err := dataplane.Render(cfg, host, snap, func(uint8) dataplane.Facts {
-		return dataplane.NewFacts(dev.Index, connected, nil)
+		f := dataplane.NewFacts(dev.Index, connected, nil)
+		f.Nexthops, f.ForeignNH = true, foreignNH
+		return f
 	})
 	if err != nil || len(ds) == 0 {
-		return nil
+		return nil, nil
 	}
 	d := ds[0]
 	var ws []peerWant
@@ -479,7 +491,7 @@ func (s State) wants(dev Link, iface int) []peerWant {
 		ws = append(ws, w)
 	}
 	slices.SortFunc(ws, func(a, b peerWant) int { return a.subnet.Addr().Compare(b.subnet.Addr()) })
-	return ws
+	return ws, d.Nexthops
 }
 
 // onLink reports whether a is on a connected subnet of link.
@@ -532,7 +544,7 @@ func checkPeers(s State) []Verdict {
 			}
 		}
 	}
-	ws := s.wants(dev, iface)
+	ws, wantNH := s.wants(dev, iface)
 	network := s.Etcd.Config.Network
 	own, _ := s.ownSubnet()
 
@@ -543,11 +555,13 @@ func checkPeers(s State) []Verdict {
 	wantDst := map[netip.Prefix]bool{}
 	for _, w := range ws {
 		wantDst[w.subnet] = true
+		// Through a nexthop object, Gw and Link are the object's
+		// (ObserveKernel), so both forms are judged alike.
 		ok := slices.ContainsFunc(s.Kernel.Routes, func(r Route) bool {
 			return r.Dst == w.subnet && r.Gw == w.gw && r.Link == w.link && (r.Type == 0 || r.Type == unix.RTN_UNICAST)
 		})
 		if !ok {
-			missing = append(missing, w.route())
+			missing = append(missing, w.route()+s.throughNexthop(w.subnet))
 		}
 	}
 	for _, r := range s.Kernel.Routes {
@@ -560,10 +574,10 @@ func checkPeers(s State) []Verdict {
 		ours := r.Protocol == rtProtWeft || (dev.Index != 0 && r.Link == dev.Index)
 		inNet := network.IsValid() && network.Contains(r.Dst.Addr()) && r.Dst.Bits() >= network.Bits() && r.Dst != own
 		if ours || inNet {
-			stale = append(stale, fmt.Sprintf("%s via %s", r.Dst, r.Gw))
+			stale = append(stale, r.String())
 		}
 	}
-	vs := []Verdict{peerVerdict(CheckRoutes, "routes", len(ws), missing, stale)}
+	vs := []Verdict{nexthopVerdict(peerVerdict(CheckRoutes, "routes", len(ws), missing, stale), s.staleNexthops(wantNH))}
 	if bt != netconf.BackendVXLAN {
 		vs = append(vs, pass(CheckNeighbours, "backend host-gw uses none"), pass(CheckFDB, "backend host-gw uses none"))
 		return vs
@@ -607,6 +621,78 @@ func checkPeers(s State) []Verdict {
 	}
 	vs = append(vs, peerVerdict(CheckFDB, "FDB entries", n, missing, stale))
 	return vs
+}
+
+// throughNexthop says why a route to dst through a nexthop object is not
+// the one wanted ("" when no such route): the nexthop is missing or goes
+// elsewhere.
+func (s State) throughNexthop(dst netip.Prefix) string {
+	for _, r := range s.Kernel.Routes {
+		if r.Dst != dst || r.NhID == 0 {
+			continue
+		}
+		i := slices.IndexFunc(s.Kernel.Nexthops, func(n rtnl.Nexthop) bool { return n.ID == r.NhID })
+		if i < 0 {
+			return fmt.Sprintf(" (the route goes through nexthop id %d, which does not exist)", r.NhID)
+		}
+		return fmt.Sprintf(" (the route goes through nexthop %s)", s.nexthopString(s.Kernel.Nexthops[i]))
+	}
+	return ""
+}
+
+// staleNexthops are weft's nexthop objects (proto 87) weftd would not
+// keep: no lease asks for their id, or they differ from what the lease
+// asks for. A wanted one that no route uses is not stale: it is what a
+// flanneld that took the route over left unused, and weftd reuses it.
+func (s State) staleNexthops(want map[uint32]rtnl.Nexthop) []string {
+	var stale []string
+	for _, n := range s.Kernel.Nexthops {
+		if n.Protocol != uint8(rtnl.ProtWeft) {
+			continue
+		}
+		w, ok := want[n.ID]
+		switch {
+		case !ok:
+			stale = append(stale, s.nexthopString(n)+" (no lease behind it)")
+		case n.Other || n.Gw != w.Gw || n.Link != w.Link || n.OnLink != w.OnLink:
+			w.Family = n.Family
+			stale = append(stale, s.nexthopString(n)+", want "+s.nexthopString(w))
+		}
+	}
+	return stale
+}
+
+// nexthopString is n in ip-nexthop terms with its device's name.
+func (s State) nexthopString(n rtnl.Nexthop) string {
+	str := fmt.Sprintf("id %d", n.ID)
+	if n.Other {
+		str += " (a group, blackhole or encap)"
+	}
+	if n.Gw.IsValid() {
+		str += " via " + n.Gw.String()
+	}
+	if l, ok := s.Kernel.LinkByIndex(n.Link); ok {
+		str += " dev " + l.Name
+	} else if n.Link != 0 {
+		str += fmt.Sprintf(" dev #%d", n.Link)
+	}
+	if n.OnLink {
+		str += " onlink"
+	}
+	return str
+}
+
+// nexthopVerdict adds stale nexthop objects to the routes verdict v.
+func nexthopVerdict(v Verdict, stale []string) Verdict {
+	if len(stale) == 0 {
+		return v
+	}
+	what := fmt.Sprintf("%d stale nexthop objects: %s", len(stale), list(stale))
+	if v.Status == Pass {
+		return fail(v.Check, v.What+"; "+what, restartFix)
+	}
+	v.What += "; " + what
+	return v
 }
 
 func peerVerdict(check, what string, want int, missing, stale []string) Verdict {

@@ -114,8 +114,9 @@ func (h *host) writeEnv(s string) {
 
 func (h *host) check() Report {
 	h.t.Helper()
+	fd := h.ns.Fd()
 	st := Observe(context.Background(), Inputs{
-		Etcd: h.cli, Prefix: prefix, SubnetFile: h.subnet, Handle: h.ns.Handle,
+		Etcd: h.cli, Prefix: prefix, SubnetFile: h.subnet, Handle: h.ns.Handle, NS: &fd,
 		Sysctl: func(name string) (v string, err error) {
 			// /proc/sys/net answers for the namespace of the thread that opens it.
 			derr := h.ns.Do(func() error { v, err = ProcSysctl(name); return nil })

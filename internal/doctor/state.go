@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
@@ -50,9 +51,13 @@ type EtcdState struct {
 // KernelState is the part of the host's network the overlay depends on, all
 // IPv4, read from one network namespace.
 type KernelState struct {
-	Err       error // a dump failed: the kernel checks cannot judge
-	Links     []Link
-	Routes    []Route // main table
+	Err    error // a dump failed: the kernel checks cannot judge
+	Links  []Link
+	Routes []Route // main table
+	// Nexthops are the namespace's nexthop objects, every owner's:
+	// weftd's vxlan peer routes go through one each (nhid) on kernels
+	// that make them.
+	Nexthops  []rtnl.Nexthop
 	Device    string  // overlay device name looked at, e.g. flannel.1
 	Neighs    []Neigh // permanent neighbours on Device
 	FDB       []FDB   // permanent FDB entries on Device
@@ -71,7 +76,10 @@ type Link struct {
 	VtepDev int            // vxlan: index of the underlay interface; 0 otherwise
 }
 
-// Route is one IPv4 main-table route.
+// Route is one IPv4 main-table route. A route through a nexthop object
+// has its NhID, and its Gw, Link and OnLink are that nexthop's (read from
+// the object, so nexthop_compat_mode=0 makes no difference); they are
+// empty when no such nexthop was found.
 type Route struct {
 	Dst      netip.Prefix // 0.0.0.0/0 for the default route
 	Gw       netip.Addr
@@ -79,6 +87,19 @@ type Route struct {
 	Protocol int
 	OnLink   bool
 	Type     int // RTN_*; unicast when 0
+	NhID     uint32
+}
+
+// String describes r in ip-route terms, for verdicts.
+func (r Route) String() string {
+	s := r.Dst.String()
+	if r.NhID != 0 {
+		s += fmt.Sprintf(" nhid %d", r.NhID)
+	}
+	if r.Gw.IsValid() {
+		s += " via " + r.Gw.String()
+	}
+	return s
 }
 
 // Neigh is a permanent neighbour entry.
@@ -181,10 +202,11 @@ func ProcSysctl(name string) (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
-// ObserveKernel reads links, addresses, main-table routes and, when device
-// exists, its permanent neighbours and FDB entries through h (bound to the
-// namespace to look at), and ip_forward through sysctl.
-func ObserveKernel(h *netlink.Handle, device string, sysctl SysctlReader) KernelState {
+// ObserveKernel reads links, addresses, main-table routes, nexthop objects
+// and, when device exists, its permanent neighbours and FDB entries through
+// h and a socket in ns (both the namespace to look at; ns nil: the current
+// one), and ip_forward through sysctl.
+func ObserveKernel(h *netlink.Handle, ns *netns.NsHandle, device string, sysctl SysctlReader) KernelState {
 	k := KernelState{Device: device}
 	var errs []error
 	links, err := rtnl.RetryDump(func() ([]netlink.Link, error) { return h.LinkList() })
@@ -214,23 +236,13 @@ func ObserveKernel(h *netlink.Handle, device string, sysctl SysctlReader) Kernel
 		}
 		k.Links = append(k.Links, kl)
 	}
-	routes, err := rtnl.RetryDump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-	})
+	// Routes and nexthops through weft's own socket: netlink.Handle reads
+	// neither nexthop objects nor a route's nexthop id.
+	routes, nexthops, err := readRoutes(ns)
 	if err != nil {
-		errs = append(errs, fmt.Errorf("list IPv4 main-table routes: %w", err))
+		errs = append(errs, err)
 	}
-	for _, r := range routes {
-		kr := Route{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Link: r.LinkIndex,
-			Protocol: int(r.Protocol), OnLink: r.Flags&int(netlink.FLAG_ONLINK) != 0, Type: r.Type}
-		if p, ok := prefixOf(r.Dst); ok {
-			kr.Dst = p
-		}
-		if a, ok := netip.AddrFromSlice(r.Gw); ok {
-			kr.Gw = a.Unmap()
-		}
-		k.Routes = append(k.Routes, kr)
-	}
+	k.Routes, k.Nexthops = routes, nexthops
 	if devIndex != 0 {
 		ns, err := rtnl.RetryDump(func() ([]netlink.Neigh, error) { return h.NeighList(devIndex, netlink.FAMILY_V4) })
 		if err != nil {
@@ -263,6 +275,50 @@ func ObserveKernel(h *netlink.Handle, device string, sysctl SysctlReader) Kernel
 	return k
 }
 
+// readRoutes dumps the IPv4 main table and the nexthop objects of ns; each
+// route through a nexthop gets that nexthop's gateway, device and onlink
+// flag.
+func readRoutes(ns *netns.NsHandle) ([]Route, []rtnl.Nexthop, error) {
+	c, err := rtnl.Open(ns)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer c.Close()
+	var nhs []rtnl.Nexthop
+	if _, err := rtnl.RetryDump(func() (struct{}, error) {
+		nhs = nhs[:0]
+		return struct{}{}, c.DumpNexthops(func(n rtnl.Nexthop) { nhs = append(nhs, n) })
+	}); err != nil && !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EINVAL) {
+		// A kernel without nexthop objects (< 5.3) has none to show.
+		return nil, nil, fmt.Errorf("list nexthop objects: %w", err)
+	}
+	byID := make(map[uint32]rtnl.Nexthop, len(nhs))
+	for _, n := range nhs {
+		byID[n.ID] = n
+	}
+	var routes []Route
+	if _, err := rtnl.RetryDump(func() (struct{}, error) {
+		routes = routes[:0]
+		return struct{}{}, c.DumpRoutes(unix.AF_INET, func(r rtnl.Route) {
+			kr := Route{Dst: r.Dst, Gw: r.Gw, Link: r.Link, Protocol: int(r.Protocol),
+				OnLink: r.Flags&unix.RTNH_F_ONLINK != 0, Type: int(r.Type), NhID: r.NhID}
+			if r.NhID != 0 {
+				// The object is the truth; what a compat-mode dump adds
+				// beside the id is a copy, absent with compat mode 0.
+				n, ok := byID[r.NhID]
+				if !ok || n.Other {
+					n = rtnl.Nexthop{} // gone meanwhile, or a group or blackhole: no one gateway
+				}
+				kr.Gw, kr.Link, kr.OnLink = n.Gw, n.Link, n.OnLink
+			}
+			routes = append(routes, kr)
+		})
+	}); err != nil {
+		return nil, nil, fmt.Errorf("list IPv4 main-table routes: %w", err)
+	}
+	return routes, nhs, nil
+}
+
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	if n == nil {
 		return netip.Prefix{}, false
@@ -287,6 +343,9 @@ type Inputs struct {
 	// Handle is bound to the namespace to check (netlink.NewHandle() for the
 	// current one).
 	Handle *netlink.Handle
+	// NS is that same namespace for what Handle cannot read (nexthop
+	// objects, a route's nexthop id); nil: the current one.
+	NS *netns.NsHandle
 	// Sysctl reads sysctls of that same namespace (ProcSysctl for the current one).
 	Sysctl SysctlReader
 	Now    time.Time
@@ -307,7 +366,7 @@ func Observe(ctx context.Context, in Inputs) State {
 	if s.Etcd.Err == nil && s.Etcd.ConfigErr == nil {
 		dev = DeviceName(s.Etcd.Config)
 	}
-	s.Kernel = ObserveKernel(in.Handle, dev, in.Sysctl)
+	s.Kernel = ObserveKernel(in.Handle, in.NS, dev, in.Sysctl)
 	if s.Etcd.Err == nil && s.Etcd.ConfigErr == nil && s.Etcd.Config.BackendType == netconf.BackendWireGuard {
 		s.WireGuard = ObserveWireGuard(s.Etcd.Config, in.WireGuardSocketDir)
 	}
