@@ -235,6 +235,7 @@ func kernelDump(t *testing.T, h *lab.Host) string {
 		{"ip", "-o", "addr", "show"},
 		{"ip", "route", "show", "table", "all"},
 		{"ip", "-6", "route", "show", "table", "all"},
+		{"ip", "nexthop", "show"}, // weftd's vxlan routes go through nexthop objects
 		{"ip", "neigh", "show", "nud", "permanent"},
 		{"bridge", "fdb", "show", "state", "permanent"},
 		{"nft", "list", "ruleset"},

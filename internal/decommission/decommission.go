@@ -1,13 +1,15 @@
 // Package decommission retires a host from the overlay (`weftctl
 // decommission`): it releases the host's lease in etcd and removes what
-// weft created on the host — overlay devices, weft's routes, traffic rules,
-// subnet.env and the Docker options file — so that the host is as it was
-// before weftd first ran, and peers drop it within their watch latency.
+// weft created on the host — overlay devices, weft's routes and nexthop
+// objects, traffic rules, subnet.env and the Docker options file — so that
+// the host is as it was before weftd first ran, and peers drop it within
+// their watch latency.
 //
 // Every step is idempotent: what is already gone is skipped, so a second
 // run (or a run after a half-finished one) removes nothing and succeeds.
 // It does not import internal/dataplane: it knows weft's objects by name,
-// kind and route protocol (rtnl.ProtWeft), not by the backends' internals.
+// kind and route/nexthop protocol (rtnl.ProtWeft), not by the backends'
+// internals.
 package decommission
 
 import (
@@ -111,6 +113,11 @@ func Local(log *slog.Logger, files ...string) (removed []string, err error) {
 			return removed, errors.Join(failed...)
 		}
 	}
+	nhs, err := removeNexthops(c)
+	removed = append(removed, nhs...)
+	if err != nil {
+		return removed, err
+	}
 
 	rm := rules.New(log)
 	defer rm.Close()
@@ -133,6 +140,42 @@ func Local(log *slog.Logger, files ...string) (removed []string, err error) {
 		}
 	}
 	return removed, nil
+}
+
+// removeNexthops deletes weft's nexthop objects (proto 87) left after the
+// devices and routes: those on an overlay device went with it, but one on
+// another device, or a probe's blackhole left by a killed weftd, would stay.
+// Deleting one takes the routes through it along, so it runs after the
+// route sweep, which names what it removed.
+func removeNexthops(c *rtnl.Conn) (removed []string, err error) {
+	var ours []rtnl.Nexthop
+	if _, err := rtnl.RetryDump(func() (struct{}, error) {
+		ours = ours[:0]
+		return struct{}{}, c.DumpNexthops(func(n rtnl.Nexthop) {
+			if n.Protocol == uint8(rtnl.ProtWeft) {
+				ours = append(ours, n)
+			}
+		})
+	}); err != nil {
+		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
+			return nil, nil // a kernel without nexthop objects (< 5.3) holds none
+		}
+		return nil, fmt.Errorf("dump nexthop objects: %w", err)
+	}
+	var failed []error
+	b := rtnl.NewBatch(c, func(n rtnl.Nexthop, err error) bool {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) {
+			return false // gone meanwhile
+		}
+		failed = append(failed, fmt.Errorf("delete nexthop %s: %w", n, err))
+		return true
+	})
+	for _, n := range ours {
+		b.DeleteNexthop(n, n.ID)
+		removed = append(removed, "nexthop "+n.String())
+	}
+	b.Flush()
+	return removed, errors.Join(failed...)
 }
 
 // Released is one lease key deleted (or kept) by ReleaseLease.
