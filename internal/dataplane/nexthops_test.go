@@ -17,7 +17,8 @@ import (
 // TestVXLANNexthops: on a kernel with nexthop objects, each IPv4 vxlan
 // peer's route goes through a proto 87 nexthop whose id is the peer
 // subnet's address; a plain route already there (flanneld's, proto boot) is
-// replaced in place; a stale weft nexthop goes; a peer whose id another
+// replaced in place, also where weft's nexthop for it survived a swap to
+// flanneld unused; a stale weft nexthop goes; a peer whose id another
 // owner's nexthop holds keeps a plain via route and that nexthop is left
 // alone; a nexthop deleted by hand (which silently takes its route along)
 // is restored from the nexthop notification; a peer that leaves takes its
@@ -35,6 +36,10 @@ func TestVXLANNexthops(t *testing.T) {
 	ns := l.ns
 	ns.MustRun(t, "ip", "route", "add", peerSubnet(2).String(), "via", peerSubnet(2).Addr().String(), "dev", "flannel.1", "onlink", "proto", "boot")
 	ns.MustRun(t, "ip", "nexthop", "add", "id", id(9), "via", peerSubnet(9).Addr().String(), "dev", "flannel.1", "onlink", "proto", "87")
+	// Peer 4 as a weftd → flanneld swap leaves it: weft's nexthop unused,
+	// flanneld's via route in its place.
+	ns.MustRun(t, "ip", "nexthop", "add", "id", id(4), "via", peerSubnet(4).Addr().String(), "dev", "flannel.1", "onlink", "proto", "87")
+	ns.MustRun(t, "ip", "route", "add", peerSubnet(4).String(), "via", peerSubnet(4).Addr().String(), "dev", "flannel.1", "onlink", "proto", "boot")
 	ns.MustRun(t, "ip", "nexthop", "add", "id", id(3), "via", "10.99.0.1", "dev", "flannel.1", "onlink", "proto", "static")
 
 	snaps, _ := runLoop(t, b, time.Minute) // resync far away: repairs must come from events
