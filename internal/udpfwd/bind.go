@@ -289,10 +289,13 @@ func groSize(oob []byte) int {
 
 // sendState is the scratch space of one Send.
 type sendState struct {
-	msgs []ipv4.Message
-	oob  []byte // gsoCmsgSpace per message
-	to   net.UDPAddr
-	ip   [4]byte // to.IP's storage
+	msgs  []ipv4.Message
+	count []int // datagrams per message
+	oob   []byte
+	dgs   []dgram  // Send's buffers as datagrams
+	parts [][]byte // the iovecs of all messages
+	to    net.UDPAddr
+	ip    [4]byte // to.IP's storage
 }
 
 // Send sends bufs to ep (an IPv4 *conn.StdNetEndpoint). Runs of datagrams of
@@ -300,6 +303,31 @@ type sendState struct {
 // iovecs are the bufs themselves, so nothing is copied (StdNetBind copies
 // them into one buffer); the kernel splits them into datagrams.
 func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	st := b.sendState(len(bufs))
+	defer b.send.Put(st)
+	st.dgs = st.dgs[:0]
+	for _, buf := range bufs {
+		st.dgs = append(st.dgs, dgram{head: buf})
+	}
+	return b.sendWith(st, st.dgs, ep)
+}
+
+// sendDgrams is Send for datagrams in two parts (the engine's segments).
+func (b *Bind) sendDgrams(dgs []dgram, ep conn.Endpoint) error {
+	st := b.sendState(len(dgs))
+	defer b.send.Put(st)
+	return b.sendWith(st, dgs, ep)
+}
+
+func (b *Bind) sendState(n int) *sendState {
+	st, _ := b.send.Get().(*sendState)
+	if st == nil || len(st.msgs) < n {
+		st = newSendState(max(n, b.BatchSize()))
+	}
+	return st
+}
+
+func (b *Bind) sendWith(st *sendState, dgs []dgram, ep conn.Endpoint) error {
 	s := b.sock.Load()
 	if s == nil {
 		return net.ErrClosed
@@ -308,14 +336,9 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	if !ok || !se.Addr().Is4() {
 		return fmt.Errorf("udpfwd: send to %s: only IPv4 endpoints (%w)", ep.DstToString(), unix.EAFNOSUPPORT)
 	}
-	st, _ := b.send.Get().(*sendState)
-	if st == nil || len(st.msgs) < len(bufs) {
-		st = newSendState(max(len(bufs), b.BatchSize()))
-	}
-	defer b.send.Put(st)
 	st.ip = se.Addr().As4()
 	st.to.Port = int(se.Port())
-	ms := st.pack(bufs, s.gso.Load())
+	ms := st.pack(dgs, s.gso.Load())
 	sent, err := writeAll(s.pc, ms)
 	if err != nil && ms[sent].OOB != nil {
 		// The kernel refuses a UDP_SEGMENT message with EIO when the
@@ -329,43 +352,54 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 			fallthrough
 		case unix.EMSGSIZE, unix.EINVAL:
 			done := 0
-			for _, m := range ms[:sent] {
-				done += len(m.Buffers)
+			for _, k := range st.count[:sent] {
+				done += k
 			}
-			_, err = writeAll(s.pc, st.pack(bufs[done:], false))
+			_, err = writeAll(s.pc, st.pack(dgs[done:], false))
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("udpfwd: send %d datagrams to %s: %w", len(bufs), se.AddrPort, err)
+		return fmt.Errorf("udpfwd: send %d datagrams to %s: %w", len(dgs), se.AddrPort, err)
 	}
 	return nil
 }
 
 func newSendState(n int) *sendState {
-	st := &sendState{msgs: make([]ipv4.Message, n), oob: make([]byte, n*gsoCmsgSpace)}
+	st := &sendState{msgs: make([]ipv4.Message, n), count: make([]int, n), oob: make([]byte, n*gsoCmsgSpace),
+		dgs: make([]dgram, 0, n), parts: make([][]byte, 0, 2*n)}
 	st.to.IP = st.ip[:]
 	return st
 }
 
-// pack fills st.msgs for bufs and returns the messages to send: with gso,
+// pack fills st.msgs for dgs and returns the messages to send: with gso,
 // one message per run of up to 64 datagrams of one size (the last may be
-// shorter); without, one per datagram.
-func (st *sendState) pack(bufs [][]byte, gso bool) []ipv4.Message {
+// shorter); without, one per datagram. A message's iovecs are the
+// datagrams' parts.
+func (st *sendState) pack(dgs []dgram, gso bool) []ipv4.Message {
 	n := 0
-	for i := 0; i < len(bufs); {
-		seg, j, total := len(bufs[i]), i+1, len(bufs[i])
-		for gso && j < len(bufs) && j-i < gsoMaxSegments && len(bufs[j]) <= seg && total+len(bufs[j]) <= maxPayload {
-			total += len(bufs[j])
+	st.parts = st.parts[:0]
+	for i := 0; i < len(dgs); {
+		seg, j, total := dgs[i].len(), i+1, dgs[i].len()
+		for gso && j < len(dgs) && j-i < gsoMaxSegments && dgs[j].len() <= seg && total+dgs[j].len() <= maxPayload {
+			total += dgs[j].len()
 			j++
-			if len(bufs[j-1]) < seg {
+			if dgs[j-1].len() < seg {
 				break
 			}
 		}
+		from := len(st.parts)
+		for _, d := range dgs[i:j] {
+			st.parts = append(st.parts, d.head)
+			if len(d.body) > 0 {
+				st.parts = append(st.parts, d.body)
+			}
+		}
 		m := &st.msgs[n]
-		m.Buffers, m.Addr, m.OOB = bufs[i:j], &st.to, nil
+		m.Buffers, m.Addr, m.OOB = st.parts[from:len(st.parts):len(st.parts)], &st.to, nil
 		if j-i > 1 {
 			m.OOB = putSegment(st.oob[n*gsoCmsgSpace:(n+1)*gsoCmsgSpace], seg)
 		}
+		st.count[n] = j - i
 		n++
 		i = j
 	}

@@ -289,19 +289,32 @@ func makeBufs(n, size int) [][]byte {
 
 // tunToUDP reads batches from the TUN device, routes each packet to its peer
 // and sends each run of consecutive packets to one peer with one sendmmsg
-// (coalesced with UDP GSO where the kernel allows).
+// (coalesced with UDP GSO where the kernel allows). On a TUN with virtio-net
+// headers and weft's Bind it reads the device itself and sends segments of
+// super-packets without copying their payloads (segment.go); otherwise
+// through wireguard-go's tun.Device.Read.
 func (e *Engine) tunToUDP() {
 	defer e.wg.Done()
 	batch := e.cfg.TUN.BatchSize()
+	rt := e.newRouter(batch)
+	readErrs := errLog{log: e.log, msg: "read from TUN failed"}
+	if b, ok := e.cfg.Bind.(*Bind); ok {
+		if r := newTUNReader(e.cfg.TUN); r != nil {
+			rt.sendTo = b.sendDgrams
+			e.readSegments(r, rt, batch, &readErrs)
+			return
+		}
+	}
 	bufs := makeBufs(batch, bufSize)
 	sizes := make([]int, batch)
-	send := make([][]byte, 0, batch)
-	icmpBufs := makeBufs(batch, headroom+icmpErrorMax)
-	icmpOut := make([][]byte, 0, batch)
-	readErrs := errLog{log: e.log, msg: "read from TUN failed"}
-	sendErrs := errLog{log: e.log, msg: "send to peer failed"}
-	mtu := e.cfg.MTU
-	c := &e.c
+	heads := make([][]byte, 0, batch)
+	rt.sendTo = func(dgs []dgram, ep conn.Endpoint) error {
+		heads = heads[:0]
+		for _, d := range dgs {
+			heads = append(heads, d.head)
+		}
+		return e.cfg.Bind.Send(heads, ep)
+	}
 	more := newReadiness(e.cfg.TUN)
 	for {
 		n, err := e.cfg.TUN.Read(bufs, sizes, headroom)
@@ -326,82 +339,157 @@ func (e *Engine) tunToUDP() {
 				continue
 			}
 		}
-		tbl := e.table.Load()
-		if tbl == nil {
-			c.notReady.Add(uint64(n))
+		dgs := rt.dgs[:0]
+		for i := range n {
+			dgs = append(dgs, dgram{head: bufs[i][headroom : headroom+sizes[i]]})
+		}
+		rt.forward(dgs)
+	}
+}
+
+// readSegments is tunToUDP's loop on its own reads of the device: one
+// blocking read, then, while each read brings one packet (not a
+// super-packet), reads that do not wait, so that small packets queued
+// together leave in one sendmmsg (coalesced by UDP GSO when of one size) —
+// without a poll before each read.
+func (e *Engine) readSegments(r *tunReader, rt *router, batch int, readErrs *errLog) {
+	bufs := makeBufs(batch, vnetHdrLen+65535)
+	seg := newSegmenter(batch)
+	bad := errLog{log: e.log, msg: "packet from TUN dropped"}
+	for {
+		dgs := rt.dgs[:0]
+		for k, wait := 0, true; k < batch && len(dgs) <= batch-64; k, wait = k+1, false {
+			n, err := r.read(bufs[k], wait)
+			if err != nil {
+				if isClosed(err) {
+					return
+				}
+				readErrs.note(err)
+				break
+			}
+			if n == 0 {
+				break
+			}
+			before := len(dgs)
+			dgs, err = seg.split(bufs[k][:n], dgs)
+			if err == errNoRoom {
+				rt.forward(dgs)
+				before = 0
+				dgs, err = seg.split(bufs[k][:n], rt.dgs[:0])
+			}
+			if err != nil {
+				e.c.malformed.Add(1)
+				bad.note(err)
+			}
+			if len(dgs)-before != 1 {
+				break // a super-packet: worth a sendmmsg of its own
+			}
+		}
+		if len(dgs) > 0 {
+			rt.forward(dgs)
+		}
+	}
+}
+
+// router is the per-packet half of tunToUDP: route lookup, MTU and TTL, ICMP
+// errors, and one send per run of packets to one peer.
+type router struct {
+	e        *Engine
+	dgs      []dgram
+	send     []dgram
+	icmpBufs [][]byte
+	icmpOut  [][]byte
+	sendErrs errLog
+	sendTo   func([]dgram, conn.Endpoint) error
+}
+
+func (e *Engine) newRouter(batch int) *router {
+	return &router{
+		e: e, dgs: make([]dgram, 0, batch), send: make([]dgram, 0, batch),
+		icmpBufs: makeBufs(batch, headroom+icmpErrorMax), icmpOut: make([][]byte, 0, batch),
+		sendErrs: errLog{log: e.log, msg: "send to peer failed"},
+	}
+}
+
+// forward routes and sends dgs, packets read from the TUN.
+func (rt *router) forward(dgs []dgram) {
+	e, c := rt.e, &rt.e.c
+	tbl := e.table.Load()
+	if tbl == nil {
+		c.notReady.Add(uint64(len(dgs)))
+		return
+	}
+	var (
+		txp, txb, noRoute, tooBig, ttl, bad uint64
+		cur                                 = -1
+		lastDst                             uint32
+		lastPeer                            = -1
+	)
+	mtu := e.cfg.MTU
+	flush := func() {
+		if len(rt.send) == 0 {
+			return
+		}
+		if err := rt.sendTo(rt.send, tbl.eps[cur]); err != nil {
+			c.sendErrs.Add(1)
+			rt.sendErrs.note(err, "peer", tbl.peers[cur].Addr)
+		}
+		rt.send = rt.send[:0]
+	}
+	rt.icmpOut = rt.icmpOut[:0]
+	for _, d := range dgs {
+		pkt := d.head // the IPv4 header and at least 8 bytes after it
+		hl := checkIPv4Len(pkt, d.len())
+		if hl == 0 {
+			bad++
 			continue
 		}
-		var (
-			txp, txb, noRoute, tooBig, ttl, bad uint64
-			cur                                 = -1
-			lastDst                             uint32
-			lastPeer                            = -1
-		)
-		flush := func() {
-			if len(send) == 0 {
-				return
-			}
-			if err := e.cfg.Bind.Send(send, tbl.eps[cur]); err != nil {
-				c.sendErrs.Add(1)
-				sendErrs.note(err, "peer", tbl.peers[cur].Addr)
-			}
-			send = send[:0]
+		dst := binary.BigEndian.Uint32(pkt[offDst:])
+		// A batch is usually one flow (a GSO super-packet split in
+		// segments): one lookup per destination change, not per packet.
+		if dst != lastDst || lastPeer < 0 {
+			lastDst, lastPeer = dst, tbl.Lookup(dst)
 		}
-		icmpOut = icmpOut[:0]
-		for i := range n {
-			pkt := bufs[i][headroom : headroom+sizes[i]]
-			hl := checkIPv4(pkt)
-			if hl == 0 {
-				bad++
-				continue
+		j := lastPeer
+		if j < 0 {
+			noRoute++
+			if m := buildICMPError(rt.icmpBufs[len(rt.icmpOut)][headroom:], pkt, hl, codeNetUnreach, 0); m > 0 {
+				rt.icmpOut = append(rt.icmpOut, rt.icmpBufs[len(rt.icmpOut)][:headroom+m])
 			}
-			dst := binary.BigEndian.Uint32(pkt[offDst:])
-			// A batch is usually one flow (a GSO super-packet split in
-			// segments): one lookup per destination change, not per packet.
-			if dst != lastDst || lastPeer < 0 {
-				lastDst, lastPeer = dst, tbl.Lookup(dst)
-			}
-			j := lastPeer
-			if j < 0 {
-				noRoute++
-				if m := buildICMPError(icmpBufs[len(icmpOut)][headroom:], pkt, hl, codeNetUnreach, 0); m > 0 {
-					icmpOut = append(icmpOut, icmpBufs[len(icmpOut)][:headroom+m])
-				}
-				continue
-			}
-			if mtu > 0 && len(pkt) > mtu && binary.BigEndian.Uint16(pkt[offFrag:])&flagDF != 0 {
-				tooBig++
-				if m := buildICMPError(icmpBufs[len(icmpOut)][headroom:], pkt, hl, codeFragNeeded, uint16(mtu)); m > 0 {
-					icmpOut = append(icmpOut, icmpBufs[len(icmpOut)][:headroom+m])
-				}
-				continue
-			}
-			if !decTTL(pkt) {
-				ttl++
-				continue
-			}
-			if j != cur {
-				flush()
-				cur = j
-			}
-			send = append(send, pkt)
-			txp++
-			txb += uint64(len(pkt))
+			continue
 		}
-		flush()
-		if len(icmpOut) > 0 {
-			if _, err := e.cfg.TUN.Write(icmpOut, headroom); err != nil && !isClosed(err) {
-				c.tunErrs.Add(1)
+		if mtu > 0 && d.len() > mtu && binary.BigEndian.Uint16(pkt[offFrag:])&flagDF != 0 {
+			tooBig++
+			if m := buildICMPError(rt.icmpBufs[len(rt.icmpOut)][headroom:], pkt, hl, codeFragNeeded, uint16(mtu)); m > 0 {
+				rt.icmpOut = append(rt.icmpOut, rt.icmpBufs[len(rt.icmpOut)][:headroom+m])
 			}
+			continue
 		}
-		c.txPackets.Add(txp)
-		c.txBytes.Add(txb)
-		if noRoute|tooBig|ttl|bad != 0 {
-			c.noRoute.Add(noRoute)
-			c.tooBig.Add(tooBig)
-			c.ttl.Add(ttl)
-			c.malformed.Add(bad)
+		if !decTTL(pkt) {
+			ttl++
+			continue
 		}
+		if j != cur {
+			flush()
+			cur = j
+		}
+		rt.send = append(rt.send, d)
+		txp++
+		txb += uint64(d.len())
+	}
+	flush()
+	if len(rt.icmpOut) > 0 {
+		if _, err := e.cfg.TUN.Write(rt.icmpOut, headroom); err != nil && !isClosed(err) {
+			c.tunErrs.Add(1)
+		}
+	}
+	c.txPackets.Add(txp)
+	c.txBytes.Add(txb)
+	if noRoute|tooBig|ttl|bad != 0 {
+		c.noRoute.Add(noRoute)
+		c.tooBig.Add(tooBig)
+		c.ttl.Add(ttl)
+		c.malformed.Add(bad)
 	}
 }
 

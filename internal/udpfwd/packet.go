@@ -29,15 +29,19 @@ const (
 // checkIPv4 validates the header of pkt and returns its header length, or 0.
 // The length field must match what was read: a short or padded packet would
 // otherwise be forwarded with garbage.
-func checkIPv4(pkt []byte) int {
-	if len(pkt) < ipv4MinHeader || pkt[0]>>4 != 4 {
+func checkIPv4(pkt []byte) int { return checkIPv4Len(pkt, len(pkt)) }
+
+// checkIPv4Len is checkIPv4 for a packet of n bytes whose first part (at
+// least its IPv4 header) is head.
+func checkIPv4Len(head []byte, n int) int {
+	if len(head) < ipv4MinHeader || head[0]>>4 != 4 {
 		return 0
 	}
-	hl := int(pkt[0]&0x0f) * 4
-	if hl < ipv4MinHeader || hl > len(pkt) {
+	hl := int(head[0]&0x0f) * 4
+	if hl < ipv4MinHeader || hl > len(head) {
 		return 0
 	}
-	if tl := int(binary.BigEndian.Uint16(pkt[offTotalLen:])); tl != len(pkt) {
+	if tl := int(binary.BigEndian.Uint16(head[offTotalLen:])); tl != n {
 		return 0
 	}
 	return hl
@@ -64,19 +68,41 @@ func decTTL(pkt []byte) bool {
 }
 
 // checksum is the Internet checksum (RFC 1071) of b.
-func checksum(b []byte) uint16 {
-	var sum uint32
-	for len(b) >= 2 {
-		sum += uint32(b[0])<<8 | uint32(b[1])
+func checksum(b []byte) uint16 { return ^fold(sum(b, 0)) }
+
+// sum adds b, as big-endian 16-bit words (an odd last byte padded with
+// zero), to acc without folding. It adds 32-bit words: 2^16 ≡ 1 in
+// ones'-complement arithmetic, so a 32-bit word counts as its two halves,
+// and a 64 KiB packet's 16 K words cannot overflow the 64-bit sum. A part of
+// a longer sum must start at an even offset of it.
+func sum(b []byte, acc uint64) uint64 {
+	for len(b) >= 32 {
+		acc += uint64(binary.BigEndian.Uint32(b)) + uint64(binary.BigEndian.Uint32(b[4:])) +
+			uint64(binary.BigEndian.Uint32(b[8:])) + uint64(binary.BigEndian.Uint32(b[12:])) +
+			uint64(binary.BigEndian.Uint32(b[16:])) + uint64(binary.BigEndian.Uint32(b[20:])) +
+			uint64(binary.BigEndian.Uint32(b[24:])) + uint64(binary.BigEndian.Uint32(b[28:]))
+		b = b[32:]
+	}
+	for len(b) >= 4 {
+		acc += uint64(binary.BigEndian.Uint32(b))
+		b = b[4:]
+	}
+	if len(b) >= 2 {
+		acc += uint64(binary.BigEndian.Uint16(b))
 		b = b[2:]
 	}
 	if len(b) == 1 {
-		sum += uint32(b[0]) << 8
+		acc += uint64(b[0]) << 8
 	}
-	for sum>>16 != 0 {
-		sum = (sum & 0xffff) + sum>>16
+	return acc
+}
+
+// fold folds a sum to 16 bits (not complemented).
+func fold(acc uint64) uint16 {
+	for acc > 0xffff {
+		acc = acc&0xffff + acc>>16
 	}
-	return ^uint16(sum)
+	return uint16(acc)
 }
 
 // mayReplyICMP applies RFC 1122 3.2.2: no ICMP error about an ICMP error,
