@@ -8,9 +8,12 @@
 // package and a conn.Bind of its own (Bind, bind.go; no WireGuard crypto):
 //
 //   - TUN with IFF_VNET_HDR and TSO/USO offloads: one read() returns a TCP or
-//     UDP super-packet of up to 64 KiB that is split here into MTU-sized
-//     segments (with their checksums), and writes coalesce segments back into
-//     super-packets (GRO) so the kernel's stack sees few, large packets;
+//     UDP super-packet of up to 64 KiB that is cut here into MTU-sized
+//     segments with complete checksums, each sent as a header built aside
+//     plus its payload where the read put it (segment.go); on receipt, the
+//     datagrams of one flow in a GRO'd message go into the TUN in place as one
+//     TSO/USO write that the kernel segments and checksums (coalesce.go), so
+//     the kernel's stack sees few, large packets and user space copies none;
 //   - UDP with recvmmsg/sendmmsg and UDP GSO/GRO: one sendmsg carries up to
 //     64 datagrams to one peer, one recvmsg returns as many; the socket
 //     listens on the underlay interface's IPv4 address only;
