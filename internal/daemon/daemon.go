@@ -127,6 +127,14 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 	default:
 		log.Warn("ignoring unreadable previous subnet file", "file", o.SubnetFile, "err", err)
 	}
+	// A new host takes a new subnet, which first needs etcd's history of
+	// deletes (up to 100 ms of etcd's own delay): started now, it overlaps
+	// the rest of the start.
+	var history *lease.HistoryPrefetch
+	if errors.Is(err, os.ErrNotExist) {
+		history = lease.PrefetchHistory(ctx, store, log)
+		defer history.Stop()
+	}
 
 	cfg, err := lease.WaitConfig(ctx, store, parseConfig(log, h.metrics.ConfigRejected), log)
 	if err != nil {
@@ -207,6 +215,7 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 		BackendData:   pub.BackendData,
 		BackendV6Data: pub.BackendV6Data,
 		PrevSubnet:    subnetenv.LeaseSubnet(prev),
+		History:       history,
 		NodeName:      nodeName,
 		TTL:           o.SubnetLeaseTTL,
 		RenewMargin:   o.RenewMargin(),
@@ -214,6 +223,7 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 		Hooks:         h.metrics.LeaseHooks(),
 	})
 	own, err := mgr.Acquire(ctx)
+	history.Stop() // taken over, or not needed (a lease reused)
 	if err != nil {
 		return fmt.Errorf("acquire a subnet lease: %w", err)
 	}

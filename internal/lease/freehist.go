@@ -30,10 +30,12 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -157,32 +159,54 @@ func historyFrom(rev int64) int64 { return max(rev-historyWindow+1, 1) }
 // historyWindow revisions up to rev into h (see the file comment). Errors
 // only shorten the history, so none is returned.
 func (m *Manager) loadHistory(ctx context.Context, h *freeHistory, rev int64) (events int) {
-	from := historyFrom(rev)
 	ctx, cancel := context.WithTimeout(ctx, historyTimeout)
 	defer cancel()
-	prefix := m.s.SubnetsPrefix()
+	var target atomic.Int64
+	target.Store(rev)
+	events, _ = replayDeletes(ctx, m.cli, m.s.SubnetsPrefix(), historyFrom(rev), h, &target, nil, m.log)
+	return events
+}
+
+// replayDeletes notes into h the deletes under prefix from revision from
+// on, until it has caught up with revision target (a target of 0: not
+// known yet, keep going; wake says it changed) or ctx ends. It returns the
+// events seen and the revision it caught up with (0: it did not).
+func replayDeletes(ctx context.Context, cli *clientv3.Client, prefix string, from int64, h *freeHistory,
+	target *atomic.Int64, wake <-chan struct{}, log *slog.Logger) (events int, reached int64) {
 	for attempt := 0; attempt < 2; attempt++ {
 		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		// Only deletes matter: etcd leaves the puts out (the window holds
 		// every lease written in it — at 5,000 peers preloaded in one
 		// transaction, 5,000 events decoded for nothing).
-		wch := m.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithFilterPut())
+		wch := cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithFilterPut())
 		// A progress notification comes only once the watcher has caught
 		// up with the present: it marks the end of the replay. etcd
 		// answers a progress request only while every watcher of the
 		// stream is synced, and syncs a watcher from the past in a loop
 		// that runs every 100 ms, so the request is repeated often: each
 		// costs one small round trip, and the replay ends ≤ 10 ms after
-		// etcd caught up rather than at the next 50 ms tick.
+		// etcd caught up rather than at the next 50 ms tick. Once caught
+		// up with an unknown target (a prefetch), the watch just follows
+		// the deletes until the target is known.
 		progress := time.NewTicker(10 * time.Millisecond)
 		compacted := int64(0)
+		done := func() bool { t := target.Load(); return t > 0 && reached >= t }
 	read:
-		for {
+		for !done() {
 			select {
 			case <-ctx.Done():
 				break read
+			case <-wake:
+				if !done() {
+					progress.Reset(10 * time.Millisecond)
+					_ = cli.RequestProgress(wctx)
+				}
 			case <-progress.C:
-				_ = m.cli.RequestProgress(wctx)
+				if reached > 0 && target.Load() == 0 {
+					progress.Stop() // caught up; wake restarts it
+					continue
+				}
+				_ = cli.RequestProgress(wctx)
 			case w, ok := <-wch:
 				if !ok {
 					break read
@@ -200,23 +224,96 @@ func (m *Manager) loadHistory(ctx context.Context, h *freeHistory, rev int64) (e
 					}
 					events++
 				}
-				if w.IsProgressNotify() && w.Header.Revision >= rev {
-					break read
+				if w.IsProgressNotify() {
+					reached = max(reached, w.Header.Revision)
 				}
-				if n := len(w.Events); n > 0 && w.Events[n-1].Kv.ModRevision >= rev {
-					break read
+				if n := len(w.Events); n > 0 {
+					reached = max(reached, w.Events[n-1].Kv.ModRevision)
 				}
 			}
 		}
 		progress.Stop()
 		wcancel()
-		if compacted == 0 || compacted <= from {
+		if done() || compacted == 0 || compacted <= from {
 			break
 		}
-		m.log.Debug("lease history compacted; replaying what is left", "from", from, "compacted", compacted)
-		from = compacted
+		log.Debug("lease history compacted; replaying what is left", "from", from, "compacted", compacted)
+		from, reached = compacted, 0
 	}
-	return events
+	return events, reached
+}
+
+// HistoryPrefetch is the start-up replay begun before the manager needs
+// it. A new host (no subnet.env) has weftd start it as soon as etcd
+// answers: etcd's wait for its next unsynced-watcher pass (up to 100 ms)
+// then runs alongside the rest of the start (network config, interface,
+// backend) instead of after it. The manager takes it over
+// (ManagerConfig.History) when it needs a new subnet, and replays by itself
+// when the prefetch did not catch up (stopped, timed out, etcd failing).
+type HistoryPrefetch struct {
+	cancel context.CancelFunc
+	target atomic.Int64
+	wake   chan struct{}
+	done   chan struct{}
+	// Set by the replay before done is closed.
+	h       freeHistory
+	from    int64
+	events  int
+	reached int64
+}
+
+// PrefetchHistory starts replaying the deletes under s's subnets prefix
+// over the last historyWindow revisions and on; it runs at most
+// historyTimeout. Stop releases it when it is not handed to a manager.
+func PrefetchHistory(ctx context.Context, s *Store, log *slog.Logger) *HistoryPrefetch {
+	ctx, cancel := context.WithTimeout(ctx, historyTimeout)
+	p := &HistoryPrefetch{cancel: cancel, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		// The present revision anchors the window; the count is the
+		// cheapest read that returns it.
+		resp, err := s.cli.Get(ctx, s.SubnetsPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			log.Debug("lease history prefetch: no revision to start from; the manager replays by itself", "err", err)
+			return
+		}
+		p.from = historyFrom(resp.Header.Revision)
+		p.events, p.reached = replayDeletes(ctx, s.cli, s.SubnetsPrefix(), p.from, &p.h, &p.target, p.wake, log)
+	}()
+	return p
+}
+
+// Stop ends the prefetch and waits for it.
+func (p *HistoryPrefetch) Stop() {
+	if p == nil {
+		return
+	}
+	p.cancel()
+	<-p.done
+}
+
+// take waits for the prefetch to catch up with rev and returns its
+// history; ok is false when it did not (the caller replays by itself). The
+// window it covers starts no later than historyFrom(rev): it was anchored
+// at an earlier revision.
+func (p *HistoryPrefetch) take(ctx context.Context, rev int64) (h freeHistory, events int, ok bool) {
+	if p == nil {
+		return freeHistory{}, 0, false
+	}
+	p.target.Store(rev)
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		p.Stop()
+	}
+	if p.reached < rev || p.from > historyFrom(rev) {
+		return freeHistory{}, 0, false
+	}
+	return p.h, p.events, true
 }
 
 // quietWindow reports whether etcd proves that no key under the subnets

@@ -406,3 +406,55 @@ func BenchmarkQuietWindow(b *testing.B) {
 		}
 	}
 }
+
+// TestHistoryPrefetch: a prefetch started before the manager (weftd starts
+// it as soon as etcd answers, for a new host) holds the deletes from before
+// its start and those while it waits, and the manager takes it over: the
+// never-used subnet first, then the one freed longest ago. A stopped
+// prefetch leaves the replay to the manager, with the same answer.
+func TestHistoryPrefetch(t *testing.T) {
+	_, cli, s, _ := newTestStore(t)
+	cfg := smallNet("172.30.1.0/24", "172.30.4.0/24")
+	val := `{"PublicIP":"10.64.0.9","PublicIPv6":null}`
+	k := func(sub string) string { return s.Key(netip.MustParsePrefix(sub), netip.Prefix{}) }
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	del := func(sub string) {
+		t.Helper()
+		if _, err := cli.Delete(ctx, k(sub)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, sub := range []string{"172.30.3.0/24", "172.30.1.0/24", "172.30.2.0/24"} {
+		put(t, cli, k(sub), val)
+	}
+	del("172.30.3.0/24")
+	del("172.30.1.0/24")
+	log, lb := newLogger()
+	p := PrefetchHistory(ctx, s, log)
+	// Long enough for etcd's unsynced-watcher pass (100 ms): the prefetch
+	// has caught up and follows the live deletes when .2 goes.
+	time.Sleep(250 * time.Millisecond)
+	del("172.30.2.0/24")
+	m := newTestManager(s, cfg, hostIP(1), log)
+	m.cfg.History = p
+	own := runManager(t, m)
+	if own.Subnet.String() != "172.30.4.0/24" || lb.Count("lease history replayed (prefetched)") != 1 {
+		t.Fatalf("host 1 with a prefetch got %v, want the never-used 172.30.4.0/24 from the prefetched history; log:\n%s", own.Subnet, lb)
+	}
+	log, lb = newLogger()
+	p = PrefetchHistory(ctx, s, log)
+	m = newTestManager(s, cfg, hostIP(2), log)
+	m.cfg.History = p
+	if own = runManager(t, m); own.Subnet.String() != "172.30.3.0/24" || lb.Count("lease history replayed (prefetched)") != 1 {
+		t.Fatalf("host 2 with a prefetch got %v, want 172.30.3.0/24, freed longest ago (.1, .2 later); log:\n%s", own.Subnet, lb)
+	}
+	log, lb = newLogger()
+	p = PrefetchHistory(ctx, s, log)
+	p.Stop()
+	m = newTestManager(s, cfg, hostIP(3), log)
+	m.cfg.History = p
+	if own = runManager(t, m); own.Subnet.String() != "172.30.1.0/24" || lb.Count("lease history replayed (prefetched)") != 0 || lb.Count("lease history replayed") != 1 {
+		t.Fatalf("host 3 with a stopped prefetch got %v, want its own replay and 172.30.1.0/24 (.2 freed later); log:\n%s", own.Subnet, lb)
+	}
+}

@@ -66,6 +66,9 @@ type ManagerConfig struct {
 
 	// PrevSubnet is the subnet of the previous subnet.env (zero if none).
 	PrevSubnet netip.Prefix
+	// History, when not nil, is the start-up history replay begun earlier
+	// (PrefetchHistory); the manager takes it over instead of replaying.
+	History *HistoryPrefetch
 
 	// NodeName is this host's identity (see CheckNodeName), written into
 	// the lease. A lease naming our PublicIP is ours only when it names
@@ -517,7 +520,11 @@ func (m *Manager) acquireOnce(ctx context.Context, prev netip.Prefix) (Lease, er
 	if !m.freedLoaded {
 		var h freeHistory
 		if from := historyFrom(rev); m.quietWindow(ctx, from, rev, leases) {
+			m.cfg.History.Stop()
 			m.log.Debug("lease history: no delete in the window, nothing to replay", "from", from, "to", rev)
+		} else if ph, n, ok := m.cfg.History.take(ctx, rev); ok {
+			h = ph
+			m.log.Debug("lease history replayed (prefetched)", "events", n, "freedSubnets", len(h.at))
 		} else {
 			n := m.loadHistory(ctx, &h, rev)
 			m.log.Debug("lease history replayed", "events", n, "freedSubnets", len(h.at))
