@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime/debug"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -95,7 +96,7 @@ func (n *engine) buildBackend(ctx context.Context, cfg netconf.Config, ext extif
 // hands it the newest snapshot (a rebuilt backend starts with no state).
 func (n *engine) startLoop(ctx context.Context) {
 	loop := dataplane.NewLoop(n.backend, 0, n.log)
-	loop.OnApply(n.h.metrics.OnApply)
+	loop.OnApply(releaseAfterFirstApply(n.h.metrics.OnApply, releaseDelay, debug.FreeOSMemory))
 	loop.OnSkipped(n.h.metrics.OnPeersSkipped)
 	// The guard's peer sets follow each applied snapshot, in the rules
 	// goroutine (OfferPeers never blocks): after the dataplane, not with it.

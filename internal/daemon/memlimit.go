@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // DefaultMemoryLimit is the default of -memory-limit.
@@ -158,5 +159,29 @@ func (l *memLimiter) adjust() {
 	if limit != l.last {
 		debug.SetMemoryLimit(limit)
 		l.last = limit
+	}
+}
+
+// releaseDelay is how long after the first successful apply the start-up's
+// freed memory goes back to the OS: the guard's write of every peer
+// (AfterApply) runs after the apply and its garbage should go too.
+const releaseDelay = time.Second
+
+// releaseAfterFirstApply wraps an OnApply hook so that, once, some time
+// after the first apply that succeeded, release runs (debug.FreeOSMemory
+// in weftd): the heap the start-up used and freed — the lease list, the
+// first full pass's kernel dumps and writes, the collector's headroom
+// above them — goes back to the OS at once, not at the scavenger's pace.
+// VmHWM keeps the start-up's peak (a high-water mark); the RSS from then on
+// is what the cluster's state needs (issue 12).
+func releaseAfterFirstApply(next func(int, time.Duration, error), delay time.Duration, release func()) func(int, time.Duration, error) {
+	var done atomic.Bool
+	return func(peers int, took time.Duration, err error) {
+		if next != nil {
+			next(peers, took, err)
+		}
+		if err == nil && !done.Swap(true) {
+			time.AfterFunc(delay, release)
+		}
 	}
 }

@@ -1,9 +1,11 @@
 package daemon
 
 import (
+	"errors"
 	"log/slog"
 	"runtime"
 	"runtime/debug"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -70,5 +72,36 @@ func TestMemoryLimitAppliedAndRestored(t *testing.T) {
 	stop()
 	if got := currentLimit(); got != before {
 		t.Errorf("after stop the limit is %d, want the previous %d", got, before)
+	}
+}
+
+// TestReleaseAfterFirstApply: every apply reaches the metrics hook; the
+// start-up's memory is released once, after the first apply that
+// succeeded (a failed first apply releases nothing yet).
+func TestReleaseAfterFirstApply(t *testing.T) {
+	var calls atomic.Int32
+	released := make(chan struct{}, 4)
+	hook := releaseAfterFirstApply(func(int, time.Duration, error) { calls.Add(1) }, time.Millisecond, func() { released <- struct{}{} })
+	hook(10, time.Millisecond, errors.New("route refused"))
+	select {
+	case <-released:
+		t.Fatal("released after a failed apply")
+	case <-time.After(50 * time.Millisecond):
+	}
+	for range 3 {
+		hook(10, time.Millisecond, nil)
+	}
+	select {
+	case <-released:
+	case <-time.After(5 * time.Second):
+		t.Fatal("not released within 5s of the first successful apply")
+	}
+	select {
+	case <-released:
+		t.Fatal("released twice")
+	case <-time.After(50 * time.Millisecond):
+	}
+	if n := calls.Load(); n != 4 {
+		t.Errorf("metrics hook called %d times, want 4 (every apply)", n)
 	}
 }
