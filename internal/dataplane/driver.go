@@ -205,17 +205,11 @@ func (v *driver) applyFull(ctx context.Context, snap lease.Snapshot, dev int, t 
 	if v.before != nil {
 		d.Skipped = append(d.Skipped, v.before(snap, d)...)
 	}
-	// Not kept for the next pass: at 20,000 peers it is 1.8 MB that full
-	// passes, paced to 1 % of the time, would hold all the time (issue 12).
-	routes := make([]Route, 0, len(d.Routes))
-	for _, r := range d.Routes {
-		routes = append(routes, r)
-	}
 	have.weft = v.facts.Foreign.adopted(have.weft, d.Routes, dev)
 	if dev != 0 {
-		errs = append(errs, syncDevice(ctx, v.rt, d, have.weft, haveNH, routes, &st, t)...)
+		errs = append(errs, syncDevice(ctx, v.rt, d, have.weft, haveNH, &st, t)...)
 	} else {
-		rs, del, err := syncRoutes(ctx, v.rt, v.spec.family, have.weft, routes, t)
+		rs, del, err := syncRoutes(ctx, v.rt, v.spec.family, have.weft, d.Routes, t)
 		errs = append(errs, err)
 		if del != nil && err == nil {
 			errs = append(errs, del())

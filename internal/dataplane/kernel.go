@@ -272,7 +272,7 @@ var lastWeftRoutes [2]atomic.Int64
 // scratch is the per-sync working memory, pooled so that a resync with
 // nothing to do allocates (almost) nothing.
 type scratch struct {
-	ok    []bool
+	dsts  []netip.Prefix
 	addrs []netip.Addr
 	macs  [][6]byte
 }
@@ -282,58 +282,59 @@ var scratchPool = sync.Pool{New: func() any { return &scratch{} }}
 func getScratch() *scratch { return scratchPool.Get().(*scratch) }
 
 func putScratch(s *scratch) {
-	s.ok, s.addrs, s.macs = s.ok[:0], s.addrs[:0], s.macs[:0]
+	s.dsts, s.addrs, s.macs = s.dsts[:0], s.addrs[:0], s.macs[:0]
 	scratchPool.Put(s)
 }
 
 // syncRoutes makes the main-table routes of family carrying rtnl.ProtWeft
-// (have, from readMainRoutes) equal to want: only the differences are
-// written.
-func syncRoutes(ctx context.Context, c *rtnl.Conn, family uint8, have []rtnl.Route, want []routeWant, t *tally) (*syncStats, func() error, error) {
+// (have, from readMainRoutes) equal to want (a Desired's routes): only the
+// differences are written.
+//
+// want is read where it is: a copy of it as a slice, indexed to match the
+// kernel's routes, was a full pass's largest transient besides the dumps
+// (1.8 MB and a 20,000-entry index at issue 12's scale). The routes found
+// as wanted are remembered by destination, 32 bytes each.
+func syncRoutes(ctx context.Context, c *rtnl.Conn, family uint8, have []rtnl.Route, want map[netip.Prefix]routeWant, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
-	// want is sorted by destination in place and searched: a map from
-	// destination to index (20,000 entries at issue 12's scale, kept in the
-	// pool between passes) was a full pass's largest transient besides the
-	// dumps. A destination wanted twice is matched at its first.
-	slices.SortStableFunc(want, func(a, b routeWant) int { return a.Dst.Compare(b.Dst) })
-	ok := append(sc.ok, make([]bool, len(want))...)
-	sc.ok = ok
 	var stale []rtnl.Route
 	for _, r := range have {
-		i, found := slices.BinarySearchFunc(want, r.Dst, func(w routeWant, dst netip.Prefix) int { return w.Dst.Compare(dst) })
-		if found && !ok[i] && want[i].matches(r) {
-			ok[i] = true
+		w, found := want[r.Dst]
+		if found && w.matches(r) {
+			sc.dsts = append(sc.dsts, r.Dst)
 			continue
 		}
 		// A wanted destination whose route differs is replaced in place
 		// below (same key: dst, metric, table); one at another metric
 		// would survive that replace, so it is stale.
-		if !found || r.Priority != want[i].Metric {
+		if !found || r.Priority != w.Metric {
 			stale = append(stale, r)
 		}
 	}
+	present := sortedSet(sc.dsts, netip.Prefix.Compare)
 	// Add and replace before deleting, so that traffic moves to the new
 	// route rather than through a gap.
-	b := rtnl.NewBatch(c, func(i int, err error) bool {
+	b := rtnl.NewBatch(c, func(w routeWant, err error) bool {
 		if t.peerRoutes && isUnreachable(err) {
-			t.unreachable = append(t.unreachable, refusedRoute{want[i], err})
+			t.unreachable = append(t.unreachable, refusedRoute{w, err})
 			return true
 		}
-		t.add(fmt.Errorf("replace route %s: %w", want[i], err))
+		t.add(fmt.Errorf("replace route %s: %w", w, err))
 		return true
 	})
-	for i, w := range want {
-		if ok[i] {
-			continue
+	if len(present) < len(want) {
+		for dst, w := range want {
+			if _, found := slices.BinarySearchFunc(present, dst, netip.Prefix.Compare); found {
+				continue
+			}
+			if b.Pending() == 0 && ctx.Err() != nil {
+				return st, nil, ctx.Err()
+			}
+			b.ReplaceRoute(w, family, rtnl.RouteSpec(w))
 		}
-		if b.Pending() == 0 && ctx.Err() != nil {
-			return st, nil, ctx.Err()
-		}
-		b.ReplaceRoute(i, family, rtnl.RouteSpec(w))
+		b.Flush()
 	}
-	b.Flush()
 	st.Added = b.OK()
 	del := func() error {
 		d := rtnl.NewBatch(c, func(i int, err error) bool {
