@@ -189,7 +189,7 @@ func (v *driver) applyFull(ctx context.Context, snap lease.Snapshot, dev int, t 
 		st, err = syncAddrs(v.h, v.spec.family, v.dev.link(), addr, t)
 		errs = append(errs, err)
 	}
-	have, err := readMainRoutesFor(v.rt, v.spec.family, v.host.IfaceIndex, own.Bits())
+	have, err := readMainRoutesFor(v.rt, v.spec.family, v.host.IfaceIndex, own.Bits(), false)
 	if err != nil {
 		return nil, st, append(errs, err)
 	}
@@ -205,11 +205,11 @@ func (v *driver) applyFull(ctx context.Context, snap lease.Snapshot, dev int, t 
 	if v.before != nil {
 		d.Skipped = append(d.Skipped, v.before(snap, d)...)
 	}
-	have.weft = v.facts.Foreign.adopted(have.weft, d.Routes, dev)
+	weft := weftRoutes(v.rt, v.spec.family, v.facts.Foreign.adopted(nil, d.Routes, dev))
 	if dev != 0 {
-		errs = append(errs, syncDevice(ctx, v.rt, d, have.weft, haveNH, &st, t)...)
+		errs = append(errs, syncDevice(ctx, v.rt, d, weft, haveNH, &st, t)...)
 	} else {
-		rs, del, err := syncRoutes(ctx, v.rt, v.spec.family, have.weft, d.Routes, t)
+		rs, del, err := syncRoutes(ctx, v.rt, v.spec.family, weft, d.Routes, t)
 		errs = append(errs, err)
 		if del != nil && err == nil {
 			errs = append(errs, del())

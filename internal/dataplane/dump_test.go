@@ -124,7 +124,7 @@ func TestBatchFailures(t *testing.T) {
 		want[w.Dst] = w
 	}
 	tl := &tally{what: "test"}
-	st, del, err := syncRoutes(context.Background(), rt, unix.AF_INET, nil, want, tl)
+	st, del, err := syncRoutes(context.Background(), rt, unix.AF_INET, routeList(nil), want, tl)
 	must(t, err)
 	must(t, del())
 	if st.Added != 147 || tl.n != 3 {
@@ -141,7 +141,7 @@ func TestBatchFailures(t *testing.T) {
 	}
 	// Now all of them are stale: deleted in batches, none left.
 	tl = &tally{what: "test"}
-	st, del, err = syncRoutes(context.Background(), rt, unix.AF_INET, m.weft, nil, tl)
+	st, del, err = syncRoutes(context.Background(), rt, unix.AF_INET, routeList(m.weft), nil, tl)
 	must(t, err)
 	must(t, del())
 	if st.Deleted != 147 || tl.n != 0 {
@@ -172,7 +172,7 @@ func TestRTNLSocket(t *testing.T) {
 		t.Errorf("dump after close: %v, want %v", err, rtnl.ErrClosed)
 	}
 	tl := &tally{what: "test"}
-	st, _, err := syncRoutes(context.Background(), rt, unix.AF_INET, nil, map[netip.Prefix]routeWant{peerSubnet(2): {Dst: peerSubnet(2), Gw: l.under.Addr().Next().Next(), Link: eth0}}, tl)
+	st, _, err := syncRoutes(context.Background(), rt, unix.AF_INET, routeList(nil), map[netip.Prefix]routeWant{peerSubnet(2): {Dst: peerSubnet(2), Gw: l.under.Addr().Next().Next(), Link: eth0}}, tl)
 	must(t, err)
 	if st.Added != 0 || tl.n != 1 || !errors.Is(tl.first, rtnl.ErrClosed) {
 		t.Errorf("write after close: added %d, failed %d (%v); want 0, 1 with %v", st.Added, tl.n, tl.first, rtnl.ErrClosed)

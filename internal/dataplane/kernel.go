@@ -209,25 +209,30 @@ type mainRoutes struct {
 // kube-proxy's IPVS addresses, none of that is sent) and keeps weft's routes
 // and the underlay's connected subnets.
 func readMainRoutes(c *rtnl.Conn, family uint8, ifaceIndex int) (mainRoutes, error) {
-	return readMainRoutesFor(c, family, ifaceIndex, -1)
+	return readMainRoutesFor(c, family, ifaceIndex, -1, true)
 }
 
 // readMainRoutesFor is readMainRoutes that also keeps the routes of other
 // owners to destinations of peerBits bits (the subnet length of the
-// overlay; -1: none).
-func readMainRoutesFor(c *rtnl.Conn, family uint8, ifaceIndex, peerBits int) (mainRoutes, error) {
+// overlay; -1: none), and weft's own only when weft is true (a full pass
+// reads those as it syncs them: weftRoutes).
+func readMainRoutesFor(c *rtnl.Conn, family uint8, ifaceIndex, peerBits int, weft bool) (mainRoutes, error) {
 	var m mainRoutes
 	last := &lastWeftRoutes[0]
 	if family == unix.AF_INET6 {
 		last = &lastWeftRoutes[1]
 	}
-	// Sized from the last dump: one allocation, not a doubling series.
-	m.weft = make([]rtnl.Route, 0, int(last.Load())+16)
+	if weft {
+		// Sized from the last dump: one allocation, not a doubling series.
+		m.weft = make([]rtnl.Route, 0, int(last.Load())+16)
+	}
 	_, err := rtnl.RetryDump(func() (struct{}, error) {
 		m.weft, m.connected, m.foreign = m.weft[:0], m.connected[:0], m.foreign[:0]
 		return struct{}{}, c.DumpRoutes(family, func(r rtnl.Route) {
 			if r.Protocol == uint8(rtnl.ProtWeft) {
-				m.weft = append(m.weft, r)
+				if weft {
+					m.weft = append(m.weft, r)
+				}
 				return
 			}
 			if r.Dst.Bits() == peerBits {
@@ -242,8 +247,52 @@ func readMainRoutesFor(c *rtnl.Conn, family uint8, ifaceIndex, peerBits int) (ma
 	if err != nil {
 		return m, fmt.Errorf("list %s main-table routes: %w", famName(family), err)
 	}
-	last.Store(int64(len(m.weft)))
+	if weft {
+		last.Store(int64(len(m.weft)))
+	}
 	return m, nil
+}
+
+// routeSource is one pass over routes of the main table, each handed to
+// fn; a source that dumps the kernel fails with netlink.ErrDumpInterrupted
+// when the dump was interrupted, and is then run again from the start
+// (rtnl.RetryDump).
+type routeSource func(fn func(rtnl.Route)) error
+
+// routeList is the source of routes already read.
+func routeList(rs []rtnl.Route) routeSource {
+	return func(fn func(rtnl.Route)) error {
+		for _, r := range rs {
+			fn(r)
+		}
+		return nil
+	}
+}
+
+// weftRoutes is the source of weft's routes of family in the kernel, read
+// as they are dumped, then extra (routes of others weft takes over).
+//
+// Why not a slice read beforehand: at 20,000 peers weft's routes as
+// rtnl.Route values were 1.9 MB (2.6 MB grown by appends on a first pass)
+// held through the whole full pass, the periodic resync's largest
+// transient and so weftd's peak heap (issue 12). The dump is read a second
+// time for it (the first gives the facts the desired state depends on): at
+// 20,000 routes that costs the kernel ~16 ms, once per full pass.
+func weftRoutes(c *rtnl.Conn, family uint8, extra []rtnl.Route) routeSource {
+	return func(fn func(rtnl.Route)) error {
+		err := c.DumpRoutes(family, func(r rtnl.Route) {
+			if r.Protocol == uint8(rtnl.ProtWeft) {
+				fn(r)
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("list %s main-table routes: %w", famName(family), err)
+		}
+		for _, r := range extra {
+			fn(r)
+		}
+		return nil
+	}
 }
 
 // connectedRoute reports whether r, a gateway-less unicast route out of the
@@ -287,30 +336,36 @@ func putScratch(s *scratch) {
 }
 
 // syncRoutes makes the main-table routes of family carrying rtnl.ProtWeft
-// (have, from readMainRoutes) equal to want (a Desired's routes): only the
-// differences are written.
+// (have: weftRoutes, or a routeList of readMainRoutes') equal to want (a
+// Desired's routes): only the differences are written.
 //
 // want is read where it is: a copy of it as a slice, indexed to match the
 // kernel's routes, was a full pass's largest transient besides the dumps
 // (1.8 MB and a 20,000-entry index at issue 12's scale). The routes found
 // as wanted are remembered by destination, 32 bytes each.
-func syncRoutes(ctx context.Context, c *rtnl.Conn, family uint8, have []rtnl.Route, want map[netip.Prefix]routeWant, t *tally) (*syncStats, func() error, error) {
+func syncRoutes(ctx context.Context, c *rtnl.Conn, family uint8, have routeSource, want map[netip.Prefix]routeWant, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
 	var stale []rtnl.Route
-	for _, r := range have {
-		w, found := want[r.Dst]
-		if found && w.matches(r) {
-			sc.dsts = append(sc.dsts, r.Dst)
-			continue
-		}
-		// A wanted destination whose route differs is replaced in place
-		// below (same key: dst, metric, table); one at another metric
-		// would survive that replace, so it is stale.
-		if !found || r.Priority != w.Metric {
-			stale = append(stale, r)
-		}
+	_, err := rtnl.RetryDump(func() (struct{}, error) {
+		sc.dsts, stale = sc.dsts[:0], stale[:0]
+		return struct{}{}, have(func(r rtnl.Route) {
+			w, found := want[r.Dst]
+			if found && w.matches(r) {
+				sc.dsts = append(sc.dsts, r.Dst)
+				return
+			}
+			// A wanted destination whose route differs is replaced in
+			// place below (same key: dst, metric, table); one at another
+			// metric would survive that replace, so it is stale.
+			if !found || r.Priority != w.Metric {
+				stale = append(stale, r)
+			}
+		})
+	})
+	if err != nil {
+		return st, nil, err
 	}
 	present := sortedSet(sc.dsts, netip.Prefix.Compare)
 	// Add and replace before deleting, so that traffic moves to the new

@@ -16,11 +16,11 @@ import (
 
 // syncDevice makes the FDB entries, neighbours and routes of the family of
 // the device d.Dev equal to d, given weft's routes of family in the main table
-// (have); it adds what it changed to st. Adds go
+// (have, read as the routes are synced); it adds what it changed to st. Adds go
 // in dependency order (FDB, neighbour, then the route that uses them: a
 // route is usable the moment it appears), deletes in reverse, so no packet
 // is sent through a half-programmed peer.
-func syncDevice(ctx context.Context, rt *rtnl.Conn, d *Desired, have []rtnl.Route, haveNH []rtnl.Nexthop, st *syncStats, t *tally) []error {
+func syncDevice(ctx context.Context, rt *rtnl.Conn, d *Desired, have routeSource, haveNH []rtnl.Nexthop, st *syncStats, t *tally) []error {
 	var errs []error
 	// Nexthop objects before everything: a route through one cannot be
 	// written before it, and deleting one deletes its routes, so stale
