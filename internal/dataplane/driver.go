@@ -193,10 +193,9 @@ func (v *driver) applyFull(ctx context.Context, snap lease.Snapshot, dev int, t 
 	if err != nil {
 		return nil, st, append(errs, err)
 	}
-	var haveNH []rtnl.Nexthop
 	var foreignNH map[uint32]struct{}
 	if v.nexthops {
-		if haveNH, foreignNH, err = readNexthops(v.rt, v.spec.family); err != nil {
+		if foreignNH, err = foreignNexthops(v.rt); err != nil {
 			return nil, st, append(errs, err)
 		}
 	}
@@ -207,7 +206,7 @@ func (v *driver) applyFull(ctx context.Context, snap lease.Snapshot, dev int, t 
 	}
 	weft := weftRoutes(v.rt, v.spec.family, v.facts.Foreign.adopted(nil, d.Routes, dev))
 	if dev != 0 {
-		errs = append(errs, syncDevice(ctx, v.rt, d, weft, haveNH, &st, t)...)
+		errs = append(errs, syncDevice(ctx, v.rt, d, weft, v.nexthops, &st, t)...)
 	} else {
 		rs, del, err := syncRoutes(ctx, v.rt, v.spec.family, weft, d.Routes, t)
 		errs = append(errs, err)

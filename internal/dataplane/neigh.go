@@ -20,7 +20,7 @@ import (
 // in dependency order (FDB, neighbour, then the route that uses them: a
 // route is usable the moment it appears), deletes in reverse, so no packet
 // is sent through a half-programmed peer.
-func syncDevice(ctx context.Context, rt *rtnl.Conn, d *Desired, have routeSource, haveNH []rtnl.Nexthop, st *syncStats, t *tally) []error {
+func syncDevice(ctx context.Context, rt *rtnl.Conn, d *Desired, have routeSource, nexthops bool, st *syncStats, t *tally) []error {
 	var errs []error
 	// Nexthop objects before everything: a route through one cannot be
 	// written before it, and deleting one deletes its routes, so stale
@@ -29,9 +29,9 @@ func syncDevice(ctx context.Context, rt *rtnl.Conn, d *Desired, have routeSource
 		nhs   = &syncStats{}
 		nhdel func() error
 	)
-	if len(d.Nexthops) > 0 || len(haveNH) > 0 {
+	if nexthops || len(d.Nexthops) > 0 {
 		var err error
-		nhs, nhdel, err = syncNexthops(ctx, rt, haveNH, d.Nexthops, t)
+		nhs, nhdel, err = syncNexthops(ctx, rt, d.Family, d.Nexthops, t)
 		errs = append(errs, err)
 	}
 	fs, fdel, err := syncFDB(ctx, rt, d.Dev, d.FDB, t)
