@@ -218,15 +218,10 @@ type tunWriter struct {
 }
 
 // newTUNWriter returns a writer for dev, or nil when dev is not a TUN with
-// virtio-net headers (wireguard-go turns them on when the kernel has them,
-// and then reads and writes in batches).
+// virtio-net headers.
 func newTUNWriter(dev tun.Device) *tunWriter {
-	f := dev.File()
-	if f == nil || dev.BatchSize() < 2 {
-		return nil
-	}
-	rc, err := f.SyscallConn()
-	if err != nil {
+	rc := vnetRawConn(dev)
+	if rc == nil {
 		return nil
 	}
 	w := &tunWriter{rc: rc, iov: make([]unix.Iovec, 0, 1+gsoMaxSegments)}
@@ -235,6 +230,21 @@ func newTUNWriter(dev tun.Device) *tunWriter {
 	const offloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6 | unix.TUN_F_USO4 | unix.TUN_F_USO6
 	_ = rc.Control(func(fd uintptr) { w.uso = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, offloads) == nil })
 	return w
+}
+
+// vnetRawConn returns the raw descriptor of dev when it is a TUN with
+// virtio-net headers (wireguard-go turns them on when the kernel has them,
+// and then reads and writes in batches), or nil.
+func vnetRawConn(dev tun.Device) syscall.RawConn {
+	f := dev.File()
+	if f == nil || dev.BatchSize() < 2 {
+		return nil
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
 }
 
 // errTUNRefused wraps a write the kernel refused for its content (EINVAL):

@@ -556,20 +556,7 @@ func (e *Engine) udpToTUN(recv conn.ReceiveFunc) {
 				writeErrs.note(err)
 			}
 		}
-		c.rxPackets.Add(rxp)
-		c.rxBytes.Add(rxb)
-		if ttl != 0 {
-			c.ttl.Add(ttl)
-		}
-		for why, k := range drops {
-			if k == 0 {
-				continue
-			}
-			c.drops[why].Add(k)
-			if e.cfg.OnDrop != nil {
-				e.cfg.OnDrop(dropNames[why], k)
-			}
-		}
+		e.countRx(rxp, rxb, 0, ttl, &drops)
 	}
 }
 
@@ -651,20 +638,28 @@ func (e *Engine) udpToTUNRuns(r *msgReader, w *tunWriter) {
 		if closed {
 			return
 		}
-		c.rxPackets.Add(rxp)
-		c.rxBytes.Add(rxb)
+		e.countRx(rxp, rxb, writes, ttl, &drops)
+	}
+}
+
+// countRx adds one received batch to the counters and reports its drops.
+func (e *Engine) countRx(packets, bytes, writes, ttl uint64, drops *[rxReasons]uint64) {
+	c := &e.c
+	c.rxPackets.Add(packets)
+	c.rxBytes.Add(bytes)
+	if writes != 0 {
 		c.rxWrites.Add(writes)
-		if ttl != 0 {
-			c.ttl.Add(ttl)
+	}
+	if ttl != 0 {
+		c.ttl.Add(ttl)
+	}
+	for why, k := range drops {
+		if k == 0 {
+			continue
 		}
-		for why, k := range drops {
-			if k == 0 {
-				continue
-			}
-			c.drops[why].Add(k)
-			if e.cfg.OnDrop != nil {
-				e.cfg.OnDrop(dropNames[why], k)
-			}
+		c.drops[why].Add(k)
+		if e.cfg.OnDrop != nil {
+			e.cfg.OnDrop(dropNames[why], k)
 		}
 	}
 }

@@ -38,12 +38,8 @@ type tunReader struct {
 // newTUNReader returns a reader for dev, or nil when dev is not a TUN with
 // virtio-net headers.
 func newTUNReader(dev tun.Device) *tunReader {
-	f := dev.File()
-	if f == nil || dev.BatchSize() < 2 {
-		return nil
-	}
-	rc, err := f.SyscallConn()
-	if err != nil {
+	rc := vnetRawConn(dev)
+	if rc == nil {
 		return nil
 	}
 	return &tunReader{rc: rc}
