@@ -56,13 +56,24 @@ func referencePeers(m *Manager) ([]*Lease, int) {
 // and dual-stack spellings), for one IPv6 subnet, one PublicIP, one VtepMAC,
 // keys naming our subnet or VtepMAC — and checks after every batch that what
 // would be published equals the set computed from scratch.
+//
+// In a network without IPv6 (where the index keeps no subnet claims, the
+// dual-stack keys being distrusted) the same events must give the same
+// agreement.
 func TestPeerIndexMatchesReference(t *testing.T) {
+	t.Run("dual-stack", func(t *testing.T) { testPeerIndexMatchesReference(t, true) })
+	t.Run("IPv4 only", func(t *testing.T) { testPeerIndexMatchesReference(t, false) })
+}
+
+func testPeerIndexMatchesReference(t *testing.T, six bool) {
 	s := NewStore(nil, testPrefix, nil)
 	own := netip.MustParseAddr("10.9.0.1")
 	cfg := testNet()
-	cfg.EnableIPv6 = true
-	cfg.IPv6Network = netip.MustParsePrefix("fc00::/48")
-	cfg.IPv6SubnetLen = 64
+	if six {
+		cfg.EnableIPv6 = true
+		cfg.IPv6Network = netip.MustParsePrefix("fc00::/48")
+		cfg.IPv6SubnetLen = 64
+	}
 	m := NewManager(ManagerConfig{Store: s, Network: cfg, PublicIP: own, BackendType: "vxlan",
 		BackendData: []byte(`{"VNI":1,"VtepMAC":"0e:00:00:00:00:00"}`)})
 	ownSub := netip.MustParsePrefix("172.30.7.0/24")
