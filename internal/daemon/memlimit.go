@@ -69,18 +69,25 @@ func (m *MemoryLimit) Set(s string) error {
 	return nil
 }
 
-// memLimiter keeps the runtime's soft memory limit at the floor while 1.5 ×
-// the heap the last collection found live fits under it, which bounds the
-// heap's growth during a burst of a small cluster. When the live heap
-// outgrows that (a larger cluster) the limit follows it: 1.5 × live plus the
-// runtime's memory that is neither heap objects nor free pages (stacks,
-// metadata, unused room in spans), which the runtime holds against the limit
-// too. So the collector never runs back to back: each cycle has at least
-// half the live heap to allocate before the next (GOGC=100 gives it the
-// whole). Without that second term, at 10,000 peers (13 MB live, 6.5 MB
-// besides) the heap goal was the live heap itself and weftd collected every
-// 20 ms, idle or not (BENCHMARKS.md, issue 12). Below the switch the floor
-// is unchanged, so small clusters keep their RSS.
+// memLimiter keeps the runtime's soft memory limit at the floor while the
+// heap a small cluster needs fits under it, which bounds the heap's growth
+// during a burst. Above that the limit follows the heap the last collection
+// found live: live + a quarter of it (at least minHeadroom) + the runtime's
+// memory that is neither heap objects nor free pages (stacks, metadata,
+// unused room in spans), which the runtime holds against the limit too. So
+// the collector never runs back to back: each cycle has at least a quarter
+// of the live heap to allocate before the next. Without that last term, at
+// 10,000 peers (13 MB live, 6.5 MB besides) the heap goal was the live heap
+// itself and weftd collected every 20 ms, idle or not (BENCHMARKS.md, issue
+// 12); with half the live heap as headroom, the heap kept 1.5 × live, which
+// at 20,000 peers (20 MB live) was most of the RSS above the binary's pages.
+// A quarter keeps a collection to a few per full resync pass (their
+// garbage is some MB) while the heap stays near what the peers need.
+//
+// The limit is one formula across the floor, not a switch: a live heap just
+// under the floor's reach (the start-up's lease list, 7 MB live with 8 MB
+// of runtime memory besides) otherwise left the collector no room at all,
+// and it ran a hundred times in half a second.
 type memLimiter struct {
 	floor   int64
 	prev    int64 // the limit in force before, restored on stop
@@ -88,6 +95,13 @@ type memLimiter struct {
 	sample  []metrics.Sample
 	last    int64
 }
+
+// headroomDiv and minHeadroom size the heap's growth allowed between two
+// collections above the floor: live/headroomDiv, at least minHeadroom.
+const (
+	headroomDiv = 4
+	minHeadroom = 1 << 20
+)
 
 // limiterActive: the limit is process-wide, so only the first daemon of a
 // process (tests run several) owns it.
@@ -149,17 +163,19 @@ func (l *memLimiter) adjust() {
 		}
 		v[i] = int64(min(s.Value.Uint64(), math.MaxInt64/4))
 	}
-	live := v[0]
-	limit := l.floor
-	if grown := live + live/2; grown > l.floor {
-		// Free pages are left out: counting them would raise the limit
-		// by what the last cycle freed, cycle after cycle.
-		limit = grown + max(v[1]-v[2]-v[3]-v[4], 0)
-	}
+	// Free pages are left out: counting them would raise the limit by what
+	// the last cycle freed, cycle after cycle.
+	limit := memLimit(l.floor, v[0], max(v[1]-v[2]-v[3]-v[4], 0))
 	if limit != l.last {
 		debug.SetMemoryLimit(limit)
 		l.last = limit
 	}
+}
+
+// memLimit is the soft limit for a live heap of live bytes and other bytes
+// of the runtime's memory besides heap objects and free pages (memLimiter).
+func memLimit(floor, live, other int64) int64 {
+	return max(floor, live+max(live/headroomDiv, minHeadroom)+other)
 }
 
 // releaseDelay is how long after the first successful apply the start-up's

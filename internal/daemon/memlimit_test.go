@@ -53,25 +53,46 @@ func TestMemoryLimitAppliedAndRestored(t *testing.T) {
 	}
 	stop2()
 
-	// A live heap above the floor raises the limit to 1.5× it plus the
-	// runtime's other memory after a collection, so the collector does not
-	// run back to back.
+	// A live heap above the floor raises the limit to the live heap plus a
+	// quarter of it plus the runtime's other memory after a collection, so
+	// the collector does not run back to back.
 	big := make([][]byte, 0, 64)
 	for range 64 {
 		big = append(big, make([]byte, 1<<20)) // 64 MiB live
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for currentLimit() <= 96<<20 && time.Now().Before(deadline) {
+	for currentLimit() <= 80<<20 && time.Now().Before(deadline) {
 		runtime.GC()
 		time.Sleep(10 * time.Millisecond) // the finalizer goroutine adjusts after the cycle
 	}
-	if got := currentLimit(); got <= 96<<20 {
-		t.Errorf("with 64 MiB live the limit is %d, want more than 1.5× it (96 MiB) by the runtime's own memory", got)
+	if got := currentLimit(); got <= 80<<20 || got > 128<<20 {
+		t.Errorf("with 64 MiB live the limit is %d, want more than 1.25× it (80 MiB) by the runtime's own memory, and less than 2× it", got)
 	}
 	runtime.KeepAlive(big)
 	stop()
 	if got := currentLimit(); got != before {
 		t.Errorf("after stop the limit is %d, want the previous %d", got, before)
+	}
+}
+
+// TestMemLimitFormula: the floor while the heap fits under it, then live +
+// a quarter + the runtime's other memory, continuous across the floor: a
+// live heap near the floor's reach still leaves the collector room.
+func TestMemLimitFormula(t *testing.T) {
+	const MiB = 1 << 20
+	for _, c := range []struct{ live, other, want int64 }{
+		{2 * MiB, 6 * MiB, 16 * MiB},                // a small cluster: the floor
+		{7 * MiB, 8 * MiB, 7*MiB + 7*MiB/4 + 8*MiB}, // was the floor, no room for the heap
+		{20 * MiB, 8 * MiB, 33 * MiB},
+		{0, 0, 16 * MiB},
+	} {
+		got := memLimit(16*MiB, c.live, c.other)
+		if got != c.want {
+			t.Errorf("memLimit(16 MiB, live %d, other %d) = %d, want %d", c.live, c.other, got, c.want)
+		}
+		if got < c.live+c.other+minHeadroom && got > 16*MiB {
+			t.Errorf("live %d, other %d: limit %d leaves the heap less than %d to grow", c.live, c.other, got, minHeadroom)
+		}
 	}
 }
 
