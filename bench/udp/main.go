@@ -9,6 +9,8 @@
 // raw:   iperf3 between host A and host B over the underlay veth (the limit);
 // vxlan: container to container over weft's vxlan backend (kernel vxlan);
 // udp:   container to container over weft's udp backend (engine in this process);
+// udpbpf: the udp topology with internal/udpbpf's tc BPF programs attached on
+// both hosts beside the engine (encapsulation in the kernel, same wire format);
 // wireguard: container to container over weft's wireguard backend
 // (userspace WireGuard in this process);
 // wggo: container to container over a stock wireguard-go process per host
@@ -49,6 +51,8 @@ import (
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
 	"github.com/weft-net/weft/internal/testutil/netnstest"
+	"github.com/weft-net/weft/internal/udpbpf"
+	"github.com/weft-net/weft/internal/udpfwd"
 	"github.com/weft-net/weft/internal/wgengine"
 )
 
@@ -67,6 +71,7 @@ type host struct {
 	subnet  netip.Prefix
 	be      dataplane.Backend
 	pub     dataplane.Published
+	bpf     *udpbpf.Path // udpbpf mode
 }
 
 func (h *host) ctrIP() netip.Addr { return h.subnet.Addr().Next().Next() }
@@ -81,6 +86,9 @@ type topo struct {
 
 func (t *topo) close() {
 	for _, h := range []*host{t.a, t.b} {
+		if h != nil && h.bpf != nil {
+			h.bpf.Close()
+		}
 		if h != nil && h.be != nil {
 			h.be.Close()
 		}
@@ -132,7 +140,7 @@ func build(mode string, log *slog.Logger) (*topo, error) {
 	if err := netnstest.VethPair(t.a.ns, "eth0", t.b.ns, "eth0"); err != nil {
 		return t, err
 	}
-	mtu := map[string]int{"raw": 1500, "vxlan": 1450, "udp": 1472, "wireguard": 1420, "wggo": 1420}[mode]
+	mtu := map[string]int{"raw": 1500, "vxlan": 1450, "udp": 1472, "udpbpf": 1472, "wireguard": 1420, "wggo": 1420}[mode]
 	for _, h := range hs {
 		if _, err := h.ns.Run("sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
 			return t, err
@@ -183,7 +191,7 @@ func build(mode string, log *slog.Logger) (*topo, error) {
 	}
 	for i, h := range hs {
 		fd := h.ns.Fd()
-		cfg := netconf.Config{BackendType: mode, Backend: json.RawMessage(`{}`), Network: network}
+		cfg := netconf.Config{BackendType: backendType(mode), Backend: json.RawMessage(`{}`), Network: network}
 		if mode == "wireguard" {
 			// Each host its own key (Init reads the environment); no
 			// UAPI socket.
@@ -202,15 +210,52 @@ func build(mode string, log *slog.Logger) (*topo, error) {
 	for _, p := range [][2]*host{{t.a, t.b}, {t.b, t.a}} {
 		own, peer := p[0], p[1]
 		snap := lease.Snapshot{
-			Own: lease.Lease{Subnet: own.subnet, Attrs: lease.Attrs{PublicIP: own.public, BackendType: mode}},
+			Own: lease.Lease{Subnet: own.subnet, Attrs: lease.Attrs{PublicIP: own.public, BackendType: backendType(mode)}},
 			Peers: []*lease.Lease{{Subnet: peer.subnet, Attrs: lease.Attrs{PublicIP: peer.public,
 				BackendType: peer.pub.BackendType, BackendData: peer.pub.BackendData}}},
 		}
 		if err := own.be.Apply(context.Background(), snap); err != nil {
 			return t, err
 		}
+		if mode == "udpbpf" {
+			if err := attachBPF(own, peer); err != nil {
+				return t, err
+			}
+		}
 	}
 	return t, nil
+}
+
+// backendType is the backend a mode runs (udpbpf runs udp's).
+func backendType(mode string) string {
+	if mode == "udpbpf" {
+		return netconf.BackendUDP
+	}
+	return mode
+}
+
+// attachBPF puts internal/udpbpf's programs on own's flannel0 and eth0,
+// with peer as the one peer served in the kernel (the engine stays behind
+// them, as it would in the backend).
+func attachBPF(own, peer *host) error {
+	idx := map[string]int{}
+	for _, name := range []string{dataplane.UDPDeviceName, "eth0"} {
+		l, err := own.ns.Handle.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("udpbpf: %s in %s: %w", name, own.ns.Name, err)
+		}
+		idx[name] = l.Attrs().Index
+	}
+	err := own.ns.Do(func() (err error) {
+		own.bpf, err = udpbpf.Attach(udpbpf.Config{TUNIndex: idx[dataplane.UDPDeviceName], UnderlayIndex: idx["eth0"],
+			Local: own.public, Port: udpfwd.DefaultPort})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	_, err = own.bpf.Set([]udpfwd.Peer{{Subnet: peer.subnet, Addr: netip.AddrPortFrom(peer.public, udpfwd.DefaultPort)}}, own.subnet)
+	return err
 }
 
 // buildWGGo runs a stock wireguard-go on each host, configured with wg as
@@ -495,8 +540,8 @@ func run() error {
 		if !ok {
 			return fmt.Errorf("%s: no ping from %s to %s", m, cli.Name, addr)
 		}
-		if *txqlen > 0 && (m == "udp" || m == "wireguard") {
-			dev := map[string]string{"udp": dataplane.UDPDeviceName, "wireguard": "flannel-wg"}[m]
+		if *txqlen > 0 && (m == "udp" || m == "udpbpf" || m == "wireguard") {
+			dev := map[string]string{"udp": dataplane.UDPDeviceName, "udpbpf": dataplane.UDPDeviceName, "wireguard": "flannel-wg"}[m]
 			for _, h := range []*host{t.a, t.b} {
 				if _, err := h.ns.Run("ip", "link", "set", dev, "txqueuelen", strconv.Itoa(*txqlen)); err != nil {
 					return err
@@ -596,6 +641,14 @@ func run() error {
 		}
 		fmt.Printf("udp / vxlan udp64 pps: %s\n", ratio(med("udp", "udp64", pps), med("vxlan", "udp64", pps)))
 		fmt.Printf("udp engine (this process) CPU during TCP 1 stream: %.0f %% of a core\n", 100*med("udp", "tcp1", self))
+	}
+	if res["udpbpf"] != nil && res["vxlan"] != nil {
+		fmt.Println()
+		for _, tc := range []string{"tcp1", "tcp4"} {
+			fmt.Printf("udpbpf / vxlan %s: %s\n", tc, ratio(med("udpbpf", tc, gbps), med("vxlan", tc, gbps)))
+		}
+		fmt.Printf("udpbpf / vxlan udp64 pps: %s\n", ratio(med("udpbpf", "udp64", pps), med("vxlan", "udp64", pps)))
+		fmt.Printf("udpbpf: this process's CPU during TCP 1 stream (the engine, idle if BPF carries all): %.0f %% of a core\n", 100*med("udpbpf", "tcp1", self))
 	}
 	if res["wireguard"] != nil && res["wggo"] != nil {
 		for _, tc := range []string{"tcp1", "tcp4"} {
