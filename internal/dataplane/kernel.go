@@ -344,6 +344,13 @@ func putScratch(s *scratch) {
 // (1.8 MB and a 20,000-entry index at issue 12's scale). The routes found
 // as wanted are remembered by destination, 32 bytes each.
 func syncRoutes(ctx context.Context, c *rtnl.Conn, family uint8, have routeSource, want map[netip.Prefix]routeWant, t *tally) (*syncStats, func() error, error) {
+	return syncRoutesVia(ctx, c, family, have, want, nil, t)
+}
+
+// syncRoutesVia is syncRoutes that also writes the nexthop objects nh
+// plans, each just before the first route through it (nexthopPlan); nil:
+// none.
+func syncRoutesVia(ctx context.Context, c *rtnl.Conn, family uint8, have routeSource, want map[netip.Prefix]routeWant, nh *nexthopPlan, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
@@ -370,12 +377,16 @@ func syncRoutes(ctx context.Context, c *rtnl.Conn, family uint8, have routeSourc
 	present := sortedSet(sc.dsts, netip.Prefix.Compare)
 	// Add and replace before deleting, so that traffic moves to the new
 	// route rather than through a gap.
-	b := rtnl.NewBatch(c, func(w routeWant, err error) bool {
-		if t.peerRoutes && isUnreachable(err) {
-			t.unreachable = append(t.unreachable, refusedRoute{w, err})
+	b := rtnl.NewBatch(c, func(k routeWrite, err error) bool {
+		if k.nh {
+			t.add(fmt.Errorf("replace nexthop %s: %w", nh.want[k.w.NhID], err))
 			return true
 		}
-		t.add(fmt.Errorf("replace route %s: %w", w, err))
+		if t.peerRoutes && isUnreachable(err) {
+			t.unreachable = append(t.unreachable, refusedRoute{k.w, err})
+			return true
+		}
+		t.add(fmt.Errorf("replace route %s: %w", k.w, err))
 		return true
 	})
 	if len(present) < len(want) {
@@ -386,10 +397,14 @@ func syncRoutes(ctx context.Context, c *rtnl.Conn, family uint8, have routeSourc
 			if b.Pending() == 0 && ctx.Err() != nil {
 				return st, nil, ctx.Err()
 			}
-			b.ReplaceRoute(w, family, rtnl.RouteSpec(w))
+			nh.before(b, w)
+			b.ReplaceRoute(routeWrite{w: w}, family, rtnl.RouteSpec(w))
 		}
-		b.Flush()
 	}
+	if err := nh.rest(ctx, b); err != nil {
+		return st, nil, err
+	}
+	b.Flush()
 	st.Added = b.OK()
 	del := func() error {
 		d := rtnl.NewBatch(c, func(i int, err error) bool {

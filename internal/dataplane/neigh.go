@@ -22,23 +22,28 @@ import (
 // is sent through a half-programmed peer.
 func syncDevice(ctx context.Context, rt *rtnl.Conn, d *Desired, have routeSource, nexthops bool, st *syncStats, t *tally) []error {
 	var errs []error
-	// Nexthop objects before everything: a route through one cannot be
-	// written before it, and deleting one deletes its routes, so stale
-	// ones go last.
+	// A route through a nexthop object cannot be written before it: each
+	// goes just before its route, in the route's batch (nexthopPlan), not
+	// all before the first route. Deleting one deletes its routes, so
+	// stale ones go last.
 	var (
 		nhs   = &syncStats{}
+		nh    *nexthopPlan
 		nhdel func() error
 	)
 	if nexthops || len(d.Nexthops) > 0 {
 		var err error
-		nhs, nhdel, err = syncNexthops(ctx, rt, d.Family, d.Nexthops, t)
+		nh, err = readNexthops(rt, d.Family, d.Nexthops)
 		errs = append(errs, err)
+		if nh != nil {
+			nhdel = nh.deleteStale(ctx, rt, nhs, t)
+		}
 	}
 	fs, fdel, err := syncFDB(ctx, rt, d.Dev, d.FDB, t)
 	errs = append(errs, err)
 	ns, ndel, err := syncNeighs(ctx, rt, d.Family, d.Dev, d.Neighs, t)
 	errs = append(errs, err)
-	rs, rdel, err := syncRoutes(ctx, rt, d.Family, have, d.Routes, t)
+	rs, rdel, err := syncRoutesVia(ctx, rt, d.Family, have, d.Routes, nh, t)
 	errs = append(errs, err)
 	for _, del := range []func() error{rdel, ndel, fdel, nhdel} {
 		if del != nil {

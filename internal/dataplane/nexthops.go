@@ -64,7 +64,7 @@ func nexthopMatches(w, n rtnl.Nexthop) bool {
 }
 
 // foreignNexthops dumps the nexthop objects and returns the ids of every
-// other owner's (weft's are read as they are synced: syncNexthops).
+// other owner's (weft's are read before the routes are synced: readNexthops).
 func foreignNexthops(c *rtnl.Conn) (foreign map[uint32]struct{}, err error) {
 	_, err = rtnl.RetryDump(func() (struct{}, error) {
 		foreign = nil
@@ -83,18 +83,27 @@ func foreignNexthops(c *rtnl.Conn) (foreign map[uint32]struct{}, err error) {
 	return foreign, nil
 }
 
-// syncNexthops makes weft's nexthops of family, read from the kernel as
-// they are dumped, equal to want: it writes the missing and different ones
-// now and returns the delete of the stale ones, which the caller runs after
-// the routes through them are gone or moved (deleting a nexthop deletes its
-// routes). Like syncRoutes it holds no copy of what the kernel has, only
-// the ids found as wanted (4 bytes each; a slice of every nexthop and a map
-// of the good ones were 2 MB at issue 12's 20,000 peers).
-func syncNexthops(ctx context.Context, c *rtnl.Conn, family uint8, want map[uint32]rtnl.Nexthop, t *tally) (*syncStats, func() error, error) {
-	st := &syncStats{}
-	var stale, ok []uint32
+// nexthopPlan is what a full pass read of weft's nexthop objects of one
+// family: the wanted ids the kernel holds as wanted (ok, sorted; 4 bytes
+// each, not a copy of every nexthop: that was 2 MB at issue 12's 20,000
+// peers) and the stale ones. The missing and different ones are written by
+// syncRoutes, each in the batch of the route through it and just before
+// it, so that the first routes go in at once rather than after every
+// nexthop of the pass; those whose route needs no write follow the routes
+// (rest).
+type nexthopPlan struct {
+	want  map[uint32]rtnl.Nexthop
+	ok    []uint32 // sorted
+	wrote []uint32 // written before their route
+	stale []uint32
+}
+
+// readNexthops dumps weft's nexthops of family and plans what makes them
+// equal to want (nexthopPlan); it writes nothing.
+func readNexthops(c *rtnl.Conn, family uint8, want map[uint32]rtnl.Nexthop) (*nexthopPlan, error) {
+	p := &nexthopPlan{want: want}
 	_, err := rtnl.RetryDump(func() (struct{}, error) {
-		stale, ok = stale[:0], ok[:0]
+		p.stale, p.ok = p.stale[:0], p.ok[:0]
 		return struct{}{}, c.DumpNexthops(func(n rtnl.Nexthop) {
 			if n.Protocol != uint8(rtnl.ProtWeft) || n.Family != family {
 				return
@@ -102,37 +111,76 @@ func syncNexthops(ctx context.Context, c *rtnl.Conn, family uint8, want map[uint
 			w, wanted := want[n.ID]
 			switch {
 			case !wanted:
-				stale = append(stale, n.ID)
+				p.stale = append(p.stale, n.ID)
 			case nexthopMatches(w, n):
-				ok = append(ok, n.ID)
+				p.ok = append(p.ok, n.ID)
 			}
 		})
 	})
 	if err != nil {
-		return st, nil, fmt.Errorf("list nexthop objects: %w", err)
+		return nil, fmt.Errorf("list nexthop objects: %w", err)
 	}
-	ok = sortedSet(ok, cmp.Compare[uint32])
-	b := rtnl.NewBatch(c, func(id uint32, err error) bool {
-		t.add(fmt.Errorf("replace nexthop %s: %w", want[id], err))
-		return true
-	})
-	if len(ok) < len(want) {
-		for id, w := range want {
-			if _, found := slices.BinarySearch(ok, id); found {
-				continue
-			}
-			if b.Pending() == 0 && ctx.Err() != nil {
-				return st, nil, ctx.Err()
-			}
-			b.ReplaceNexthop(id, w)
-		}
-		b.Flush()
-	}
-	st.Added = b.OK()
-	return st, deleteNexthops(ctx, c, stale, st, t), nil
+	p.ok = sortedSet(p.ok, cmp.Compare[uint32])
+	return p, nil
 }
 
-// deleteNexthops is the stale-delete step of syncNexthops and applyDiff:
+// routeWrite is the key of a request in syncRoutes' batch: the route w,
+// or (nh) the nexthop object w goes through.
+type routeWrite struct {
+	w  routeWant
+	nh bool
+}
+
+// before queues the nexthop the route w goes through when the kernel lacks
+// it or holds a different one: in the same batch and before w, so that the
+// kernel has made it when it reads w (it handles a batch's requests in
+// order).
+func (p *nexthopPlan) before(b *rtnl.Batch[routeWrite], w routeWant) {
+	if p == nil || w.NhID == 0 {
+		return
+	}
+	n, wanted := p.want[w.NhID]
+	if !wanted {
+		return
+	}
+	if _, found := slices.BinarySearch(p.ok, w.NhID); found {
+		return
+	}
+	b.ReplaceNexthop(routeWrite{w: w, nh: true}, n)
+	p.wrote = append(p.wrote, w.NhID)
+}
+
+// rest queues the wanted nexthops neither held nor written before a route:
+// those whose route was already right (a peer's gateway changed, the route
+// through the id did not).
+func (p *nexthopPlan) rest(ctx context.Context, b *rtnl.Batch[routeWrite]) error {
+	if p == nil || len(p.ok)+len(p.wrote) >= len(p.want) {
+		return nil
+	}
+	p.wrote = sortedSet(p.wrote, cmp.Compare[uint32])
+	for id, n := range p.want {
+		if _, found := slices.BinarySearch(p.ok, id); found {
+			continue
+		}
+		if _, found := slices.BinarySearch(p.wrote, id); found {
+			continue
+		}
+		if b.Pending() == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		b.ReplaceNexthop(routeWrite{w: routeWant{NhID: id}, nh: true}, n)
+	}
+	return nil
+}
+
+// deleteStale returns the delete of the stale nexthops, which the caller
+// runs after the routes through them are gone or moved (deleting a nexthop
+// deletes its routes).
+func (p *nexthopPlan) deleteStale(ctx context.Context, c *rtnl.Conn, st *syncStats, t *tally) func() error {
+	return deleteNexthops(ctx, c, p.stale, st, t)
+}
+
+// deleteNexthops is the stale-delete step of a full pass and applyDiff:
 // "already gone" counts as success.
 func deleteNexthops(ctx context.Context, c *rtnl.Conn, ids []uint32, st *syncStats, t *tally) func() error {
 	return func() error {
