@@ -11,6 +11,9 @@
 // udp:   container to container over weft's udp backend (engine in this process);
 // udpbpf: the udp topology with internal/udpbpf's tc BPF programs attached on
 // both hosts beside the engine (encapsulation in the kernel, same wire format);
+// udpbpf1: the same with BPF on host A (the iperf3 client's) only, so what A
+// sends is received by B's engine: interop of the kernel path with a
+// user-space receiver (-bpf-underlay-tx-off: with A's underlay offloads off);
 // wireguard: container to container over weft's wireguard backend
 // (userspace WireGuard in this process);
 // wggo: container to container over a stock wireguard-go process per host
@@ -140,7 +143,7 @@ func build(mode string, log *slog.Logger) (*topo, error) {
 	if err := netnstest.VethPair(t.a.ns, "eth0", t.b.ns, "eth0"); err != nil {
 		return t, err
 	}
-	mtu := map[string]int{"raw": 1500, "vxlan": 1450, "udp": 1472, "udpbpf": 1472, "wireguard": 1420, "wggo": 1420}[mode]
+	mtu := map[string]int{"raw": 1500, "vxlan": 1450, "udp": 1472, "udpbpf": 1472, "udpbpf1": 1472, "wireguard": 1420, "wggo": 1420}[mode]
 	for _, h := range hs {
 		if _, err := h.ns.Run("sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
 			return t, err
@@ -217,7 +220,7 @@ func build(mode string, log *slog.Logger) (*topo, error) {
 		if err := own.be.Apply(context.Background(), snap); err != nil {
 			return t, err
 		}
-		if mode == "udpbpf" {
+		if mode == "udpbpf" || (mode == "udpbpf1" && own == t.a) {
 			if err := attachBPF(own, peer); err != nil {
 				return t, err
 			}
@@ -228,7 +231,7 @@ func build(mode string, log *slog.Logger) (*topo, error) {
 
 // backendType is the backend a mode runs (udpbpf runs udp's).
 func backendType(mode string) string {
-	if mode == "udpbpf" {
+	if mode == "udpbpf" || mode == "udpbpf1" {
 		return netconf.BackendUDP
 	}
 	return mode
@@ -253,6 +256,14 @@ func attachBPF(own, peer *host) error {
 	})
 	if err != nil {
 		return err
+	}
+	if *bpfTxOff {
+		// The stack then completes inner checksums and segments
+		// UDP-tunnel GSO packets before the veth, as a NIC without
+		// those offloads makes it do.
+		if _, err := own.ns.Run("ethtool", "-K", "eth0", "tx", "off"); err != nil {
+			return err
+		}
 	}
 	_, err = own.bpf.Set([]udpfwd.Peer{{Subnet: peer.subnet, Addr: netip.AddrPortFrom(peer.public, udpfwd.DefaultPort)}}, own.subnet)
 	return err
@@ -497,6 +508,9 @@ func median(xs []float64) float64 {
 
 // showDrops: print where each test's packets were lost (drops.go).
 var showDrops = flag.Bool("drops", false, "after each test, print the kernel counters (sent, received, drops) that moved, per namespace; split UDP loss into path and receiver")
+
+// bpfTxOff turns the underlay's transmit offloads off on hosts running udpbpf.
+var bpfTxOff = flag.Bool("bpf-underlay-tx-off", false, "udpbpf modes: ethtool -K eth0 tx off on the hosts running the BPF path")
 
 // txqlen overrides the TUN devices' queue length (an experiment knob).
 var txqlen = flag.Int("txqlen", 0, "set the udp/wireguard TUN devices' txqueuelen (0: leave the backend's)")

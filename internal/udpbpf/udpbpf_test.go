@@ -138,6 +138,7 @@ func TestPingAndIperf(t *testing.T) {
 				t.Fatal("iperf3 server not listening")
 			}
 		}
+		tx0 := txStats(t, a)
 		out, err := exec.Command("ip", append([]string{"netns", "exec", a.ns.Name, "iperf3", "-c", b.gw().String(), "-B", a.gw().String(), "-t", "2", "-J"}, args...)...).Output()
 		srv.Process.Kill()
 		srv.Wait()
@@ -162,11 +163,27 @@ func TestPingAndIperf(t *testing.T) {
 			if r.End.SumReceived.BitsPerSecond < 1e8 {
 				t.Errorf("TCP through the in-kernel path: %.3f Gbit/s", r.End.SumReceived.BitsPerSecond/1e9)
 			}
-			t.Logf("TCP 1 stream: %.2f Gbit/s", r.End.SumReceived.BitsPerSecond/1e9)
+			// TSO packets cross the underlay veth whole, as SKB_GSO_UDP_TUNNEL
+			// (what vxlan does): frames on average far above the MTU.
+			tx1 := txStats(t, a)
+			avg := float64(tx1.TxBytes-tx0.TxBytes) / float64(tx1.TxPackets-tx0.TxPackets)
+			if avg < 3000 {
+				t.Errorf("TCP: average frame on the underlay %.0f bytes: TSO packets were not sent whole", avg)
+			}
+			t.Logf("TCP 1 stream: %.2f Gbit/s, average underlay frame %.0f bytes", r.End.SumReceived.BitsPerSecond/1e9, avg)
 		} else {
 			t.Logf("UDP 64 B: %.1f Mbit/s, loss %.1f %%", r.End.Sum.BitsPerSecond/1e6, r.End.Sum.LostPercent)
 		}
 	}
+}
+
+func txStats(t *testing.T, h *host) netlink.LinkStatistics {
+	t.Helper()
+	l, err := h.ns.Handle.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return *l.Attrs().Statistics
 }
 
 // inner builds an IPv4/UDP packet from src to dst:9999 carrying payload
