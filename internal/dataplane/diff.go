@@ -33,7 +33,8 @@ type deltaApplier interface {
 // applyDiff writes what differs between old (which the kernel holds, as
 // far as weft knows) and d, the state of a family whose neighbours and
 // routes are of family, in the same order as a full pass: adds FDB,
-// neighbour, route; deletes route, neighbour, FDB. Each step goes to the
+// neighbour, route (its nexthop object just before it); deletes route,
+// neighbour, FDB, nexthop. Each step goes to the
 // kernel in batches on the backend's socket rt, so a bulk change (every peer
 // leaving in one transaction) costs a few hundred sendmsg calls, not one
 // round trip and one receive buffer per entry.
@@ -44,20 +45,6 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 	neighAdd, neighDel := diffMaps(old.Neighs, d.Neighs, func(a, b net.HardwareAddr) bool { return slices.Equal(a, b) })
 	routeAdd, routeDel := diffMaps(old.Routes, d.Routes, func(a, b Route) bool { return a == b })
 
-	if len(nhAdd) > 0 {
-		hb := rtnl.NewBatch(rt, func(id uint32, err error) bool {
-			t.add(fmt.Errorf("replace nexthop %s: %w", d.Nexthops[id], err))
-			return true
-		})
-		for _, id := range nhAdd {
-			hb.ReplaceNexthop(id, d.Nexthops[id])
-		}
-		hb.Flush()
-		st.Added += hb.OK()
-		if ctx.Err() != nil {
-			return st
-		}
-	}
 	fb := rtnl.NewBatch(rt, func(mac [6]byte, err error) bool {
 		t.add(fmt.Errorf("set FDB entry %s dst %s: %w", net.HardwareAddr(mac[:]), d.FDB[mac], err))
 		return true
@@ -82,19 +69,43 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 	if ctx.Err() != nil {
 		return st
 	}
-	rb := rtnl.NewBatch(rt, func(dst netip.Prefix, err error) bool {
-		t.add(fmt.Errorf("write route %s: %w", d.Routes[dst], err))
+	// A nexthop object goes in the route batch just before the route
+	// through it (the kernel reads a batch in order): a join costs one
+	// sendmsg less, and a bulk add's first routes do not wait for every
+	// nexthop. Those whose route does not change follow the routes.
+	var nhWrote []uint32
+	rb := rtnl.NewBatch(rt, func(k deltaWrite, err error) bool {
+		if k.nh != 0 {
+			t.add(fmt.Errorf("replace nexthop %s: %w", d.Nexthops[k.nh], err))
+		} else {
+			t.add(fmt.Errorf("write route %s: %w", d.Routes[k.dst], err))
+		}
 		return true
 	})
 	for _, dst := range routeAdd {
+		w := d.Routes[dst]
+		if n, ok := d.Nexthops[w.NhID]; ok && w.NhID != 0 {
+			if o, had := old.Nexthops[w.NhID]; !had || o != n {
+				rb.ReplaceNexthop(deltaWrite{nh: w.NhID}, n)
+				nhWrote = append(nhWrote, w.NhID)
+			}
+		}
 		// Only a route weft already holds is replaced. A new destination
 		// is added exclusively: a route of another owner that appeared
 		// since the last full pass makes it fail (EEXIST), and the full
 		// pass that follows leaves that route alone.
 		if _, ours := old.Routes[dst]; ours {
-			rb.ReplaceRoute(dst, family, rtnl.RouteSpec(d.Routes[dst]))
+			rb.ReplaceRoute(deltaWrite{dst: dst}, family, rtnl.RouteSpec(w))
 		} else {
-			rb.AddRoute(dst, family, rtnl.RouteSpec(d.Routes[dst]))
+			rb.AddRoute(deltaWrite{dst: dst}, family, rtnl.RouteSpec(w))
+		}
+	}
+	if len(nhWrote) < len(nhAdd) {
+		slices.Sort(nhWrote)
+		for _, id := range nhAdd {
+			if _, done := slices.BinarySearch(nhWrote, id); !done {
+				rb.ReplaceNexthop(deltaWrite{nh: id}, d.Nexthops[id])
+			}
 		}
 	}
 	rb.Flush()
@@ -151,6 +162,13 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 	}
 	_ = deleteNexthops(ctx, rt, nhStale, &st, t)()
 	return st
+}
+
+// deltaWrite is the key of a request in applyDiff's route batch: the
+// route to dst, or the nexthop object nh.
+type deltaWrite struct {
+	dst netip.Prefix
+	nh  uint32
 }
 
 // fdbEntry names an FDB entry in messages.
