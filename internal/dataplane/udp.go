@@ -44,10 +44,26 @@ package dataplane
 // table. TCP connections survive a restart of a few seconds (their
 // retransmissions get through afterwards). flanneld deletes flannel0 on
 // exit, taking the route with it.
+//
+// In-kernel path (internal/udpbpf). When the kernel allows it (tcx, ≥ 6.6,
+// root) the engine starts with tc BPF programs beside it on flannel0 and the
+// underlay that encapsulate and decapsulate in the kernel, as vxlan does, in
+// the same wire format: packets to and from the peers it serves never reach
+// the engine. It serves only peers whose lease names a weft host
+// (WeftNodeName), which decapsulate in the kernel too: toward a user-space
+// receiver (flanneld) a TSO packet or a partial inner checksum would cross a
+// veth underlay unfinished (see udpbpf's notes). Everything else, flanneld
+// peers, unknown destinations (net unreachable), datagrams the programs do
+// not admit (counted by the engine), stays with the engine.
+// WEFT_UDP_BPF=off keeps the engine alone; a kernel that refuses is logged
+// once and the engine runs alone.
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"os"
 	"strings"
 
 	"github.com/vishvananda/netns"
@@ -57,8 +73,12 @@ import (
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
 	"github.com/weft-net/weft/internal/rtnl"
+	"github.com/weft-net/weft/internal/udpbpf"
 	"github.com/weft-net/weft/internal/udpfwd"
 )
+
+// UDPBPFEnv turns the udp backend's in-kernel path off when "off".
+const UDPBPFEnv = "WEFT_UDP_BPF"
 
 // UDPDeviceName is flannel's TUN device name for the udp backend.
 const UDPDeviceName = "flannel0"
@@ -88,6 +108,12 @@ type udpDev struct {
 	eng   *udpfwd.Engine
 	carry *udpfwd.Table // the peers of an engine stopped for a restart, for the next one
 	hooks UDPHooks      // set before Init
+	bpf   *udpbpf.Path  // the in-kernel path beside the engine; nil when off or refused
+	// bpfPeers are the last peers and own subnet handed to bpf, for a path
+	// attached anew (a recreated flannel0).
+	bpfPeers  []udpfwd.Peer
+	bpfOwn    netip.Prefix
+	bpfLogged bool // the kernel's refusal is logged once
 }
 
 // UDPHooks are the udp backend's counters; internal/metrics implements them.
@@ -188,6 +214,7 @@ func (b *udpDev) init(host Host) error {
 // package notes on restarts).
 func (b *udpDev) Close() error {
 	b.closed.Store(true)
+	b.closeBPF()
 	if b.eng != nil {
 		err := b.eng.Close()
 		b.eng = nil
@@ -204,6 +231,7 @@ func (b *udpDev) Close() error {
 // trusted with a place in the table (udpfwd.NewTable).
 func (b *udpDev) setPeers(snap lease.Snapshot, d *Desired) []skippedPeer {
 	var skipped []skippedPeer
+	var kernel []udpfwd.Peer
 	peers := make([]udpfwd.Peer, 0, len(snap.Peers))
 	for _, p := range snap.Peers {
 		sub := p.Subnet.Masked()
@@ -216,7 +244,12 @@ func (b *udpDev) setPeers(snap lease.Snapshot, d *Desired) []skippedPeer {
 			continue
 		}
 		peers = append(peers, udpfwd.Peer{Subnet: sub, Addr: netip.AddrPortFrom(p.Attrs.PublicIP, uint16(b.port))})
+		if p.Attrs.NodeName != "" { // a weft host: it decapsulates in the kernel too
+			kernel = append(kernel, peers[len(peers)-1])
+		}
 	}
+	b.bpfPeers, b.bpfOwn = kernel, d.Own
+	b.setBPFPeers()
 	tbl, bad := udpfwd.NewTable(d.Own, peers)
 	for _, sk := range bad {
 		skipped = append(skipped, skippedPeer{peer: sk.Subnet, reason: SkipInvalid, msg: sk.Reason})
@@ -274,5 +307,71 @@ func (b *udpDev) startEngine(dev tun.Device) error {
 		b.carry = nil
 	}
 	b.eng = eng
+	b.attachBPF(dev)
 	return nil
+}
+
+// attachBPF puts the in-kernel path on dev (flannel0, just opened) and the
+// underlay, replacing any earlier one, and hands it the last peers. It runs
+// in the host's namespace (tcx resolves ifindexes there). Failure is not an
+// error: the engine forwards everything, as without it.
+func (b *udpDev) attachBPF(dev tun.Device) {
+	b.closeBPF()
+	if os.Getenv(UDPBPFEnv) == "off" {
+		return
+	}
+	err := func() error {
+		name, err := dev.Name()
+		if err != nil {
+			return err
+		}
+		tunIf, err := net.InterfaceByName(name)
+		if err != nil {
+			return err
+		}
+		under := b.host.IfaceIndex
+		if under == 0 {
+			ifc, err := net.InterfaceByName(b.host.IfaceName)
+			if err != nil {
+				return err
+			}
+			under = ifc.Index
+		}
+		b.bpf, err = udpbpf.Attach(udpbpf.Config{TUNIndex: tunIf.Index, UnderlayIndex: under, Local: b.host.IfaceAddr, Port: uint16(b.port)})
+		return err
+	}()
+	if err != nil {
+		if !b.bpfLogged {
+			b.bpfLogged = true
+			lvl := "error"
+			if errors.Is(err, udpbpf.ErrUnsupported) {
+				lvl = "kernel refuses"
+			}
+			b.log.Info("udp: in-kernel path not attached; the engine forwards everything", "why", lvl, "err", err)
+		}
+		return
+	}
+	b.log.Info("udp: in-kernel path attached (tc BPF on flannel0 and the underlay)", "underlay", b.host.IfaceName)
+	b.setBPFPeers()
+}
+
+// setBPFPeers hands the in-kernel path the peers it serves.
+func (b *udpDev) setBPFPeers() {
+	if b.bpf == nil || !b.bpfOwn.IsValid() {
+		return
+	}
+	if _, err := b.bpf.Set(b.bpfPeers, b.bpfOwn); err != nil {
+		// What is not in the maps goes through the engine.
+		b.log.Warn("udp: in-kernel path: peers not all programmed; the engine forwards for the rest", "err", err)
+	}
+}
+
+// closeBPF detaches the in-kernel path: the engine takes every packet.
+func (b *udpDev) closeBPF() {
+	if b.bpf != nil {
+		if err := b.bpf.Close(); err != nil {
+			b.log.Warn("udp: detach the in-kernel path", "err", err)
+		}
+		b.bpf = nil
+	}
 }

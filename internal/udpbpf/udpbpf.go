@@ -42,8 +42,11 @@
 // meant to be given only peers that decapsulate in the kernel too (weft
 // hosts running this package); the caller decides (see Set).
 //
-// Status: a prototype, measured by bench/udp's mode udpbpf; it is not wired
-// into the udp backend (internal/dataplane/udp.go), and weftd does not use it.
+// Status: a prototype, measured by bench/udp's modes udpbpf and udpbpf1. The
+// udp backend (internal/dataplane/udp.go) attaches it beside the engine and
+// serves weft peers (leases with WeftNodeName) through it; WEFT_UDP_BPF=off
+// keeps the engine alone. Not handled yet: a recreated underlay interface (the
+// ingress program stays on the old ifindex until flannel0 is reopened).
 package udpbpf
 
 import (
