@@ -9,11 +9,14 @@
 // raw:   iperf3 between host A and host B over the underlay veth (the limit);
 // vxlan: container to container over weft's vxlan backend (kernel vxlan);
 // udp:   container to container over weft's udp backend (engine in this process);
-// udpbpf: the udp topology with internal/udpbpf's tc BPF programs attached on
-// both hosts beside the engine (encapsulation in the kernel, same wire format);
-// udpbpf1: the same with BPF on host A (the iperf3 client's) only, so what A
-// sends is received by B's engine: interop of the kernel path with a
-// user-space receiver (-bpf-underlay-tx-off: with A's underlay offloads off);
+// (udp runs with WEFT_UDP_BPF=off: the engine alone);
+// udpbpf: the udp backend with its in-kernel path (internal/udpbpf's tc BPF
+// programs beside the engine), both peers' leases naming a weft host, so
+// both directions are encapsulated in the kernel;
+// udpbpf1: the same but only host A (the iperf3 client's) sees its peer as
+// a weft host, so what A sends goes out through BPF and is received by B's
+// engine: the kernel path toward a user-space receiver such as flanneld
+// (-bpf-underlay-tx-off: with A's underlay offloads off);
 // wireguard: container to container over weft's wireguard backend
 // (userspace WireGuard in this process);
 // wggo: container to container over a stock wireguard-go process per host
@@ -54,8 +57,6 @@ import (
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/netconf"
 	"github.com/weft-net/weft/internal/testutil/netnstest"
-	"github.com/weft-net/weft/internal/udpbpf"
-	"github.com/weft-net/weft/internal/udpfwd"
 	"github.com/weft-net/weft/internal/wgengine"
 )
 
@@ -74,7 +75,6 @@ type host struct {
 	subnet  netip.Prefix
 	be      dataplane.Backend
 	pub     dataplane.Published
-	bpf     *udpbpf.Path // udpbpf mode
 }
 
 func (h *host) ctrIP() netip.Addr { return h.subnet.Addr().Next().Next() }
@@ -89,9 +89,6 @@ type topo struct {
 
 func (t *topo) close() {
 	for _, h := range []*host{t.a, t.b} {
-		if h != nil && h.bpf != nil {
-			h.bpf.Close()
-		}
 		if h != nil && h.be != nil {
 			h.be.Close()
 		}
@@ -201,6 +198,12 @@ func build(mode string, log *slog.Logger) (*topo, error) {
 			os.Setenv(wgengine.KeyFileEnv, filepath.Join(t.dir, fmt.Sprintf("h%d.key", i)))
 			os.Setenv(wgengine.SocketDirEnv, "-")
 		}
+		// The backend reads it when its engine starts (in Init).
+		bpf := "off"
+		if mode == "udpbpf" || mode == "udpbpf1" {
+			bpf = ""
+		}
+		os.Setenv(dataplane.UDPBPFEnv, bpf)
 		be, err := dataplane.NewBackend(cfg, dataplane.Host{IfaceName: "eth0", NetNS: &fd}, h.ns.Handle, log)
 		if err != nil {
 			return t, err
@@ -217,13 +220,20 @@ func build(mode string, log *slog.Logger) (*topo, error) {
 			Peers: []*lease.Lease{{Subnet: peer.subnet, Attrs: lease.Attrs{PublicIP: peer.public,
 				BackendType: peer.pub.BackendType, BackendData: peer.pub.BackendData}}},
 		}
+		if mode == "udpbpf" || (mode == "udpbpf1" && own == t.a) {
+			// A weft peer: the udp backend serves it in the kernel.
+			snap.Peers[0].Attrs.NodeName = peer.ns.Name
+			if *bpfTxOff {
+				// The stack then completes inner checksums and segments
+				// UDP-tunnel GSO packets before the veth, as a NIC without
+				// those offloads makes it do.
+				if _, err := own.ns.Run("ethtool", "-K", "eth0", "tx", "off"); err != nil {
+					return t, err
+				}
+			}
+		}
 		if err := own.be.Apply(context.Background(), snap); err != nil {
 			return t, err
-		}
-		if mode == "udpbpf" || (mode == "udpbpf1" && own == t.a) {
-			if err := attachBPF(own, peer); err != nil {
-				return t, err
-			}
 		}
 	}
 	return t, nil
@@ -235,38 +245,6 @@ func backendType(mode string) string {
 		return netconf.BackendUDP
 	}
 	return mode
-}
-
-// attachBPF puts internal/udpbpf's programs on own's flannel0 and eth0,
-// with peer as the one peer served in the kernel (the engine stays behind
-// them, as it would in the backend).
-func attachBPF(own, peer *host) error {
-	idx := map[string]int{}
-	for _, name := range []string{dataplane.UDPDeviceName, "eth0"} {
-		l, err := own.ns.Handle.LinkByName(name)
-		if err != nil {
-			return fmt.Errorf("udpbpf: %s in %s: %w", name, own.ns.Name, err)
-		}
-		idx[name] = l.Attrs().Index
-	}
-	err := own.ns.Do(func() (err error) {
-		own.bpf, err = udpbpf.Attach(udpbpf.Config{TUNIndex: idx[dataplane.UDPDeviceName], UnderlayIndex: idx["eth0"],
-			Local: own.public, Port: udpfwd.DefaultPort})
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	if *bpfTxOff {
-		// The stack then completes inner checksums and segments
-		// UDP-tunnel GSO packets before the veth, as a NIC without
-		// those offloads makes it do.
-		if _, err := own.ns.Run("ethtool", "-K", "eth0", "tx", "off"); err != nil {
-			return err
-		}
-	}
-	_, err = own.bpf.Set([]udpfwd.Peer{{Subnet: peer.subnet, Addr: netip.AddrPortFrom(peer.public, udpfwd.DefaultPort)}}, own.subnet)
-	return err
 }
 
 // buildWGGo runs a stock wireguard-go on each host, configured with wg as
