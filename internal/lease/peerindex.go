@@ -138,7 +138,7 @@ func macClaim(kind claimKind, raw []byte) (claim, bool) {
 		return claim{}, false
 	}
 	c := claim{kind: kind}
-	if s, ok := canonicalVtepMAC(string(raw)); ok && hexMAC(s, c.val[:6]) {
+	if s, ok := canonicalVtepMAC(raw); ok && hexMAC(s, c.val[:6]) {
 		return c, c.val[0]&1 == 0 && c.val != [16]byte{}
 	}
 	mac, present, err := VtepMAC(raw)
@@ -150,7 +150,7 @@ func macClaim(kind claimKind, raw []byte) (claim, bool) {
 }
 
 // hexMAC parses "xx:xx:xx:xx:xx:xx" into out; false for anything else.
-func hexMAC(s string, out []byte) bool {
+func hexMAC[T ~string | ~[]byte](s T, out []byte) bool {
 	if len(s) != 17 {
 		return false
 	}
