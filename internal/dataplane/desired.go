@@ -38,7 +38,14 @@ type Desired struct {
 	FDB    map[[6]byte]netip.Addr
 	// Nexthops are the kernel nexthop objects the routes go through, by
 	// id (nexthops.go): IPv4 vxlan peers' on a kernel that makes them.
+	// Only Render fills it, for its callers: the driver's states keep the
+	// nexthops implicit in the routes (nh), since a route through one
+	// carries all the object holds.
 	Nexthops map[uint32]rtnl.Nexthop
+	// nh is the ids of the nexthops the routes go through, each with the
+	// prefix length of its route, whose destination's address is the id
+	// (nexthopID): 8 bytes a peer where the objects were ~100 (issue 12).
+	nh map[uint32]uint8
 	// Skipped are the peers of the snapshot that asked for nothing this
 	// backend can program, and why, in snapshot order.
 	Skipped []skippedPeer
@@ -78,10 +85,10 @@ func (e PeerEntries) usesNeigh() bool { return e.MAC != nil && !e.Direct }
 func (d *Desired) add(e PeerEntries) {
 	d.Routes[e.Route.Dst] = e.Route
 	if e.Route.NhID != 0 {
-		if d.Nexthops == nil {
-			d.Nexthops = make(map[uint32]rtnl.Nexthop)
+		if d.nh == nil {
+			d.nh = make(map[uint32]uint8)
 		}
-		d.Nexthops[e.Route.NhID] = nexthopOf(e.Route)
+		d.nh[e.Route.NhID] = uint8(e.Route.Dst.Bits())
 	}
 	if e.usesNeigh() {
 		d.Neighs[e.Route.Gw] = e.MAC
@@ -92,7 +99,7 @@ func (d *Desired) add(e PeerEntries) {
 func (d *Desired) remove(e PeerEntries) {
 	delete(d.Routes, e.Route.Dst)
 	if e.Route.NhID != 0 {
-		delete(d.Nexthops, e.Route.NhID)
+		delete(d.nh, e.Route.NhID)
 	}
 	if e.usesNeigh() {
 		delete(d.Neighs, e.Route.Gw)
@@ -160,14 +167,14 @@ func (s *spec) render(snap lease.Snapshot, f Facts, reuse *Desired) *Desired {
 		clear(d.Routes)
 		clear(d.Neighs)
 		clear(d.FDB)
-		clear(d.Nexthops)
+		clear(d.nh)
 		d.Own, d.Dev, d.Addr, d.Skipped = own, f.Dev, netip.Prefix{}, d.Skipped[:0]
 	} else {
 		d = newDesired(s.family, s.device, own, f.Dev, len(snap.Peers))
 		if f.Nexthops {
 			// Sized like the other maps: grown from empty, its doublings
 			// were 3 MB of garbage at 20,000 peers (issue 12).
-			d.Nexthops = make(map[uint32]rtnl.Nexthop, len(snap.Peers))
+			d.nh = make(map[uint32]uint8, len(snap.Peers))
 		}
 	}
 	if s.addr && own.IsValid() {
@@ -236,7 +243,9 @@ func Render(cfg netconf.Config, host Host, snap lease.Snapshot, facts func(famil
 		if facts != nil {
 			f = facts(specs[i].family)
 		}
-		out = append(out, specs[i].render(snap, f, nil))
+		d := specs[i].render(snap, f, nil)
+		d.Nexthops = d.nexthopObjects()
+		out = append(out, d)
 	}
 	return out, nil
 }

@@ -40,7 +40,7 @@ type deltaApplier interface {
 // round trip and one receive buffer per entry.
 func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired, t *tally) syncStats {
 	var st syncStats
-	nhAdd, nhDel := diffMaps(old.Nexthops, d.Nexthops, func(a, b rtnl.Nexthop) bool { return a == b })
+	nhAdd, nhStale := diffNexthops(old, d)
 	fdbAdd, fdbDel := diffMaps(old.FDB, d.FDB, func(a, b netip.Addr) bool { return a == b })
 	neighAdd, neighDel := diffMaps(old.Neighs, d.Neighs, func(a, b net.HardwareAddr) bool { return slices.Equal(a, b) })
 	routeAdd, routeDel := diffMaps(old.Routes, d.Routes, func(a, b Route) bool { return a == b })
@@ -76,7 +76,8 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 	var nhWrote []uint32
 	rb := rtnl.NewBatch(rt, func(k deltaWrite, err error) bool {
 		if k.nh != 0 {
-			t.add(fmt.Errorf("replace nexthop %s: %w", d.Nexthops[k.nh], err))
+			n, _ := d.nexthop(k.nh)
+			t.add(fmt.Errorf("replace nexthop %s: %w", n, err))
 		} else {
 			t.add(fmt.Errorf("write route %s: %w", d.Routes[k.dst], err))
 		}
@@ -84,8 +85,8 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 	})
 	for _, dst := range routeAdd {
 		w := d.Routes[dst]
-		if n, ok := d.Nexthops[w.NhID]; ok && w.NhID != 0 {
-			if o, had := old.Nexthops[w.NhID]; !had || o != n {
+		if n, ok := d.nexthop(w.NhID); ok && w.NhID != 0 {
+			if o, had := old.nexthop(w.NhID); !had || o != n {
 				rb.ReplaceNexthop(deltaWrite{nh: w.NhID}, n)
 				nhWrote = append(nhWrote, w.NhID)
 			}
@@ -104,7 +105,8 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 		slices.Sort(nhWrote)
 		for _, id := range nhAdd {
 			if _, done := slices.BinarySearch(nhWrote, id); !done {
-				rb.ReplaceNexthop(deltaWrite{nh: id}, d.Nexthops[id])
+				n, _ := d.nexthop(id)
+				rb.ReplaceNexthop(deltaWrite{nh: id}, n)
 			}
 		}
 	}
@@ -154,14 +156,34 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 	fd.Flush()
 	st.Deleted += fd.OK()
 	// Last: deleting a nexthop deletes the routes through it.
-	nhStale := nhDel[:0]
-	for _, id := range nhDel {
-		if _, ok := d.Nexthops[id]; !ok {
-			nhStale = append(nhStale, id) // else replaced above
-		}
-	}
 	_ = deleteNexthops(ctx, rt, nhStale, &st, t)()
 	return st
+}
+
+// diffNexthops lists the nexthops d's routes go through that old's do
+// not, or differently (to replace), and those old's go through and d's do
+// not (to delete; a changed one is replaced, not deleted).
+func diffNexthops(old, d *Desired) (add, stale []uint32) {
+	kept := 0
+	for id := range d.nh {
+		n, _ := d.nexthop(id)
+		o, had := old.nexthop(id)
+		if _, in := old.nh[id]; in {
+			kept++
+		}
+		if !had || o != n {
+			add = append(add, id)
+		}
+	}
+	if kept == len(old.nh) {
+		return add, nil // every one of old's is still gone through
+	}
+	for id := range old.nh {
+		if _, ok := d.nh[id]; !ok {
+			stale = append(stale, id)
+		}
+	}
+	return add, stale
 }
 
 // deltaWrite is the key of a request in applyDiff's route batch: the

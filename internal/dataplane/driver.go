@@ -472,7 +472,6 @@ func (v *driver) nexthopFilter() func(rtnl.NexthopUpdate) bool {
 	return func(u rtnl.NexthopUpdate) bool {
 		v.wantMu.RLock()
 		defer v.wantMu.RUnlock()
-		d := v.want.Load()
-		return nexthopDrift(d.nexthopsOrNil(), d != nil && d.Routes != nil, u)
+		return nexthopDrift(v.want.Load(), u)
 	}
 }

@@ -379,7 +379,8 @@ func syncRoutesVia(ctx context.Context, c *rtnl.Conn, family uint8, have routeSo
 	// route rather than through a gap.
 	b := rtnl.NewBatch(c, func(k routeWrite, err error) bool {
 		if k.nh {
-			t.add(fmt.Errorf("replace nexthop %s: %w", nh.want[k.w.NhID], err))
+			n, _ := nh.want.nexthop(k.w.NhID)
+			t.add(fmt.Errorf("replace nexthop %s: %w", n, err))
 			return true
 		}
 		if t.peerRoutes && isUnreachable(err) {

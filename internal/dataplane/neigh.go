@@ -31,9 +31,9 @@ func syncDevice(ctx context.Context, rt *rtnl.Conn, d *Desired, have routeSource
 		nh    *nexthopPlan
 		nhdel func() error
 	)
-	if nexthops || len(d.Nexthops) > 0 {
+	if nexthops || len(d.nh) > 0 {
 		var err error
-		nh, err = readNexthops(rt, d.Family, d.Nexthops)
+		nh, err = readNexthops(rt, d.Family, d)
 		errs = append(errs, err)
 		if nh != nil {
 			nhdel = nh.deleteStale(ctx, rt, nhs, t)

@@ -92,15 +92,15 @@ func foreignNexthops(c *rtnl.Conn) (foreign map[uint32]struct{}, err error) {
 // nexthop of the pass; those whose route needs no write follow the routes
 // (rest).
 type nexthopPlan struct {
-	want  map[uint32]rtnl.Nexthop
+	want  *Desired
 	ok    []uint32 // sorted
 	wrote []uint32 // written before their route
 	stale []uint32
 }
 
 // readNexthops dumps weft's nexthops of family and plans what makes them
-// equal to want (nexthopPlan); it writes nothing.
-func readNexthops(c *rtnl.Conn, family uint8, want map[uint32]rtnl.Nexthop) (*nexthopPlan, error) {
+// equal to those want's routes go through (nexthopPlan); it writes nothing.
+func readNexthops(c *rtnl.Conn, family uint8, want *Desired) (*nexthopPlan, error) {
 	p := &nexthopPlan{want: want}
 	_, err := rtnl.RetryDump(func() (struct{}, error) {
 		p.stale, p.ok = p.stale[:0], p.ok[:0]
@@ -108,7 +108,7 @@ func readNexthops(c *rtnl.Conn, family uint8, want map[uint32]rtnl.Nexthop) (*ne
 			if n.Protocol != uint8(rtnl.ProtWeft) || n.Family != family {
 				return
 			}
-			w, wanted := want[n.ID]
+			w, wanted := want.nexthop(n.ID)
 			switch {
 			case !wanted:
 				p.stale = append(p.stale, n.ID)
@@ -139,7 +139,7 @@ func (p *nexthopPlan) before(b *rtnl.Batch[routeWrite], w routeWant) {
 	if p == nil || w.NhID == 0 {
 		return
 	}
-	n, wanted := p.want[w.NhID]
+	n, wanted := p.want.nexthop(w.NhID)
 	if !wanted {
 		return
 	}
@@ -154,11 +154,11 @@ func (p *nexthopPlan) before(b *rtnl.Batch[routeWrite], w routeWant) {
 // those whose route was already right (a peer's gateway changed, the route
 // through the id did not).
 func (p *nexthopPlan) rest(ctx context.Context, b *rtnl.Batch[routeWrite]) error {
-	if p == nil || len(p.ok)+len(p.wrote) >= len(p.want) {
+	if p == nil || len(p.ok)+len(p.wrote) >= len(p.want.nh) {
 		return nil
 	}
 	p.wrote = sortedSet(p.wrote, cmp.Compare[uint32])
-	for id, n := range p.want {
+	for id := range p.want.nh {
 		if _, found := slices.BinarySearch(p.ok, id); found {
 			continue
 		}
@@ -168,7 +168,9 @@ func (p *nexthopPlan) rest(ctx context.Context, b *rtnl.Batch[routeWrite]) error
 		if b.Pending() == 0 && ctx.Err() != nil {
 			return ctx.Err()
 		}
-		b.ReplaceNexthop(routeWrite{w: routeWant{NhID: id}, nh: true}, n)
+		if n, ok := p.want.nexthop(id); ok {
+			b.ReplaceNexthop(routeWrite{w: routeWant{NhID: id}, nh: true}, n)
+		}
 	}
 	return nil
 }
@@ -207,23 +209,50 @@ func deleteNexthops(ctx context.Context, c *rtnl.Conn, ids []uint32, st *syncSta
 }
 
 // nexthopDrift reports whether the nexthop notification u removes a
-// nexthop weft wants (want nil: before the first apply). The kernel sends
-// no route notification for the routes a removed nexthop takes with it,
-// so this is the only sign of their loss.
-func nexthopDrift(want map[uint32]rtnl.Nexthop, published bool, u rtnl.NexthopUpdate) bool {
+// nexthop weft wants, one the routes of want go through (want nil or
+// without routes: before the first apply). The kernel sends no route
+// notification for the routes a removed nexthop takes with it, so this is
+// the only sign of their loss.
+func nexthopDrift(want *Desired, u rtnl.NexthopUpdate) bool {
 	if !u.Deleted || u.Protocol != uint8(rtnl.ProtWeft) {
 		return false
 	}
-	if !published {
+	if want == nil || want.Routes == nil {
 		return true
 	}
-	_, ok := want[u.ID]
+	_, ok := want.nh[u.ID]
 	return ok
 }
 
-func (d *Desired) nexthopsOrNil() map[uint32]rtnl.Nexthop {
+// nexthop is the nexthop object of id that d's routes go through: the
+// route whose destination's address is the id (nexthopID) says it all.
+func (d *Desired) nexthop(id uint32) (rtnl.Nexthop, bool) {
 	if d == nil {
+		return rtnl.Nexthop{}, false
+	}
+	bits, ok := d.nh[id]
+	if !ok {
+		return rtnl.Nexthop{}, false
+	}
+	a := netip.AddrFrom4([4]byte{byte(id >> 24), byte(id >> 16), byte(id >> 8), byte(id)})
+	w, ok := d.Routes[netip.PrefixFrom(a, int(bits))]
+	if !ok || w.NhID != id {
+		return rtnl.Nexthop{}, false
+	}
+	return nexthopOf(w), true
+}
+
+// nexthopObjects are the nexthop objects d's routes go through, by id
+// (nil when d has none to go through).
+func (d *Desired) nexthopObjects() map[uint32]rtnl.Nexthop {
+	if d.nh == nil {
 		return nil
 	}
-	return d.Nexthops
+	m := make(map[uint32]rtnl.Nexthop, len(d.nh))
+	for id := range d.nh {
+		if n, ok := d.nexthop(id); ok {
+			m[id] = n
+		}
+	}
+	return m
 }
