@@ -34,7 +34,7 @@ type Desired struct {
 	Dev    int          // the device index the routes point at (0: none)
 	Addr   netip.Prefix // the device address (zero: none)
 	Routes map[netip.Prefix]Route
-	Neighs map[netip.Addr]net.HardwareAddr
+	Neighs map[netip.Addr]MAC
 	FDB    map[[6]byte]netip.Addr
 	// Nexthops are the kernel nexthop objects the routes go through, by
 	// id (nexthops.go): IPv4 vxlan peers' on a kernel that makes them.
@@ -55,10 +55,17 @@ func newDesired(family uint8, device string, own netip.Prefix, dev, n int) *Desi
 	return &Desired{
 		Family: family, Device: device, Own: own, Dev: dev,
 		Routes: make(map[netip.Prefix]Route, n+1),
-		Neighs: make(map[netip.Addr]net.HardwareAddr, n),
+		Neighs: make(map[netip.Addr]MAC, n),
 		FDB:    make(map[[6]byte]netip.Addr, n),
 	}
 }
+
+// MAC is a neighbour's link-layer address, kept in place: a map of
+// net.HardwareAddr held a slice header and a separate array for each
+// peer's (issue 12).
+type MAC [6]byte
+
+func (m MAC) String() string { return net.HardwareAddr(m[:]).String() }
 
 // nexthopOf is the nexthop object the route w goes through.
 func nexthopOf(w Route) rtnl.Nexthop {
@@ -91,7 +98,7 @@ func (d *Desired) add(e PeerEntries) {
 		d.nh[e.Route.NhID] = uint8(e.Route.Dst.Bits())
 	}
 	if e.usesNeigh() {
-		d.Neighs[e.Route.Gw] = e.MAC
+		d.Neighs[e.Route.Gw] = MAC(e.MAC)
 		d.FDB[[6]byte(e.MAC)] = e.Dst
 	}
 }

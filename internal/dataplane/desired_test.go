@@ -1,7 +1,6 @@
 package dataplane
 
 import (
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -47,7 +46,7 @@ func TestRender(t *testing.T) {
 		want: Desired{
 			Family: unix.AF_INET, Device: "flannel.1", Own: own, Dev: dev, Addr: netip.PrefixFrom(own.Addr(), 32),
 			Routes: map[netip.Prefix]Route{peerSubnet(2): onlink(2), peerSubnet(3): onlink(3), own: blackhole},
-			Neighs: map[netip.Addr]net.HardwareAddr{peerSubnet(2).Addr(): mac(2), peerSubnet(3).Addr(): mac(3)},
+			Neighs: map[netip.Addr]MAC{peerSubnet(2).Addr(): MAC(mac(2)), peerSubnet(3).Addr(): MAC(mac(3))},
 			FDB:    map[[6]byte]netip.Addr{[6]byte(mac(2)): publicIP(2), [6]byte(mac(3)): publicIP(3)},
 		},
 		skipped: map[netip.Prefix]string{peerSubnet(4): SkipInvalid, peerSubnet(5): SkipInvalid},
@@ -59,7 +58,7 @@ func TestRender(t *testing.T) {
 		want: Desired{
 			Family: unix.AF_INET, Device: "flannel.1", Own: own, Dev: dev, Addr: netip.PrefixFrom(own.Addr(), 32),
 			Routes: map[netip.Prefix]Route{peerSubnet(2): onlink(2), own: blackhole},
-			Neighs: map[netip.Addr]net.HardwareAddr{peerSubnet(2).Addr(): mac(2)},
+			Neighs: map[netip.Addr]MAC{peerSubnet(2).Addr(): MAC(mac(2))},
 			FDB:    map[[6]byte]netip.Addr{[6]byte(mac(2)): publicIP(2)},
 		},
 		skipped: map[netip.Prefix]string{peerSubnet(3): SkipForeignRoute},
@@ -70,7 +69,7 @@ func TestRender(t *testing.T) {
 		want: Desired{
 			Family: unix.AF_INET, Device: "flannel.1", Own: own, Dev: dev, Addr: netip.PrefixFrom(own.Addr(), 32),
 			Routes: map[netip.Prefix]Route{peerSubnet(2): {Dst: peerSubnet(2), Gw: publicIP(2), Link: iface}, peerSubnet(7): onlink(7), own: blackhole},
-			Neighs: map[netip.Addr]net.HardwareAddr{peerSubnet(7).Addr(): mac(7)},
+			Neighs: map[netip.Addr]MAC{peerSubnet(7).Addr(): MAC(mac(7))},
 			FDB:    map[[6]byte]netip.Addr{[6]byte(mac(7)): netip.MustParseAddr("198.51.100.7")},
 		},
 	}, {
@@ -80,7 +79,7 @@ func TestRender(t *testing.T) {
 		want: Desired{
 			Family: unix.AF_INET, Own: own, Dev: dev,
 			Routes: map[netip.Prefix]Route{peerSubnet(2): {Dst: peerSubnet(2), Gw: publicIP(2), Link: iface}, own: blackhole},
-			Neighs: map[netip.Addr]net.HardwareAddr{}, FDB: map[[6]byte]netip.Addr{},
+			Neighs: map[netip.Addr]MAC{}, FDB: map[[6]byte]netip.Addr{},
 		},
 		skipped: map[netip.Prefix]string{peerSubnet(6): SkipUnreachable, peerSubnet(3): SkipInvalid},
 	}, {
@@ -90,7 +89,7 @@ func TestRender(t *testing.T) {
 		want: Desired{
 			Family: unix.AF_INET, Device: UDPDeviceName, Own: own, Dev: dev, Addr: netip.PrefixFrom(own.Addr(), 32),
 			Routes: map[netip.Prefix]Route{netip.MustParsePrefix("10.0.0.0/8"): {Dst: netip.MustParsePrefix("10.0.0.0/8"), Link: dev}, own: blackhole},
-			Neighs: map[netip.Addr]net.HardwareAddr{}, FDB: map[[6]byte]netip.Addr{},
+			Neighs: map[netip.Addr]MAC{}, FDB: map[[6]byte]netip.Addr{},
 		},
 	}} {
 		t.Run(c.name, func(t *testing.T) {

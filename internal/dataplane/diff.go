@@ -42,7 +42,7 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 	var st syncStats
 	nhAdd, nhStale := diffNexthops(old, d)
 	fdbAdd, fdbDel := diffMaps(old.FDB, d.FDB, func(a, b netip.Addr) bool { return a == b })
-	neighAdd, neighDel := diffMaps(old.Neighs, d.Neighs, func(a, b net.HardwareAddr) bool { return slices.Equal(a, b) })
+	neighAdd, neighDel := diffMaps(old.Neighs, d.Neighs, func(a, b MAC) bool { return a == b })
 	routeAdd, routeDel := diffMaps(old.Routes, d.Routes, func(a, b Route) bool { return a == b })
 
 	fb := rtnl.NewBatch(rt, func(mac [6]byte, err error) bool {
@@ -62,7 +62,8 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 		return true
 	})
 	for _, ip := range neighAdd {
-		nb.SetNeigh(ip, family, d.Dev, ip, d.Neighs[ip])
+		mac := d.Neighs[ip]
+		nb.SetNeigh(ip, family, d.Dev, ip, mac[:])
 	}
 	nb.Flush()
 	st.Added += nb.OK()

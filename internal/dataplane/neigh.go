@@ -86,7 +86,7 @@ func deleteNeighs(ctx context.Context, c *rtnl.Conn, stale []rtnl.Neigh, st *syn
 // on link equal to want (address → MAC). Dynamic entries the kernel made are
 // left alone unless their address is wanted, in which case the permanent
 // entry replaces them.
-func syncNeighs(ctx context.Context, c *rtnl.Conn, family uint8, link int, want map[netip.Addr]net.HardwareAddr, t *tally) (*syncStats, func() error, error) {
+func syncNeighs(ctx context.Context, c *rtnl.Conn, family uint8, link int, want map[netip.Addr]MAC, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
@@ -97,7 +97,7 @@ func syncNeighs(ctx context.Context, c *rtnl.Conn, family uint8, link int, want 
 			mac, wanted := want[n.IP]
 			perm := n.State&netlink.NUD_PERMANENT != 0
 			switch {
-			case wanted && perm && n.MACLen == len(mac) && len(mac) == 6 && n.MAC == [6]byte(mac):
+			case wanted && perm && n.MACLen == 6 && n.MAC == [6]byte(mac):
 				sc.addrs = append(sc.addrs, n.IP)
 			case !wanted && perm:
 				stale = append(stale, n)
@@ -120,7 +120,7 @@ func syncNeighs(ctx context.Context, c *rtnl.Conn, family uint8, link int, want 
 			if b.Pending() == 0 && ctx.Err() != nil {
 				return st, nil, ctx.Err()
 			}
-			b.SetNeigh(ip, family, link, ip, mac)
+			b.SetNeigh(ip, family, link, ip, mac[:])
 		}
 		b.Flush()
 	}
