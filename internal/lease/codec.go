@@ -99,6 +99,12 @@ type wireAttrs struct {
 	// stay byte for byte flannel's; flanneld decodes the value with
 	// encoding/json into its LeaseAttrs, which drops unknown fields.
 	WeftNodeName string `json:",omitempty"`
+	// WeftUDPKernelDecap says this host's udp backend decapsulates in the
+	// kernel (its tc ingress program is attached): only then may a peer
+	// send it what its own in-kernel path sends (TSO super-packets, partial
+	// inner checksums), which a user-space receiver drops. Omitted when
+	// false, so that the value stays byte for byte what it was without it.
+	WeftUDPKernelDecap bool `json:",omitempty"`
 }
 
 // MaxNodeNameLen bounds a host identity: a DNS name (253) fits.
@@ -157,6 +163,7 @@ func ParseAttrs(data []byte) (Attrs, error) {
 		}
 		a.NodeName = w.WeftNodeName
 	}
+	a.UDPKernelDecap = w.WeftUDPKernelDecap
 	return a, nil
 }
 
@@ -195,8 +202,9 @@ func internBackendType(t string) string {
 
 // MarshalJSON writes the value byte-compatibly with flannel:
 // {"PublicIP":"10.64.3.7","PublicIPv6":null,"BackendType":"vxlan","BackendData":{...}}.
-// BackendType, BackendData, BackendV6Data and WeftNodeName are left out when
-// empty, so a value without a node name is exactly flannel's.
+// BackendType, BackendData, BackendV6Data, WeftNodeName and
+// WeftUDPKernelDecap are left out when empty (false), so a value without a
+// node name is exactly flannel's.
 func (a Attrs) MarshalJSON() ([]byte, error) {
 	if !a.PublicIP.Is4() {
 		return nil, fmt.Errorf("lease value: PublicIP %q: must be an IPv4 address", a.PublicIP)
@@ -206,7 +214,8 @@ func (a Attrs) MarshalJSON() ([]byte, error) {
 			return nil, fmt.Errorf("lease value: WeftNodeName: %w", err)
 		}
 	}
-	w := wireAttrs{PublicIP: a.PublicIP.String(), BackendType: a.BackendType, WeftNodeName: a.NodeName}
+	w := wireAttrs{PublicIP: a.PublicIP.String(), BackendType: a.BackendType, WeftNodeName: a.NodeName,
+		WeftUDPKernelDecap: a.UDPKernelDecap}
 	if a.PublicIPv6.IsValid() {
 		if !a.PublicIPv6.Is6() || a.PublicIPv6.Is4In6() {
 			return nil, fmt.Errorf("lease value: PublicIPv6 %q: must be an IPv6 address", a.PublicIPv6)

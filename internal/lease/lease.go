@@ -22,6 +22,10 @@ type Attrs struct {
 	// -node-name, /etc/machine-id by default), written as WeftNodeName;
 	// "" in a value flanneld wrote, which has none.
 	NodeName string
+	// UDPKernelDecap is true when the host's udp backend decapsulates in
+	// the kernel (written as WeftUDPKernelDecap, only when true): a peer's
+	// in-kernel path serves it only then (see internal/dataplane's udp notes).
+	UDPKernelDecap bool
 }
 
 // Lease is one host's subnet, as read from (or written to) etcd.

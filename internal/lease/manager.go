@@ -76,6 +76,9 @@ type ManagerConfig struct {
 	// another host's, and Acquire refuses with an *IdentityConflictError.
 	// "" keeps the PublicIP as the only identity (as flanneld does).
 	NodeName string
+	// UDPKernelDecap is written as WeftUDPKernelDecap: the udp backend's
+	// in-kernel receive path is attached on this host (false: omitted).
+	UDPKernelDecap bool
 
 	TTL         time.Duration // etcd lease TTL; DefaultTTL when 0
 	RenewMargin time.Duration // renew this long before expiry; DefaultRenewMargin when 0
@@ -349,7 +352,8 @@ func (m *Manager) setReason(r string) {
 
 func (m *Manager) attrs() Attrs {
 	return Attrs{PublicIP: m.cfg.PublicIP, PublicIPv6: m.cfg.PublicIPv6, BackendType: m.cfg.BackendType,
-		BackendData: m.cfg.BackendData, BackendV6Data: m.cfg.BackendV6Data, NodeName: m.cfg.NodeName}
+		BackendData: m.cfg.BackendData, BackendV6Data: m.cfg.BackendV6Data, NodeName: m.cfg.NodeName,
+		UDPKernelDecap: m.cfg.UDPKernelDecap}
 }
 
 // fitsOwn reports whether an existing lease can be reused under the current
@@ -1309,6 +1313,9 @@ func ownDiff(lp *Lease, want Attrs, id int64) []string {
 	}
 	if a.NodeName != want.NodeName {
 		out = append(out, fmt.Sprintf("WeftNodeName %.40q", a.NodeName))
+	}
+	if a.UDPKernelDecap != want.UDPKernelDecap {
+		out = append(out, "WeftUDPKernelDecap")
 	}
 	if lp.EtcdLease != id {
 		out = append(out, "etcd lease")

@@ -27,6 +27,9 @@ type Update struct {
 	PublicIP      netip.Addr
 	BackendData   json.RawMessage
 	BackendV6Data json.RawMessage
+	// UDPKernelDecap, when not nil, replaces the lease's
+	// WeftUDPKernelDecap (the udp backend's in-kernel path attached or gone).
+	UDPKernelDecap *bool
 }
 
 // ErrNotRunning is returned by Update when Run has not started or has
@@ -92,9 +95,12 @@ func (m *Manager) applyUpdate(u Update) (ownChanged bool) {
 			m.ownMAC6, _ = macClaim(claimVtepMAC6, u.BackendV6Data)
 		}
 	}
+	if u.UDPKernelDecap != nil {
+		m.cfg.UDPKernelDecap = *u.UDPKernelDecap
+	}
 	after := m.attrs()
 	ownChanged = before.PublicIP != after.PublicIP || !bytes.Equal(before.BackendData, after.BackendData) ||
-		!bytes.Equal(before.BackendV6Data, after.BackendV6Data)
+		!bytes.Equal(before.BackendV6Data, after.BackendV6Data) || before.UDPKernelDecap != after.UDPKernelDecap
 	if ownChanged {
 		m.log.Info("own lease values changed; rewriting the lease", "key", m.ownKey, "publicIP", after.PublicIP)
 		m.own.Attrs = after
