@@ -137,6 +137,7 @@ func FuzzParseAttrs(f *testing.F) {
 	for _, s := range []string{
 		`{"PublicIP":"10.64.3.7","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"d6:51:2e:80:5c:69"}}`,
 		`{"PublicIP":"10.0.0.1"}`, `{"PublicIP":"10.0.0.1","PublicIPv6":"fc00::1","BackendV6Data":[1,2]}`, `{}`, `nul`,
+		`{"PublicIP":"10.0.0.1","PublicIPv6":null,"BackendType":"udp","WeftNodeName":"n1","WeftUDPKernelDecap":true}`,
 	} {
 		f.Add([]byte(s))
 	}
