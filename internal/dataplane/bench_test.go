@@ -3,6 +3,7 @@ package dataplane
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -141,4 +142,28 @@ func BenchmarkHostGWJoinLeaveDelta(b *testing.B) {
 
 func BenchmarkHostGWJoinLeaveFull(b *testing.B) {
 	benchJoinLeave(b, "host-gw", func(i int) lease.Lease { return hostgwPeer(i, publicIP(i)) }, false)
+}
+
+// BenchmarkVXLANResyncIdle10000: the periodic full pass at 10,000 peers
+// when nothing drifted, as an idle weftd runs it: the collections of the
+// interval before it have emptied the sync scratch pool. B/op is the
+// garbage one such pass leaves (issue 12's idle garbage).
+func BenchmarkVXLANResyncIdle10000(b *testing.B) {
+	const n = 10000
+	l := newLab(b, hostAddr, swAddr)
+	be := l.backend(b, "vxlan", `{}`)
+	ctx := context.Background()
+	_, _, err := be.Init(ctx)
+	must(b, err)
+	full := benchPeers(n, func(i int) lease.Lease { return vxlanPeer(i, publicIP(i)) })
+	must(b, be.Apply(ctx, full))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		runtime.GC() // a sync.Pool survives one collection, not two
+		runtime.GC()
+		b.StartTimer()
+		must(b, be.Apply(ctx, full))
+	}
 }

@@ -354,6 +354,10 @@ func syncRoutesVia(ctx context.Context, c *rtnl.Conn, family uint8, have routeSo
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
+	// Sized once for the routes found as wanted: the pool is empty after
+	// the collections of an idle resync interval, and growing from nothing
+	// by doubling was twice the final size in garbage each pass (issue 12).
+	sc.dsts = slices.Grow(sc.dsts[:0], len(want))
 	var stale []rtnl.Route
 	_, err := rtnl.RetryDump(func() (struct{}, error) {
 		sc.dsts, stale = sc.dsts[:0], stale[:0]

@@ -90,6 +90,7 @@ func syncNeighs(ctx context.Context, c *rtnl.Conn, family uint8, link int, want 
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
+	sc.addrs = slices.Grow(sc.addrs[:0], len(want)) // as syncRoutes' dsts
 	var stale []rtnl.Neigh
 	_, err := rtnl.RetryDump(func() (struct{}, error) {
 		sc.addrs, stale = sc.addrs[:0], stale[:0]
@@ -135,6 +136,7 @@ func syncFDB(ctx context.Context, c *rtnl.Conn, link int, want map[[6]byte]netip
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
+	sc.macs = slices.Grow(sc.macs[:0], len(want)) // as syncRoutes' dsts
 	var stale []rtnl.Neigh
 	_, err := rtnl.RetryDump(func() (struct{}, error) {
 		sc.macs, stale = sc.macs[:0], stale[:0]
