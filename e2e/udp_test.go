@@ -3,6 +3,11 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -33,7 +38,8 @@ func TestUDP(t *testing.T) {
 			}
 			// flannel's udp lease, and weft's identity after flannel's
 			// fields (which flanneld ignores).
-			want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null,"BackendType":"udp","WeftNodeName":"%s"}`, h.Eth0IP, h.Name)
+			// WeftUDPKernelDecap last: the in-kernel path attached (kernel ≥ 6.6).
+			want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null,"BackendType":"udp","WeftNodeName":"%s","WeftUDPKernelDecap":true}`, h.Eth0IP, h.Name)
 			if got := string(resp.Kvs[0].Value); got != want {
 				t.Errorf("%s: lease value %s, want flannel's udp lease %s", h.Name, got, want)
 			}
@@ -80,4 +86,112 @@ func TestUDP(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// The udp backend's in-kernel path serves a peer only when its lease says
+// it decapsulates in the kernel (WeftUDPKernelDecap): h3 runs with
+// WEFT_UDP_BPF=off, so h1 and h2 send to it through their engines (a TSO
+// super-packet would reach h3's engine unfinished and be dropped: TCP would
+// not even connect), while h1 and h2 reach each other in the kernel only
+// (flannel0's TX counter, packets handed to an engine, does not move).
+func TestUDPKernelDecapMixed(t *testing.T) {
+	wrapper := filepath.Join(t.TempDir(), "weftd")
+	script := "#!/bin/sh\ncase \"$FLANNELD_NODE_NAME\" in *-h3) WEFT_UDP_BPF=off; export WEFT_UDP_BPF;; esac\nexec " + filepath.Join(binDir, "weftd") + " \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l := newLabWith(t, lab.Config{Hosts: 3, Backend: "udp", NetworkConfig: networkConfig("udp"), WeftdPath: wrapper})
+	ctx := context.Background()
+	for i, h := range l.Hosts {
+		resp, err := l.Etcd.Get(ctx, lab.LeaseKey(l.Config().Prefix, h.Subnet))
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("%s: lease: %v", h.Name, err)
+		}
+		want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null,"BackendType":"udp","WeftNodeName":"%s"`, h.Eth0IP, h.Name)
+		if i < 2 {
+			want += `,"WeftUDPKernelDecap":true`
+		}
+		if got := string(resp.Kvs[0].Value); got != want+"}" {
+			t.Errorf("%s: lease value %s, want %s}", h.Name, got, want)
+		}
+	}
+	if err := pings(l, allPairs(l), lab.PingOptions{Timeout: time.Second}); err != nil {
+		t.Fatalf("pings between all hosts: %v", err)
+	}
+	for _, p := range []pair{{0, 2}, {2, 0}, {0, 1}, {1, 0}} {
+		if err := tcpTransfer(l.Hosts[p.from], l.Hosts[p.to], 4<<20); err != nil {
+			t.Errorf("TCP %s -> %s: %v", l.Hosts[p.from].Name, l.Hosts[p.to].Name, err)
+		}
+	}
+
+	tx := func(h *lab.Host) int {
+		out, err := h.NS.Run("cat", "/sys/class/net/flannel0/statistics/tx_packets")
+		n, perr := strconv.Atoi(strings.TrimSpace(out))
+		if err != nil || perr != nil {
+			t.Fatalf("%s: flannel0 tx_packets: %q, %v", h.Name, out, err)
+		}
+		return n
+	}
+	before0, before1 := tx(l.Hosts[0]), tx(l.Hosts[1])
+	if err := pings(l, []pair{{0, 1}, {1, 0}}, lab.PingOptions{Timeout: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tcpTransfer(l.Hosts[0], l.Hosts[1], 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := tx(l.Hosts[0]), tx(l.Hosts[1]); a != before0 || b != before1 {
+		t.Errorf("h1 <-> h2 (both in the kernel): flannel0 TX %d -> %d and %d -> %d, want unchanged", before0, a, before1, b)
+	}
+	before0 = tx(l.Hosts[0])
+	if err := pings(l, []pair{{0, 2}}, lab.PingOptions{Timeout: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if a := tx(l.Hosts[0]); a == before0 {
+		t.Errorf("h1 -> h3 (engine alone on h3): flannel0 TX unchanged at %d, want h1's engine to send", a)
+	}
+}
+
+// tcpTransfer sends n bytes over TCP from a container to another and checks
+// they all arrive, within 20 s.
+func tcpTransfer(from, to *lab.Host, n int) error {
+	var ln net.Listener
+	if err := to.ContainerNS.Do(func() (err error) {
+		ln, err = net.Listen("tcp4", net.JoinHostPort(to.ContainerIP.String(), "0"))
+		return err
+	}); err != nil {
+		return fmt.Errorf("listen in %s: %w", to.Name, err)
+	}
+	defer ln.Close()
+	got := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- err
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		r, err := io.Copy(io.Discard, c)
+		if err == nil && r != int64(n) {
+			err = fmt.Errorf("received %d bytes of %d", r, n)
+		}
+		got <- err
+	}()
+	var c net.Conn
+	if err := from.ContainerNS.Do(func() (err error) {
+		d := net.Dialer{Timeout: 5 * time.Second}
+		c, err = d.Dial("tcp4", ln.Addr().String())
+		return err
+	}); err != nil {
+		return fmt.Errorf("connect from %s: %w", from.Name, err)
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	_, err := c.Write(make([]byte, n))
+	if cerr := c.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	return <-got
 }

@@ -189,7 +189,7 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 			Ifaces: o.Ifaces, IfaceRegex: o.IfaceRegex, CanReach: o.IfaceCanReach, PublicIP: o.PublicIP,
 			PublicIPv6: o.PublicIPv6,
 		},
-		toLoop: make(chan lease.Snapshot, 1), errc: errc,
+		toLoop: make(chan lease.Snapshot, 1), errc: errc, decap: make(chan bool, 1),
 	}
 	backend, pub, mtu, err := n.buildBackend(ctx, cfg, ext)
 	if err != nil {
@@ -217,10 +217,12 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 		PrevSubnet:    subnetenv.LeaseSubnet(prev),
 		History:       history,
 		NodeName:      nodeName,
-		TTL:           o.SubnetLeaseTTL,
-		RenewMargin:   o.RenewMargin(),
-		Logger:        log,
-		Hooks:         h.metrics.LeaseHooks(),
+		// The udp backend's in-kernel path, attached by Init above.
+		UDPKernelDecap: n.kernelDecap,
+		TTL:            o.SubnetLeaseTTL,
+		RenewMargin:    o.RenewMargin(),
+		Logger:         log,
+		Hooks:          h.metrics.LeaseHooks(),
 	})
 	own, err := mgr.Acquire(ctx)
 	history.Stop() // taken over, or not needed (a lease reused)
@@ -290,6 +292,8 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 			}
 		case snap := <-mgr.Snapshots():
 			n.relay(snap)
+		case on := <-n.decap:
+			n.setKernelDecap(ctx, on)
 		case raw := <-cfgCh:
 			n.onConfig(ctx, raw, store.ConfigKey(), parse)
 		case <-underlayWake:

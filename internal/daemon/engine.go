@@ -49,6 +49,11 @@ type engine struct {
 	toLoop   chan lease.Snapshot
 	last     lease.Snapshot // the newest snapshot, handed to a rebuilt loop
 	errc     chan<- error
+	// decap carries the udp backend's in-kernel path state changed after
+	// start (dataplane.UDPHooks.KernelDecap, newest wins) to the main loop,
+	// which writes it into the lease.
+	decap       chan bool
+	kernelDecap bool // the udp backend's in-kernel path attached at its Init
 
 	// Underlay and config state for log-once and /readyz.
 	ifaceErr string // the last reason the interface could not be used
@@ -83,12 +88,16 @@ func (n *engine) buildBackend(ctx context.Context, cfg netconf.Config, ext extif
 	if err != nil {
 		return nil, dataplane.Published{}, 0, fmt.Errorf("set up backend %q: %w", cfg.BackendType, err)
 	}
-	dataplane.SetUDPHooks(b, dataplane.UDPHooks{Dropped: n.h.metrics.OnUDPDrop}) // before Init: the engine starts there
+	dataplane.SetUDPHooks(b, dataplane.UDPHooks{Dropped: n.h.metrics.OnUDPDrop, // before Init: the engine starts there
+		KernelDecap: func(on bool) { latest.Send(n.decap, on) }})
 	pub, mtu, err := b.Init(ctx)
 	if err != nil {
 		b.Close()
 		return nil, dataplane.Published{}, 0, fmt.Errorf("initialise backend %q on %s: %w", cfg.BackendType, ext.Name, err)
 	}
+	// Read before the loop starts (and, at start, before the lease is
+	// written): the lease says the kernel decapsulates only once it does.
+	n.kernelDecap = dataplane.UDPKernelDecap(b)
 	return b, pub, mtu, nil
 }
 
@@ -146,11 +155,29 @@ func (n *engine) rebuild(ctx context.Context, cfg netconf.Config, ext extiface.E
 	}
 	n.backend = b
 	n.startLoop(ctx)
-	upd := lease.Update{PublicIP: ext.PublicIP, BackendData: pub.BackendData, BackendV6Data: pub.BackendV6Data}
+	select { // a change of the backend just stopped: the new one's state wins
+	case <-n.decap:
+	default:
+	}
+	decap := n.kernelDecap
+	upd := lease.Update{PublicIP: ext.PublicIP, BackendData: pub.BackendData, BackendV6Data: pub.BackendV6Data, UDPKernelDecap: &decap}
 	if err := n.mgr.Update(ctx, upd); err != nil {
 		return mtu, fmt.Errorf("publish the rebuilt dataplane's values in the lease: %w", err)
 	}
 	return mtu, nil
+}
+
+// setKernelDecap writes the udp backend's in-kernel path state, changed
+// after start, into the lease's WeftUDPKernelDecap: peers serve this host
+// in the kernel only while it decapsulates there.
+func (n *engine) setKernelDecap(ctx context.Context, on bool) {
+	n.kernelDecap = on
+	if n.mgr == nil {
+		return
+	}
+	if err := n.mgr.Update(ctx, lease.Update{UDPKernelDecap: &on}); err != nil {
+		n.log.Error("write the udp in-kernel path state into the lease", "WeftUDPKernelDecap", on, "err", err)
+	}
 }
 
 // desiredRules are the traffic rules for the config in force and own.

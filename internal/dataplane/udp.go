@@ -49,10 +49,15 @@ package dataplane
 // root) the engine starts with tc BPF programs beside it on flannel0 and the
 // underlay that encapsulate and decapsulate in the kernel, as vxlan does, in
 // the same wire format: packets to and from the peers it serves never reach
-// the engine. It serves only peers whose lease names a weft host
-// (WeftNodeName), which decapsulate in the kernel too: toward a user-space
-// receiver (flanneld) a TSO packet or a partial inner checksum would cross a
-// veth underlay unfinished (see udpbpf's notes). Everything else, flanneld
+// the engine. It serves only peers whose lease says they decapsulate in the
+// kernel too (WeftUDPKernelDecap; being weft is not enough: WEFT_UDP_BPF=off,
+// an older weft or a kernel that refused the programs receive in user
+// space): toward a user-space receiver a TSO packet or a partial inner
+// checksum would cross a veth underlay unfinished and be dropped (see
+// udpbpf's notes). This host's lease says it only while its own path is
+// attached: the daemon reads UDPKernelDecap after Init, before the lease is
+// written, and UDPHooks.KernelDecap reports a later change (flannel0
+// recreated and the programs refused, or accepted after a refusal). Everything else, flanneld
 // peers, unknown destinations (net unreachable), datagrams the programs do
 // not admit (counted by the engine), stays with the engine.
 // WEFT_UDP_BPF=off keeps the engine alone; a kernel that refuses is logged
@@ -114,6 +119,9 @@ type udpDev struct {
 	bpfPeers  []udpfwd.Peer
 	bpfOwn    netip.Prefix
 	bpfLogged bool // the kernel's refusal is logged once
+	// bpfSaid is what the last UDPKernelDecap or KernelDecap call reported
+	// (the lease's WeftUDPKernelDecap); bpfInited is set after Init.
+	bpfSaid, bpfInited bool
 }
 
 // UDPHooks are the udp backend's counters; internal/metrics implements them.
@@ -123,6 +131,24 @@ type UDPHooks struct {
 	// (Peers left out of the table are reported like every backend's, by
 	// Loop.Warnings and weft_dataplane_peers_skipped.)
 	Dropped func(reason string, n uint64)
+	// KernelDecap is called from the reconcile loop when the in-kernel path
+	// was attached or detached after Init, with whether it is attached now,
+	// so that the lease's WeftUDPKernelDecap follows. It must not block.
+	KernelDecap func(on bool)
+}
+
+// UDPKernelDecap reports whether b is a udp backend whose in-kernel path is
+// attached (its ingress decapsulates in the kernel), for the lease's
+// WeftUDPKernelDecap. Call it after Init and before the reconcile loop
+// starts; later changes are reported by UDPHooks.KernelDecap.
+func UDPKernelDecap(b Backend) bool {
+	bb, ok := b.(*backend)
+	if !ok || bb.udpDev == nil {
+		return false
+	}
+	u := bb.udpDev
+	u.bpfSaid, u.bpfInited = u.bpf != nil, true
+	return u.bpfSaid
 }
 
 // SetUDPHooks sets the hooks of b when it is a udp backend, and reports
@@ -244,7 +270,7 @@ func (b *udpDev) setPeers(snap lease.Snapshot, d *Desired) []skippedPeer {
 			continue
 		}
 		peers = append(peers, udpfwd.Peer{Subnet: sub, Addr: netip.AddrPortFrom(p.Attrs.PublicIP, uint16(b.port))})
-		if p.Attrs.NodeName != "" { // a weft host: it decapsulates in the kernel too
+		if p.Attrs.UDPKernelDecap { // it decapsulates in the kernel too
 			kernel = append(kernel, peers[len(peers)-1])
 		}
 	}
@@ -308,7 +334,20 @@ func (b *udpDev) startEngine(dev tun.Device) error {
 	}
 	b.eng = eng
 	b.attachBPF(dev)
+	b.sayBPF()
 	return nil
+}
+
+// sayBPF reports a change of the in-kernel path's attachment after Init to
+// the KernelDecap hook, for the lease.
+func (b *udpDev) sayBPF() {
+	if on := b.bpf != nil; b.bpfInited && on != b.bpfSaid {
+		b.bpfSaid = on
+		b.log.Warn("udp: in-kernel path changed after start; the lease follows", "attached", on)
+		if b.hooks.KernelDecap != nil {
+			b.hooks.KernelDecap(on)
+		}
+	}
 }
 
 // attachBPF puts the in-kernel path on dev (flannel0, just opened) and the
