@@ -63,13 +63,13 @@ const (
 // map gets the outer IPv4 and UDP headers in front and is redirected to the
 // underlay through the neighbour table; anything else goes on to the TUN
 // and the user-space engine.
-func egressProg(conf, out int) asm.Instructions {
+func egressProg(conf, out, stats int) asm.Instructions {
 	const (
 		key  = -8  // LPM key: prefixlen, then the inner destination
 		zero = -12 // conf map key
 		hdr  = -40 // the 28-byte outer header being built
 	)
-	return asm.Instructions{
+	return append(append(asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R2, asm.R6, skbProtocol, asm.Word),
 		asm.JNE.Imm(asm.R2, ethPIPle, "next"),
@@ -162,7 +162,8 @@ func egressProg(conf, out int) asm.Instructions {
 
 		// The kernel routes the outer destination on the underlay and
 		// fills the Ethernet header from its neighbour table.
-		asm.LoadMem(asm.R1, asm.R8, 20, asm.Word),
+	}, count(stats, -48, statEncap, "redirect")...), asm.Instructions{
+		asm.LoadMem(asm.R1, asm.R8, 20, asm.Word).WithSymbol("redirect"),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.Mov.Imm(asm.R3, 0),
 		asm.Mov.Imm(asm.R4, 0),
@@ -173,7 +174,7 @@ func egressProg(conf, out int) asm.Instructions {
 		asm.Return(),
 		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("next"),
 		asm.Return(),
-	}
+	}...)
 }
 
 // ingressProg is the tcx ingress program of the underlay (Ethernet: the
@@ -183,7 +184,7 @@ func egressProg(conf, out int) asm.Instructions {
 // hands the inner packet to the TUN device as if the engine had written it;
 // everything else goes on to the stack, where the engine's socket counts
 // and logs its drop reason.
-func ingressProg(conf, in int) asm.Instructions {
+func ingressProg(conf, in, stats int) asm.Instructions {
 	const (
 		pkt  = -48 // outer IPv4 (20), UDP (8), inner IPv4 header (20)
 		pkey = -56 // in map key
@@ -191,7 +192,7 @@ func ingressProg(conf, in int) asm.Instructions {
 		udp  = pkt + 20
 		inr  = pkt + 28
 	)
-	return asm.Instructions{
+	return append(append(asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R2, asm.R6, skbProtocol, asm.Word),
 		asm.JNE.Imm(asm.R2, ethPIPle, "next"),
@@ -282,12 +283,39 @@ func ingressProg(conf, in int) asm.Instructions {
 		asm.Mov.Imm(asm.R4, fixedGSO),
 		asm.FnSkbAdjustRoom.Call(),
 		asm.JNE.Imm(asm.R0, 0, "next"),
-		asm.LoadMem(asm.R1, asm.R8, 16, asm.Word),
+	}, count(stats, -64, statDecap, "redirect")...), asm.Instructions{
+		asm.LoadMem(asm.R1, asm.R8, 16, asm.Word).WithSymbol("redirect"),
 		asm.Mov.Imm(asm.R2, fIngress),
 		asm.FnRedirect.Call(),
 		asm.Return(),
 
 		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol("next"),
 		asm.Return(),
+	}...)
+}
+
+// The stats map (per-CPU array of u64, one slot per counter): packets the
+// programs handed on encapsulated (egress) and decapsulated (ingress).
+// Packets they leave to the engine are the engine's to count.
+const (
+	statEncap = 0
+	statDecap = 1
+	numStats  = 2
+)
+
+// count adds one to slot idx of the stats map, using the stack word at
+// slot for the key, then goes on at the instruction named done. It keeps
+// R6-R9 (the call clobbers R0-R5 only).
+func count(stats int, slot int16, idx int32, done string) asm.Instructions {
+	return asm.Instructions{
+		asm.StoreImm(asm.RFP, slot, int64(idx), asm.Word),
+		asm.LoadMapPtr(asm.R1, stats),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, int32(slot)),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, done),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+		asm.Add.Imm(asm.R1, 1),
+		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
 	}
 }

@@ -79,6 +79,7 @@ type Config struct {
 type Path struct {
 	cfg             Config
 	conf, out, in   *ebpf.Map
+	stats           *ebpf.Map // per-CPU counters (see Stats)
 	egress, ingress *ebpf.Program
 	links           []link.Link
 	own             netip.Prefix
@@ -119,6 +120,9 @@ func Attach(cfg Config) (_ *Path, err error) {
 		MaxEntries: MaxPeers, Flags: unix.BPF_F_NO_PREALLOC}); err != nil {
 		return nil, fmt.Errorf("%w: create peer address map: %w", ErrUnsupported, err)
 	}
+	if p.stats, err = ebpf.NewMap(&ebpf.MapSpec{Name: "weft_udp_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: numStats}); err != nil {
+		return nil, fmt.Errorf("%w: create stats map: %w", ErrUnsupported, err)
+	}
 	// The own subnet starts as 255.255.255.255/32 (nothing is ours) until
 	// Set: an all-ones mask with subnet 0 admits no destination but 0.0.0.0,
 	// which no route sends to flannel0.
@@ -126,11 +130,11 @@ func Attach(cfg Config) (_ *Path, err error) {
 		return nil, err
 	}
 	if p.egress, err = ebpf.NewProgram(&ebpf.ProgramSpec{Name: "weft_udp_egress", Type: ebpf.SchedCLS, License: "GPL",
-		Instructions: egressProg(p.conf.FD(), p.out.FD())}); err != nil {
+		Instructions: egressProg(p.conf.FD(), p.out.FD(), p.stats.FD())}); err != nil {
 		return nil, fmt.Errorf("%w: load egress program: %w", ErrUnsupported, err)
 	}
 	if p.ingress, err = ebpf.NewProgram(&ebpf.ProgramSpec{Name: "weft_udp_ingress", Type: ebpf.SchedCLS, License: "GPL",
-		Instructions: ingressProg(p.conf.FD(), p.in.FD())}); err != nil {
+		Instructions: ingressProg(p.conf.FD(), p.in.FD(), p.stats.FD())}); err != nil {
 		return nil, fmt.Errorf("%w: load ingress program: %w", ErrUnsupported, err)
 	}
 	for _, a := range []struct {
@@ -287,11 +291,37 @@ func (p *Path) Close() error {
 			errs = append(errs, prog.Close())
 		}
 	}
-	for _, m := range []*ebpf.Map{p.conf, p.out, p.in} {
+	for _, m := range []*ebpf.Map{p.conf, p.out, p.in, p.stats} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
 	}
-	p.egress, p.ingress, p.conf, p.out, p.in = nil, nil, nil, nil, nil
+	p.egress, p.ingress, p.conf, p.out, p.in, p.stats = nil, nil, nil, nil, nil, nil
 	return errors.Join(errs...)
+}
+
+// Stats are the in-kernel path's packet counters since Attach, summed over
+// the CPUs. Packets the programs leave to the engine are not counted here:
+// the engine counts them (udpfwd.Stats).
+type Stats struct {
+	Encapsulated uint64 // flannel0 egress: encapsulated and redirected to the underlay
+	Decapsulated uint64 // underlay ingress: admitted, decapsulated and redirected into flannel0
+}
+
+// Stats reads the counters (zero after Close or on a read error).
+func (p *Path) Stats() Stats {
+	var st Stats
+	if p == nil || p.stats == nil {
+		return st
+	}
+	for idx, dst := range []*uint64{&st.Encapsulated, &st.Decapsulated} {
+		var per []uint64
+		if err := p.stats.Lookup(uint32(idx), &per); err != nil {
+			continue
+		}
+		for _, v := range per {
+			*dst += v
+		}
+	}
+	return st
 }

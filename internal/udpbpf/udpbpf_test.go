@@ -121,6 +121,13 @@ func TestPingAndIperf(t *testing.T) {
 		}
 		t.Fatalf("ping through the in-kernel path: %v\n%s", err, out)
 	}
+	// Three echo requests out of a and in to b, three replies back: each
+	// side counted at least those.
+	for _, h := range []*host{a, b} {
+		if st := h.path.Stats(); st.Encapsulated < 3 || st.Decapsulated < 3 {
+			t.Errorf("%s: stats %+v after 3 pings each way, want at least 3 encapsulated and 3 decapsulated", h.ns.Name, st)
+		}
+	}
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		t.Skip("no iperf3")
 	}
