@@ -98,6 +98,7 @@ func (n *engine) buildBackend(ctx context.Context, cfg netconf.Config, ext extif
 	// Read before the loop starts (and, at start, before the lease is
 	// written): the lease says the kernel decapsulates only once it does.
 	n.kernelDecap = dataplane.UDPKernelDecap(b)
+	n.h.setUDPKernel(dataplane.UDPKernelStats(b))
 	return b, pub, mtu, nil
 }
 

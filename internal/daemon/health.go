@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/weft-net/weft/internal/metrics"
+	"github.com/weft-net/weft/internal/udpbpf"
 )
 
 // leaseStatus and loopStatus are what /readyz needs of the lease manager
@@ -91,6 +93,45 @@ type health struct {
 	// notes are warnings of weftd itself (an address overlapping the
 	// Network), shown like the manager's and the loop's.
 	notes map[string]string
+
+	// udpKernel reads the udp backend's in-kernel path counters for the
+	// weft_udp_kernel_* metrics (nil read: no udp backend in force).
+	udpKernel atomic.Pointer[udpKernelStats]
+}
+
+// udpKernelStats are the counters of the udp backend in force (read) plus
+// those of the backends it replaced (base), so the metrics never go back.
+type udpKernelStats struct {
+	base udpbpf.Stats
+	read func() udpbpf.Stats
+}
+
+func (s *udpKernelStats) now() udpbpf.Stats {
+	st := s.base
+	if s.read != nil {
+		cur := s.read()
+		st.Encapsulated += cur.Encapsulated
+		st.Decapsulated += cur.Decapsulated
+	}
+	return st
+}
+
+// setUDPKernel makes read (dataplane.UDPKernelStats of the backend just
+// built; nil for another backend) the source of the weft_udp_kernel_*
+// metrics, keeping what the previous backend counted.
+func (h *health) setUDPKernel(read func() udpbpf.Stats) {
+	next := &udpKernelStats{read: read}
+	if old := h.udpKernel.Load(); old != nil {
+		next.base = old.now()
+	}
+	h.udpKernel.Store(next)
+}
+
+func (h *health) udpKernelNow() udpbpf.Stats {
+	if s := h.udpKernel.Load(); s != nil {
+		return s.now()
+	}
+	return udpbpf.Stats{}
 }
 
 func newHealth() *health {
@@ -111,6 +152,14 @@ func newHealth() *health {
 		}
 		return 0
 	}))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "weft_udp_kernel_encapsulated_packets_total",
+		Help: "Packets the udp backend's in-kernel path (tc BPF on flannel0) encapsulated and sent to a peer without the engine.",
+	}, func() float64 { return float64(h.udpKernelNow().Encapsulated) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "weft_udp_kernel_decapsulated_packets_total",
+			Help: "Datagrams the udp backend's in-kernel path (tc BPF on the underlay) admitted as the engine would and decapsulated into flannel0 without the engine.",
+		}, func() float64 { return float64(h.udpKernelNow().Decapsulated) }))
 	return h
 }
 

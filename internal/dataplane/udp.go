@@ -70,6 +70,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -122,6 +123,30 @@ type udpDev struct {
 	// bpfSaid is what the last UDPKernelDecap or KernelDecap call reported
 	// (the lease's WeftUDPKernelDecap); bpfInited is set after Init.
 	bpfSaid, bpfInited bool
+	// bpfMu guards bpfCur (bpf, for readers outside the loop) and bpfGone
+	// (the counts of paths detached since Init): the metrics read them.
+	bpfMu   sync.Mutex
+	bpfCur  *udpbpf.Path
+	bpfGone udpbpf.Stats
+}
+
+// UDPKernelStats returns a function that reads the udp backend's in-kernel
+// path counters since Init (monotonic across re-attaches; what a detached
+// path counted is kept), safe to call from any goroutine, also after
+// Close; nil when b is no udp backend.
+func UDPKernelStats(b Backend) func() udpbpf.Stats {
+	u := udpOf(b)
+	if u == nil {
+		return nil
+	}
+	return func() udpbpf.Stats {
+		u.bpfMu.Lock()
+		defer u.bpfMu.Unlock()
+		st, cur := u.bpfGone, u.bpfCur.Stats()
+		st.Encapsulated += cur.Encapsulated
+		st.Decapsulated += cur.Decapsulated
+		return st
+	}
 }
 
 // UDPHooks are the udp backend's counters; internal/metrics implements them.
@@ -390,6 +415,9 @@ func (b *udpDev) attachBPF(dev tun.Device) {
 		}
 		return
 	}
+	b.bpfMu.Lock()
+	b.bpfCur = b.bpf
+	b.bpfMu.Unlock()
 	b.log.Info("udp: in-kernel path attached (tc BPF on flannel0 and the underlay)", "underlay", b.host.IfaceName)
 	b.setBPFPeers()
 }
@@ -408,6 +436,14 @@ func (b *udpDev) setBPFPeers() {
 // closeBPF detaches the in-kernel path: the engine takes every packet.
 func (b *udpDev) closeBPF() {
 	if b.bpf != nil {
+		b.bpfMu.Lock()
+		if b.bpfCur != nil {
+			st := b.bpfCur.Stats()
+			b.bpfGone.Encapsulated += st.Encapsulated
+			b.bpfGone.Decapsulated += st.Decapsulated
+			b.bpfCur = nil
+		}
+		b.bpfMu.Unlock()
 		if err := b.bpf.Close(); err != nil {
 			b.log.Warn("udp: detach the in-kernel path", "err", err)
 		}
