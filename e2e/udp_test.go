@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -194,4 +195,69 @@ func tcpTransfer(from, to *lab.Host, n int) error {
 		return fmt.Errorf("send: %w", err)
 	}
 	return <-got
+}
+
+// TestUDPUnderlayRecreated: the udp backend's in-kernel path follows the
+// underlay (issue 16's rebuild recreates the backend): after host 2's NIC is
+// deleted and recreated (a new ifindex), and after its address changes
+// (the ingress program accepts only the local address), pings between the
+// hosts are encapsulated and decapsulated in the kernel on host 2: its
+// flannel0 TX (packets to the engine) does not move and its
+// weft_udp_kernel_decapsulated_packets_total grows.
+func TestUDPUnderlayRecreated(t *testing.T) {
+	l := newLab(t, "udp", 2, "-healthz-port="+interopHealthPort)
+	h := l.Hosts[1]
+	tx := func() int {
+		out, err := h.NS.Run("cat", "/sys/class/net/flannel0/statistics/tx_packets")
+		n, perr := strconv.Atoi(strings.TrimSpace(out))
+		if err != nil || perr != nil {
+			t.Fatalf("%s: flannel0 tx_packets: %q, %v", h.Name, out, err)
+		}
+		return n
+	}
+	inKernel := func(what string) {
+		t.Helper()
+		d0, err := weftMetric(h, "weft_udp_kernel_decapsulated_packets_total")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tx0 := tx()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, p := range []pair{{0, 1}, {1, 0}} {
+			if r := l.Ping(ctx, p.from, p.to, lab.PingOptions{Count: 5, Interval: 20 * time.Millisecond}); r.Lost() != 0 {
+				t.Fatalf("%s: pings %d -> %d: %v", what, p.from, p.to, r.Err)
+			}
+		}
+		d1, err := weftMetric(h, "weft_udp_kernel_decapsulated_packets_total")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tx1 := tx(); tx1 != tx0 || d1-d0 < 10 {
+			t.Errorf("%s: host 2's flannel0 TX %d -> %d (want unchanged), decapsulated in the kernel %.0f -> %.0f (want +10)", what, tx0, tx1, d0, d1)
+		}
+	}
+	inKernel("before")
+
+	recreateEth0(t, l, 1, h.Eth0IP)
+	back := time.Now()
+	waitFor(t, "NIC recreated: pings both ways", back, 3*time.Second, 20*time.Second, func() error {
+		return pings(l, []pair{{0, 1}, {1, 0}}, lab.PingOptions{Timeout: 100 * time.Millisecond})
+	})
+	inKernel("NIC recreated")
+
+	newAddr := netip.MustParseAddr("10.64.3.112")
+	setEth0Addr(t, h, h.Eth0IP, newAddr)
+	start := time.Now()
+	waitFor(t, "address changed: lease PublicIP follows, pings both ways", start, 3*time.Second, 20*time.Second, func() error {
+		if v, ok := readLease(t, l, h.Subnet); !ok || v.PublicIP != newAddr.String() {
+			return fmt.Errorf("lease %+v", v)
+		}
+		return pings(l, []pair{{0, 1}, {1, 0}}, lab.PingOptions{Timeout: 100 * time.Millisecond})
+	})
+	resp, err := l.Etcd.Get(context.Background(), lab.LeaseKey(l.Config().Prefix, h.Subnet))
+	if err != nil || len(resp.Kvs) != 1 || !strings.HasSuffix(string(resp.Kvs[0].Value), `,"WeftUDPKernelDecap":true}`) {
+		t.Errorf("lease after the rebuilds: %v %v, want WeftUDPKernelDecap true", resp, err)
+	}
+	inKernel("address changed")
 }
