@@ -261,3 +261,41 @@ func TestUDPUnderlayRecreated(t *testing.T) {
 	}
 	inKernel("address changed")
 }
+
+// TestFlanneldSwapUDPKernelDecap: a weftd host swapped for flanneld (the
+// migration's rollback) must not keep advertising WeftUDPKernelDecap, or
+// the weftd peers would send its user-space receiver what only the kernel
+// path can receive. flanneld rewrites the lease value with its own fields
+// when it reuses the lease (encoding/json drops the fields it does not know).
+func TestFlanneldSwapUDPKernelDecap(t *testing.T) {
+	m := newMixedLab(t, "udp", "weftd", "weftd")
+	l := m.Lab
+	h := l.Hosts[0]
+	value := func() string {
+		resp, err := l.Etcd.Get(context.Background(), lab.LeaseKey(l.Config().Prefix, h.Subnet))
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("%s: lease: %v", h.Name, err)
+		}
+		return string(resp.Kvs[0].Value)
+	}
+	if v := value(); !strings.Contains(v, `"WeftUDPKernelDecap":true`) {
+		t.Fatalf("weftd's lease %s: want WeftUDPKernelDecap", v)
+	}
+	if err := l.StopWeftd(0); err != nil {
+		t.Fatal(err)
+	}
+	m.setDaemon(t, 0, "flanneld")
+	if err := l.StartWeftd(0); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	// Only the lease is checked: traffic after a udp swap weftd → flanneld
+	// does not come back even with WEFT_UDP_BPF=off (pings lost for 15 s;
+	// a separate problem, the live swap test covers vxlan and host-gw only).
+	waitFor(t, "flanneld: lease without WeftUDPKernelDecap", start, 5*time.Second, 15*time.Second, func() error {
+		if v := value(); strings.Contains(v, "WeftUDPKernelDecap") || !strings.Contains(v, `"PublicIP":"`+h.Eth0IP.String()+`"`) {
+			return fmt.Errorf("lease %s under flanneld", v)
+		}
+		return nil
+	})
+}
