@@ -424,10 +424,16 @@ func (b *udpDev) attachBPF(dev tun.Device) {
 
 // setBPFPeers hands the in-kernel path the peers it serves.
 func (b *udpDev) setBPFPeers() {
+	// Under bpfMu: Close may come from another goroutine than the loop's
+	// (a test closing a backend whose loop still runs).
+	b.bpfMu.Lock()
 	if b.bpf == nil || !b.bpfOwn.IsValid() {
+		b.bpfMu.Unlock()
 		return
 	}
-	if _, err := b.bpf.Set(b.bpfPeers, b.bpfOwn); err != nil {
+	_, err := b.bpf.Set(b.bpfPeers, b.bpfOwn)
+	b.bpfMu.Unlock()
+	if err != nil {
 		// What is not in the maps goes through the engine.
 		b.log.Warn("udp: in-kernel path: peers not all programmed; the engine forwards for the rest", "err", err)
 	}
@@ -435,15 +441,15 @@ func (b *udpDev) setBPFPeers() {
 
 // closeBPF detaches the in-kernel path: the engine takes every packet.
 func (b *udpDev) closeBPF() {
+	b.bpfMu.Lock()
+	defer b.bpfMu.Unlock()
+	if b.bpfCur != nil {
+		st := b.bpfCur.Stats()
+		b.bpfGone.Encapsulated += st.Encapsulated
+		b.bpfGone.Decapsulated += st.Decapsulated
+		b.bpfCur = nil
+	}
 	if b.bpf != nil {
-		b.bpfMu.Lock()
-		if b.bpfCur != nil {
-			st := b.bpfCur.Stats()
-			b.bpfGone.Encapsulated += st.Encapsulated
-			b.bpfGone.Decapsulated += st.Decapsulated
-			b.bpfCur = nil
-		}
-		b.bpfMu.Unlock()
 		if err := b.bpf.Close(); err != nil {
 			b.log.Warn("udp: detach the in-kernel path", "err", err)
 		}
