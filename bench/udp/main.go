@@ -221,8 +221,13 @@ func build(mode string, log *slog.Logger) (*topo, error) {
 				BackendType: peer.pub.BackendType, BackendData: peer.pub.BackendData}}},
 		}
 		if mode == "udpbpf" || (mode == "udpbpf1" && own == t.a) {
-			// A weft peer: the udp backend serves it in the kernel.
+			// A weft peer whose lease says it decapsulates in the kernel
+			// (as weftd writes it): the udp backend serves it there.
 			snap.Peers[0].Attrs.NodeName = peer.ns.Name
+			snap.Peers[0].Attrs.UDPKernelDecap = dataplane.UDPKernelDecap(peer.be)
+			if !snap.Peers[0].Attrs.UDPKernelDecap {
+				return t, fmt.Errorf("%s: host %s: the in-kernel udp path is not attached", mode, peer.ns.Name)
+			}
 			if *bpfTxOff {
 				// The stack then completes inner checksums and segments
 				// UDP-tunnel GSO packets before the veth, as a NIC without
