@@ -329,15 +329,27 @@ func TestPeersSnapshotCompaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	first := waitSnap(t, m, time.Second, "the first snapshot", func(Snapshot) bool { return true })
+	// The peers' third octets: 200+i, unless that is the subnet this host
+	// just took (its pick is random among the free ones), then 230+i.
+	octet := func(i int) int {
+		if first.Own.Subnet == netip.MustParsePrefix(fmt.Sprintf("172.30.%d.0/24", 200+i)) {
+			return 230 + i
+		}
+		return 200 + i
+	}
+	skipped := "172.30.250.0-24" // a lease the manager must skip, not this host's
+	if first.Own.Subnet == netip.MustParsePrefix("172.30.250.0/24") {
+		skipped = "172.30.251.0-24"
+	}
 	if got := peerSubnets(first); !slices.Equal(got, []string{"172.30.200.0/24"}) {
 		t.Errorf("first snapshot peers %v", got)
 	}
 	// Before Run starts watching from the list revision + 1, write and
 	// compact past that revision: the watch must fail with ErrCompacted and
 	// the manager must recover by re-listing.
-	put(t, cli, sp+"172.30.201.0-24", peer(1))
+	put(t, cli, fmt.Sprintf("%s172.30.%d.0-24", sp, octet(1)), peer(1))
 	cli.Delete(ctx, sp+"172.30.200.0-24")
-	put(t, cli, sp+"172.30.202.0-24", peer(2))
+	put(t, cli, fmt.Sprintf("%s172.30.%d.0-24", sp, octet(2)), peer(2))
 	rev := put(t, cli, sp+"garbage", "x") // malformed: skipped
 	if _, err := cli.Compact(ctx, rev); err != nil {
 		t.Fatal(err)
@@ -346,21 +358,23 @@ func TestPeersSnapshotCompaction(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- m.Run(runCtx) }()
 	defer func() { stop(); <-done }()
-	want := []string{"172.30.201.0/24", "172.30.202.0/24"}
+	want := []string{fmt.Sprintf("172.30.%d.0/24", octet(1)), fmt.Sprintf("172.30.%d.0/24", octet(2))}
+	slices.Sort(want)
 	waitSnap(t, m, 5*time.Second, fmt.Sprint("peers ", want), func(s Snapshot) bool { return slices.Equal(peerSubnets(s), want) })
 
 	// Compaction while watching: writes keep flowing, the snapshot follows.
 	for i := 3; i < 13; i++ {
-		put(t, cli, fmt.Sprintf("%s172.30.%d.0-24", sp, 200+i), peer(i))
+		put(t, cli, fmt.Sprintf("%s172.30.%d.0-24", sp, octet(i)), peer(i))
 	}
-	rev = put(t, cli, sp+"172.30.250.0-24", `{"PublicIP":"172.30.9.9"}`) // PublicIP inside the overlay: skipped
+	rev = put(t, cli, sp+skipped, `{"PublicIP":"172.30.9.9"}`) // PublicIP inside the overlay: skipped
 	cli.Compact(ctx, rev)
-	cli.Delete(ctx, sp+"172.30.201.0-24")
+	cli.Delete(ctx, fmt.Sprintf("%s172.30.%d.0-24", sp, octet(1)))
 	put(t, cli, sp+"10.99.0.0-24", peer(20)) // outside the network: skipped
-	want = []string{"172.30.202.0/24"}
+	want = []string{fmt.Sprintf("172.30.%d.0/24", octet(2))}
 	for i := 3; i < 13; i++ {
-		want = append(want, fmt.Sprintf("172.30.%d.0/24", 200+i))
+		want = append(want, fmt.Sprintf("172.30.%d.0/24", octet(i)))
 	}
+	slices.Sort(want)
 	snap := waitSnap(t, m, 5*time.Second, fmt.Sprint("peers ", want), func(s Snapshot) bool { return slices.Equal(peerSubnets(s), want) })
 	assertSnapshotMatchesEtcd(t, s, m, snap)
 }
