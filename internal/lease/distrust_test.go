@@ -123,24 +123,32 @@ func TestDuplicateSubnetKeyRejected(t *testing.T) {
 func TestNonUnicastPublicIPRejected(t *testing.T) {
 	_, _, s, lb := newTestStore(t)
 	obs, c := newHookedManager(s, testNet(), hostIP(1), slog.New(slog.NewTextHandler(lb, nil)))
-	runManager(t, obs)
+	own := runManager(t, obs)
+	// The leases below go in 172.30.201–208.0/24, or 221–228 when this
+	// host's random pick took one of those.
+	base := 200
+	if o := own.Subnet.Addr().As4(); o[2] > 200 && o[2] <= 208 {
+		base = 220
+	}
+	key := func(i int) string { return fmt.Sprintf("172.30.%d.0-24", base+i) }
 	bad := map[string]string{
-		"172.30.201.0-24": vxlanValue("224.0.0.1", "0e:00:00:00:02:01"),
-		"172.30.202.0-24": vxlanValue("255.255.255.255", "0e:00:00:00:02:02"),
-		"172.30.203.0-24": vxlanValue("127.0.0.1", "0e:00:00:00:02:03"),
-		"172.30.204.0-24": vxlanValue("0.0.0.0", "0e:00:00:00:02:04"),
-		"172.30.205.0-24": vxlanValue("169.254.1.1", "0e:00:00:00:02:05"),
-		"172.30.206.0-24": `{"PublicIP":"10.64.2.6","PublicIPv6":"ff02::1","BackendType":"host-gw"}`,
-		"172.30.207.0-24": `{"PublicIP":"10.64.2.7","PublicIPv6":"fe80::1","BackendType":"host-gw"}`,
+		key(1): vxlanValue("224.0.0.1", "0e:00:00:00:02:01"),
+		key(2): vxlanValue("255.255.255.255", "0e:00:00:00:02:02"),
+		key(3): vxlanValue("127.0.0.1", "0e:00:00:00:02:03"),
+		key(4): vxlanValue("0.0.0.0", "0e:00:00:00:02:04"),
+		key(5): vxlanValue("169.254.1.1", "0e:00:00:00:02:05"),
+		key(6): `{"PublicIP":"10.64.2.6","PublicIPv6":"ff02::1","BackendType":"host-gw"}`,
+		key(7): `{"PublicIP":"10.64.2.7","PublicIPv6":"fe80::1","BackendType":"host-gw"}`,
 	}
 	var rev int64
 	for k, v := range bad {
 		rev = max(rev, put(t, s.Client(), s.SubnetsPrefix()+k, v))
 	}
-	rev = put(t, s.Client(), s.SubnetsPrefix()+"172.30.208.0-24", vxlanValue("10.64.2.8", "0e:00:00:00:02:08"))
+	rev = put(t, s.Client(), s.SubnetsPrefix()+key(8), vxlanValue("10.64.2.8", "0e:00:00:00:02:08"))
 	snap := waitSnap(t, obs, 5*time.Second, "every lease seen", atRev(rev))
-	if got := peerSubnets(snap); len(got) != 1 || got[0] != "172.30.208.0/24" {
-		t.Errorf("published peers %v, want only 172.30.208.0/24", got)
+	good := fmt.Sprintf("172.30.%d.0/24", base+8)
+	if got := peerSubnets(snap); len(got) != 1 || got[0] != good {
+		t.Errorf("published peers %v, want only %s", got, good)
 	}
 	if got := c.get(ReasonPublicIPNotUnicast); got != len(bad) {
 		t.Errorf("%s counted %d times, want %d", ReasonPublicIPNotUnicast, got, len(bad))
