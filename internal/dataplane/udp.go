@@ -123,10 +123,10 @@ type udpDev struct {
 	// bpfSaid is what the last UDPKernelDecap or KernelDecap call reported
 	// (the lease's WeftUDPKernelDecap); bpfInited is set after Init.
 	bpfSaid, bpfInited bool
-	// bpfMu guards bpfCur (bpf, for readers outside the loop) and bpfGone
-	// (the counts of paths detached since Init): the metrics read them.
+	// bpfMu guards bpf's changes and its use (Close may come from another
+	// goroutine than the loop's) and bpfGone (the counts of paths detached
+	// since Init): the metrics read both.
 	bpfMu   sync.Mutex
-	bpfCur  *udpbpf.Path
 	bpfGone udpbpf.Stats
 }
 
@@ -142,7 +142,7 @@ func UDPKernelStats(b Backend) func() udpbpf.Stats {
 	return func() udpbpf.Stats {
 		u.bpfMu.Lock()
 		defer u.bpfMu.Unlock()
-		st, cur := u.bpfGone, u.bpfCur.Stats()
+		st, cur := u.bpfGone, u.bpf.Stats()
 		st.Encapsulated += cur.Encapsulated
 		st.Decapsulated += cur.Decapsulated
 		return st
@@ -167,11 +167,10 @@ type UDPHooks struct {
 // WeftUDPKernelDecap. Call it after Init and before the reconcile loop
 // starts; later changes are reported by UDPHooks.KernelDecap.
 func UDPKernelDecap(b Backend) bool {
-	bb, ok := b.(*backend)
-	if !ok || bb.udpDev == nil {
+	u := udpOf(b)
+	if u == nil {
 		return false
 	}
-	u := bb.udpDev
 	u.bpfSaid, u.bpfInited = u.bpf != nil, true
 	return u.bpfSaid
 }
@@ -366,7 +365,10 @@ func (b *udpDev) startEngine(dev tun.Device) error {
 // sayBPF reports a change of the in-kernel path's attachment after Init to
 // the KernelDecap hook, for the lease.
 func (b *udpDev) sayBPF() {
-	if on := b.bpf != nil; b.bpfInited && on != b.bpfSaid {
+	b.bpfMu.Lock()
+	on := b.bpf != nil
+	b.bpfMu.Unlock()
+	if b.bpfInited && on != b.bpfSaid {
 		b.bpfSaid = on
 		b.log.Warn("udp: in-kernel path changed after start; the lease follows", "attached", on)
 		if b.hooks.KernelDecap != nil {
@@ -384,39 +386,38 @@ func (b *udpDev) attachBPF(dev tun.Device) {
 	if os.Getenv(UDPBPFEnv) == "off" {
 		return
 	}
-	err := func() error {
+	path, err := func() (*udpbpf.Path, error) {
 		name, err := dev.Name()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		tunIf, err := net.InterfaceByName(name)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		under := b.host.IfaceIndex
 		if under == 0 {
 			ifc, err := net.InterfaceByName(b.host.IfaceName)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			under = ifc.Index
 		}
-		b.bpf, err = udpbpf.Attach(udpbpf.Config{TUNIndex: tunIf.Index, UnderlayIndex: under, Local: b.host.IfaceAddr, Port: uint16(b.port)})
-		return err
+		return udpbpf.Attach(udpbpf.Config{TUNIndex: tunIf.Index, UnderlayIndex: under, Local: b.host.IfaceAddr, Port: uint16(b.port)})
 	}()
 	if err != nil {
 		if !b.bpfLogged {
 			b.bpfLogged = true
-			lvl := "error"
+			why := "error"
 			if errors.Is(err, udpbpf.ErrUnsupported) {
-				lvl = "kernel refuses"
+				why = "kernel refuses"
 			}
-			b.log.Info("udp: in-kernel path not attached; the engine forwards everything", "why", lvl, "err", err)
+			b.log.Info("udp: in-kernel path not attached; the engine forwards everything", "why", why, "err", err)
 		}
 		return
 	}
 	b.bpfMu.Lock()
-	b.bpfCur = b.bpf
+	b.bpf = path
 	b.bpfMu.Unlock()
 	b.log.Info("udp: in-kernel path attached (tc BPF on flannel0 and the underlay)", "underlay", b.host.IfaceName)
 	b.setBPFPeers()
@@ -443,13 +444,10 @@ func (b *udpDev) setBPFPeers() {
 func (b *udpDev) closeBPF() {
 	b.bpfMu.Lock()
 	defer b.bpfMu.Unlock()
-	if b.bpfCur != nil {
-		st := b.bpfCur.Stats()
+	if b.bpf != nil {
+		st := b.bpf.Stats()
 		b.bpfGone.Encapsulated += st.Encapsulated
 		b.bpfGone.Decapsulated += st.Decapsulated
-		b.bpfCur = nil
-	}
-	if b.bpf != nil {
 		if err := b.bpf.Close(); err != nil {
 			b.log.Warn("udp: detach the in-kernel path", "err", err)
 		}
