@@ -44,14 +44,18 @@ func newLogger() (*slog.Logger, *logBuf) {
 	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), lb
 }
 
-// testNet is 172.30.0.0/16 with /24 leases in [172.30.1.0, 172.30.255.0].
+// testNet is 172.30.0.0/16 with /24 leases in [172.30.1.0, 172.30.199.0].
+// A manager picks its own subnet at random among the free ones in that
+// pool, so tests write their peers' leases at 172.30.200.0/24 and above
+// (in the network, outside the pool): a peer can then never overwrite
+// the subnet the manager under test took.
 func testNet() netconf.Config {
 	return netconf.Config{
 		EnableIPv4:  true,
 		Network:     netip.MustParsePrefix("172.30.0.0/16"),
 		SubnetLen:   24,
 		SubnetMin:   netip.MustParsePrefix("172.30.1.0/24"),
-		SubnetMax:   netip.MustParsePrefix("172.30.255.0/24"),
+		SubnetMax:   netip.MustParsePrefix("172.30.199.0/24"),
 		BackendType: "vxlan",
 	}
 }
