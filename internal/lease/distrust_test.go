@@ -298,8 +298,8 @@ func TestMalformedKeysBounded(t *testing.T) {
 
 	m.mu.Lock()
 	held := 0
-	for k := range m.peers {
-		held += len(k)
+	for l := range m.peers.all() {
+		held += len(m.keyOf(l))
 	}
 	for k := range m.rejected {
 		held += len(k)

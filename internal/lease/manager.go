@@ -194,7 +194,7 @@ type Manager struct {
 	// peers maps etcd key → decoded lease (our own key included; filtered
 	// on publish). The leases are never modified once stored: the published
 	// snapshots share them.
-	peers     map[string]*Lease
+	peers     peerMap
 	rejected  map[string]int64 // key → ModRevision already logged as not fitting the network
 	idx       *peerIndex       // the published set; nil: rebuild on the next publish
 	watchLive bool
@@ -262,7 +262,7 @@ func NewManager(cfg ManagerConfig) *Manager {
 		snaps:    make(chan Snapshot, 1),
 		wake:     make(chan struct{}, 1),
 		updates:  make(chan pendingUpdate),
-		peers:    map[string]*Lease{},
+		peers:    newPeerMap(0),
 		rejected: map[string]int64{},
 		reason:   "no lease acquired yet",
 	}
@@ -647,7 +647,7 @@ func (m *Manager) install(own Lease, key string, leases []Lease, rev int64) {
 	if !m.watchLive {
 		m.reason = "etcd watch not live"
 	}
-	if rev > m.rev || len(m.peers) == 0 {
+	if rev > m.rev || m.peers.len() == 0 {
 		m.setPeersLocked(leases, rev)
 	}
 	m.noteAllClaimsLocked()
@@ -665,20 +665,20 @@ func (m *Manager) install(own Lease, key string, leases []Lease, rev int64) {
 // list replaces every one of them: at most one list's worth more.
 func (m *Manager) setPeersLocked(leases []Lease, rev int64) {
 	old := m.peers
-	m.peers = make(map[string]*Lease, len(leases))
+	m.peers = newPeerMap(len(leases))
 	for i := range leases {
 		l := &leases[i]
 		m.typeLease(l)
-		m.peers[m.s.Key(l.Subnet, l.IPv6Subnet)] = l
+		m.peers.put(l)
 	}
 	// Deleted while the watch was down: freed no later than rev.
-	for k, l := range old {
-		if _, ok := m.peers[k]; !ok {
+	for l := range old.all() {
+		if _, ok := m.peers.get(l.Subnet, l.IPv6Subnet); !ok {
 			m.freed.note(l.Subnet, rev)
 		}
 	}
 	for k := range m.rejected {
-		if _, ok := m.peers[k]; !ok {
+		if _, ok := m.peerByKey(k); !ok {
 			delete(m.rejected, k)
 		}
 	}
@@ -714,12 +714,12 @@ func (m *Manager) typeLease(l *Lease) {
 // not the network's, public IPs inside the overlay or not unicast, VTEP MACs
 // that are not unicast, anything of this host's. Logged and counted once per
 // write.
-func (m *Manager) peerOK(key string, l Lease) bool {
-	reason, why := m.distrust(l)
+func (m *Manager) peerOK(l *Lease) bool {
+	reason, why := m.distrust(*l)
 	if why == "" {
 		return true
 	}
-	m.rejectLocked(key, l, reason, why)
+	m.rejectLocked(m.keyOf(l), *l, reason, why)
 	return false
 }
 
@@ -840,9 +840,11 @@ func (m *Manager) publishLocked() {
 	if m.idx == nil {
 		m.rebuildIndexLocked()
 	}
-	// A copy of the pointers (the leases are shared): the index keeps
-	// changing under the dataplane's feet otherwise.
-	snap := Snapshot{Own: m.own, Revision: m.rev, Peers: slices.Clone(m.idx.sorted)}
+	// The index's own slice, capped: the index copies it before changing
+	// it again (peerIndex.unshare), so what the dataplane holds never moves.
+	x := m.idx
+	x.shared = true
+	snap := Snapshot{Own: m.own, Revision: m.rev, Peers: slices.Clip(x.sorted)}
 	if m.cfg.Hooks.Peers != nil {
 		m.cfg.Hooks.Peers(m.idx.known, len(snap.Peers))
 	}
@@ -1196,7 +1198,7 @@ func (m *Manager) apply(events []*clientv3.Event) (lost bool, sub netip.Prefix) 
 	// each behind a GC write barrier while a collection runs — 0.3 s of
 	// bench/overlay's delete-all figure when the underlay guard's garbage
 	// had started one (BenchmarkPeersDeleteAll5000).
-	if len(events) > maxIndexEvents(len(m.peers)) {
+	if len(events) > maxIndexEvents(m.peers.len()) {
 		m.idx = nil
 	}
 	for _, ev := range events {
@@ -1206,12 +1208,15 @@ func (m *Manager) apply(events []*clientv3.Event) (lost bool, sub netip.Prefix) 
 		}
 		m.rev = max(m.rev, kv.ModRevision)
 		key := string(kv.Key)
-		if old, ok := m.peers[key]; ok {
+		v4, v6, isKey := m.keySubnets(key)
+		if old, ok := m.peers.get(v4, v6); isKey && ok {
 			m.indexRemoveLocked(key, old)
 		}
 		if ev.Type == mvccpb.DELETE {
 			m.freed.noteKey(m.s.SubnetsPrefix(), key, kv.ModRevision)
-			delete(m.peers, key)
+			if isKey {
+				m.peers.del(v4, v6)
+			}
 			delete(m.rejected, key)
 			delete(m.claimed, key)
 			m.s.forget(key)
@@ -1224,10 +1229,12 @@ func (m *Manager) apply(events []*clientv3.Event) (lost bool, sub netip.Prefix) 
 		}
 		var lp *Lease
 		if l, err := m.s.decode(kv); err != nil {
-			delete(m.peers, key)
+			if isKey {
+				m.peers.del(v4, v6)
+			}
 		} else {
 			lp = m.kept(l)
-			m.peers[key] = lp
+			m.peers.put(lp)
 			m.indexAddLocked(key, lp)
 		}
 		m.noteClaimLocked(key, lp)
@@ -1370,12 +1377,8 @@ func (m *Manager) restore(ctx context.Context, key string, rev, id int64) error 
 // logged, counted (once per write) and shown in Warnings.
 func (m *Manager) noteClaimLocked(key string, l *Lease) {
 	var what string
-	if l != nil && m.held && key != m.ownKey {
-		if l.Attrs.PublicIP == m.cfg.PublicIP {
-			what = "PublicIP " + l.Attrs.PublicIP.String()
-		} else {
-			what = m.claimsOwnLocked(l)
-		}
+	if l != nil && key != m.ownKey {
+		what = m.ownValueNamedLocked(l)
 	}
 	if what == "" {
 		delete(m.claimed, key)
@@ -1394,16 +1397,33 @@ func (m *Manager) noteClaimLocked(key string, l *Lease) {
 	}
 }
 
+// ownValueNamedLocked names what of this host's a lease that is not our
+// own key names: our PublicIP, subnets or VtepMACs ("" when none).
+func (m *Manager) ownValueNamedLocked(l *Lease) string {
+	switch {
+	case !m.held:
+		return ""
+	case l.Attrs.PublicIP == m.cfg.PublicIP:
+		return "PublicIP " + l.Attrs.PublicIP.String()
+	}
+	return m.claimsOwnLocked(l)
+}
+
 // noteAllClaimsLocked recomputes m.claimed from m.peers, after a relist or
 // a new own lease.
 func (m *Manager) noteAllClaimsLocked() {
 	for k := range m.claimed {
-		if _, ok := m.peers[k]; !ok {
+		if _, ok := m.peerByKey(k); !ok {
 			delete(m.claimed, k)
 		}
 	}
-	for k, l := range m.peers {
-		m.noteClaimLocked(k, l)
+	for l := range m.peers.all() {
+		// A key string only for a lease that names our values or was
+		// noted before: 20,000 of them would be garbage at every relist.
+		if len(m.claimed) == 0 && (m.isOwnKey(l) || m.ownValueNamedLocked(l) == "") {
+			continue
+		}
+		m.noteClaimLocked(m.keyOf(l), l)
 	}
 }
 
@@ -1442,7 +1462,7 @@ func (m *Manager) relisted(leases []Lease, rev int64) (lost bool, sub netip.Pref
 		return false, netip.Prefix{}
 	}
 	m.noteAllClaimsLocked()
-	l, ok := m.peers[m.ownKey]
+	l, ok := m.peers.get(m.own.Subnet, m.own.IPv6Subnet)
 	switch {
 	case !ok:
 		m.log.Warn("own lease missing after re-list; re-acquiring", "key", m.ownKey)

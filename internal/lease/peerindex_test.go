@@ -19,8 +19,12 @@ import (
 func referencePeers(m *Manager) ([]*Lease, int) {
 	known := 0
 	var cands []string
-	for k, l := range m.peers {
-		if !m.counted(k, *l) {
+	peers := map[string]*Lease{}
+	for l := range m.peers.all() {
+		peers[m.keyOf(l)] = l
+	}
+	for k, l := range peers {
+		if !m.counted(l) {
 			continue
 		}
 		known++
@@ -30,8 +34,8 @@ func referencePeers(m *Manager) ([]*Lease, int) {
 	}
 	best := map[claim]string{}
 	for _, k := range cands {
-		for _, c := range claimsOf(m.peers[k], nil) {
-			if w, ok := best[c]; !ok || older(k, m.peers[k], w, m.peers[w]) {
+		for _, c := range claimsOf(peers[k], nil) {
+			if w, ok := best[c]; !ok || older(k, peers[k], w, peers[w]) {
 				best[c] = k
 			}
 		}
@@ -39,11 +43,11 @@ func referencePeers(m *Manager) ([]*Lease, int) {
 	var out []*Lease
 	for _, k := range cands {
 		wins := true
-		for _, c := range claimsOf(m.peers[k], nil) {
+		for _, c := range claimsOf(peers[k], nil) {
 			wins = wins && best[c] == k
 		}
 		if wins {
-			out = append(out, m.peers[k])
+			out = append(out, peers[k])
 		}
 	}
 	slices.SortFunc(out, ComparePeers)

@@ -139,6 +139,7 @@ func (s *Store) listAt(ctx context.Context) ([]Lease, int64, error) {
 		leases  []Lease
 		rev     int64
 		seenBad map[string]bool // nil until a malformed key: the usual case
+		data    byteArena
 	)
 	for from := s.SubnetsPrefix(); ; {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(listPage))}
@@ -170,6 +171,8 @@ func (s *Store) listAt(ctx context.Context) ([]Lease, int64, error) {
 				seenBad[clip(string(kv.Key))] = true
 				continue
 			}
+			l.Attrs.BackendData = data.keep(l.Attrs.BackendData)
+			l.Attrs.BackendV6Data = data.keep(l.Attrs.BackendV6Data)
 			leases = append(leases, l)
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
@@ -184,6 +187,29 @@ func (s *Store) listAt(ctx context.Context) ([]Lease, int64, error) {
 	}
 	s.mu.Unlock()
 	return leases, rev, nil
+}
+
+// byteArena packs small byte slices into shared blocks. A list's backend
+// data are 20,000 values of ~40 bytes at 20,000 peers, each its own 48-byte
+// object: packed, they take what they hold and are a hundred objects for
+// the collector instead of 20,000 (issue 12). A block lives as long as one
+// of its values does: at most one list's worth, as the list's leases.
+type byteArena struct{ block []byte }
+
+const arenaBlock = 16 << 10
+
+// keep returns a copy of b in the arena (b itself when empty or large),
+// capped so that appending to it cannot write over its neighbour.
+func (a *byteArena) keep(b []byte) []byte {
+	if len(b) == 0 || len(b) > arenaBlock/8 {
+		return b
+	}
+	if len(b) > cap(a.block)-len(a.block) {
+		a.block = make([]byte, 0, arenaBlock)
+	}
+	n := len(a.block)
+	a.block = append(a.block, b...)
+	return a.block[n:len(a.block):len(a.block)]
 }
 
 // decode turns one etcd key-value into a Lease, logging (once per write) why
