@@ -2,7 +2,6 @@ package lease
 
 import (
 	"cmp"
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -195,12 +194,14 @@ func older(a string, la *Lease, b string, lb *Lease) bool {
 // drops the index, and the next publish rebuilds it whole, as a relist or a
 // new own lease does.
 type peerIndex struct {
-	// owner holds, for every claim of every valid peer lease, one lease
-	// making it (packed: see claim.packed; owner16 the claims that do not
-	// pack, IPv6 subnets); contested the other keys making it, when there
-	// are several.
-	owner     map[uint64]*Lease
-	owner16   map[claim]*Lease
+	// taken holds every claim of every valid peer lease (packed: see
+	// claim.packed; taken16 the claims that do not pack, IPv6 subnets). It
+	// is a set, without the lease making each claim: a published lease
+	// holds all of its claims, and is found in sorted. contested holds, for
+	// a claim several valid leases make, those leases, the one that took it
+	// first first.
+	taken     map[packedClaim]struct{}
+	taken16   map[claim]struct{}
 	contested map[claim][]*Lease
 	// sorted is the published leases, in ComparePeers order. A published
 	// snapshot's Peers is sorted itself (shared), not a copy of it: the
@@ -216,54 +217,62 @@ type peerIndex struct {
 // v4InV6 is the first 12 bytes of an IPv4 address in a claim's val.
 var v4InV6 = [12]byte{10: 0xff, 11: 0xff}
 
-// packed is c as 64 bits, when it fits: an IPv4 subnet or address, a
-// 6-byte MAC — every claim of an IPv4 network. Three claims a peer, the
-// owner map was the largest thing the manager kept at 20,000 peers (issue
-// 12): an 18-byte key padded to 24 beside a 16-byte key string made
-// 40-byte slots; a packed key and a pointer make 16.
-func (c claim) packed() (uint64, bool) {
-	head := uint64(c.kind)<<56 | uint64(c.bits)<<48
+// packedClaim is a claim in 7 bytes: its kind, then an IPv4 subnet's
+// length and address, an IPv4 address, or a 6-byte MAC. Three claims a
+// peer, the claim map was the largest thing the manager kept at 20,000
+// peers (issue 12): an 18-byte key padded to 24 beside a 16-byte key
+// string made 40-byte slots, a 64-bit key and a lease pointer 16; 7 bytes
+// and an empty value make 8 (1.1 → 0.6 MB).
+type packedClaim [7]byte
+
+// packed is c in 7 bytes, when it fits: an IPv4 subnet or address, a
+// 6-byte MAC — every claim of an IPv4 network.
+func (c claim) packed() (packedClaim, bool) {
+	k := packedClaim{0: byte(c.kind)}
 	switch c.kind {
 	case claimSubnet, claimPublicIP:
 		if [12]byte(c.val[:12]) != v4InV6 || c.bits > 32 {
-			return 0, false
+			return packedClaim{}, false
 		}
-		return head | uint64(binary.BigEndian.Uint32(c.val[12:])), true
+		k[1] = c.bits
+		copy(k[2:], c.val[12:])
+		return k, true
 	case claimVtepMAC, claimVtepMAC6:
 		if [10]byte(c.val[6:]) != [10]byte{} || c.bits != 0 {
-			return 0, false
+			return packedClaim{}, false
 		}
-		return head | uint64(binary.BigEndian.Uint16(c.val[:2]))<<32 | uint64(binary.BigEndian.Uint32(c.val[2:6])), true
+		copy(k[1:], c.val[:6])
+		return k, true
 	}
-	return 0, false
+	return packedClaim{}, false
 }
 
-func (x *peerIndex) ownerOf(c claim) (*Lease, bool) {
+func (x *peerIndex) isTaken(c claim) bool {
 	if k, ok := c.packed(); ok {
-		l, found := x.owner[k]
-		return l, found
+		_, found := x.taken[k]
+		return found
 	}
-	l, found := x.owner16[c]
-	return l, found
+	_, found := x.taken16[c]
+	return found
 }
 
-func (x *peerIndex) setOwner(c claim, l *Lease) {
+func (x *peerIndex) take(c claim) {
 	if k, ok := c.packed(); ok {
-		x.owner[k] = l
+		x.taken[k] = struct{}{}
 		return
 	}
-	if x.owner16 == nil {
-		x.owner16 = map[claim]*Lease{}
+	if x.taken16 == nil {
+		x.taken16 = map[claim]struct{}{}
 	}
-	x.owner16[c] = l
+	x.taken16[c] = struct{}{}
 }
 
-func (x *peerIndex) dropOwner(c claim) {
+func (x *peerIndex) drop(c claim) {
 	if k, ok := c.packed(); ok {
-		delete(x.owner, k)
+		delete(x.taken, k)
 		return
 	}
-	delete(x.owner16, c)
+	delete(x.taken16, c)
 }
 
 // counted reports whether a lease is a peer at all (rather than this host's
@@ -280,7 +289,7 @@ func (m *Manager) isOwnKey(l *Lease) bool {
 
 // rebuildIndexLocked computes the published set from m.peers from scratch.
 func (m *Manager) rebuildIndexLocked() {
-	x := &peerIndex{owner: make(map[uint64]*Lease, m.claimsPerPeer()*m.peers.len())}
+	x := &peerIndex{taken: make(map[packedClaim]struct{}, m.claimsPerPeer()*m.peers.len())}
 	m.idx = x
 	x.sorted = make([]*Lease, 0, m.peers.len())
 	for l := range m.peers.all() {
@@ -293,14 +302,27 @@ func (m *Manager) rebuildIndexLocked() {
 		}
 		x.sorted = append(x.sorted, l)
 		for _, c := range m.indexClaims(l, x.buf[:0]) {
-			if _, taken := x.ownerOf(c); !taken {
-				x.setOwner(c, l)
+			if !x.isTaken(c) {
+				x.take(c)
 				continue
 			}
 			if x.contested == nil {
 				x.contested = map[claim][]*Lease{}
 			}
 			x.contested[c] = append(x.contested[c], l)
+		}
+	}
+	if len(x.contested) > 0 {
+		// The lease that took a contested claim is the first candidate
+		// making it (sorted is still in the order of the pass above).
+		first := make(map[claim]bool, len(x.contested))
+		for _, l := range x.sorted {
+			for _, c := range m.indexClaims(l, x.buf[:0]) {
+				if others, ok := x.contested[c]; ok && !first[c] {
+					first[c] = true
+					x.contested[c] = append([]*Lease{l}, others...)
+				}
+			}
 		}
 	}
 	if lost := m.electLocked(); len(lost) > 0 {
@@ -322,10 +344,9 @@ func (m *Manager) electLocked() map[*Lease]bool {
 		winner *Lease
 	}
 	losses := map[*Lease]loss{}
-	for c, others := range x.contested {
-		w, _ := x.ownerOf(c)
-		all := append([]*Lease{w}, others...)
-		for _, l := range others {
+	for c, all := range x.contested {
+		w := all[0]
+		for _, l := range all[1:] {
 			if older(m.keyOf(l), l, m.keyOf(w), w) {
 				w = l
 			}
@@ -362,18 +383,13 @@ func (m *Manager) indexRemoveLocked(key string, l *Lease) {
 			}
 		}
 	}
-	// A published lease owns each of its claims (none is contested: see
+	// A published lease holds each of its claims (none is contested: see
 	// above), a rejected one none of them.
-	if o, _ := x.ownerOf(cs[0]); o != l {
+	if !x.unsort(l) {
 		return // it was rejected, so never published
 	}
 	for _, c := range cs {
-		x.dropOwner(c)
-	}
-	if !x.unsort(l) {
-		// Cannot happen while the index is consistent; rebuilding is
-		// always correct.
-		m.idx = nil
+		x.drop(c)
 	}
 }
 
@@ -389,13 +405,13 @@ func (m *Manager) indexAddLocked(key string, l *Lease) {
 	}
 	cs := m.indexClaims(l, x.buf[:0])
 	for _, c := range cs {
-		if _, taken := x.ownerOf(c); taken {
+		if x.isTaken(c) {
 			m.idx = nil // a clash: the election decides, on the rebuild
 			return
 		}
 	}
 	for _, c := range cs {
-		x.setOwner(c, l)
+		x.take(c)
 	}
 	i, _ := slices.BinarySearchFunc(x.sorted, l, ComparePeers)
 	x.unshare()

@@ -272,7 +272,7 @@ func TestClaimPacked(t *testing.T) {
 		v4(claimPublicIP, "10.1.2.0", 0), v4(claimPublicIP, "192.168.0.1", 0),
 		mac(claimVtepMAC, 0xd6, 0x51, 0, 0, 0, 1), mac(claimVtepMAC6, 0xd6, 0x51, 0, 0, 0, 1), mac(claimVtepMAC, 0xd6, 0x51, 0, 0, 1, 0),
 	}
-	seen := map[uint64]claim{}
+	seen := map[packedClaim]claim{}
 	for _, c := range packs {
 		k, ok := c.packed()
 		if !ok {
