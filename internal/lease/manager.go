@@ -262,7 +262,7 @@ func NewManager(cfg ManagerConfig) *Manager {
 		snaps:    make(chan Snapshot, 1),
 		wake:     make(chan struct{}, 1),
 		updates:  make(chan pendingUpdate),
-		peers:    newPeerMap(0),
+		peers:    newPeerMap(nil),
 		rejected: map[string]int64{},
 		reason:   "no lease acquired yet",
 	}
@@ -665,12 +665,10 @@ func (m *Manager) install(own Lease, key string, leases []Lease, rev int64) {
 // list replaces every one of them: at most one list's worth more.
 func (m *Manager) setPeersLocked(leases []Lease, rev int64) {
 	old := m.peers
-	m.peers = newPeerMap(len(leases))
 	for i := range leases {
-		l := &leases[i]
-		m.typeLease(l)
-		m.peers.put(l)
+		m.typeLease(&leases[i])
 	}
+	m.peers = newPeerMap(leases)
 	// Deleted while the watch was down: freed no later than rev.
 	for l := range old.all() {
 		if _, ok := m.peers.get(l.Subnet, l.IPv6Subnet); !ok {
