@@ -187,7 +187,7 @@ func checkLease(s State) Verdict {
 	if l.Reserved() {
 		return pass(CheckLease, fmt.Sprintf("%s is a reservation for %s: never expires", l.Subnet, l.Attrs.PublicIP))
 	}
-	left := l.Expiration.Sub(s.Now).Round(time.Second)
+	left := s.Etcd.Expiries.Of(l).Sub(s.Now).Round(time.Second)
 	switch {
 	case left <= leaseFail:
 		return fail(CheckLease, fmt.Sprintf("%s expires in %s", l.Subnet, left),

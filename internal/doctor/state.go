@@ -45,7 +45,8 @@ type EtcdState struct {
 	Config    netconf.Config
 	ConfigErr error // missing or invalid network config
 	Leases    []lease.Lease
-	LeasesErr error // listing or expiry lookup failed
+	Expiries  lease.Expiries // when the Leases' etcd leases run out
+	LeasesErr error          // listing or expiry lookup failed
 }
 
 // KernelState is the part of the host's network the overlay depends on, all
@@ -170,7 +171,7 @@ func ObserveEtcd(ctx context.Context, cli *clientv3.Client, prefix string) EtcdS
 	e.Leases, _, e.LeasesErr = st.List(ctx)
 	if e.LeasesErr == nil {
 		ectx, cancel := context.WithTimeout(ctx, etcdTimeout)
-		e.LeasesErr = st.Expirations(ectx, e.Leases)
+		e.Expiries, e.LeasesErr = st.Expirations(ectx, e.Leases)
 		cancel()
 	}
 	return e

@@ -98,7 +98,7 @@ func BenchmarkListExpirations5000(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := s.Expirations(ctx, leases); err != nil {
+		if _, err := s.Expirations(ctx, leases); err != nil {
 			b.Fatal(err)
 		}
 	}

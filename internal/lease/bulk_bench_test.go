@@ -3,6 +3,7 @@ package lease
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -24,7 +25,7 @@ func BenchmarkPeersDeleteAll5000(b *testing.B) {
 	for i := range kvs {
 		kvs[i] = benchPeerKV(s, i, 2)
 	}
-	m.install(Lease{Subnet: ownSub, Attrs: Attrs{PublicIP: own}}, s.Key(ownSub, netip.Prefix{}), leases, 2)
+	m.install(Lease{Subnet: ownSub, Attrs: Attrs{PublicIP: own}}, time.Time{}, s.Key(ownSub, netip.Prefix{}), leases, 2)
 	<-m.Snapshots()
 	rev := int64(2)
 	del := make([]*clientv3.Event, n)

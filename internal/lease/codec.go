@@ -81,7 +81,7 @@ func parseKeyPart(s string, six bool) (netip.Prefix, error) {
 	if p.Masked() != p {
 		return netip.Prefix{}, fmt.Errorf("%s part %q: %s has host bits set (network address is %s)", family, s, as, p.Masked().Addr())
 	}
-	if addr.String() != as {
+	if buf := [64]byte{}; string(addr.AppendTo(buf[:0])) != as {
 		return netip.Prefix{}, fmt.Errorf("%s part %q: address must be written canonically as %s", family, s, addr)
 	}
 	return p, nil

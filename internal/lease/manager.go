@@ -189,6 +189,7 @@ type Manager struct {
 	mu     sync.Mutex
 	held   bool
 	own    Lease
+	ownExp time.Time // when own's etcd lease runs out; zero for a reservation
 	ownKey string
 	rev    int64 // revision the peer state reflects
 	// peers maps etcd key → decoded lease (our own key included; filtered
@@ -457,9 +458,10 @@ func (m *Manager) acquireOnce(ctx context.Context, prev netip.Prefix) (Lease, er
 			continue // rewritten meanwhile: not safe to take; try the next way
 		}
 		own := Lease{Subnet: l.Subnet, IPv6Subnet: l.IPv6Subnet, Attrs: attrs, EtcdLease: int64(id), ModRevision: wrev}
+		var exp time.Time
 		if !l.Reserved() {
 			used = true
-			own.Expiration = time.Now().Add(m.cfg.TTL)
+			exp = time.Now().Add(m.cfg.TTL)
 			if l.EtcdLease != int64(id) {
 				m.revoke(clientv3.LeaseID(l.EtcdLease)) // our previous run's lease; holds nothing now
 			}
@@ -469,7 +471,7 @@ func (m *Manager) acquireOnce(ctx context.Context, prev netip.Prefix) (Lease, er
 			kind = "reservation"
 		}
 		m.log.Info("reusing "+kind+" for this host's public IP", "subnet", own.Subnet, "publicIP", m.cfg.PublicIP, "key", key)
-		m.install(own, key, leases, rev)
+		m.install(own, exp, key, leases, rev)
 		return own, nil
 	}
 
@@ -502,8 +504,8 @@ func (m *Manager) acquireOnce(ctx context.Context, prev netip.Prefix) (Lease, er
 			return Lease{}, false, err
 		}
 		used = true
-		own := Lease{Subnet: v4, IPv6Subnet: v6, Attrs: attrs, EtcdLease: int64(id), ModRevision: wrev, Expiration: time.Now().Add(m.cfg.TTL)}
-		m.install(own, key, leases, rev)
+		own := Lease{Subnet: v4, IPv6Subnet: v6, Attrs: attrs, EtcdLease: int64(id), ModRevision: wrev}
+		m.install(own, time.Now().Add(m.cfg.TTL), key, leases, rev)
 		return own, true, nil
 	}
 
@@ -633,15 +635,15 @@ func (m *Manager) revoke(id clientv3.LeaseID) {
 	}
 }
 
-// install makes own the held lease and leases@rev the peer state, and
-// publishes a snapshot.
-func (m *Manager) install(own Lease, key string, leases []Lease, rev int64) {
+// install makes own (expiring at exp) the held lease and leases@rev the
+// peer state, and publishes a snapshot.
+func (m *Manager) install(own Lease, exp time.Time, key string, leases []Lease, rev int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.own, m.ownKey, m.held = own, key, true
+	m.own, m.ownExp, m.ownKey, m.held = own, exp, key, true
 	m.idx = nil // which key is ours decides what is a peer
 	if m.cfg.Hooks.Expiry != nil {
-		m.cfg.Hooks.Expiry(own.Expiration)
+		m.cfg.Hooks.Expiry(exp)
 	}
 	m.reason = ""
 	if !m.watchLive {
@@ -1105,9 +1107,9 @@ func (m *Manager) keepAlive(ctx context.Context, lost chan<- int64) {
 			retryAt = time.Time{}
 			m.mu.Lock()
 			if m.own.EtcdLease == id {
-				m.own.Expiration = time.Now().Add(time.Duration(resp.TTL) * time.Second)
+				m.ownExp = time.Now().Add(time.Duration(resp.TTL) * time.Second)
 				if m.cfg.Hooks.Expiry != nil {
-					m.cfg.Hooks.Expiry(m.own.Expiration)
+					m.cfg.Hooks.Expiry(m.ownExp)
 				}
 			}
 			m.mu.Unlock()
@@ -1132,7 +1134,7 @@ func (m *Manager) keepAlive(ctx context.Context, lost chan<- int64) {
 // halfway, when the margin is not shorter than the TTL).
 func (m *Manager) renewIn() time.Duration {
 	m.mu.Lock()
-	exp, held := m.own.Expiration, m.held
+	exp, held := m.ownExp, m.held
 	m.mu.Unlock()
 	if exp.IsZero() || !held {
 		return time.Hour // a reservation, or nothing held: nothing to renew
@@ -1206,7 +1208,19 @@ func (m *Manager) apply(events []*clientv3.Event) (lost bool, sub netip.Prefix) 
 		}
 		m.rev = max(m.rev, kv.ModRevision)
 		key := string(kv.Key)
-		v4, v6, isKey := m.keySubnets(key)
+		var (
+			l      Lease
+			decErr error
+		)
+		if ev.Type != mvccpb.DELETE {
+			l, decErr = m.s.decode(kv)
+		}
+		// The key's subnets: the decoded lease's, else parsed (a delete,
+		// or a value that does not decode).
+		v4, v6, isKey := l.Subnet, l.IPv6Subnet, ev.Type != mvccpb.DELETE && decErr == nil
+		if !isKey {
+			v4, v6, isKey = m.keySubnets(key)
+		}
 		if old, ok := m.peers.get(v4, v6); isKey && ok {
 			m.indexRemoveLocked(key, old)
 		}
@@ -1226,7 +1240,7 @@ func (m *Manager) apply(events []*clientv3.Event) (lost bool, sub netip.Prefix) 
 			continue
 		}
 		var lp *Lease
-		if l, err := m.s.decode(kv); err != nil {
+		if decErr != nil {
 			if isKey {
 				m.peers.del(v4, v6)
 			}
@@ -1271,12 +1285,13 @@ func (m *Manager) ownWrittenLocked(key string, lp *Lease, rev int64) (lost bool)
 	changed := ownDiff(lp, want, m.own.EtcdLease)
 	if len(changed) == 0 || (len(changed) == 1 && changed[0] == "etcd lease" && lp.Reserved()) {
 		// Ours as we wrote it, or turned into a reservation in place.
-		exp := m.own.Expiration
+		exp := m.ownExp
 		if lp.Reserved() {
 			exp = time.Time{}
 		}
 		m.own = Lease{Subnet: lp.Subnet, IPv6Subnet: lp.IPv6Subnet, Attrs: m.own.Attrs, EtcdLease: lp.EtcdLease,
-			ModRevision: lp.ModRevision, CreateRevision: lp.CreateRevision, Expiration: exp}
+			ModRevision: lp.ModRevision, CreateRevision: lp.CreateRevision}
+		m.ownExp = exp
 		if m.cfg.Hooks.Expiry != nil {
 			m.cfg.Hooks.Expiry(exp)
 		}

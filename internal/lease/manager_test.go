@@ -232,7 +232,7 @@ func TestReservationHonoured(t *testing.T) {
 	// The host with that PublicIP uses it, as a reservation.
 	m := newTestManager(s, cfg, owner, nil)
 	own := runManager(t, m)
-	if own.Subnet != p50 || !own.Reserved() || !own.Expiration.IsZero() {
+	if own.Subnet != p50 || !own.Reserved() || !m.ownExp.IsZero() {
 		t.Fatalf("owner got %+v, want reservation %s", own, p50)
 	}
 	got, err := s.Get(ctx, p50)

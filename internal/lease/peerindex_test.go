@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -82,7 +83,7 @@ func testPeerIndexMatchesReference(t *testing.T, six bool) {
 		BackendData: []byte(`{"VNI":1,"VtepMAC":"0e:00:00:00:00:00"}`)})
 	ownSub := netip.MustParsePrefix("172.30.7.0/24")
 	ownKey := s.Key(ownSub, netip.Prefix{})
-	m.install(Lease{Subnet: ownSub, Attrs: Attrs{PublicIP: own}}, ownKey, nil, 1)
+	m.install(Lease{Subnet: ownSub, Attrs: Attrs{PublicIP: own}}, time.Time{}, ownKey, nil, 1)
 
 	r := rand.New(rand.NewPCG(1, 2))
 	rev := int64(1)
@@ -154,7 +155,7 @@ func testPeerIndexMatchesReference(t *testing.T, six bool) {
 		}
 		if lost, _ := m.apply(evs); lost {
 			// Our key was deleted or taken: re-install it, as Run would.
-			m.install(Lease{Subnet: ownSub, Attrs: Attrs{PublicIP: own}}, ownKey, nil, rev)
+			m.install(Lease{Subnet: ownSub, Attrs: Attrs{PublicIP: own}}, time.Time{}, ownKey, nil, rev)
 		}
 		m.mu.Lock()
 		m.publishLocked()
@@ -197,7 +198,7 @@ func BenchmarkPeersJoinLeave(b *testing.B) {
 	ownSub := netip.MustParsePrefix("10.100.1.0/24")
 	peer := func(i int, rev int64) *mvccpb.KeyValue { return benchPeerKV(s, i, rev) }
 	leases := benchLeases(b, s, 1000)
-	m.install(Lease{Subnet: ownSub, Attrs: Attrs{PublicIP: own}}, s.Key(ownSub, netip.Prefix{}), leases, 2)
+	m.install(Lease{Subnet: ownSub, Attrs: Attrs{PublicIP: own}}, time.Time{}, s.Key(ownSub, netip.Prefix{}), leases, 2)
 	<-m.Snapshots()
 	rev := int64(2)
 	for b.Loop() {
@@ -228,7 +229,7 @@ func BenchmarkPeersRebuild(b *testing.B) {
 	ownSub := netip.MustParsePrefix("10.100.1.0/24")
 	leases := benchLeases(b, s, 1000)
 	for b.Loop() {
-		m.install(Lease{Subnet: ownSub, Attrs: Attrs{PublicIP: own}}, s.Key(ownSub, netip.Prefix{}), leases, 2)
+		m.install(Lease{Subnet: ownSub, Attrs: Attrs{PublicIP: own}}, time.Time{}, s.Key(ownSub, netip.Prefix{}), leases, 2)
 		<-m.Snapshots()
 	}
 }

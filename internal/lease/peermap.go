@@ -140,15 +140,17 @@ func (p *peerMap) put(l *Lease) {
 }
 
 func (p *peerMap) del(v4, v6 netip.Prefix) {
-	if _, had := p.get(v4, v6); !had {
-		return
-	}
-	p.n--
-	if _, listed := p.inBase(v4, v6); listed {
+	l, changed := p.changed(v4, v6)
+	_, listed := p.inBase(v4, v6)
+	switch {
+	case changed && l == nil, !changed && !listed:
+		return // not there
+	case listed:
 		p.setChanged(v4, v6, nil)
-	} else {
+	default:
 		p.unchange(v4, v6)
 	}
+	p.n--
 }
 
 func (p *peerMap) len() int { return p.n }

@@ -111,7 +111,7 @@ func (s *Store) GetConfig(ctx context.Context) ([]byte, int64, error) {
 // List returns every well-formed lease under subnets/ and the revision it
 // reflects, read in pages of listPage keys at one revision (O(N/listPage)
 // round trips). Malformed keys or values are logged once per write and
-// skipped. Expiration is not filled: see Expirations.
+// skipped. When the etcd leases run out: see Expirations.
 //
 // Why pages: at 20,000 leases one response is ~6 MB of key-values that
 // were held whole beside their decoded copy — the start-up's transient
@@ -295,8 +295,7 @@ func (s *Store) find(ctx context.Context, subnet netip.Prefix) (*mvccpb.KeyValue
 	return nil, fmt.Errorf("%s: %w", k, ErrNotFound)
 }
 
-// Get returns the lease of an IPv4 subnet, or ErrNotFound. Expiration is
-// not filled.
+// Get returns the lease of an IPv4 subnet, or ErrNotFound.
 func (s *Store) Get(ctx context.Context, subnet netip.Prefix) (Lease, error) {
 	kv, err := s.find(ctx, subnet)
 	if err != nil {
@@ -305,12 +304,25 @@ func (s *Store) Get(ctx context.Context, subnet netip.Prefix) (Lease, error) {
 	return s.parseKV(kv)
 }
 
-// Expirations fills Expiration of each non-reserved lease with one
-// TimeToLive call per distinct etcd lease, run concurrently. This is the
-// per-key cost flannel pays on every list; weft pays it only in weftctl.
-// A lease etcd no longer knows gets Expiration = now (expired).
-func (s *Store) Expirations(ctx context.Context, leases []Lease) error {
-	exps := map[int64]time.Time{}
+// Expiries holds when etcd leases run out, by etcd lease ID.
+type Expiries map[int64]time.Time
+
+// Of is when the etcd lease behind l runs out; zero for a reservation,
+// which never expires.
+func (e Expiries) Of(l Lease) time.Time {
+	if l.Reserved() {
+		return time.Time{}
+	}
+	return e[l.EtcdLease]
+}
+
+// Expirations looks up when the etcd lease of each non-reserved lease runs
+// out, with one TimeToLive call per distinct etcd lease, run concurrently.
+// This is the per-key cost flannel pays on every list; weft pays it only in
+// weftctl and doctor. A lease etcd no longer knows expires now (expired).
+// What was found is returned with the errors.
+func (s *Store) Expirations(ctx context.Context, leases []Lease) (Expiries, error) {
+	exps := Expiries{}
 	var ids []int64
 	for _, l := range leases {
 		if _, dup := exps[l.EtcdLease]; l.EtcdLease != 0 && !dup {
@@ -361,15 +373,10 @@ func (s *Store) Expirations(ctx context.Context, leases []Lease) error {
 				errs = append(errs, r.err)
 			}
 		case <-ctx.Done():
-			return ctx.Err()
+			return exps, ctx.Err()
 		}
 	}
-	for i := range leases {
-		if leases[i].EtcdLease != 0 {
-			leases[i].Expiration = exps[leases[i].EtcdLease]
-		}
-	}
-	return errors.Join(errs...)
+	return exps, errors.Join(errs...)
 }
 
 // Delete removes the lease of an IPv4 subnet (the seed's etcdctl rmdir),

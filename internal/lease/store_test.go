@@ -62,15 +62,16 @@ func TestStoreListSkipsGarbage(t *testing.T) {
 
 	// Expirations: one TimeToLive per etcd lease; reservations stay zero.
 	leases, _, _ := s.List(ctx)
-	if err := s.Expirations(ctx, leases); err != nil {
+	exps, err := s.Expirations(ctx, leases)
+	if err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range leases {
-		switch {
-		case l.Reserved() && !l.Expiration.IsZero():
-			t.Errorf("reservation %s has expiration %v", l.Subnet, l.Expiration)
-		case !l.Reserved() && (time.Until(l.Expiration) < 59*time.Minute || time.Until(l.Expiration) > time.Hour):
-			t.Errorf("lease %s expires in %v, want ~1h", l.Subnet, time.Until(l.Expiration))
+		switch exp := exps.Of(l); {
+		case l.Reserved() && !exp.IsZero():
+			t.Errorf("reservation %s has expiration %v", l.Subnet, exp)
+		case !l.Reserved() && (time.Until(exp) < 59*time.Minute || time.Until(exp) > time.Hour):
+			t.Errorf("lease %s expires in %v, want ~1h", l.Subnet, time.Until(exp))
 		}
 	}
 }

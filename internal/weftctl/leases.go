@@ -138,18 +138,17 @@ func confirmRemove(ctx context.Context, env *Env, st *lease.Store, subnet netip.
 	if err != nil {
 		return err
 	}
-	ls := []lease.Lease{l}
-	if err := st.Expirations(ctx, ls); err != nil {
+	exps, err := st.Expirations(ctx, []lease.Lease{l})
+	if err != nil {
 		return err
 	}
-	l = ls[0]
-	switch {
+	switch exp := exps.Of(l); {
 	case l.Reserved():
 		fmt.Fprintf(env.Stderr, "warning: %s is a reservation for %s; use `leases unreserve` to drop a reservation\n", subnet, l.Attrs.PublicIP)
-	case time.Until(l.Expiration) > 0:
+	case time.Until(exp) > 0:
 		fmt.Fprintf(env.Stderr, "warning: %s is held by a live host, %s (its etcd lease expires in %s); "+
 			"if that host's weftd is running it re-acquires the lease within a second\n",
-			subnet, l.Attrs.PublicIP, expiresIn(l, time.Now()))
+			subnet, l.Attrs.PublicIP, expiresIn(l, exp, time.Now()))
 	}
 	if yes {
 		return nil
@@ -196,15 +195,15 @@ func parseSubnetArg(s string) (netip.Prefix, error) {
 	return p, nil
 }
 
-// expiresIn renders the time left as 23h59m, 5m or 42s; "reserved" for a
-// key without an etcd lease.
-func expiresIn(l lease.Lease, now time.Time) string {
+// expiresIn renders the time left until exp as 23h59m, 5m or 42s;
+// "reserved" for a key without an etcd lease.
+func expiresIn(l lease.Lease, exp, now time.Time) string {
 	if l.Reserved() {
 		return "reserved"
 	}
-	d := l.Expiration.Sub(now)
+	d := exp.Sub(now)
 	switch {
-	case l.Expiration.IsZero() || d <= 0:
+	case exp.IsZero() || d <= 0:
 		return "expired"
 	case d < time.Minute:
 		return fmt.Sprintf("%ds", int(d/time.Second))
@@ -264,7 +263,8 @@ func leasesList(ctx context.Context, w io.Writer, st *lease.Store, output string
 	if err != nil {
 		return err
 	}
-	if err := st.Expirations(ctx, leases); err != nil {
+	exps, err := st.Expirations(ctx, leases)
+	if err != nil {
 		return err
 	}
 	now := time.Now()
@@ -275,7 +275,7 @@ func leasesList(ctx context.Context, w io.Writer, st *lease.Store, output string
 				Key: st.Key(l.Subnet, l.IPv6Subnet), Subnet: l.Subnet.String(),
 				PublicIP: l.Attrs.PublicIP.String(), BackendType: l.Attrs.BackendType,
 				VtepMAC: l.Attrs.VtepMAC(), BackendData: l.Attrs.BackendData,
-				Reserved: l.Reserved(), ExpiresIn: expiresIn(l, now),
+				Reserved: l.Reserved(), ExpiresIn: expiresIn(l, exps.Of(l), now),
 			}
 			if l.IPv6Subnet.IsValid() {
 				j.IPv6Subnet = l.IPv6Subnet.String()
@@ -284,7 +284,7 @@ func leasesList(ctx context.Context, w io.Writer, st *lease.Store, output string
 				j.PublicIPv6 = l.Attrs.PublicIPv6.String()
 			}
 			if !l.Reserved() {
-				e := l.Expiration.UTC().Truncate(time.Second)
+				e := exps.Of(l).UTC().Truncate(time.Second)
 				j.Expires = &e
 			}
 			out = append(out, j)
@@ -297,7 +297,7 @@ func leasesList(ctx context.Context, w io.Writer, st *lease.Store, output string
 	fmt.Fprintln(tw, "SUBNET\tPUBLIC-IP\tBACKEND\tVTEP-MAC\tEXPIRES")
 	for _, l := range leases {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", subnetString(l), l.Attrs.PublicIP,
-			orDash(printable(l.Attrs.BackendType)), orDash(printable(l.Attrs.VtepMAC())), expiresIn(l, now))
+			orDash(printable(l.Attrs.BackendType)), orDash(printable(l.Attrs.VtepMAC())), expiresIn(l, exps.Of(l), now))
 	}
 	return tw.Flush()
 }
@@ -307,11 +307,10 @@ func leasesShow(ctx context.Context, w io.Writer, st *lease.Store, subnet netip.
 	if err != nil {
 		return err
 	}
-	ls := []lease.Lease{l}
-	if err := st.Expirations(ctx, ls); err != nil {
+	exps, err := st.Expirations(ctx, []lease.Lease{l})
+	if err != nil {
 		return err
 	}
-	l = ls[0]
 	val, err := l.Attrs.MarshalJSON()
 	if err != nil {
 		return err
@@ -320,7 +319,8 @@ func leasesShow(ctx context.Context, w io.Writer, st *lease.Store, subnet netip.
 	if l.Reserved() {
 		fmt.Fprintln(w, "expires: reserved")
 	} else {
-		fmt.Fprintf(w, "expires: %s (%s, etcd lease %x)\n", expiresIn(l, time.Now()), l.Expiration.UTC().Format(time.RFC3339), l.EtcdLease)
+		exp := exps.Of(l)
+		fmt.Fprintf(w, "expires: %s (%s, etcd lease %x)\n", expiresIn(l, exp, time.Now()), exp.UTC().Format(time.RFC3339), l.EtcdLease)
 	}
 	return nil
 }

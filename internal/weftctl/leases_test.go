@@ -214,11 +214,11 @@ func TestExpiresIn(t *testing.T) {
 		42 * time.Second:               "42s",
 		-time.Second:                   "expired",
 	} {
-		if got := expiresIn(lease.Lease{EtcdLease: 1, Expiration: now.Add(d)}, now); got != want {
+		if got := expiresIn(lease.Lease{EtcdLease: 1}, now.Add(d), now); got != want {
 			t.Errorf("expiresIn(%v) = %q, want %q", d, got, want)
 		}
 	}
-	if got := expiresIn(lease.Lease{}, now); got != "reserved" {
+	if got := expiresIn(lease.Lease{}, time.Time{}, now); got != "reserved" {
 		t.Errorf("reservation: %q", got)
 	}
 }
