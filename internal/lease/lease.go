@@ -58,7 +58,8 @@ type Snapshot struct {
 	Own Lease // this host's lease
 	// Peers is every other host's valid lease, in ComparePeers order. The
 	// leases are shared between snapshots and must never be modified: an
-	// unchanged peer is the same pointer in the next snapshot.
+	// unchanged peer is the same pointer in the next snapshot. The slice is
+	// shared too (with the manager's index), and must not be modified either.
 	Peers []*Lease
 	// Revision is the etcd revision this snapshot reflects.
 	Revision int64
