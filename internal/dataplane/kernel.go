@@ -336,33 +336,33 @@ func putScratch(s *scratch) {
 }
 
 // syncRoutes makes the main-table routes of family carrying rtnl.ProtWeft
-// (have: weftRoutes, or a routeList of readMainRoutes') equal to want (a
-// Desired's routes): only the differences are written.
+// (have: weftRoutes, or a routeList of readMainRoutes') equal to want's
+// routes (nil: none): only the differences are written.
 //
 // want is read where it is: a copy of it as a slice, indexed to match the
 // kernel's routes, was a full pass's largest transient besides the dumps
 // (1.8 MB and a 20,000-entry index at issue 12's scale). The routes found
 // as wanted are remembered by destination, 32 bytes each.
-func syncRoutes(ctx context.Context, c *rtnl.Conn, family uint8, have routeSource, want map[netip.Prefix]routeWant, t *tally) (*syncStats, func() error, error) {
+func syncRoutes(ctx context.Context, c *rtnl.Conn, family uint8, have routeSource, want *Desired, t *tally) (*syncStats, func() error, error) {
 	return syncRoutesVia(ctx, c, family, have, want, nil, t)
 }
 
 // syncRoutesVia is syncRoutes that also writes the nexthop objects nh
 // plans, each just before the first route through it (nexthopPlan); nil:
 // none.
-func syncRoutesVia(ctx context.Context, c *rtnl.Conn, family uint8, have routeSource, want map[netip.Prefix]routeWant, nh *nexthopPlan, t *tally) (*syncStats, func() error, error) {
+func syncRoutesVia(ctx context.Context, c *rtnl.Conn, family uint8, have routeSource, want *Desired, nh *nexthopPlan, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
 	// Sized once for the routes found as wanted: the pool is empty after
 	// the collections of an idle resync interval, and growing from nothing
 	// by doubling was twice the final size in garbage each pass (issue 12).
-	sc.dsts = slices.Grow(sc.dsts[:0], len(want))
+	sc.dsts = slices.Grow(sc.dsts[:0], want.NumRoutes())
 	var stale []rtnl.Route
 	_, err := rtnl.RetryDump(func() (struct{}, error) {
 		sc.dsts, stale = sc.dsts[:0], stale[:0]
 		return struct{}{}, have(func(r rtnl.Route) {
-			w, found := want[r.Dst]
+			w, found := want.Route(r.Dst)
 			if found && w.matches(r) {
 				sc.dsts = append(sc.dsts, r.Dst)
 				return
@@ -394,9 +394,9 @@ func syncRoutesVia(ctx context.Context, c *rtnl.Conn, family uint8, have routeSo
 		t.add(fmt.Errorf("replace route %s: %w", k.w, err))
 		return true
 	})
-	if len(present) < len(want) {
-		for dst, w := range want {
-			if _, found := slices.BinarySearchFunc(present, dst, netip.Prefix.Compare); found {
+	if len(present) < want.NumRoutes() {
+		for w := range want.Routes() {
+			if _, found := slices.BinarySearchFunc(present, w.Dst, netip.Prefix.Compare); found {
 				continue
 			}
 			if b.Pending() == 0 && ctx.Err() != nil {
