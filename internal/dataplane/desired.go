@@ -34,12 +34,13 @@ type Desired struct {
 	Dev    int          // the device index the routes point at (0: none)
 	Addr   netip.Prefix // the device address (zero: none)
 	// The routes, neighbours and FDB entries, read through Route, Routes,
-	// Neigh, Neighs, FDBDst and FDB (entries.go: ~130 bytes a peer where
-	// maps of Route, netip.Addr and netip.Prefix were ~360).
-	routes map[pfxKey]routeVal
-	tmpls  []routeTmpl // the kinds of route in routes
-	neighs map[addrKey]MAC
-	fdb    map[MAC]addrKey
+	// Neigh, Neighs, FDBDst and FDB (entries.go: bytes of the family's
+	// addresses, not maps of Route, netip.Addr and netip.Prefix).
+	// An IPv4 state's in e4, an IPv6 state's in e6 (nil both: not yet
+	// rendered); tmpls are the kinds of route in them.
+	e4    *entries[ip4]
+	e6    *entries[ip16]
+	tmpls []routeTmpl
 	// The routes through kernel nexthop objects (nexthops.go), each of
 	// whose id is its destination's address: how many, and how many at
 	// each prefix length (nhBits, nhLens a bit per length with any), which
@@ -59,12 +60,9 @@ type Desired struct {
 }
 
 func newDesired(family uint8, device string, own netip.Prefix, dev, n int) *Desired {
-	return &Desired{
-		Family: family, Device: device, Own: own, Dev: dev,
-		routes: make(map[pfxKey]routeVal, n+1),
-		neighs: make(map[addrKey]MAC, n),
-		fdb:    make(map[MAC]addrKey, n),
-	}
+	d := &Desired{Family: family, Device: device, Own: own, Dev: dev}
+	d.newEntriesOf(family, n)
+	return d
 }
 
 // MAC is a neighbour's link-layer address, kept in place: a map of
@@ -99,16 +97,14 @@ func (e PeerEntries) usesNeigh() bool { return e.MAC != nil && !e.Direct }
 func (d *Desired) add(e PeerEntries) {
 	d.setRoute(e.Route)
 	if e.usesNeigh() {
-		d.neighs[keyOf(e.Route.Gw)] = MAC(e.MAC)
-		d.fdb[MAC(e.MAC)] = keyOf(e.Dst)
+		d.setNeigh(e.Route.Gw, MAC(e.MAC), e.Dst)
 	}
 }
 
 func (d *Desired) remove(e PeerEntries) {
 	d.deleteRoute(e.Route.Dst)
 	if e.usesNeigh() {
-		delete(d.neighs, keyOf(e.Route.Gw))
-		delete(d.fdb, MAC(e.MAC))
+		d.deleteNeigh(e.Route.Gw, MAC(e.MAC))
 	}
 }
 

@@ -40,16 +40,16 @@ type deltaApplier interface {
 func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired, t *tally) syncStats {
 	var st syncStats
 	nhAdd, nhStale := diffNexthops(old, d)
-	fdbAdd, fdbDel := diffMaps(old.fdb, d.fdb, func(a, b addrKey) bool { return a == b })
-	neighAdd, neighDel := diffMaps(old.neighs, d.neighs, func(a, b MAC) bool { return a == b })
-	routeAdd, routeDel := diffMaps(old.routes, d.routes, func(a, b routeVal) bool { return old.sameRoute(a, d, b) })
+	x := d.diffEntries(old)
 
 	fb := rtnl.NewBatch(rt, func(mac MAC, err error) bool {
-		t.add(fmt.Errorf("set FDB entry %s dst %s: %w", mac, d.fdb[mac].addr(), err))
+		dst, _ := d.FDBDst(mac)
+		t.add(fmt.Errorf("set FDB entry %s dst %s: %w", mac, dst, err))
 		return true
 	})
-	for _, mac := range fdbAdd {
-		fb.SetNeigh(mac, unix.AF_BRIDGE, d.Dev, d.fdb[mac].addr(), mac[:])
+	for _, mac := range x.fdbAdd {
+		dst, _ := d.FDBDst(mac)
+		fb.SetNeigh(mac, unix.AF_BRIDGE, d.Dev, dst, mac[:])
 	}
 	fb.Flush()
 	st.Added += fb.OK()
@@ -61,8 +61,8 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 		t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, mac, err))
 		return true
 	})
-	for _, k := range neighAdd {
-		mac, ip := d.neighs[k], k.addr()
+	for _, ip := range x.neighAdd {
+		mac, _ := d.Neigh(ip)
 		nb.SetNeigh(ip, family, d.Dev, ip, mac[:])
 	}
 	nb.Flush()
@@ -85,9 +85,8 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 		}
 		return true
 	})
-	for _, k := range routeAdd {
-		w := d.routeAt(k, d.routes[k])
-		dst := w.Dst
+	for _, dst := range x.routeAdd {
+		w, _ := d.Route(dst)
 		if n, ok := d.nexthop(w.NhID); ok && w.NhID != 0 {
 			if o, had := old.nexthop(w.NhID); !had || o != n {
 				rb.ReplaceNexthop(deltaWrite{nh: w.NhID}, n)
@@ -98,7 +97,7 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 		// is added exclusively: a route of another owner that appeared
 		// since the last full pass makes it fail (EEXIST), and the full
 		// pass that follows leaves that route alone.
-		if _, ours := old.routes[k]; ours {
+		if _, ours := old.Route(dst); ours {
 			rb.ReplaceRoute(deltaWrite{dst: dst}, family, rtnl.RouteSpec(w))
 		} else {
 			rb.AddRoute(deltaWrite{dst: dst}, family, rtnl.RouteSpec(w))
@@ -126,14 +125,13 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 		o, _ := old.Route(dst)
 		return t.addDelete("route", o, err)
 	})
-	for _, k := range routeDel {
+	for _, dst := range x.routeDel {
 		// A replace keeps the key (dst, metric); one at another metric
 		// would survive it.
-		o := old.routeAt(k, old.routes[k])
-		if v, ok := d.routes[k]; ok && d.tmpls[v.t].metric == o.Metric {
+		o, _ := old.Route(dst)
+		if w, ok := d.Route(dst); ok && w.Metric == o.Metric {
 			continue
 		}
-		dst := o.Dst
 		// Whatever its gateway: the kernel matches on destination, table,
 		// metric and protocol.
 		rd.DeleteRoute(dst, family, rtnl.Route{Dst: o.Dst, Table: unix.RT_TABLE_MAIN, Protocol: uint8(rtnl.ProtWeft), Priority: o.Metric})
@@ -141,22 +139,22 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 	rd.Flush()
 	st.Deleted += rd.OK()
 	nd := rtnl.NewBatch(rt, func(ip netip.Addr, err error) bool { return t.addDelete("neighbour", ip, err) })
-	for _, k := range neighDel {
-		if _, ok := d.neighs[k]; ok {
+	for _, ip := range x.neighDel {
+		if _, ok := d.Neigh(ip); ok {
 			continue // replaced above
 		}
-		ip := k.addr()
 		nd.DeleteNeigh(ip, rtnl.Neigh{Family: family, Link: old.Dev, IP: ip})
 	}
 	nd.Flush()
 	st.Deleted += nd.OK()
 	fd := rtnl.NewBatch(rt, func(mac MAC, err error) bool {
-		return t.addDelete("FDB entry", fdbEntry{mac, old.fdb[mac].addr()}, err)
+		dst, _ := old.FDBDst(mac)
+		return t.addDelete("FDB entry", fdbEntry{mac, dst}, err)
 	})
-	for _, mac := range fdbDel {
+	for _, mac := range x.fdbDel {
 		// For a MAC that moved, the set above usually swapped the
 		// destination in place and this finds nothing.
-		dst := old.fdb[mac].addr()
+		dst, _ := old.FDBDst(mac)
 		fd.DeleteNeigh(mac, rtnl.Neigh{Family: unix.AF_BRIDGE, Link: old.Dev, IP: dst, MAC: mac, MACLen: 6})
 	}
 	fd.Flush()

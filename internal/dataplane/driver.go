@@ -345,18 +345,17 @@ func (v *driver) applyIncremental(prev *Desired, snap lease.Snapshot) (old, cur 
 		}
 		if e.MAC != nil {
 			m := MAC(e.MAC)
-			if _, dup := cur.fdb[m]; dup {
+			if _, dup := cur.FDBDst(m); dup {
 				return nil, nil, false
 			}
-			if _, taken := prev.fdb[m]; taken {
-				if _, leaving := old.fdb[m]; !leaving {
+			if _, taken := prev.FDBDst(m); taken {
+				if _, leaving := old.FDBDst(m); !leaving {
 					return nil, nil, false
 				}
 			}
 		}
-		k := pfxOf(e.Route.Dst)
-		if _, taken := prev.routes[k]; taken {
-			if _, leaving := old.routes[k]; !leaving {
+		if _, taken := prev.Route(e.Route.Dst); taken {
+			if _, leaving := old.Route(e.Route.Dst); !leaving {
 				return nil, nil, false // the blackhole or a static route
 			}
 		}

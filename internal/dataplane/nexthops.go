@@ -226,11 +226,11 @@ func nexthopDrift(want *Desired, u rtnl.NexthopUpdate) bool {
 // nexthop is the nexthop object of id that d's routes go through: the
 // route whose destination's address is the id (nexthopID) says it all.
 func (d *Desired) nexthop(id uint32) (rtnl.Nexthop, bool) {
-	k, v, ok := d.nexthopRoute(id)
+	w, ok := d.nexthopRoute(id)
 	if !ok {
 		return rtnl.Nexthop{}, false
 	}
-	return nexthopOf(d.routeAt(k, v)), true
+	return nexthopOf(w), true
 }
 
 // nexthopObjects are the nexthop objects d's routes go through, by id
