@@ -33,11 +33,10 @@ type Desired struct {
 	Own    netip.Prefix // this host's subnet of the family, masked
 	Dev    int          // the device index the routes point at (0: none)
 	Addr   netip.Prefix // the device address (zero: none)
-	// The routes, neighbours and FDB entries, read through Route, Routes,
-	// Neigh, Neighs, FDBDst and FDB (entries.go: bytes of the family's
-	// addresses, not maps of Route, netip.Addr and netip.Prefix).
-	// An IPv4 state's in e4, an IPv6 state's in e6 (nil both: not yet
-	// rendered); tmpls are the kinds of route in them.
+	// The routes, neighbours and FDB entries (entries.go), read through
+	// Route, Routes, Neigh, Neighs, FDBDst and FDB: an IPv4 state's in e4,
+	// an IPv6 state's in e6 (both nil: not yet rendered), tmpls the kinds
+	// of route in them.
 	e4    *entries[ip4]
 	e6    *entries[ip16]
 	tmpls []routeTmpl
