@@ -298,15 +298,23 @@ func (d *Desired) Routes() iter.Seq[Route] {
 }
 
 // NumRoutes is how many routes d asks for.
-func (d *Desired) NumRoutes() int {
+func (d *Desired) NumRoutes() int { r, _, _ := d.sizes(); return r }
+
+// NumNeighs is how many neighbours d asks for.
+func (d *Desired) NumNeighs() int { _, n, _ := d.sizes(); return n }
+
+// NumFDB is how many FDB entries d asks for.
+func (d *Desired) NumFDB() int { _, _, f := d.sizes(); return f }
+
+func (d *Desired) sizes() (routes, neighs, fdb int) {
 	switch {
 	case d == nil:
 	case d.e4 != nil:
-		return len(d.e4.routes)
+		return len(d.e4.routes), len(d.e4.neighs), len(d.e4.fdb)
 	case d.e6 != nil:
-		return len(d.e6.routes)
+		return len(d.e6.routes), len(d.e6.neighs), len(d.e6.fdb)
 	}
-	return 0
+	return 0, 0, 0
 }
 
 func neighIn[A ip](e *entries[A], ip netip.Addr) (MAC, bool) {
@@ -352,18 +360,6 @@ func (d *Desired) Neighs() iter.Seq2[netip.Addr, MAC] {
 	}
 }
 
-// NumNeighs is how many neighbours d asks for.
-func (d *Desired) NumNeighs() int {
-	switch {
-	case d == nil:
-	case d.e4 != nil:
-		return len(d.e4.neighs)
-	case d.e6 != nil:
-		return len(d.e6.neighs)
-	}
-	return 0
-}
-
 // FDBDst returns the underlay address d's FDB entry for mac sends to.
 func (d *Desired) FDBDst(mac MAC) (netip.Addr, bool) {
 	switch {
@@ -398,18 +394,6 @@ func (d *Desired) FDB() iter.Seq2[MAC, netip.Addr] {
 			fdbIn(d.e6, yield)
 		}
 	}
-}
-
-// NumFDB is how many FDB entries d asks for.
-func (d *Desired) NumFDB() int {
-	switch {
-	case d == nil:
-	case d.e4 != nil:
-		return len(d.e4.fdb)
-	case d.e6 != nil:
-		return len(d.e6.fdb)
-	}
-	return 0
 }
 
 // entryDiff is what differs between two states (see diffEntries).
