@@ -33,31 +33,35 @@ type Desired struct {
 	Own    netip.Prefix // this host's subnet of the family, masked
 	Dev    int          // the device index the routes point at (0: none)
 	Addr   netip.Prefix // the device address (zero: none)
-	Routes map[netip.Prefix]Route
-	Neighs map[netip.Addr]MAC
-	FDB    map[[6]byte]netip.Addr
+	// The routes, neighbours and FDB entries (entries.go), read through
+	// Route, Routes, Neigh, Neighs, FDBDst and FDB: an IPv4 state's in e4,
+	// an IPv6 state's in e6 (both nil: not yet rendered), tmpls the kinds
+	// of route in them.
+	e4    *entries[ip4]
+	e6    *entries[ip16]
+	tmpls []routeTmpl
+	// The routes through kernel nexthop objects (nexthops.go), each of
+	// whose id is its destination's address: how many, and how many at
+	// each prefix length (nhBits, nhLens a bit per length with any), which
+	// is what finding a nexthop's route by its id needs.
+	nhCount int
+	nhLens  uint64
+	nhBits  [33]int32
 	// Nexthops are the kernel nexthop objects the routes go through, by
 	// id (nexthops.go): IPv4 vxlan peers' on a kernel that makes them.
 	// Only Render fills it, for its callers: the driver's states keep the
-	// nexthops implicit in the routes (nh), since a route through one
-	// carries all the object holds.
+	// nexthops implicit in the routes, since a route through one carries
+	// all the object holds.
 	Nexthops map[uint32]rtnl.Nexthop
-	// nh is the ids of the nexthops the routes go through, each with the
-	// prefix length of its route, whose destination's address is the id
-	// (nexthopID): 8 bytes a peer where the objects were ~100 (issue 12).
-	nh map[uint32]uint8
 	// Skipped are the peers of the snapshot that asked for nothing this
 	// backend can program, and why, in snapshot order.
 	Skipped []skippedPeer
 }
 
 func newDesired(family uint8, device string, own netip.Prefix, dev, n int) *Desired {
-	return &Desired{
-		Family: family, Device: device, Own: own, Dev: dev,
-		Routes: make(map[netip.Prefix]Route, n+1),
-		Neighs: make(map[netip.Addr]MAC, n),
-		FDB:    make(map[[6]byte]netip.Addr, n),
-	}
+	d := &Desired{Family: family, Device: device, Own: own, Dev: dev}
+	d.newEntriesOf(family, n)
+	return d
 }
 
 // MAC is a neighbour's link-layer address, kept in place: a map of
@@ -90,27 +94,16 @@ type PeerEntries struct {
 func (e PeerEntries) usesNeigh() bool { return e.MAC != nil && !e.Direct }
 
 func (d *Desired) add(e PeerEntries) {
-	d.Routes[e.Route.Dst] = e.Route
-	if e.Route.NhID != 0 {
-		if d.nh == nil {
-			d.nh = make(map[uint32]uint8)
-		}
-		d.nh[e.Route.NhID] = uint8(e.Route.Dst.Bits())
-	}
+	d.setRoute(e.Route)
 	if e.usesNeigh() {
-		d.Neighs[e.Route.Gw] = MAC(e.MAC)
-		d.FDB[[6]byte(e.MAC)] = e.Dst
+		d.setNeigh(e.Route.Gw, MAC(e.MAC), e.Dst)
 	}
 }
 
 func (d *Desired) remove(e PeerEntries) {
-	delete(d.Routes, e.Route.Dst)
-	if e.Route.NhID != 0 {
-		delete(d.nh, e.Route.NhID)
-	}
+	d.deleteRoute(e.Route.Dst)
 	if e.usesNeigh() {
-		delete(d.Neighs, e.Route.Gw)
-		delete(d.FDB, [6]byte(e.MAC))
+		d.deleteNeigh(e.Route.Gw, MAC(e.MAC))
 	}
 }
 
@@ -169,27 +162,19 @@ type spec struct {
 func (s *spec) render(snap lease.Snapshot, f Facts, reuse *Desired) *Desired {
 	own := s.own(snap)
 	var d *Desired
-	if reuse != nil && reuse.Routes != nil {
+	if reuse.rendered() {
 		d = reuse
-		clear(d.Routes)
-		clear(d.Neighs)
-		clear(d.FDB)
-		clear(d.nh)
+		d.clearEntries()
 		d.Own, d.Dev, d.Addr, d.Skipped = own, f.Dev, netip.Prefix{}, d.Skipped[:0]
 	} else {
 		d = newDesired(s.family, s.device, own, f.Dev, len(snap.Peers))
-		if f.Nexthops {
-			// Sized like the other maps: grown from empty, its doublings
-			// were 3 MB of garbage at 20,000 peers (issue 12).
-			d.nh = make(map[uint32]uint8, len(snap.Peers))
-		}
 	}
 	if s.addr && own.IsValid() {
 		d.Addr = netip.PrefixFrom(own.Addr(), own.Addr().BitLen())
 	}
 	if s.static != nil {
 		for _, r := range s.static(own, f) {
-			d.Routes[r.Dst] = r
+			d.setRoute(r)
 		}
 	}
 	for _, p := range snap.Peers {
@@ -207,7 +192,7 @@ func (s *spec) render(snap lease.Snapshot, f Facts, reuse *Desired) *Desired {
 			}
 		}
 		if why == "" && e.MAC != nil {
-			if other, dup := d.FDB[[6]byte(e.MAC)]; dup {
+			if other, dup := d.FDBDst(MAC(e.MAC)); dup {
 				why = fmt.Sprintf("%s %s is also published by the peer at %s", s.macWhat, e.MAC, other)
 			}
 		}
@@ -226,7 +211,7 @@ func (s *spec) render(snap lease.Snapshot, f Facts, reuse *Desired) *Desired {
 		if why := f.Foreign.conflict(w, f.Dev); why != "" {
 			d.Skipped = append(d.Skipped, skippedPeer{peer: own, reason: SkipForeignRoute, msg: "own subnet's blackhole route: " + why})
 		} else {
-			d.Routes[own] = w
+			d.setRoute(w)
 		}
 	}
 	return d

@@ -11,7 +11,6 @@ package dataplane
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 
@@ -41,16 +40,16 @@ type deltaApplier interface {
 func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired, t *tally) syncStats {
 	var st syncStats
 	nhAdd, nhStale := diffNexthops(old, d)
-	fdbAdd, fdbDel := diffMaps(old.FDB, d.FDB, func(a, b netip.Addr) bool { return a == b })
-	neighAdd, neighDel := diffMaps(old.Neighs, d.Neighs, func(a, b MAC) bool { return a == b })
-	routeAdd, routeDel := diffMaps(old.Routes, d.Routes, func(a, b Route) bool { return a == b })
+	x := d.diffEntries(old)
 
-	fb := rtnl.NewBatch(rt, func(mac [6]byte, err error) bool {
-		t.add(fmt.Errorf("set FDB entry %s dst %s: %w", net.HardwareAddr(mac[:]), d.FDB[mac], err))
+	fb := rtnl.NewBatch(rt, func(mac MAC, err error) bool {
+		dst, _ := d.FDBDst(mac)
+		t.add(fmt.Errorf("set FDB entry %s dst %s: %w", mac, dst, err))
 		return true
 	})
-	for _, mac := range fdbAdd {
-		fb.SetNeigh(mac, unix.AF_BRIDGE, d.Dev, d.FDB[mac], mac[:])
+	for _, mac := range x.fdbAdd {
+		dst, _ := d.FDBDst(mac)
+		fb.SetNeigh(mac, unix.AF_BRIDGE, d.Dev, dst, mac[:])
 	}
 	fb.Flush()
 	st.Added += fb.OK()
@@ -58,11 +57,12 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 		return st
 	}
 	nb := rtnl.NewBatch(rt, func(ip netip.Addr, err error) bool {
-		t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, d.Neighs[ip], err))
+		mac, _ := d.Neigh(ip)
+		t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, mac, err))
 		return true
 	})
-	for _, ip := range neighAdd {
-		mac := d.Neighs[ip]
+	for _, ip := range x.neighAdd {
+		mac, _ := d.Neigh(ip)
 		nb.SetNeigh(ip, family, d.Dev, ip, mac[:])
 	}
 	nb.Flush()
@@ -80,12 +80,13 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 			n, _ := d.nexthop(k.nh)
 			t.add(fmt.Errorf("replace nexthop %s: %w", n, err))
 		} else {
-			t.add(fmt.Errorf("write route %s: %w", d.Routes[k.dst], err))
+			w, _ := d.Route(k.dst)
+			t.add(fmt.Errorf("write route %s: %w", w, err))
 		}
 		return true
 	})
-	for _, dst := range routeAdd {
-		w := d.Routes[dst]
+	for _, dst := range x.routeAdd {
+		w, _ := d.Route(dst)
 		if n, ok := d.nexthop(w.NhID); ok && w.NhID != 0 {
 			if o, had := old.nexthop(w.NhID); !had || o != n {
 				rb.ReplaceNexthop(deltaWrite{nh: w.NhID}, n)
@@ -96,7 +97,7 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 		// is added exclusively: a route of another owner that appeared
 		// since the last full pass makes it fail (EEXIST), and the full
 		// pass that follows leaves that route alone.
-		if _, ours := old.Routes[dst]; ours {
+		if _, ours := old.Route(dst); ours {
 			rb.ReplaceRoute(deltaWrite{dst: dst}, family, rtnl.RouteSpec(w))
 		} else {
 			rb.AddRoute(deltaWrite{dst: dst}, family, rtnl.RouteSpec(w))
@@ -121,13 +122,14 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 	// a delete fails: a string built for each of a bulk leave's 15,000
 	// deletes was garbage the collector had to chase while they ran.
 	rd := rtnl.NewBatch(rt, func(dst netip.Prefix, err error) bool {
-		return t.addDelete("route", old.Routes[dst], err)
+		o, _ := old.Route(dst)
+		return t.addDelete("route", o, err)
 	})
-	for _, dst := range routeDel {
+	for _, dst := range x.routeDel {
 		// A replace keeps the key (dst, metric); one at another metric
 		// would survive it.
-		o := old.Routes[dst]
-		if w, ok := d.Routes[dst]; ok && w.Metric == o.Metric {
+		o, _ := old.Route(dst)
+		if w, ok := d.Route(dst); ok && w.Metric == o.Metric {
 			continue
 		}
 		// Whatever its gateway: the kernel matches on destination, table,
@@ -137,21 +139,22 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 	rd.Flush()
 	st.Deleted += rd.OK()
 	nd := rtnl.NewBatch(rt, func(ip netip.Addr, err error) bool { return t.addDelete("neighbour", ip, err) })
-	for _, ip := range neighDel {
-		if _, ok := d.Neighs[ip]; ok {
+	for _, ip := range x.neighDel {
+		if _, ok := d.Neigh(ip); ok {
 			continue // replaced above
 		}
 		nd.DeleteNeigh(ip, rtnl.Neigh{Family: family, Link: old.Dev, IP: ip})
 	}
 	nd.Flush()
 	st.Deleted += nd.OK()
-	fd := rtnl.NewBatch(rt, func(mac [6]byte, err error) bool {
-		return t.addDelete("FDB entry", fdbEntry{mac, old.FDB[mac]}, err)
+	fd := rtnl.NewBatch(rt, func(mac MAC, err error) bool {
+		dst, _ := old.FDBDst(mac)
+		return t.addDelete("FDB entry", fdbEntry{mac, dst}, err)
 	})
-	for _, mac := range fdbDel {
+	for _, mac := range x.fdbDel {
 		// For a MAC that moved, the set above usually swapped the
 		// destination in place and this finds nothing.
-		dst := old.FDB[mac]
+		dst, _ := old.FDBDst(mac)
 		fd.DeleteNeigh(mac, rtnl.Neigh{Family: unix.AF_BRIDGE, Link: old.Dev, IP: dst, MAC: mac, MACLen: 6})
 	}
 	fd.Flush()
@@ -166,21 +169,21 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 // not (to delete; a changed one is replaced, not deleted).
 func diffNexthops(old, d *Desired) (add, stale []uint32) {
 	kept := 0
-	for id := range d.nh {
+	for id := range d.nexthopIDs() {
 		n, _ := d.nexthop(id)
 		o, had := old.nexthop(id)
-		if _, in := old.nh[id]; in {
+		if had {
 			kept++
 		}
 		if !had || o != n {
 			add = append(add, id)
 		}
 	}
-	if kept == len(old.nh) {
+	if kept == old.nhCount {
 		return add, nil // every one of old's is still gone through
 	}
-	for id := range old.nh {
-		if _, ok := d.nh[id]; !ok {
+	for id := range old.nexthopIDs() {
+		if !d.hasNexthop(id) {
 			stale = append(stale, id)
 		}
 	}
@@ -196,12 +199,12 @@ type deltaWrite struct {
 
 // fdbEntry names an FDB entry in messages.
 type fdbEntry struct {
-	mac [6]byte
+	mac MAC
 	dst netip.Addr
 }
 
 func (e fdbEntry) String() string {
-	return net.HardwareAddr(e.mac[:]).String() + " dst " + e.dst.String()
+	return e.mac.String() + " dst " + e.dst.String()
 }
 
 // addDelete counts the failed delete of the entry what k, unless it failed
@@ -216,16 +219,17 @@ func (t *tally) addDelete(what string, k fmt.Stringer, err error) bool {
 }
 
 // routeDrift reports whether the deletion of route u removes a route weft
-// wants (routes is the desired set, nil before the first apply). Deletions of
-// routes weft no longer wants are the echoes of its own applies, not drift.
-func routeDrift(routes map[netip.Prefix]routeWant, u netlink.RouteUpdate) bool {
+// wants (want is the desired state, nil or not yet rendered before the
+// first apply). Deletions of routes weft no longer wants are the echoes of
+// its own applies, not drift.
+func routeDrift(want *Desired, u netlink.RouteUpdate) bool {
 	if u.Type != unix.RTM_DELROUTE || u.Protocol != rtnl.ProtWeft {
 		return false
 	}
-	if routes == nil {
+	if !want.rendered() {
 		return true
 	}
-	w, ok := routes[prefixOf(u.Dst)]
+	w, ok := want.Route(prefixOf(u.Dst))
 	return ok && u.Priority == w.Metric
 }
 

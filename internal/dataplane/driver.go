@@ -204,11 +204,11 @@ func (v *driver) applyFull(ctx context.Context, snap lease.Snapshot, dev int, t 
 	if v.before != nil {
 		d.Skipped = append(d.Skipped, v.before(snap, d)...)
 	}
-	weft := weftRoutes(v.rt, v.spec.family, v.facts.Foreign.adopted(nil, d.Routes, dev))
+	weft := weftRoutes(v.rt, v.spec.family, v.facts.Foreign.adopted(nil, d, dev))
 	if dev != 0 {
 		errs = append(errs, syncDevice(ctx, v.rt, d, weft, v.nexthops, &st, t)...)
 	} else {
-		rs, del, err := syncRoutes(ctx, v.rt, v.spec.family, weft, d.Routes, t)
+		rs, del, err := syncRoutes(ctx, v.rt, v.spec.family, weft, d, t)
 		errs = append(errs, err)
 		if del != nil && err == nil {
 			errs = append(errs, del())
@@ -222,7 +222,7 @@ func (v *driver) applyFull(ctx context.Context, snap lease.Snapshot, dev int, t 
 // facts of the last full pass, in place under wantMu when there is one.
 func (v *driver) renderInPlace(snap lease.Snapshot) *Desired {
 	cur := v.want.Load()
-	if cur == nil || cur.Routes == nil {
+	if !cur.rendered() {
 		d := v.spec.render(snap, v.facts, nil)
 		v.want.Store(d)
 		return d
@@ -344,18 +344,18 @@ func (v *driver) applyIncremental(prev *Desired, snap lease.Snapshot) (old, cur 
 			return nil, nil, false // render will note it
 		}
 		if e.MAC != nil {
-			m := [6]byte(e.MAC)
-			if _, dup := cur.FDB[m]; dup {
+			m := MAC(e.MAC)
+			if _, dup := cur.FDBDst(m); dup {
 				return nil, nil, false
 			}
-			if _, taken := prev.FDB[m]; taken {
-				if _, leaving := old.FDB[m]; !leaving {
+			if _, taken := prev.FDBDst(m); taken {
+				if _, leaving := old.FDBDst(m); !leaving {
 					return nil, nil, false
 				}
 			}
 		}
-		if _, taken := prev.Routes[e.Route.Dst]; taken {
-			if _, leaving := old.Routes[e.Route.Dst]; !leaving {
+		if _, taken := prev.Route(e.Route.Dst); taken {
+			if _, leaving := old.Route(e.Route.Dst); !leaving {
 				return nil, nil, false // the blackhole or a static route
 			}
 		}
@@ -423,11 +423,7 @@ func (v *driver) watchFilter() watchFilter {
 			}
 			v.wantMu.RLock()
 			defer v.wantMu.RUnlock()
-			var routes map[netip.Prefix]Route
-			if d := v.want.Load(); d != nil {
-				routes = d.Routes
-			}
-			return routeDrift(routes, u)
+			return routeDrift(v.want.Load(), u)
 		},
 		nexthop: v.nexthopFilter(),
 		neigh: func(u netlink.NeighUpdate) bool {
@@ -438,16 +434,16 @@ func (v *driver) watchFilter() watchFilter {
 			defer v.wantMu.RUnlock()
 			d := v.want.Load()
 			switch {
-			case d == nil || d.Routes == nil:
+			case !d.rendered():
 				return true
 			case u.Family == unix.AF_BRIDGE:
 				if len(u.HardwareAddr) != 6 {
 					return false
 				}
-				dst, ok := d.FDB[[6]byte(u.HardwareAddr)]
+				dst, ok := d.FDBDst(MAC(u.HardwareAddr))
 				return ok && dst == addrOf(u.IP)
 			default:
-				_, ok := d.Neighs[addrOf(u.IP)]
+				_, ok := d.Neigh(addrOf(u.IP))
 				return ok
 			}
 		},

@@ -115,13 +115,13 @@ func TestBatchFailures(t *testing.T) {
 	l := newLab(t, hostAddr, swAddr)
 	rt := l.rtnl(t)
 	eth0 := l.eth0(t)
-	want := map[netip.Prefix]routeWant{}
+	want := routesWanted()
 	for i := range 150 {
 		w := routeWant{Dst: peerSubnet(i + 2), Gw: netip.MustParseAddr("100.64.255.254"), Link: eth0}
 		if i%50 == 7 {
 			w.Link = 999999 // no such device: ENODEV
 		}
-		want[w.Dst] = w
+		want.setRoute(w)
 	}
 	tl := &tally{what: "test"}
 	st, del, err := syncRoutes(context.Background(), rt, unix.AF_INET, routeList(nil), want, tl)
@@ -172,7 +172,7 @@ func TestRTNLSocket(t *testing.T) {
 		t.Errorf("dump after close: %v, want %v", err, rtnl.ErrClosed)
 	}
 	tl := &tally{what: "test"}
-	st, _, err := syncRoutes(context.Background(), rt, unix.AF_INET, routeList(nil), map[netip.Prefix]routeWant{peerSubnet(2): {Dst: peerSubnet(2), Gw: l.under.Addr().Next().Next(), Link: eth0}}, tl)
+	st, _, err := syncRoutes(context.Background(), rt, unix.AF_INET, routeList(nil), routesWanted(Route{Dst: peerSubnet(2), Gw: l.under.Addr().Next().Next(), Link: eth0}), tl)
 	must(t, err)
 	if st.Added != 0 || tl.n != 1 || !errors.Is(tl.first, rtnl.ErrClosed) {
 		t.Errorf("write after close: added %d, failed %d (%v); want 0, 1 with %v", st.Added, tl.n, tl.first, rtnl.ErrClosed)

@@ -316,3 +316,49 @@ func startBackend(t *testing.T, ns *netnstest.NS, cfg netconf.Config, wantMTU in
 func driverOf(b Backend, i int) *driver {
 	return b.(*backend).drivers[i]
 }
+
+// flatDesired is a Desired with its entries as maps, for comparing desired
+// states whatever the order their route kinds were met in (entries.go).
+type flatDesired struct {
+	Family   uint8
+	Device   string
+	Own      netip.Prefix
+	Dev      int
+	Addr     netip.Prefix
+	Routes   map[netip.Prefix]Route
+	Neighs   map[netip.Addr]MAC
+	FDB      map[[6]byte]netip.Addr
+	Nexthops map[uint32]rtnl.Nexthop
+	// NH are the nexthops the routes go through, and NHCounted how many
+	// d counted (it keeps the count as routes come and go).
+	NH        map[uint32]rtnl.Nexthop
+	NHCounted int
+	Skipped   []skippedPeer
+}
+
+func flatten(d *Desired) flatDesired {
+	f := flatDesired{
+		Family: d.Family, Device: d.Device, Own: d.Own, Dev: d.Dev, Addr: d.Addr,
+		Routes: map[netip.Prefix]Route{}, Neighs: map[netip.Addr]MAC{}, FDB: map[[6]byte]netip.Addr{},
+		Nexthops: d.Nexthops, NH: d.nexthopObjects(), NHCounted: d.nhCount, Skipped: d.Skipped,
+	}
+	for r := range d.Routes() {
+		f.Routes[r.Dst] = r
+	}
+	for ip, mac := range d.Neighs() {
+		f.Neighs[ip] = mac
+	}
+	for mac, dst := range d.FDB() {
+		f.FDB[mac] = dst
+	}
+	return f
+}
+
+// routesWanted is a desired state of the routes ws only.
+func routesWanted(ws ...Route) *Desired {
+	d := newDesired(unix.AF_INET, "", netip.Prefix{}, 0, len(ws))
+	for _, w := range ws {
+		d.setRoute(w)
+	}
+	return d
+}

@@ -100,7 +100,7 @@ func TestRouteRefusedUnreachable(t *testing.T) {
 	rt := l.rtnl(t)
 	w := routeWant{Dst: peerSubnet(3), Gw: netip.MustParseAddr("198.51.100.7"), Link: l.eth0(t)}
 	tl := &tally{what: "test", peerRoutes: true}
-	_, _, err := syncRoutes(context.Background(), rt, unix.AF_INET, routeList(nil), map[netip.Prefix]routeWant{w.Dst: w}, tl)
+	_, _, err := syncRoutes(context.Background(), rt, unix.AF_INET, routeList(nil), routesWanted(Route(w)), tl)
 	must(t, err)
 	if got := tl.unreachable; tl.err() != nil || len(got) != 1 || got[0].w != w || !isUnreachable(got[0].err) {
 		t.Errorf("tally error %v, unreachable %v; want none, %v with ENETUNREACH", tl.err(), got, w)

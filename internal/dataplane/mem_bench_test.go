@@ -39,8 +39,8 @@ func BenchmarkRenderMemory20000(b *testing.B) {
 		b.StartTimer()
 		d := specs[0].render(snap, f, nil)
 		b.StopTimer()
-		if d.Family != unix.AF_INET || len(d.Routes) != n+0 || len(d.Neighs) != n || len(d.FDB) != n || len(d.nh) != n {
-			b.Fatalf("rendered %d routes, %d neighbours, %d FDB entries, %d nexthops; want %d each", len(d.Routes), len(d.Neighs), len(d.FDB), len(d.nh), n)
+		if d.Family != unix.AF_INET || d.NumRoutes() != n || d.NumNeighs() != n || d.NumFDB() != n || d.nhCount != n {
+			b.Fatalf("rendered %d routes, %d neighbours, %d FDB entries, %d nexthops; want %d each", d.NumRoutes(), d.NumNeighs(), d.NumFDB(), d.nhCount, n)
 		}
 		runtime.ReadMemStats(&ms1)
 		alloc += float64(ms1.TotalAlloc - ms0.TotalAlloc)

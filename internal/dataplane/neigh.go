@@ -31,7 +31,7 @@ func syncDevice(ctx context.Context, rt *rtnl.Conn, d *Desired, have routeSource
 		nh    *nexthopPlan
 		nhdel func() error
 	)
-	if nexthops || len(d.nh) > 0 {
+	if nexthops || d.nhCount > 0 {
 		var err error
 		nh, err = readNexthops(rt, d.Family, d)
 		errs = append(errs, err)
@@ -39,11 +39,11 @@ func syncDevice(ctx context.Context, rt *rtnl.Conn, d *Desired, have routeSource
 			nhdel = nh.deleteStale(ctx, rt, nhs, t)
 		}
 	}
-	fs, fdel, err := syncFDB(ctx, rt, d.Dev, d.FDB, t)
+	fs, fdel, err := syncFDB(ctx, rt, d.Dev, d, t)
 	errs = append(errs, err)
-	ns, ndel, err := syncNeighs(ctx, rt, d.Family, d.Dev, d.Neighs, t)
+	ns, ndel, err := syncNeighs(ctx, rt, d.Family, d.Dev, d, t)
 	errs = append(errs, err)
-	rs, rdel, err := syncRoutesVia(ctx, rt, d.Family, have, d.Routes, nh, t)
+	rs, rdel, err := syncRoutesVia(ctx, rt, d.Family, have, d, nh, t)
 	errs = append(errs, err)
 	for _, del := range []func() error{rdel, ndel, fdel, nhdel} {
 		if del != nil {
@@ -83,23 +83,23 @@ func deleteNeighs(ctx context.Context, c *rtnl.Conn, stale []rtnl.Neigh, st *syn
 }
 
 // syncNeighs makes the permanent neighbours of family (AF_INET or AF_INET6)
-// on link equal to want (address → MAC). Dynamic entries the kernel made are
+// on link equal to want's (address → MAC). Dynamic entries the kernel made are
 // left alone unless their address is wanted, in which case the permanent
 // entry replaces them.
-func syncNeighs(ctx context.Context, c *rtnl.Conn, family uint8, link int, want map[netip.Addr]MAC, t *tally) (*syncStats, func() error, error) {
+func syncNeighs(ctx context.Context, c *rtnl.Conn, family uint8, link int, want *Desired, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
-	sc.addrs = slices.Grow(sc.addrs[:0], len(want)) // as syncRoutes' dsts
 	var stale []rtnl.Neigh
 	_, err := rtnl.RetryDump(func() (struct{}, error) {
-		sc.addrs, stale = sc.addrs[:0], stale[:0]
+		sc.growAddrs(family, want.NumNeighs()) // as syncRoutes' dsts
+		stale = stale[:0]
 		return struct{}{}, c.DumpNeighs(family, link, func(n rtnl.Neigh) {
-			mac, wanted := want[n.IP]
+			mac, wanted := want.Neigh(n.IP)
 			perm := n.State&netlink.NUD_PERMANENT != 0
 			switch {
 			case wanted && perm && n.MACLen == 6 && n.MAC == [6]byte(mac):
-				sc.addrs = append(sc.addrs, n.IP)
+				sc.addAddr(n.IP)
 			case !wanted && perm:
 				stale = append(stale, n)
 			}
@@ -108,14 +108,15 @@ func syncNeighs(ctx context.Context, c *rtnl.Conn, family uint8, link int, want 
 	if err != nil {
 		return st, nil, fmt.Errorf("list %s neighbours on #%d: %w", famName(family), link, err)
 	}
-	present := sortedSet(sc.addrs, netip.Addr.Compare)
+	present := sc.sortAddrs()
 	b := rtnl.NewBatch(c, func(ip netip.Addr, err error) bool {
-		t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, want[ip], err))
+		mac, _ := want.Neigh(ip)
+		t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, mac, err))
 		return true
 	})
-	if len(present) < len(want) {
-		for ip, mac := range want {
-			if _, found := slices.BinarySearchFunc(present, ip, netip.Addr.Compare); found {
+	if present < want.NumNeighs() {
+		for ip, mac := range want.Neighs() {
+			if sc.hasAddr(ip) {
 				continue
 			}
 			if b.Pending() == 0 && ctx.Err() != nil {
@@ -131,12 +132,12 @@ func syncNeighs(ctx context.Context, c *rtnl.Conn, family uint8, link int, want 
 }
 
 // syncFDB makes the permanent forwarding entries of the vxlan device link
-// equal to want (VTEP MAC → underlay destination).
-func syncFDB(ctx context.Context, c *rtnl.Conn, link int, want map[[6]byte]netip.Addr, t *tally) (*syncStats, func() error, error) {
+// equal to want's (VTEP MAC → underlay destination).
+func syncFDB(ctx context.Context, c *rtnl.Conn, link int, want *Desired, t *tally) (*syncStats, func() error, error) {
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
-	sc.macs = slices.Grow(sc.macs[:0], len(want)) // as syncRoutes' dsts
+	sc.macs = slices.Grow(sc.macs[:0], want.NumFDB()) // as syncRoutes' dsts
 	var stale []rtnl.Neigh
 	_, err := rtnl.RetryDump(func() (struct{}, error) {
 		sc.macs, stale = sc.macs[:0], stale[:0]
@@ -144,7 +145,7 @@ func syncFDB(ctx context.Context, c *rtnl.Conn, link int, want map[[6]byte]netip
 			if n.State&netlink.NUD_PERMANENT == 0 || n.MACLen != 6 {
 				return // learned entries (Learning on) belong to the kernel
 			}
-			if dst, wanted := want[n.MAC]; wanted && n.IP == dst {
+			if dst, wanted := want.FDBDst(n.MAC); wanted && n.IP == dst {
 				sc.macs = append(sc.macs, n.MAC)
 				return
 			}
@@ -156,14 +157,15 @@ func syncFDB(ctx context.Context, c *rtnl.Conn, link int, want map[[6]byte]netip
 	}
 	present := sortedSet(sc.macs, cmpMAC)
 	b := rtnl.NewBatch(c, func(mac [6]byte, err error) bool {
-		t.add(fmt.Errorf("set FDB entry %s dst %s: %w", net.HardwareAddr(mac[:]), want[mac], err))
+		dst, _ := want.FDBDst(mac)
+		t.add(fmt.Errorf("set FDB entry %s dst %s: %w", net.HardwareAddr(mac[:]), dst, err))
 		return true
 	})
 	// Replace first: on an existing MAC the kernel swaps its destination in
 	// place, so the stale delete that follows is usually already done.
-	if len(present) < len(want) {
-		for mac, dst := range want {
-			if _, found := slices.BinarySearchFunc(present, mac, cmpMAC); found {
+	if len(present) < want.NumFDB() {
+		for mac, dst := range want.FDB() {
+			if _, found := slices.BinarySearchFunc(present, [6]byte(mac), cmpMAC); found {
 				continue
 			}
 			if b.Pending() == 0 && ctx.Err() != nil {

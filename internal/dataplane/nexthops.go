@@ -154,11 +154,11 @@ func (p *nexthopPlan) before(b *rtnl.Batch[routeWrite], w routeWant) {
 // those whose route was already right (a peer's gateway changed, the route
 // through the id did not).
 func (p *nexthopPlan) rest(ctx context.Context, b *rtnl.Batch[routeWrite]) error {
-	if p == nil || len(p.ok)+len(p.wrote) >= len(p.want.nh) {
+	if p == nil || len(p.ok)+len(p.wrote) >= p.want.nhCount {
 		return nil
 	}
 	p.wrote = sortedSet(p.wrote, cmp.Compare[uint32])
-	for id := range p.want.nh {
+	for id := range p.want.nexthopIDs() {
 		if _, found := slices.BinarySearch(p.ok, id); found {
 			continue
 		}
@@ -217,26 +217,17 @@ func nexthopDrift(want *Desired, u rtnl.NexthopUpdate) bool {
 	if !u.Deleted || u.Protocol != uint8(rtnl.ProtWeft) {
 		return false
 	}
-	if want == nil || want.Routes == nil {
+	if !want.rendered() {
 		return true
 	}
-	_, ok := want.nh[u.ID]
-	return ok
+	return want.hasNexthop(u.ID)
 }
 
 // nexthop is the nexthop object of id that d's routes go through: the
 // route whose destination's address is the id (nexthopID) says it all.
 func (d *Desired) nexthop(id uint32) (rtnl.Nexthop, bool) {
-	if d == nil {
-		return rtnl.Nexthop{}, false
-	}
-	bits, ok := d.nh[id]
+	w, ok := d.nexthopRoute(id)
 	if !ok {
-		return rtnl.Nexthop{}, false
-	}
-	a := netip.AddrFrom4([4]byte{byte(id >> 24), byte(id >> 16), byte(id >> 8), byte(id)})
-	w, ok := d.Routes[netip.PrefixFrom(a, int(bits))]
-	if !ok || w.NhID != id {
 		return rtnl.Nexthop{}, false
 	}
 	return nexthopOf(w), true
@@ -245,11 +236,11 @@ func (d *Desired) nexthop(id uint32) (rtnl.Nexthop, bool) {
 // nexthopObjects are the nexthop objects d's routes go through, by id
 // (nil when d has none to go through).
 func (d *Desired) nexthopObjects() map[uint32]rtnl.Nexthop {
-	if d.nh == nil {
+	if d.nhCount == 0 {
 		return nil
 	}
-	m := make(map[uint32]rtnl.Nexthop, len(d.nh))
-	for id := range d.nh {
+	m := make(map[uint32]rtnl.Nexthop, d.nhCount)
+	for id := range d.nexthopIDs() {
 		if n, ok := d.nexthop(id); ok {
 			m[id] = n
 		}

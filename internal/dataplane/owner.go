@@ -77,9 +77,9 @@ func (f foreignRoutes) conflict(w routeWant, dev int) string {
 // than its own: a replace does not reach them, so syncRoutes deletes them
 // as stale once weft's route is in. Those at weft's metric need nothing:
 // the replace makes them weft's.
-func (f foreignRoutes) adopted(have []rtnl.Route, want map[netip.Prefix]routeWant, dev int) []rtnl.Route {
+func (f foreignRoutes) adopted(have []rtnl.Route, want *Desired, dev int) []rtnl.Route {
 	for dst, rs := range f {
-		w, ok := want[dst]
+		w, ok := want.Route(dst)
 		if !ok || w.Blackhole {
 			continue
 		}

@@ -480,13 +480,14 @@ func (s State) wants(dev Link, iface int) ([]peerWant, map[uint32]rtnl.Nexthop) 
 	}
 	d := ds[0]
 	var ws []peerWant
-	for _, r := range d.Routes {
+	for r := range d.Routes() {
 		if r.Blackhole {
 			continue
 		}
 		w := peerWant{subnet: r.Dst, gw: r.Gw, link: r.Link, onlink: r.OnLink}
-		if mac, ok := d.Neighs[r.Gw]; ok && r.OnLink {
-			w.mac, w.dst = mac.String(), d.FDB[[6]byte(mac)]
+		if mac, ok := d.Neigh(r.Gw); ok && r.OnLink {
+			w.mac = mac.String()
+			w.dst, _ = d.FDBDst(mac)
 		}
 		ws = append(ws, w)
 	}
