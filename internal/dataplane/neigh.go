@@ -90,16 +90,16 @@ func syncNeighs(ctx context.Context, c *rtnl.Conn, family uint8, link int, want 
 	st := &syncStats{}
 	sc := getScratch()
 	defer putScratch(sc)
+	sc.addrs = slices.Grow(sc.addrs[:0], want.NumNeighs()) // as syncRoutes' dsts
 	var stale []rtnl.Neigh
 	_, err := rtnl.RetryDump(func() (struct{}, error) {
-		sc.growAddrs(family, want.NumNeighs()) // as syncRoutes' dsts
-		stale = stale[:0]
+		sc.addrs, stale = sc.addrs[:0], stale[:0]
 		return struct{}{}, c.DumpNeighs(family, link, func(n rtnl.Neigh) {
 			mac, wanted := want.Neigh(n.IP)
 			perm := n.State&netlink.NUD_PERMANENT != 0
 			switch {
 			case wanted && perm && n.MACLen == 6 && n.MAC == [6]byte(mac):
-				sc.addAddr(n.IP)
+				sc.addrs = append(sc.addrs, n.IP)
 			case !wanted && perm:
 				stale = append(stale, n)
 			}
@@ -108,15 +108,15 @@ func syncNeighs(ctx context.Context, c *rtnl.Conn, family uint8, link int, want 
 	if err != nil {
 		return st, nil, fmt.Errorf("list %s neighbours on #%d: %w", famName(family), link, err)
 	}
-	present := sc.sortAddrs()
+	present := sortedSet(sc.addrs, netip.Addr.Compare)
 	b := rtnl.NewBatch(c, func(ip netip.Addr, err error) bool {
 		mac, _ := want.Neigh(ip)
 		t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, mac, err))
 		return true
 	})
-	if present < want.NumNeighs() {
+	if len(present) < want.NumNeighs() {
 		for ip, mac := range want.Neighs() {
-			if sc.hasAddr(ip) {
+			if _, found := slices.BinarySearchFunc(present, ip, netip.Addr.Compare); found {
 				continue
 			}
 			if b.Pending() == 0 && ctx.Err() != nil {
