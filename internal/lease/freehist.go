@@ -31,12 +31,15 @@ package lease
 //     others. One count of one key per revision (~revisions/128
 //     transactions), so it scales with the window, not with the peers —
 //     at 5,000+ peers the replay and the proof below were on the start's
-//     path (issue 12's host-gw 5,000 and 20,000 first-route figures);
+//     path (issue 12's host-gw 5,000 and 20,000 first-route figures). It
+//     is tried only on windows of at most candidateMaxRevs revisions (a
+//     young cluster's whole history), where weftd's prefetch leaves the
+//     window to it rather than scan it beside the start;
 //   - quietWindow: no delete under the prefix in the whole window: then
 //     the replay could only return nothing (costs revisions × keys).
 // Only when the picked subnet was freed in the window (or etcd cannot say:
-// compacted, an error) is the history replayed, and the pick made again
-// from it.
+// a larger or compacted window, an error) is the history replayed, and the
+// pick made again from it.
 
 import (
 	"cmp"
