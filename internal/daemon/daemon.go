@@ -127,9 +127,10 @@ func run(ctx context.Context, o *Options, log *slog.Logger) error {
 	default:
 		log.Warn("ignoring unreadable previous subnet file", "file", o.SubnetFile, "err", err)
 	}
-	// A new host takes a new subnet, which first needs etcd's history of
-	// deletes (up to 100 ms of etcd's own delay): started now, it overlaps
-	// the rest of the start.
+	// A new host takes a new subnet, which may need etcd's history of
+	// deletes (up to 100 ms of etcd's own delay) when the check of the
+	// subnet it picks cannot answer (a window of over 2,048 revisions, a
+	// freed pick): started now, the replay overlaps the rest of the start.
 	var history *lease.HistoryPrefetch
 	if errors.Is(err, os.ErrNotExist) {
 		history = lease.PrefetchHistory(ctx, store, log)

@@ -22,15 +22,31 @@ package lease
 // freed recently, the oldest is taken rather than failing.
 //
 // The replay costs a new host up to 100 ms at start (etcd serves a watch
-// from the past only on its next unsynced-watcher pass, every 100 ms), so it
-// is skipped when a cheaper read proves the window holds no delete under
-// the prefix (quietWindow): then the replay could only return nothing.
+// from the past only on its next unsynced-watcher pass, every 100 ms), plus
+// etcd's scan of the window, so it is skipped when reads etcd answers at
+// once prove it could not change the choice:
+//   - candidateQuiet: the subnet picked without the history had no key at
+//     any revision of the window, so it was not freed in it: it is in the
+//     first class (never freed) whatever the replay would say of the
+//     others. One count of one key per revision (~revisions/128
+//     transactions), so it scales with the window, not with the peers —
+//     at 5,000+ peers the replay and the proof below were on the start's
+//     path (issue 12's host-gw 5,000 and 20,000 first-route figures). It
+//     is tried only on windows of at most candidateMaxRevs revisions (a
+//     young cluster's whole history), where weftd's prefetch leaves the
+//     window to it rather than scan it beside the start;
+//   - quietWindow: no delete under the prefix in the whole window: then
+//     the replay could only return nothing (costs revisions × keys).
+// Only when the picked subnet was freed in the window (or etcd cannot say:
+// a larger or compacted window, an error) is the history replayed, and the
+// pick made again from it.
 
 import (
 	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -66,6 +82,16 @@ const (
 	// quietTxnOps is etcd's default --max-txn-ops: the counts go in
 	// transactions of at most this many reads, sent at once.
 	quietTxnOps = 128
+	// candidateTries bounds the subnets candidateQuiet checks before the
+	// replay: in a cluster where most free subnets were freed in the
+	// window, the replay is the cheaper way.
+	candidateTries = 2
+	// candidateMaxRevs bounds candidateQuiet's window: one read per
+	// revision, ~5-11 µs each on a 2-core machine (BenchmarkCandidateQuiet:
+	// 10,000 revisions 101-115 ms at load 4.5), so past ~2,000 revisions
+	// the proof costs as much as the replay's wait (0-100 ms, mostly
+	// overlapped by the prefetch) and the replay decides.
+	candidateMaxRevs = 2048
 )
 
 // freeHistory maps subnets to the etcd revision of their last delete.
@@ -265,7 +291,20 @@ type HistoryPrefetch struct {
 // PrefetchHistory starts replaying the deletes under s's subnets prefix
 // over the last historyWindow revisions and on; it runs at most
 // historyTimeout. Stop releases it when it is not handed to a manager.
+//
+// When the window is small enough for the manager's check of the subnet it
+// picks (candidateQuiet), the prefetch does not replay: that check answers
+// at once in nearly every cluster, and the replay's scan of the window
+// would only compete with the start for etcd's CPU (on a 2-core host the
+// list of 5,000 leases took ~20 ms longer beside it). The manager replays
+// by itself when its check fails.
 func PrefetchHistory(ctx context.Context, s *Store, log *slog.Logger) *HistoryPrefetch {
+	return prefetchHistory(ctx, s, log, candidateMaxRevs)
+}
+
+// prefetchHistory is PrefetchHistory replaying only windows of more than
+// minRevs revisions (tests: 0, always).
+func prefetchHistory(ctx context.Context, s *Store, log *slog.Logger, minRevs int64) *HistoryPrefetch {
 	ctx, cancel := context.WithTimeout(ctx, historyTimeout)
 	p := &HistoryPrefetch{cancel: cancel, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go func() {
@@ -278,6 +317,10 @@ func PrefetchHistory(ctx context.Context, s *Store, log *slog.Logger) *HistoryPr
 			return
 		}
 		p.from = historyFrom(resp.Header.Revision)
+		if resp.Header.Revision-p.from+2 <= minRevs {
+			log.Debug("lease history prefetch: a small window, left to the check of the picked subnet", "from", p.from, "to", resp.Header.Revision)
+			return
+		}
 		p.events, p.reached = replayDeletes(ctx, s.cli, s.SubnetsPrefix(), p.from, &p.h, &p.target, p.wake, log)
 	}()
 	return p
@@ -401,4 +444,151 @@ func (m *Manager) quietWindow(ctx context.Context, from, rev int64, leases []Lea
 		prev = n[i]
 	}
 	return true
+}
+
+// candidateQuiet reports whether etcd proves that subnet p was not freed in
+// the revisions [from, rev]: no key of p (its IPv4 key, alone or with an
+// IPv6 part) existed at any revision of [from-1, rev]. A delete at d needs
+// the key alive at d-1, so an empty range at every revision rules out
+// every delete of the window; the range is wider than p's lease keys
+// (FormatKey(p)+"&"+1 also holds keys that are not leases), which can only
+// answer false. Unlike quietWindow each read counts one key, not the
+// prefix, so the cost is the window's revisions whatever the number of
+// peers. An error says there is no answer (a window over the bound, a
+// compacted one, a server with a lower --max-txn-ops, no permission): the
+// replay copes with each.
+func (m *Manager) candidateQuiet(ctx context.Context, p netip.Prefix, from, rev int64) (bool, error) {
+	lo := max(from-1, 1) // nothing exists at revision 0
+	revs := rev - lo + 1
+	if from < 1 || revs < 1 || revs > candidateMaxRevs {
+		return false, fmt.Errorf("window [%d, %d]: over %d revisions, the replay is cheaper", from, rev, candidateMaxRevs)
+	}
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	key := m.s.Key(p, netip.Prefix{})
+	end := key + "'" // '&' + 1: the key and key&<IPv6 part>
+	var busy atomic.Bool
+	errs := make(chan error, revs/quietTxnOps+1)
+	var wg sync.WaitGroup
+	for start := lo; start <= rev; start += quietTxnOps {
+		stop := min(start+quietTxnOps-1, rev)
+		wg.Go(func() {
+			ops := make([]clientv3.Op, 0, stop-start+1)
+			for r := start; r <= stop; r++ {
+				ops = append(ops, clientv3.OpGet(key, clientv3.WithRange(end), clientv3.WithCountOnly(), clientv3.WithRev(r)))
+			}
+			resp, err := m.cli.Txn(ctx).Then(ops...).Commit()
+			if err != nil {
+				errs <- fmt.Errorf("count %s at revisions %d-%d: %w", key, start, stop, err)
+				return
+			}
+			if len(resp.Responses) != len(ops) {
+				errs <- fmt.Errorf("count %s at revisions %d-%d: %d answers to %d reads", key, start, stop, len(resp.Responses), len(ops))
+				return
+			}
+			for i, r := range resp.Responses {
+				rr := r.GetResponseRange()
+				if rr == nil {
+					errs <- fmt.Errorf("count %s at revision %d: no range answer", key, start+int64(i))
+					return
+				}
+				if rr.Count != 0 {
+					busy.Store(true)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return false, err
+	}
+	return !busy.Load(), nil
+}
+
+// newPicks is what pickNew learned during one acquisition before the
+// history was loaded.
+type newPicks struct {
+	checks int
+	freed  map[netip.Prefix]bool // picked, and freed in the window
+}
+
+// pickNew returns the subnet to try next among those not taken, never
+// freed (at random) or freed longest ago. Before the history is loaded (a
+// new host) it first tries to do without it: a subnet picked without it
+// that candidateQuiet proves was not freed in the window is in the first
+// class whatever the replay says of the others, so it is the answer the
+// history would allow. Otherwise the history is loaded (loadFreed) and the
+// pick made from it.
+func (m *Manager) pickNew(ctx context.Context, taken map[netip.Prefix]bool, leases []Lease, rev int64, np *newPicks) (netip.Prefix, bool) {
+	from := historyFrom(rev)
+	for np.checks < candidateTries && !m.replayOnly {
+		m.mu.Lock()
+		if m.freedLoaded {
+			defer m.mu.Unlock()
+			return m.freed.pick(m.r4, taken)
+		}
+		avoid := taken
+		if len(np.freed) > 0 {
+			avoid = maps.Clone(taken)
+			for p := range np.freed {
+				avoid[p] = true
+			}
+		}
+		v4, ok := m.freed.pick(m.r4, avoid)
+		_, known := m.freed.at[v4]
+		m.mu.Unlock()
+		if !ok || known {
+			break // no never-freed subnet left to check: the history orders the rest
+		}
+		np.checks++
+		quiet, err := m.candidateQuiet(ctx, v4, from, rev)
+		if err != nil {
+			m.log.Debug("lease history: no proof for the picked subnet; replaying", "subnet", v4, "err", err)
+			break
+		}
+		if quiet {
+			m.log.Debug("lease history: the picked subnet was not freed in the window, nothing to replay",
+				"subnet", v4, "from", from, "to", rev)
+			return v4, true
+		}
+		if np.freed == nil {
+			np.freed = map[netip.Prefix]bool{}
+		}
+		np.freed[v4] = true
+	}
+	m.loadFreed(ctx, leases, rev)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.freed.pick(m.r4, taken)
+}
+
+// loadFreed loads the history of the window before rev into m.freed, once:
+// nothing when quietWindow proves the window holds no delete, else the
+// prefetched replay when it caught up, else a replay of its own.
+func (m *Manager) loadFreed(ctx context.Context, leases []Lease, rev int64) {
+	m.mu.Lock()
+	loaded := m.freedLoaded
+	m.mu.Unlock()
+	if loaded {
+		return
+	}
+	var h freeHistory
+	if from := historyFrom(rev); m.quietWindow(ctx, from, rev, leases) {
+		m.cfg.History.Stop()
+		m.log.Debug("lease history: no delete in the window, nothing to replay", "from", from, "to", rev)
+	} else if ph, n, ok := m.cfg.History.take(ctx, rev); ok {
+		h = ph
+		m.log.Debug("lease history replayed (prefetched)", "events", n, "freedSubnets", len(h.at))
+	} else {
+		n := m.loadHistory(ctx, &h, rev)
+		m.log.Debug("lease history replayed", "events", n, "freedSubnets", len(h.at))
+	}
+	m.mu.Lock()
+	for p, r := range h.at {
+		m.freed.note(p, r)
+	}
+	m.freedLoaded = true
+	m.mu.Unlock()
 }

@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -351,7 +352,8 @@ func TestAcquireSkipsReplayOnQuietWindow(t *testing.T) {
 	k := func(sub string) string { return s.Key(netip.MustParsePrefix(sub), netip.Prefix{}) }
 	put(t, cli, k("172.30.1.0/24"), val)
 	log, lb := newLogger()
-	own1 := runManager(t, newTestManager(s, cfg, hostIP(1), log))
+	replayOnly := func(m *Manager) *Manager { m.replayOnly = true; return m } // the candidate check would answer first
+	own1 := runManager(t, replayOnly(newTestManager(s, cfg, hostIP(1), log)))
 	if lb.Count("no delete in the window") != 1 || lb.Count("lease history replayed") != 0 {
 		t.Fatalf("a new host on a window without deletes: want the quiet-window proof and no replay; log:\n%s", lb)
 	}
@@ -361,7 +363,7 @@ func TestAcquireSkipsReplayOnQuietWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	log, lb = newLogger()
-	own := runManager(t, newTestManager(s, cfg, hostIP(2), log))
+	own := runManager(t, replayOnly(newTestManager(s, cfg, hostIP(2), log)))
 	if lb.Count("no delete in the window") != 0 || lb.Count("lease history replayed") != 1 {
 		t.Fatalf("a new host after a delete: want the replay; log:\n%s", lb)
 	}
@@ -431,29 +433,32 @@ func TestHistoryPrefetch(t *testing.T) {
 	del("172.30.3.0/24")
 	del("172.30.1.0/24")
 	log, lb := newLogger()
-	p := PrefetchHistory(ctx, s, log)
+	p := prefetchHistory(ctx, s, log, 0)
 	// Long enough for etcd's unsynced-watcher pass (100 ms): the prefetch
 	// has caught up and follows the live deletes when .2 goes.
 	time.Sleep(250 * time.Millisecond)
 	del("172.30.2.0/24")
 	m := newTestManager(s, cfg, hostIP(1), log)
 	m.cfg.History = p
+	m.replayOnly = true // the candidate check would answer first
 	own := runManager(t, m)
 	if own.Subnet.String() != "172.30.4.0/24" || lb.Count("lease history replayed (prefetched)") != 1 {
 		t.Fatalf("host 1 with a prefetch got %v, want the never-used 172.30.4.0/24 from the prefetched history; log:\n%s", own.Subnet, lb)
 	}
 	log, lb = newLogger()
-	p = PrefetchHistory(ctx, s, log)
+	p = prefetchHistory(ctx, s, log, 0)
 	m = newTestManager(s, cfg, hostIP(2), log)
 	m.cfg.History = p
+	m.replayOnly = true // the candidate check would answer first
 	if own = runManager(t, m); own.Subnet.String() != "172.30.3.0/24" || lb.Count("lease history replayed (prefetched)") != 1 {
 		t.Fatalf("host 2 with a prefetch got %v, want 172.30.3.0/24, freed longest ago (.1, .2 later); log:\n%s", own.Subnet, lb)
 	}
 	log, lb = newLogger()
-	p = PrefetchHistory(ctx, s, log)
+	p = prefetchHistory(ctx, s, log, 0)
 	p.Stop()
 	m = newTestManager(s, cfg, hostIP(3), log)
 	m.cfg.History = p
+	m.replayOnly = true // the candidate check would answer first
 	if own = runManager(t, m); own.Subnet.String() != "172.30.1.0/24" || lb.Count("lease history replayed (prefetched)") != 0 || lb.Count("lease history replayed") != 1 {
 		t.Fatalf("host 3 with a stopped prefetch got %v, want its own replay and 172.30.1.0/24 (.2 freed later); log:\n%s", own.Subnet, lb)
 	}
@@ -462,16 +467,15 @@ func TestHistoryPrefetch(t *testing.T) {
 // BenchmarkNewHostAfterDelete: a new host's acquisition when its window
 // holds a delete (no quiet-window proof: the replay runs), replayed by the
 // manager or prefetched 20 ms before (the start's other work between etcd
-// answering and the acquisition; weftd's start takes about that). Reports
-// the acquisition's own time, acquire-ms: etcd delays a watch from the past
-// by up to 100 ms (its unsynced-watcher loop).
+// answering and the acquisition; weftd's start takes about that), or, as
+// weftd does, first the check of the subnet it picks (candidate: the
+// freed subnet is one of 256). Reports the acquisition's own time,
+// acquire-ms: etcd delays a watch from the past by up to 100 ms (its
+// unsynced-watcher loop).
 func BenchmarkNewHostAfterDelete(b *testing.B) {
-	for _, prefetch := range []bool{false, true} {
-		name := "replay"
-		if prefetch {
-			name = "prefetch"
-		}
-		b.Run(name, func(b *testing.B) {
+	for _, mode := range []string{"replay", "prefetch", "candidate"} {
+		prefetch := mode != "replay"
+		b.Run(mode, func(b *testing.B) {
 			_, cli, s, _ := newTestStore(b)
 			log, _ := newLogger()
 			ctx := context.Background()
@@ -486,8 +490,9 @@ func BenchmarkNewHostAfterDelete(b *testing.B) {
 					b.Fatal(err)
 				}
 				m := newTestManager(s, testNet(), hostIP(i+1), log)
+				m.replayOnly = mode != "candidate"
 				if prefetch {
-					m.cfg.History = PrefetchHistory(ctx, s, log)
+					m.cfg.History = prefetchHistory(ctx, s, log, 0)
 				}
 				time.Sleep(20 * time.Millisecond)
 				t0 := time.Now()
@@ -503,5 +508,209 @@ func BenchmarkNewHostAfterDelete(b *testing.B) {
 			}
 			b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N), "acquire-ms")
 		})
+	}
+}
+
+// TestCandidateQuietExact: candidateQuiet's proof against etcd's own
+// history. A random mix under the subnets prefix — IPv4 and dual-stack keys
+// of a few subnets, deletes, expiries, transactions that create one and
+// delete another, a key that is not a lease inside a subnet's key range,
+// writes elsewhere — and, at checkpoints, every window [from, rev] and
+// every subnet: the proof holds exactly when no key of the subnet's range
+// is alive at rev and none was deleted in the window (a watch from
+// revision 1 tells).
+func TestCandidateQuietExact(t *testing.T) {
+	_, cli, s, _ := newTestStore(t)
+	log, _ := newLogger()
+	m := newTestManager(s, testNet(), hostIP(1), log)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rng := rand.New(rand.NewPCG(7, 16))
+	const subnets = 4
+	sub := func(i int) netip.Prefix {
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 30, byte(1 + i), 0}), 24)
+	}
+	// The keys of subnet i: IPv4 only, dual stack, and one that is not a
+	// lease but sorts inside the range candidateQuiet counts.
+	keys := func(i int) []string {
+		k := s.Key(sub(i), netip.Prefix{})
+		return []string{k, s.Key(sub(i), netip.MustParsePrefix(fmt.Sprintf("fd00:%d::/64", i))), k + "#"}
+	}
+	var all []string
+	owner := map[string]int{}
+	for i := range subnets {
+		for _, k := range keys(i) {
+			all = append(all, k)
+			owner[k] = i
+		}
+	}
+	val := `{"PublicIP":"10.64.0.9","PublicIPv6":null}`
+	alive := map[string]bool{}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	do := func() {
+		a, b := all[rng.IntN(len(all))], all[rng.IntN(len(all))]
+		switch op := rng.IntN(8); {
+		case op < 3:
+			put(t, cli, a, val)
+			alive[a] = true
+		case op < 5:
+			if alive[a] {
+				_, err := cli.Delete(ctx, a)
+				must(err)
+				delete(alive, a)
+			}
+		case op == 5: // one transaction: a created or rewritten, b deleted
+			if a != b && alive[b] {
+				_, err := cli.Txn(ctx).Then(clientv3.OpPut(a, val), clientv3.OpDelete(b)).Commit()
+				must(err)
+				alive[a] = true
+				delete(alive, b)
+			}
+		case op == 6: // an expiry
+			if !alive[a] {
+				g, err := cli.Grant(ctx, 60)
+				must(err)
+				put(t, cli, a, val, clientv3.WithLease(g.ID))
+				_, err = cli.Revoke(ctx, g.ID)
+				must(err)
+			}
+		default:
+			put(t, cli, "/weft-test/other/x", val)
+		}
+	}
+	// The revisions of each subnet's deletes up to rev.
+	deletesAt := func(rev int64) map[int][]int64 {
+		wctx, wcancel := context.WithCancel(ctx)
+		defer wcancel()
+		dels := map[int][]int64{}
+		// etcd says it caught up only when asked; with no event after
+		// revision 1 nothing else would come.
+		go func() {
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-wctx.Done():
+					return
+				case <-tick.C:
+					_ = cli.RequestProgress(wctx)
+				}
+			}
+		}()
+		for w := range cli.Watch(wctx, s.SubnetsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(1), clientv3.WithProgressNotify()) {
+			must(w.Err())
+			for _, ev := range w.Events {
+				if ev.Kv.ModRevision > rev {
+					return dels
+				}
+				if i, ok := owner[string(ev.Kv.Key)]; ok && ev.Type == clientv3.EventTypeDelete {
+					dels[i] = append(dels[i], ev.Kv.ModRevision)
+				}
+			}
+			if w.Header.Revision >= rev && (len(w.Events) == 0 || w.Events[len(w.Events)-1].Kv.ModRevision >= rev) {
+				return dels
+			}
+		}
+		t.Fatal("watch closed")
+		return nil
+	}
+	proved, disproved := 0, 0
+	for step := 1; step <= 60; step++ {
+		do()
+		if step%10 != 0 && step > 4 {
+			continue
+		}
+		_, rev, err := s.List(ctx)
+		must(err)
+		dels := deletesAt(rev)
+		for i := range subnets {
+			held := slices.ContainsFunc(keys(i), func(k string) bool { return alive[k] })
+			for from := int64(1); from <= rev; from++ {
+				deleted := slices.ContainsFunc(dels[i], func(d int64) bool { return d >= from })
+				got, err := m.candidateQuiet(ctx, sub(i), from, rev)
+				must(err)
+				if want := !held && !deleted; got != want {
+					t.Fatalf("subnet %v, window [%d, %d]: candidateQuiet %v, want %v (a key alive at rev: %v; deletes at %v)",
+						sub(i), from, rev, got, want, held, dels[i])
+				}
+				if got {
+					proved++
+				} else if deleted && !held {
+					disproved++
+				}
+			}
+		}
+	}
+	if proved == 0 || disproved == 0 {
+		t.Fatalf("the random history proved %d (subnet, window) pairs unfreed and found deletes in %d: both cases must occur", proved, disproved)
+	}
+	t.Logf("%d (subnet, window) pairs proved unfreed, %d freed", proved, disproved)
+}
+
+// A new host whose window holds a delete takes a subnet without the replay
+// when the subnet it picks was not freed in the window, checking a second
+// one when the first was; once only the freed subnet is left, it replays
+// and takes it (the order of several freed ones: TestAllocationOrderRealEtcd).
+func TestAcquireCandidateSkipsReplay(t *testing.T) {
+	_, cli, s, _ := newTestStore(t)
+	cfg := smallNet("172.30.1.0/24", "172.30.3.0/24")
+	val := `{"PublicIP":"10.64.0.9","PublicIPv6":null}`
+	k := s.Key(netip.MustParsePrefix("172.30.2.0/24"), netip.Prefix{})
+	put(t, cli, k, val)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := cli.Delete(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	// As weftd starts a new host: with a prefetch, which leaves a window
+	// this small to the check.
+	withPrefetch := func(m *Manager, log *slog.Logger) *Manager {
+		m.cfg.History = PrefetchHistory(ctx, s, log)
+		t.Cleanup(m.cfg.History.Stop)
+		return m
+	}
+	for i := range 2 {
+		log, lb := newLogger()
+		own := runManager(t, withPrefetch(newTestManager(s, cfg, hostIP(i+1), log), log))
+		if own.Subnet.String() == "172.30.2.0/24" || got[own.Subnet.String()] {
+			t.Fatalf("host %d got %v (hosts before: %v); want a never-used subnet", i+1, own.Subnet, got)
+		}
+		got[own.Subnet.String()] = true
+		if lb.Count("lease history replayed") != 0 || lb.Count("the picked subnet was not freed in the window") != 1 {
+			t.Fatalf("host %d: want the candidate check and no replay; log:\n%s", i+1, lb)
+		}
+	}
+	log, lb := newLogger()
+	own := runManager(t, withPrefetch(newTestManager(s, cfg, hostIP(3), log), log))
+	if own.Subnet.String() != "172.30.2.0/24" || lb.Count("lease history replayed") != 1 || lb.Count("lease history replayed (prefetched)") != 0 {
+		t.Fatalf("host 3 got %v, want the freed 172.30.2.0/24, the only one left, after a replay of its own; log:\n%s", own.Subnet, lb)
+	}
+}
+
+// BenchmarkCandidateQuiet: candidateQuiet over its largest window
+// (candidateMaxRevs revisions) with 5,000 leases: one count of one key per
+// revision, so the peers do not matter.
+func BenchmarkCandidateQuiet(b *testing.B) {
+	_, cli, s, _ := newTestStore(b)
+	log, _ := newLogger()
+	m := newTestManager(s, testNet(), hostIP(1), log)
+	ctx := context.Background()
+	putScaleLeases(b, cli, s, 5000)
+	var rev int64
+	for i := range candidateMaxRevs {
+		rev = put(b, cli, fmt.Sprintf("/weft-test/other/%d", i%10), "x")
+	}
+	p := netip.MustParsePrefix("172.30.255.0/24")
+	b.ResetTimer()
+	for range b.N {
+		if ok, err := m.candidateQuiet(ctx, p, rev-candidateMaxRevs+2, rev); !ok || err != nil {
+			b.Fatal("no proof for a never-used subnet", err)
+		}
 	}
 }

@@ -218,6 +218,9 @@ type Manager struct {
 	// says the start-up replay of etcd's history was done.
 	freed       freeHistory
 	freedLoaded bool
+	// replayOnly turns off pickNew's candidate checks (tests of the
+	// replay itself).
+	replayOnly bool
 }
 
 type ownClaim struct {
@@ -523,29 +526,9 @@ func (m *Manager) acquireOnce(ctx context.Context, prev netip.Prefix) (Lease, er
 
 	// (3) A free subnet, never freed or freed longest ago (freehist.go);
 	// a lost race moves on to another one.
-	if !m.freedLoaded {
-		var h freeHistory
-		if from := historyFrom(rev); m.quietWindow(ctx, from, rev, leases) {
-			m.cfg.History.Stop()
-			m.log.Debug("lease history: no delete in the window, nothing to replay", "from", from, "to", rev)
-		} else if ph, n, ok := m.cfg.History.take(ctx, rev); ok {
-			h = ph
-			m.log.Debug("lease history replayed (prefetched)", "events", n, "freedSubnets", len(h.at))
-		} else {
-			n := m.loadHistory(ctx, &h, rev)
-			m.log.Debug("lease history replayed", "events", n, "freedSubnets", len(h.at))
-		}
-		m.mu.Lock()
-		for p, r := range h.at {
-			m.freed.note(p, r)
-		}
-		m.freedLoaded = true
-		m.mu.Unlock()
-	}
+	var picks newPicks
 	for range 16 {
-		m.mu.Lock()
-		v4, ok := m.freed.pick(m.r4, taken)
-		m.mu.Unlock()
+		v4, ok := m.pickNew(ctx, taken, leases, rev, &picks)
 		if !ok {
 			return Lease{}, fmt.Errorf("subnet range %s (%d subnets) has %d leases: %w", m.r4, m.r4.count(), inPool(m.r4, taken), ErrRangeFull)
 		}
