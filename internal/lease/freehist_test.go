@@ -157,7 +157,12 @@ func TestAllocationOrderAfterCompaction(t *testing.T) {
 // ago rather than the one freed a moment before.
 func TestAllocationOrderLiveWatch(t *testing.T) {
 	_, cli, s, _ := newTestStore(t)
-	log, _ := newLogger()
+	log, lb := newLogger()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(lb.String())
+		}
+	})
 	cfg := smallNet("172.30.1.0/24", "172.30.4.0/24")
 	m := newTestManager(s, cfg, hostIP(1), log)
 	own := runManager(t, m)
@@ -185,15 +190,18 @@ func TestAllocationOrderLiveWatch(t *testing.T) {
 		defer m.mu.Unlock()
 		return len(m.freed.at) >= 2
 	})
-	// Our key is deleted and at once taken by someone else, in one
-	// transaction: prev is gone, both others[0] and others[1] are free.
-	if _, err := cli.Txn(ctx).Then(clientv3.OpDelete(k(own.Subnet.String())), clientv3.OpPut(k(own.Subnet.String()), val(9))).Commit(); err == nil {
-		t.Fatal("a delete and a put of one key in one transaction was accepted; the test needs another way")
-	}
-	if _, err := cli.Delete(ctx, k(own.Subnet.String())); err != nil {
+	// Our key is deleted and our subnet at once taken by someone else, in
+	// one transaction, so that the manager cannot take it back first (etcd
+	// refuses a delete and a put of one key in one transaction; a delete
+	// then a put let the manager re-take its subnet in between, and the
+	// put was then a rewrite of our key, which it restores: 1 run in ~10).
+	// The other holder's key is the dual-stack form of our subnet, which
+	// createIfFree counts as taken: prev is gone, others[0] and others[1]
+	// are free.
+	theirs := s.Key(own.Subnet, netip.MustParsePrefix("fd00:9::/64"))
+	if _, err := cli.Txn(ctx).Then(clientv3.OpDelete(k(own.Subnet.String())), clientv3.OpPut(theirs, val(9))).Commit(); err != nil {
 		t.Fatal(err)
 	}
-	put(t, cli, k(own.Subnet.String()), val(9))
 	got := waitSnap(t, m, 10*time.Second, "a new own subnet", func(sn Snapshot) bool {
 		return sn.Own.Subnet.IsValid() && sn.Own.Subnet != own.Subnet
 	})
