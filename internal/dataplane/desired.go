@@ -35,8 +35,10 @@ type Desired struct {
 	Addr   netip.Prefix // the device address (zero: none)
 	// The routes, neighbours and FDB entries (entries.go), read through
 	// Route, Routes, Neigh, Neighs, FDBDst and FDB (all nil: not yet
-	// rendered), tmpls the kinds of route in them.
-	routes map[pfx16]routeVal
+	// rendered), tmpls the kinds of route in them, gws the gateways that
+	// are not their route's destination's address.
+	routes map[pfx16]uint8
+	gws    map[pfx16][16]byte
 	neighs map[[16]byte]MAC
 	fdb    map[MAC][16]byte
 	tmpls  []routeTmpl

@@ -238,11 +238,11 @@ func routeDrift(want *Desired, u netlink.RouteUpdate) bool {
 // differ there (to delete, when the replace does not cover them). When one
 // side is known equal by counting, its pass is skipped: a join walks the
 // maps once, not twice.
-func diffMaps[K comparable, V any](old, cur map[K]V, eq func(a, b V) bool) (add, del []K) {
+func diffMaps[K comparable, V any](old, cur map[K]V, eq func(k K, a, b V) bool) (add, del []K) {
 	same := 0
 	if len(cur) >= len(old) {
 		for k, v := range cur {
-			if o, ok := old[k]; ok && eq(o, v) {
+			if o, ok := old[k]; ok && eq(k, o, v) {
 				same++
 			} else {
 				add = append(add, k)
@@ -250,7 +250,7 @@ func diffMaps[K comparable, V any](old, cur map[K]V, eq func(a, b V) bool) (add,
 		}
 		if same < len(old) {
 			for k, o := range old {
-				if v, ok := cur[k]; !ok || !eq(o, v) {
+				if v, ok := cur[k]; !ok || !eq(k, o, v) {
 					del = append(del, k)
 				}
 			}
@@ -258,7 +258,7 @@ func diffMaps[K comparable, V any](old, cur map[K]V, eq func(a, b V) bool) (add,
 		return add, del
 	}
 	for k, o := range old {
-		if v, ok := cur[k]; ok && eq(o, v) {
+		if v, ok := cur[k]; ok && eq(k, o, v) {
 			same++
 		} else {
 			del = append(del, k)
@@ -266,7 +266,7 @@ func diffMaps[K comparable, V any](old, cur map[K]V, eq func(a, b V) bool) (add,
 	}
 	if same < len(cur) {
 		for k, v := range cur {
-			if o, ok := old[k]; !ok || !eq(o, v) {
+			if o, ok := old[k]; !ok || !eq(k, o, v) {
 				add = append(add, k)
 			}
 		}

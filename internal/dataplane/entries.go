@@ -7,13 +7,13 @@ package dataplane
 // one, so maps of them were scanned by every collection): an address is
 // its 16 bytes (an IPv4 one in its IPv4-mapped form, the state's Family
 // telling which), and no field that is the same for most entries is kept:
-// a route keeps its destination as the key and only its gateway and the
-// index of its template (device, metric, onlink, blackhole, gateway or
-// none, through a nexthop object) as the value, the template list being
-// the few distinct kinds of route one family asks for. A route's nexthop
-// id is its destination's (nexthopID), so the nexthops are not a map of
-// their own either. The accessors below hand the entries out as Route,
-// netip.Addr and MAC values.
+// a route keeps its destination as the key and the index of its template
+// (device, metric, onlink, blackhole, through a nexthop object, gateway:
+// none, the destination's address as vxlan's are, or another one, kept in
+// gws) as the value, the template list being the few distinct kinds of
+// route one family asks for. A route's nexthop id is its destination's
+// (nexthopID), so the nexthops are not a map of their own either. The
+// accessors below hand the entries out as Route, netip.Addr and MAC values.
 
 import (
 	"iter"
@@ -30,17 +30,12 @@ type pfx16 struct {
 	bits uint8
 }
 
-// routeVal is a route's entry: its gateway (when its template has one)
-// and its template's index in Desired.tmpls.
-type routeVal struct {
-	gw [16]byte
-	t  uint8
-}
-
 // routeTmpl is what the routes of one kind have in common.
 type routeTmpl struct {
-	link, metric                 int
-	gw, onLink, blackhole, viaNH bool // viaNH: NhID is nexthopID(Dst)
+	link, metric int
+	// gw: the gateway is in Desired.gws; gwDst: it is Dst's address;
+	// viaNH: NhID is nexthopID(Dst).
+	gw, gwDst, onLink, blackhole, viaNH bool
 }
 
 // key is a as d keeps it; false when a is not of d's family (or d is
@@ -70,7 +65,8 @@ func (d *Desired) prefix(k pfx16) netip.Prefix { return netip.PrefixFrom(d.addr(
 
 // tmplOf returns the index of w's template in d.tmpls, added if new.
 func (d *Desired) tmplOf(w Route) uint8 {
-	t := routeTmpl{link: w.Link, metric: w.Metric, gw: w.Gw.IsValid(), onLink: w.OnLink, blackhole: w.Blackhole, viaNH: w.NhID != 0}
+	gwDst := w.Gw.IsValid() && w.Gw == w.Dst.Addr()
+	t := routeTmpl{link: w.Link, metric: w.Metric, gw: w.Gw.IsValid() && !gwDst, gwDst: gwDst, onLink: w.OnLink, blackhole: w.Blackhole, viaNH: w.NhID != 0}
 	if t.viaNH && w.NhID != nexthopID(w.Dst) {
 		// Every NhID comes from viaNexthop: a route keeps only the flag.
 		panic("dataplane: route " + w.String() + " through a nexthop that is not its destination's")
@@ -88,11 +84,13 @@ func (d *Desired) tmplOf(w Route) uint8 {
 	return uint8(len(d.tmpls) - 1)
 }
 
-func (d *Desired) routeAt(k pfx16, v routeVal) Route {
-	t := d.tmpls[v.t]
+func (d *Desired) routeAt(k pfx16, i uint8) Route {
+	t := d.tmpls[i]
 	w := Route{Dst: d.prefix(k), Link: t.link, OnLink: t.onLink, Blackhole: t.blackhole, Metric: t.metric}
 	if t.gw {
-		w.Gw = d.addr(v.gw)
+		w.Gw = d.addr(d.gws[k])
+	} else if t.gwDst {
+		w.Gw = w.Dst.Addr()
 	}
 	if t.viaNH {
 		w.NhID = nexthopID(w.Dst)
@@ -103,18 +101,20 @@ func (d *Desired) routeAt(k pfx16, v routeVal) Route {
 // setRoute makes w the route to w.Dst.
 func (d *Desired) setRoute(w Route) {
 	k, ok := d.pfxKey(w.Dst)
-	v := routeVal{t: d.tmplOf(w)}
-	if d.tmpls[v.t].gw {
-		var gok bool
-		v.gw, gok = d.key(w.Gw)
-		ok = ok && gok
-	}
-	if !ok {
+	i := d.tmplOf(w)
+	gw, gok := d.key(w.Gw)
+	if !ok || d.tmpls[i].gw && !gok {
 		panic("dataplane: route " + w.String() + " of another family than its desired state's")
 	}
 	d.deleteRoute(w.Dst)
-	d.routes[k] = v
-	if d.tmpls[v.t].viaNH {
+	d.routes[k] = i
+	if d.tmpls[i].gw {
+		if d.gws == nil {
+			d.gws = make(map[pfx16][16]byte)
+		}
+		d.gws[k] = gw
+	}
+	if d.tmpls[i].viaNH {
 		d.nhCount++
 		d.nhBits[k.bits]++
 		d.nhLens |= 1 << k.bits
@@ -125,14 +125,15 @@ func (d *Desired) setRoute(w Route) {
 // one.
 func (d *Desired) deleteRoute(dst netip.Prefix) {
 	k, _ := d.pfxKey(dst)
-	if v, ok := d.routes[k]; ok {
-		if d.tmpls[v.t].viaNH {
+	if i, ok := d.routes[k]; ok {
+		if d.tmpls[i].viaNH {
 			d.nhCount--
 			if d.nhBits[k.bits]--; d.nhBits[k.bits] == 0 {
 				d.nhLens &^= 1 << k.bits
 			}
 		}
 		delete(d.routes, k)
+		delete(d.gws, k)
 	}
 }
 
@@ -163,11 +164,12 @@ func (d *Desired) resetEntries(n int) {
 		clear(d.routes)
 		clear(d.neighs)
 		clear(d.fdb)
+		clear(d.gws)
 		d.tmpls = d.tmpls[:0]
 		d.nhCount, d.nhLens, d.nhBits = 0, 0, [33]int32{}
 		return
 	}
-	d.routes = make(map[pfx16]routeVal, n+1)
+	d.routes = make(map[pfx16]uint8, n+1)
 	d.neighs = make(map[[16]byte]MAC, n)
 	d.fdb = make(map[MAC][16]byte, n)
 }
@@ -179,8 +181,8 @@ func (d *Desired) rendered() bool { return d != nil && d.routes != nil }
 // Route returns the route d asks for to dst.
 func (d *Desired) Route(dst netip.Prefix) (Route, bool) {
 	if k, ok := d.pfxKey(dst); ok {
-		if v, ok := d.routes[k]; ok {
-			return d.routeAt(k, v), true
+		if i, ok := d.routes[k]; ok {
+			return d.routeAt(k, i), true
 		}
 	}
 	return Route{}, false
@@ -189,8 +191,8 @@ func (d *Desired) Route(dst netip.Prefix) (Route, bool) {
 // Routes are the routes d asks for, in no particular order.
 func (d *Desired) Routes() iter.Seq[Route] {
 	return func(yield func(Route) bool) {
-		for k, v := range d.entries().routes {
-			if !yield(d.routeAt(k, v)) {
+		for k, i := range d.entries().routes {
+			if !yield(d.routeAt(k, i)) {
 				return
 			}
 		}
@@ -270,14 +272,14 @@ type entryDiff struct {
 // holds differently (to add or replace) and the keys of old that d lacks
 // or holds differently (to delete, when the replace does not cover them).
 func (d *Desired) diffEntries(old *Desired) (x entryDiff) {
-	ra, rd := diffMaps(old.routes, d.routes, func(a, b routeVal) bool {
-		ta, tb := old.tmpls[a.t], d.tmpls[b.t]
-		return ta == tb && (!ta.gw || a.gw == b.gw)
+	ra, rd := diffMaps(old.routes, d.routes, func(k pfx16, a, b uint8) bool {
+		ta := old.tmpls[a]
+		return ta == d.tmpls[b] && (!ta.gw || old.gws[k] == d.gws[k])
 	})
 	x.routeAdd, x.routeDel = keysAs(ra, d.prefix), keysAs(rd, d.prefix)
-	na, nd := diffMaps(old.neighs, d.neighs, func(a, b MAC) bool { return a == b })
+	na, nd := diffMaps(old.neighs, d.neighs, func(_ [16]byte, a, b MAC) bool { return a == b })
 	x.neighAdd, x.neighDel = keysAs(na, d.addr), keysAs(nd, d.addr)
-	x.fdbAdd, x.fdbDel = diffMaps(old.fdb, d.fdb, func(a, b [16]byte) bool { return a == b })
+	x.fdbAdd, x.fdbDel = diffMaps(old.fdb, d.fdb, func(_ MAC, a, b [16]byte) bool { return a == b })
 	return x
 }
 
@@ -304,8 +306,8 @@ func (d *Desired) nexthopRoute(id uint32) (Route, bool) {
 	a := netip.AddrFrom4([4]byte{byte(id >> 24), byte(id >> 16), byte(id >> 8), byte(id)}).As16()
 	for lens := d.nhLens; lens != 0; lens &= lens - 1 {
 		k := pfx16{a: a, bits: uint8(bits.TrailingZeros64(lens))}
-		if v, ok := d.routes[k]; ok && d.tmpls[v.t].viaNH {
-			return d.routeAt(k, v), true
+		if i, ok := d.routes[k]; ok && d.tmpls[i].viaNH {
+			return d.routeAt(k, i), true
 		}
 	}
 	return Route{}, false
@@ -323,8 +325,8 @@ func (d *Desired) nexthopIDs() iter.Seq[uint32] {
 		if d == nil || d.nhCount == 0 {
 			return
 		}
-		for k, v := range d.routes {
-			if d.tmpls[v.t].viaNH && !yield(nexthopID(d.prefix(k))) {
+		for k, i := range d.routes {
+			if d.tmpls[i].viaNH && !yield(nexthopID(d.prefix(k))) {
 				return
 			}
 		}
