@@ -17,7 +17,6 @@ package dataplane
 
 import (
 	"iter"
-	"math/bits"
 	"net/netip"
 
 	"golang.org/x/sys/unix"
@@ -49,11 +48,10 @@ func (d *Desired) key(a netip.Addr) (k [16]byte, ok bool) {
 }
 
 func (d *Desired) addr(k [16]byte) netip.Addr {
-	if a := netip.AddrFrom16(k); d.Family == unix.AF_INET6 {
-		return a
-	} else {
-		return a.Unmap()
+	if d.Family == unix.AF_INET6 {
+		return netip.AddrFrom16(k)
 	}
+	return netip.AddrFrom16(k).Unmap()
 }
 
 func (d *Desired) pfxKey(p netip.Prefix) (pfx16, bool) {
@@ -124,8 +122,8 @@ func (d *Desired) setRoute(w Route) {
 // deleteRoute removes the route to dst, uncounting its nexthop if it has
 // one.
 func (d *Desired) deleteRoute(dst netip.Prefix) {
-	k, _ := d.pfxKey(dst)
-	if i, ok := d.routes[k]; ok {
+	k, ok := d.pfxKey(dst)
+	if i, had := d.routes[k]; ok && had {
 		if d.tmpls[i].viaNH {
 			d.nhCount--
 			if d.nhBits[k.bits]--; d.nhBits[k.bits] == 0 {
@@ -255,78 +253,6 @@ func (d *Desired) FDB() iter.Seq2[MAC, netip.Addr] {
 	return func(yield func(MAC, netip.Addr) bool) {
 		for m, k := range d.entries().fdb {
 			if !yield(m, d.addr(k)) {
-				return
-			}
-		}
-	}
-}
-
-// entryDiff is what differs between two states (see diffEntries).
-type entryDiff struct {
-	routeAdd, routeDel []netip.Prefix
-	neighAdd, neighDel []netip.Addr
-	fdbAdd, fdbDel     []MAC
-}
-
-// diffEntries lists, per kind of entry, the keys of d that old lacks or
-// holds differently (to add or replace) and the keys of old that d lacks
-// or holds differently (to delete, when the replace does not cover them).
-func (d *Desired) diffEntries(old *Desired) (x entryDiff) {
-	ra, rd := diffMaps(old.routes, d.routes, func(k pfx16, a, b uint8) bool {
-		ta := old.tmpls[a]
-		return ta == d.tmpls[b] && (!ta.gw || old.gws[k] == d.gws[k])
-	})
-	x.routeAdd, x.routeDel = keysAs(ra, d.prefix), keysAs(rd, d.prefix)
-	na, nd := diffMaps(old.neighs, d.neighs, func(_ [16]byte, a, b MAC) bool { return a == b })
-	x.neighAdd, x.neighDel = keysAs(na, d.addr), keysAs(nd, d.addr)
-	x.fdbAdd, x.fdbDel = diffMaps(old.fdb, d.fdb, func(_ MAC, a, b [16]byte) bool { return a == b })
-	return x
-}
-
-// keysAs is ks made Ts by f (nil for none).
-func keysAs[K, T any](ks []K, f func(K) T) []T {
-	if len(ks) == 0 {
-		return nil
-	}
-	ts := make([]T, len(ks))
-	for i, k := range ks {
-		ts[i] = f(k)
-	}
-	return ts
-}
-
-// nexthopRoute finds the route that goes through the nexthop id: the one
-// to the id's address, at one of the prefix lengths of d's routes through
-// nexthops (one in practice: the overlay's subnet length). Only IPv4
-// routes go through nexthops.
-func (d *Desired) nexthopRoute(id uint32) (Route, bool) {
-	if d == nil || d.Family != unix.AF_INET || d.nhCount == 0 || id == 0 {
-		return Route{}, false
-	}
-	a := netip.AddrFrom4([4]byte{byte(id >> 24), byte(id >> 16), byte(id >> 8), byte(id)}).As16()
-	for lens := d.nhLens; lens != 0; lens &= lens - 1 {
-		k := pfx16{a: a, bits: uint8(bits.TrailingZeros64(lens))}
-		if i, ok := d.routes[k]; ok && d.tmpls[i].viaNH {
-			return d.routeAt(k, i), true
-		}
-	}
-	return Route{}, false
-}
-
-// hasNexthop reports whether one of d's routes goes through the nexthop id.
-func (d *Desired) hasNexthop(id uint32) bool {
-	_, ok := d.nexthopRoute(id)
-	return ok
-}
-
-// nexthopIDs are the ids of the nexthops d's routes go through.
-func (d *Desired) nexthopIDs() iter.Seq[uint32] {
-	return func(yield func(uint32) bool) {
-		if d == nil || d.nhCount == 0 {
-			return
-		}
-		for k, i := range d.routes {
-			if d.tmpls[i].viaNH && !yield(nexthopID(d.prefix(k))) {
 				return
 			}
 		}
