@@ -5,15 +5,12 @@ package dataplane
 //
 // Keys and values hold no pointers (netip.Addr and netip.Prefix each hold
 // one, so maps of them were scanned by every collection): an address is
-// its 16 bytes (an IPv4 one in its IPv4-mapped form, the state's Family
-// telling which), and no field that is the same for most entries is kept:
-// a route keeps its destination as the key and the index of its template
-// (device, metric, onlink, blackhole, through a nexthop object, gateway:
-// none, the destination's address as vxlan's are, or another one, kept in
-// gws) as the value, the template list being the few distinct kinds of
-// route one family asks for. A route's nexthop id is its destination's
-// (nexthopID), so the nexthops are not a map of their own either. The
-// accessors below hand the entries out as Route, netip.Addr and MAC values.
+// its 16 bytes (IPv4 in its mapped form, the state's Family telling
+// which). A route is its destination and the index of its template, the
+// few kinds of route one family asks for (device, metric, onlink,
+// blackhole, through the nexthop object of id nexthopID(Dst), gateway:
+// none, Dst's address as vxlan's are, or another one, kept in gws). The
+// accessors hand the entries out as Route, netip.Addr and MAC values.
 
 import (
 	"iter"
@@ -22,8 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// pfx16 is a prefix of a state's family: its address's 16 bytes and its
-// length in that family.
+// pfx16 is a prefix: its address as kept and its length in its family.
 type pfx16 struct {
 	a    [16]byte
 	bits uint8
@@ -107,9 +103,6 @@ func (d *Desired) setRoute(w Route) {
 	d.deleteRoute(w.Dst)
 	d.routes[k] = i
 	if d.tmpls[i].gw {
-		if d.gws == nil {
-			d.gws = make(map[pfx16][16]byte)
-		}
 		d.gws[k] = gw
 	}
 	if d.tmpls[i].viaNH {
@@ -170,6 +163,7 @@ func (d *Desired) resetEntries(n int) {
 	d.routes = make(map[pfx16]uint8, n+1)
 	d.neighs = make(map[[16]byte]MAC, n)
 	d.fdb = make(map[MAC][16]byte, n)
+	d.gws = make(map[pfx16][16]byte) // grown as needed: vxlan's routes need none
 }
 
 // rendered reports whether d holds a rendered state (not nil, nor only the
