@@ -34,12 +34,14 @@ type Desired struct {
 	Dev    int          // the device index the routes point at (0: none)
 	Addr   netip.Prefix // the device address (zero: none)
 	// The routes, neighbours and FDB entries (entries.go), read through
-	// Route, Routes, Neigh, Neighs, FDBDst and FDB: an IPv4 state's in e4,
-	// an IPv6 state's in e6 (both nil: not yet rendered), tmpls the kinds
-	// of route in them.
-	e4    *entries[ip4]
-	e6    *entries[ip16]
-	tmpls []routeTmpl
+	// Route, Routes, Neigh, Neighs, FDBDst and FDB (all nil: not yet
+	// rendered), tmpls the kinds of route in them, gws the gateways that
+	// are not their route's destination's address.
+	routes map[pfx16]uint8
+	gws    map[pfx16][16]byte
+	neighs map[[16]byte]MAC
+	fdb    map[MAC][16]byte
+	tmpls  []routeTmpl
 	// The routes through kernel nexthop objects (nexthops.go), each of
 	// whose id is its destination's address: how many, and how many at
 	// each prefix length (nhBits, nhLens a bit per length with any), which
@@ -60,7 +62,7 @@ type Desired struct {
 
 func newDesired(family uint8, device string, own netip.Prefix, dev, n int) *Desired {
 	d := &Desired{Family: family, Device: device, Own: own, Dev: dev}
-	d.newEntriesOf(family, n)
+	d.resetEntries(n)
 	return d
 }
 
@@ -164,7 +166,7 @@ func (s *spec) render(snap lease.Snapshot, f Facts, reuse *Desired) *Desired {
 	var d *Desired
 	if reuse.rendered() {
 		d = reuse
-		d.clearEntries()
+		d.resetEntries(0)
 		d.Own, d.Dev, d.Addr, d.Skipped = own, f.Dev, netip.Prefix{}, d.Skipped[:0]
 	} else {
 		d = newDesired(s.family, s.device, own, f.Dev, len(snap.Peers))

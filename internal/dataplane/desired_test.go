@@ -181,7 +181,7 @@ func TestDesiredEntries(t *testing.T) {
 	}
 	w.NhID = 0 // the same destination, now a plain route
 	d4.setRoute(w)
-	if d4.hasNexthop(nexthopID(sub)) || d4.nhCount != 0 || d4.nhLens != 0 {
+	if _, ok := d4.nexthop(nexthopID(sub)); ok || d4.nhCount != 0 || d4.nhLens != 0 {
 		t.Errorf("after the route left its nexthop: %d counted, lengths %b; want none", d4.nhCount, d4.nhLens)
 	}
 	if r, ok := d4.Route(sub); !ok || r != w {

@@ -40,15 +40,19 @@ type deltaApplier interface {
 func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired, t *tally) syncStats {
 	var st syncStats
 	nhAdd, nhStale := diffNexthops(old, d)
-	x := d.diffEntries(old)
+	fdbAdd, fdbDel := diffMaps(old.fdb, d.fdb, func(_ MAC, a, b [16]byte) bool { return a == b })
+	neighAdd, neighDel := diffMaps(old.neighs, d.neighs, func(_ [16]byte, a, b MAC) bool { return a == b })
+	routeAdd, routeDel := diffMaps(old.routes, d.routes, func(k pfx16, a, b uint8) bool {
+		return old.tmpls[a] == d.tmpls[b] && (!d.tmpls[b].gw || old.gws[k] == d.gws[k])
+	})
 
 	fb := rtnl.NewBatch(rt, func(mac MAC, err error) bool {
 		dst, _ := d.FDBDst(mac)
 		t.add(fmt.Errorf("set FDB entry %s dst %s: %w", mac, dst, err))
 		return true
 	})
-	for _, mac := range x.fdbAdd {
-		dst, _ := d.FDBDst(mac)
+	for _, mac := range fdbAdd {
+		dst := d.addr(d.fdb[mac])
 		fb.SetNeigh(mac, unix.AF_BRIDGE, d.Dev, dst, mac[:])
 	}
 	fb.Flush()
@@ -61,8 +65,8 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 		t.add(fmt.Errorf("set neighbour %s lladdr %s: %w", ip, mac, err))
 		return true
 	})
-	for _, ip := range x.neighAdd {
-		mac, _ := d.Neigh(ip)
+	for _, k := range neighAdd {
+		ip, mac := d.addr(k), d.neighs[k]
 		nb.SetNeigh(ip, family, d.Dev, ip, mac[:])
 	}
 	nb.Flush()
@@ -85,8 +89,8 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 		}
 		return true
 	})
-	for _, dst := range x.routeAdd {
-		w, _ := d.Route(dst)
+	for _, k := range routeAdd {
+		dst, w := d.prefix(k), d.routeAt(k, d.routes[k])
 		if n, ok := d.nexthop(w.NhID); ok && w.NhID != 0 {
 			if o, had := old.nexthop(w.NhID); !had || o != n {
 				rb.ReplaceNexthop(deltaWrite{nh: w.NhID}, n)
@@ -125,10 +129,10 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 		o, _ := old.Route(dst)
 		return t.addDelete("route", o, err)
 	})
-	for _, dst := range x.routeDel {
+	for _, k := range routeDel {
 		// A replace keeps the key (dst, metric); one at another metric
 		// would survive it.
-		o, _ := old.Route(dst)
+		dst, o := old.prefix(k), old.routeAt(k, old.routes[k])
 		if w, ok := d.Route(dst); ok && w.Metric == o.Metric {
 			continue
 		}
@@ -139,10 +143,11 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 	rd.Flush()
 	st.Deleted += rd.OK()
 	nd := rtnl.NewBatch(rt, func(ip netip.Addr, err error) bool { return t.addDelete("neighbour", ip, err) })
-	for _, ip := range x.neighDel {
-		if _, ok := d.Neigh(ip); ok {
+	for _, k := range neighDel {
+		if _, ok := d.neighs[k]; ok {
 			continue // replaced above
 		}
+		ip := old.addr(k)
 		nd.DeleteNeigh(ip, rtnl.Neigh{Family: family, Link: old.Dev, IP: ip})
 	}
 	nd.Flush()
@@ -151,10 +156,10 @@ func applyDiff(ctx context.Context, rt *rtnl.Conn, family uint8, old, d *Desired
 		dst, _ := old.FDBDst(mac)
 		return t.addDelete("FDB entry", fdbEntry{mac, dst}, err)
 	})
-	for _, mac := range x.fdbDel {
+	for _, mac := range fdbDel {
 		// For a MAC that moved, the set above usually swapped the
 		// destination in place and this finds nothing.
-		dst, _ := old.FDBDst(mac)
+		dst := old.addr(old.fdb[mac])
 		fd.DeleteNeigh(mac, rtnl.Neigh{Family: unix.AF_BRIDGE, Link: old.Dev, IP: dst, MAC: mac, MACLen: 6})
 	}
 	fd.Flush()
@@ -183,7 +188,7 @@ func diffNexthops(old, d *Desired) (add, stale []uint32) {
 		return add, nil // every one of old's is still gone through
 	}
 	for id := range old.nexthopIDs() {
-		if !d.hasNexthop(id) {
+		if _, ok := d.nexthop(id); !ok {
 			stale = append(stale, id)
 		}
 	}
@@ -238,11 +243,11 @@ func routeDrift(want *Desired, u netlink.RouteUpdate) bool {
 // differ there (to delete, when the replace does not cover them). When one
 // side is known equal by counting, its pass is skipped: a join walks the
 // maps once, not twice.
-func diffMaps[K comparable, V any](old, cur map[K]V, eq func(a, b V) bool) (add, del []K) {
+func diffMaps[K comparable, V any](old, cur map[K]V, eq func(k K, a, b V) bool) (add, del []K) {
 	same := 0
 	if len(cur) >= len(old) {
 		for k, v := range cur {
-			if o, ok := old[k]; ok && eq(o, v) {
+			if o, ok := old[k]; ok && eq(k, o, v) {
 				same++
 			} else {
 				add = append(add, k)
@@ -250,7 +255,7 @@ func diffMaps[K comparable, V any](old, cur map[K]V, eq func(a, b V) bool) (add,
 		}
 		if same < len(old) {
 			for k, o := range old {
-				if v, ok := cur[k]; !ok || !eq(o, v) {
+				if v, ok := cur[k]; !ok || !eq(k, o, v) {
 					del = append(del, k)
 				}
 			}
@@ -258,7 +263,7 @@ func diffMaps[K comparable, V any](old, cur map[K]V, eq func(a, b V) bool) (add,
 		return add, del
 	}
 	for k, o := range old {
-		if v, ok := cur[k]; ok && eq(o, v) {
+		if v, ok := cur[k]; ok && eq(k, o, v) {
 			same++
 		} else {
 			del = append(del, k)
@@ -266,7 +271,7 @@ func diffMaps[K comparable, V any](old, cur map[K]V, eq func(a, b V) bool) (add,
 	}
 	if same < len(cur) {
 		for k, v := range cur {
-			if o, ok := old[k]; !ok || !eq(o, v) {
+			if o, ok := old[k]; !ok || !eq(k, o, v) {
 				add = append(add, k)
 			}
 		}

@@ -362,3 +362,52 @@ func routesWanted(ws ...Route) *Desired {
 	}
 	return d
 }
+
+// Helpers the tests use, not weftd: the routes a test writes or reads
+// itself, as weftd would.
+
+// readMainRoutes is readMainRoutesFor keeping weft's routes and the
+// connected subnets only.
+func readMainRoutes(c *rtnl.Conn, family uint8, ifaceIndex int) (mainRoutes, error) {
+	return readMainRoutesFor(c, family, ifaceIndex, -1, true)
+}
+
+// route is w as a netlink route, for a test that writes it itself.
+func (w routeWant) route() *netlink.Route {
+	r := &netlink.Route{
+		Dst:       ipNet(w.Dst),
+		Protocol:  rtnl.ProtWeft,
+		Table:     unix.RT_TABLE_MAIN,
+		Priority:  w.Metric,
+		LinkIndex: w.Link,
+		Family:    routeFamily(w.Dst),
+	}
+	if w.Gw.IsValid() {
+		r.Gw = w.Gw.AsSlice()
+	}
+	if w.OnLink {
+		r.Flags = int(netlink.FLAG_ONLINK)
+	}
+	if w.Blackhole {
+		r.Type = unix.RTN_BLACKHOLE
+	}
+	return r
+}
+
+// routeFamily is the netlink family of a route to dst.
+func routeFamily(dst netip.Prefix) int {
+	if dst.Addr().Is6() {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
+
+// routeList is the source of routes already read.
+func routeList(rs []rtnl.Route) routeSource {
+	return func(fn func(rtnl.Route)) error {
+		for _, r := range rs {
+			fn(r)
+		}
+		return nil
+	}
+}

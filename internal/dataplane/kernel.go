@@ -19,7 +19,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/rtnl"
@@ -118,35 +117,6 @@ func addrOf(ip net.IP) netip.Addr {
 // routeWant is one route weft wants in the main table.
 type routeWant rtnl.RouteSpec
 
-func (w routeWant) route() *netlink.Route {
-	r := &netlink.Route{
-		Dst:       ipNet(w.Dst),
-		Protocol:  rtnl.ProtWeft,
-		Table:     unix.RT_TABLE_MAIN,
-		Priority:  w.Metric,
-		LinkIndex: w.Link,
-		Family:    routeFamily(w.Dst),
-	}
-	if w.Gw.IsValid() {
-		r.Gw = w.Gw.AsSlice()
-	}
-	if w.OnLink {
-		r.Flags = int(netlink.FLAG_ONLINK)
-	}
-	if w.Blackhole {
-		r.Type = unix.RTN_BLACKHOLE
-	}
-	return r
-}
-
-// routeFamily is the netlink family of a route to dst.
-func routeFamily(dst netip.Prefix) int {
-	if dst.Addr().Is6() {
-		return netlink.FAMILY_V6
-	}
-	return netlink.FAMILY_V4
-}
-
 func (w routeWant) matches(r rtnl.Route) bool {
 	typ := r.Type
 	if typ == 0 {
@@ -204,18 +174,13 @@ type mainRoutes struct {
 	foreign []rtnl.Route
 }
 
-// readMainRoutes dumps the main table of family (AF_INET or AF_INET6) only
-// (the kernel filters it: on a host with a large local table, e.g.
-// kube-proxy's IPVS addresses, none of that is sent) and keeps weft's routes
-// and the underlay's connected subnets.
-func readMainRoutes(c *rtnl.Conn, family uint8, ifaceIndex int) (mainRoutes, error) {
-	return readMainRoutesFor(c, family, ifaceIndex, -1, true)
-}
-
-// readMainRoutesFor is readMainRoutes that also keeps the routes of other
-// owners to destinations of peerBits bits (the subnet length of the
-// overlay; -1: none), and weft's own only when weft is true (a full pass
-// reads those as it syncs them: weftRoutes).
+// readMainRoutesFor dumps the main table of family (AF_INET or AF_INET6)
+// only (the kernel filters it: on a host with a large local table, e.g.
+// kube-proxy's IPVS addresses, none of that is sent) and keeps the
+// underlay's connected subnets, the routes of other owners to destinations
+// of peerBits bits (the subnet length of the overlay; -1: none), and
+// weft's own only when weft is true (a full pass reads those as it syncs
+// them: weftRoutes).
 func readMainRoutesFor(c *rtnl.Conn, family uint8, ifaceIndex, peerBits int, weft bool) (mainRoutes, error) {
 	var m mainRoutes
 	last := &lastWeftRoutes[0]
@@ -258,16 +223,6 @@ func readMainRoutesFor(c *rtnl.Conn, family uint8, ifaceIndex, peerBits int, wef
 // when the dump was interrupted, and is then run again from the start
 // (rtnl.RetryDump).
 type routeSource func(fn func(rtnl.Route)) error
-
-// routeList is the source of routes already read.
-func routeList(rs []rtnl.Route) routeSource {
-	return func(fn func(rtnl.Route)) error {
-		for _, r := range rs {
-			fn(r)
-		}
-		return nil
-	}
-}
 
 // weftRoutes is the source of weft's routes of family in the kernel, read
 // as they are dumped, then extra (routes of others weft takes over).
@@ -336,7 +291,7 @@ func putScratch(s *scratch) {
 }
 
 // syncRoutes makes the main-table routes of family carrying rtnl.ProtWeft
-// (have: weftRoutes, or a routeList of readMainRoutes') equal to want's
+// (have: weftRoutes, or the tests' routeList) equal to want's
 // routes (nil: none): only the differences are written.
 //
 // want is read where it is: a copy of it as a slice, indexed to match the

@@ -25,8 +25,12 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"iter"
+	"math/bits"
 	"net/netip"
 	"slices"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/rtnl"
 )
@@ -220,17 +224,40 @@ func nexthopDrift(want *Desired, u rtnl.NexthopUpdate) bool {
 	if !want.rendered() {
 		return true
 	}
-	return want.hasNexthop(u.ID)
+	_, ok := want.nexthop(u.ID)
+	return ok
 }
 
 // nexthop is the nexthop object of id that d's routes go through: the
-// route whose destination's address is the id (nexthopID) says it all.
+// route to the id's address (nexthopID) says it all, found at one of the
+// prefix lengths of d's routes through nexthops (one in practice: the
+// overlay's subnet length). Only IPv4 routes go through nexthops.
 func (d *Desired) nexthop(id uint32) (rtnl.Nexthop, bool) {
-	w, ok := d.nexthopRoute(id)
-	if !ok {
+	if d == nil || d.Family != unix.AF_INET || d.nhCount == 0 || id == 0 {
 		return rtnl.Nexthop{}, false
 	}
-	return nexthopOf(w), true
+	a := netip.AddrFrom4([4]byte{byte(id >> 24), byte(id >> 16), byte(id >> 8), byte(id)}).As16()
+	for lens := d.nhLens; lens != 0; lens &= lens - 1 {
+		k := pfx16{a: a, bits: uint8(bits.TrailingZeros64(lens))}
+		if i, ok := d.routes[k]; ok && d.tmpls[i].viaNH {
+			return nexthopOf(d.routeAt(k, i)), true
+		}
+	}
+	return rtnl.Nexthop{}, false
+}
+
+// nexthopIDs are the ids of the nexthops d's routes go through.
+func (d *Desired) nexthopIDs() iter.Seq[uint32] {
+	return func(yield func(uint32) bool) {
+		if d == nil || d.nhCount == 0 {
+			return
+		}
+		for k, i := range d.routes {
+			if d.tmpls[i].viaNH && !yield(nexthopID(d.prefix(k))) {
+				return
+			}
+		}
+	}
 }
 
 // nexthopObjects are the nexthop objects d's routes go through, by id

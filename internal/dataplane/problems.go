@@ -63,11 +63,6 @@ type peerNote struct{ reason, msg string }
 
 func (n *peerNotes) begin() { n.cur = make(map[netip.Prefix]peerNote) }
 
-// note records a peer whose lease cannot be programmed (SkipInvalid).
-func (n *peerNotes) note(log *slog.Logger, subnet netip.Prefix, msg string) {
-	n.noteAs(log, subnet, SkipInvalid, msg)
-}
-
 // noteAs records a peer skipped for reason. Outside begin … end it only
 // logs (it cannot happen: every path that skips a peer begins).
 func (n *peerNotes) noteAs(log *slog.Logger, subnet netip.Prefix, reason, msg string) {
