@@ -76,13 +76,14 @@ func TestMemoryLimitAppliedAndRestored(t *testing.T) {
 }
 
 // TestMemLimitFormula: the floor while the heap fits under it, then live +
-// a quarter + the runtime's other memory, continuous across the floor: a
-// live heap near the floor's reach still leaves the collector room.
+// a quarter (at least minHeadroom) + the runtime's other memory, continuous
+// across the floor: a live heap near the floor's reach still leaves the
+// collector room.
 func TestMemLimitFormula(t *testing.T) {
 	const MiB = 1 << 20
 	for _, c := range []struct{ live, other, want int64 }{
-		{2 * MiB, 6 * MiB, 16 * MiB},                // a small cluster: the floor
-		{7 * MiB, 8 * MiB, 7*MiB + 7*MiB/4 + 8*MiB}, // was the floor, no room for the heap
+		{2 * MiB, 6 * MiB, 16 * MiB},                    // a small cluster: the floor
+		{7 * MiB, 8 * MiB, 7*MiB + minHeadroom + 8*MiB}, // was the floor, no room for the heap
 		{20 * MiB, 8 * MiB, 33 * MiB},
 		{0, 0, 16 * MiB},
 	} {
