@@ -386,37 +386,11 @@ func (m *Manager) quietWindow(ctx context.Context, from, rev int64, leases []Lea
 	defer cancel()
 	prefix := m.s.SubnetsPrefix()
 	n := make([]int64, revs) // n[i] = n(lo+i)
-	errs := make(chan error, revs/quietTxnOps+1)
-	var wg sync.WaitGroup
-	for start := lo; start <= rev; start += quietTxnOps {
-		end := min(start+quietTxnOps-1, rev)
-		wg.Go(func() {
-			ops := make([]clientv3.Op, 0, end-start+1)
-			for r := start; r <= end; r++ {
-				ops = append(ops, clientv3.OpGet(prefix, clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithRev(r)))
-			}
-			resp, err := m.cli.Txn(ctx).Then(ops...).Commit()
-			if err != nil {
-				errs <- fmt.Errorf("count %s at revisions %d-%d: %w", prefix, start, end, err)
-				return
-			}
-			if len(resp.Responses) != len(ops) {
-				errs <- fmt.Errorf("count %s at revisions %d-%d: %d answers to %d reads", prefix, start, end, len(resp.Responses), len(ops))
-				return
-			}
-			for i, r := range resp.Responses {
-				rr := r.GetResponseRange()
-				if rr == nil {
-					errs <- fmt.Errorf("count %s at revision %d: no range answer", prefix, start+int64(i))
-					return
-				}
-				n[start-lo+int64(i)] = rr.Count
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	err := m.countAtRevisions(ctx, prefix, clientv3.GetPrefixRangeEnd(prefix), lo, rev, func(r, count int64) bool {
+		n[r-lo] = count
+		return true
+	})
+	if err != nil {
 		// A compacted window, a server with a lower --max-txn-ops, no
 		// permission: the replay copes with each.
 		m.log.Debug("lease history: no quiet-window proof; replaying", "err", err)
@@ -468,7 +442,26 @@ func (m *Manager) candidateQuiet(ctx context.Context, p netip.Prefix, from, rev 
 	key := m.s.Key(p, netip.Prefix{})
 	end := key + "'" // '&' + 1: the key and key&<IPv6 part>
 	var busy atomic.Bool
-	errs := make(chan error, revs/quietTxnOps+1)
+	err := m.countAtRevisions(ctx, key, end, lo, rev, func(_, count int64) bool {
+		if count != 0 {
+			busy.Store(true)
+		}
+		return count == 0
+	})
+	if err != nil {
+		return false, err
+	}
+	return !busy.Load(), nil
+}
+
+// countAtRevisions counts the keys in [key, end) at every revision of [lo,
+// rev] and hands each count to seen, which returns false to stop its batch
+// early; the counts go in transactions of quietTxnOps reads, sent at once,
+// so seen is called from several goroutines (each revision once). The
+// first error is returned: a compacted revision, a server with a lower
+// --max-txn-ops, no permission.
+func (m *Manager) countAtRevisions(ctx context.Context, key, end string, lo, rev int64, seen func(r, count int64) bool) error {
+	errs := make(chan error, (rev-lo+1)/quietTxnOps+1)
 	var wg sync.WaitGroup
 	for start := lo; start <= rev; start += quietTxnOps {
 		stop := min(start+quietTxnOps-1, rev)
@@ -492,8 +485,7 @@ func (m *Manager) candidateQuiet(ctx context.Context, p netip.Prefix, from, rev 
 					errs <- fmt.Errorf("count %s at revision %d: no range answer", key, start+int64(i))
 					return
 				}
-				if rr.Count != 0 {
-					busy.Store(true)
+				if !seen(start+int64(i), rr.Count) {
 					return
 				}
 			}
@@ -501,10 +493,7 @@ func (m *Manager) candidateQuiet(ctx context.Context, p netip.Prefix, from, rev 
 	}
 	wg.Wait()
 	close(errs)
-	if err := <-errs; err != nil {
-		return false, err
-	}
-	return !busy.Load(), nil
+	return <-errs
 }
 
 // newPicks is what pickNew learned during one acquisition before the
