@@ -146,6 +146,7 @@ func (w *wgDev) plan(snap lease.Snapshot) ([]wgengine.Peer, [2][]skippedPeer) {
 		byKey[key] = allowed[0]
 		peers = append(peers, wgengine.Peer{
 			PublicKey: key, Endpoint: ep, AllowedIPs: allowed, PSK: w.opts.psk, Keepalive: w.opts.keepalive,
+			Greets: p.Attrs.NodeName != "", // weft writes WeftNodeName; flannel does not
 		})
 	}
 	return peers, skipped

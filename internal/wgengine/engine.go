@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -76,6 +77,11 @@ type Peer struct {
 	AllowedIPs []netip.Prefix // the inner addresses it may send from and is sent to
 	PSK        Key            // zero = none
 	Keepalive  time.Duration  // persistent keepalive, whole seconds; 0 = off
+	// Greets says the peer is a weft device, which greets its new peers
+	// as this engine does (see greet); false for flannel's kernel device
+	// or a stock wireguard-go. It is not device state: Peers leaves it
+	// false.
+	Greets bool
 }
 
 // PeerStatus is one peer as the device has it.
@@ -93,8 +99,11 @@ type Engine struct {
 	pub  Key
 	log  *slog.Logger
 
-	mu   sync.Mutex // serialises SetPeers
-	uapi *uapiServer
+	mu     sync.Mutex   // serialises SetPeers
+	silent map[Key]bool // the peers that do not greet (Peer.Greets false); under mu
+	uapi   *uapiServer
+
+	crossCheck atomic.Bool // a retryCrossed is pending
 
 	badMu       sync.Mutex
 	badResponse map[string]*badResponses // by endpoint
@@ -238,12 +247,21 @@ func (e *Engine) SetPeers(peers []Peer) error {
 		p.Keepalive = p.Keepalive.Truncate(time.Second)
 		want[p.PublicKey] = p
 	}
+	clear(e.silent)
+	for k, p := range want {
+		if !p.Greets {
+			if e.silent == nil {
+				e.silent = make(map[Key]bool)
+			}
+			e.silent[k] = true
+		}
+	}
 	have, err := e.peers()
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
 	var b strings.Builder
-	var added []Key
+	var added []Peer
 	removed, written := 0, 0
 	// Removals first: a rotated key's allowed IPs are then free for the
 	// new peer (replace_allowed_ips would move them anyway).
@@ -260,7 +278,7 @@ func (e *Engine) SetPeers(peers []Peer) error {
 			continue
 		}
 		if !ok {
-			added = append(added, k)
+			added = append(added, p)
 		}
 		fmt.Fprintf(&b, "public_key=%s\npreshared_key=%s\nendpoint=%s\npersistent_keepalive_interval=%d\nreplace_allowed_ips=true\n",
 			k.hex(), p.PSK.hex(), p.Endpoint, int(p.Keepalive/time.Second))
@@ -278,132 +296,6 @@ func (e *Engine) SetPeers(peers []Peer) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// greet starts a handshake with every peer the device did not have, the
-// first configuration's included:
-//   - A joining host has usually tried to reach us before our watch told
-//     us of it; its initiation was dropped (unknown key) and WireGuard
-//     would retry only after REKEY_TIMEOUT (5 s). Our initiation, which it
-//     accepts, opens the session at once.
-//   - After a restart our device has no sessions while its peers still
-//     hold the old ones: what they send is dropped here (unknown receiver
-//     index) and, as long as we send nothing back, they start a new
-//     handshake only after KEEPALIVE_TIMEOUT + REKEY_TIMEOUT (5+10 s). Our
-//     initiation replaces their session at once.
-//
-// Hosts that start together learn of each other in the same instant (one
-// etcd watch) and would greet each other in the same instant. Two
-// initiations that cross fail both: each side answers the other's and
-// forgets its own, so each rejects the response it gets ("invalid response
-// message"), and no session is made. Worse, when both greetings are
-// dropped (the peer does not know us yet, or its underlay guard does not
-// admit us yet), both sides' retransmit timers, 5 s + 0..333 ms of jitter,
-// start in the same instant and cross again, round after round, whenever
-// the jitter difference is smaller than the time a loaded host takes to
-// handle a handshake. So only the side with the smaller public key greets
-// at once; the other greets after greetDelay, and only if no handshake
-// completed meanwhile: the two sides' handshake schedules are then
-// greetDelay apart and do not cross.
-//
-// A peer that does not know us yet drops the greeting, and WireGuard
-// retries for REKEY_ATTEMPT_TIME: a few small datagrams.
-func (e *Engine) greet(keys []Key) {
-	var later []Key
-	for _, k := range keys {
-		if greetsFirst(e.pub, k) {
-			e.sendGreeting(k)
-		} else {
-			later = append(later, k)
-		}
-	}
-	if len(later) > 0 {
-		time.AfterFunc(greetDelay, func() { e.greetLate(later) })
-	}
-}
-
-// greetDelay is how long the side with the larger public key waits before
-// greeting: longer than a loaded host takes to answer an initiation (tens
-// of ms), so that the smaller key's greeting has made the session, and
-// well inside REKEY_TIMEOUT minus its jitter (4.67 s), so that its retries
-// stay apart from the other side's.
-const greetDelay = time.Second
-
-// greetsFirst reports whether the device whose public key is own greets
-// the peer whose key is peer at once (the smaller key), rather than after
-// greetDelay.
-func greetsFirst(own, peer Key) bool {
-	return strings.Compare(string(own[:]), string(peer[:])) < 0
-}
-
-// greetLate greets those of keys that the device still has and has no
-// completed handshake with.
-func (e *Engine) greetLate(keys []Key) {
-	have, err := e.peers()
-	if err != nil {
-		return // closed: nothing to greet
-	}
-	for _, k := range keys {
-		if p, ok := have[k]; ok && p.LastHandshake.IsZero() {
-			e.sendGreeting(k)
-		}
-	}
-}
-
-// sendGreeting sends peer k a keepalive, which, with no session yet,
-// starts a handshake.
-func (e *Engine) sendGreeting(k Key) {
-	if p := e.dev.LookupPeer(device.NoisePublicKey(k)); p != nil {
-		p.SendKeepalive()
-	}
-}
-
-// invalidResponse is wireguard-go's debug line for a handshake response
-// that does not authenticate.
-const invalidResponse = "Received invalid response message from %s"
-
-// badResponseEvery is how often a peer's failing handshakes are logged,
-// and the window in which a second failure makes one worth logging:
-// WireGuard retries every 5 s, while a single failure is also what a late
-// answer to an initiation we have since replaced looks like.
-const badResponseEvery = time.Minute
-
-type badResponses struct {
-	first, logged time.Time
-	n             int
-}
-
-// noteBadResponse logs, from the second in a badResponseEvery and at most
-// once a badResponseEvery per endpoint, a handshake response that failed
-// to authenticate: the peer knows our key (it answered our initiation) but
-// the session keys differ, which, between hosts configured from the same
-// leases, is a pre-shared key that differs, or (rarely since greet
-// staggers the two sides) both sides' initiations crossed twice. No session is made and no
-// traffic passes; wireguard-go would say so only in a debug line.
-func (e *Engine) noteBadResponse(from string) {
-	now := time.Now()
-	e.badMu.Lock()
-	b := e.badResponse[from]
-	if b == nil {
-		if len(e.badResponse) >= endpointCacheMax {
-			clear(e.badResponse) // bounded: endpoints come from the network
-		}
-		b = &badResponses{first: now}
-		e.badResponse[from] = b
-	}
-	if now.Sub(b.first) > badResponseEvery {
-		b.first, b.n = now, 0
-	}
-	b.n++
-	log := b.n >= 2 && now.Sub(b.logged) >= badResponseEvery
-	if log {
-		b.logged = now
-	}
-	n := b.n
-	e.badMu.Unlock()
-	if log {
-		e.log.Warn("WireGuard handshakes with this peer fail: its responses do not authenticate, no session, no traffic (its pre-shared key differs from ours: PSK in the network config; or both sides' handshakes crossed)", "endpoint", from, "failures", n)
-	}
 }
 
 // samePeer reports whether the device's peer h already is p. h's

@@ -140,9 +140,10 @@ func newSideKey(t *testing.T, ns *netnstest.NS, under, overlay string, sockDir s
 	return s
 }
 
+// peer is s as a peer of the other side: a weft device, which greets.
 func (s *side) peer() Peer {
 	return Peer{PublicKey: s.key.PublicKey(), Endpoint: netip.AddrPortFrom(s.under, 51820),
-		AllowedIPs: []netip.Prefix{s.overlay.Masked()}}
+		AllowedIPs: []netip.Prefix{s.overlay.Masked()}, Greets: true}
 }
 
 func ping(t *testing.T, from *side, to netip.Addr) error {
