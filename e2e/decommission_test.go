@@ -30,15 +30,6 @@ func newLabPreStart(t *testing.T, backend string, hosts int, weftdArgs ...string
 	pre := &preStart{kernel: map[string]string{}}
 	cfg := lab.Config{Hosts: hosts, Backend: backend, NetworkConfig: networkConfig(backend), WeftdArgs: weftdArgs}
 	cfg.BeforeWeftd = func(l *lab.Lab, h *lab.Host) {
-		// The NICs were just brought up: IPv6 duplicate address detection
-		// of their link-local addresses (then their local routes) would
-		// otherwise differ from any later dump.
-		waitFor(t, h.Name+" link-local addresses settled", time.Now(), 5*time.Second, 10*time.Second, func() error {
-			if out, _ := h.NS.Run("ip", "-6", "addr", "show", "tentative"); strings.TrimSpace(out) != "" {
-				return fmt.Errorf("tentative: %s", out)
-			}
-			return nil
-		})
 		pre.kernel[h.Name] = kernelDump(t, h)
 		if pre.etcd == nil {
 			pre.etcd = etcdDump(t, l)
@@ -230,6 +221,17 @@ var dumpVolatile = regexp.MustCompile(`(?m)(counter packets \d+ bytes \d+|valid_
 // the nf_tables ruleset — counters, lifetimes and learned entries left out.
 func kernelDump(t *testing.T, h *lab.Host) string {
 	t.Helper()
+	// Links brought up lately (the NICs before weftd's first start, the
+	// lab's docker0 and container veth after it) run IPv6 duplicate
+	// address detection on their link-local addresses for a second or
+	// two: "tentative", then settled with a local route. A dump taken
+	// meanwhile would differ from the next one with nothing changed.
+	waitFor(t, h.Name+" link-local addresses settled", time.Now(), 5*time.Second, 10*time.Second, func() error {
+		if out, _ := h.NS.Run("ip", "-6", "addr", "show", "tentative"); strings.TrimSpace(out) != "" {
+			return fmt.Errorf("tentative: %s", out)
+		}
+		return nil
+	})
 	var b strings.Builder
 	for _, cmd := range [][]string{
 		{"ip", "-d", "-o", "link", "show"},
