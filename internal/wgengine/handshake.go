@@ -167,7 +167,8 @@ func (e *Engine) noteBadResponse(from string) {
 const crossRetryDelay = 250 * time.Millisecond
 
 // retryCrossed starts a new handshake with the peer at endpoint from if no
-// handshake with it completed since at (the rejected response). WireGuard
+// handshake with it completed since at (the rejected response) and no
+// session younger than REKEY_AFTER_TIME (120 s) serves it. WireGuard
 // itself would wait for its retransmit timer (5 s) — or, when the peer
 // took our answer and thinks the session made, for 15 s of silence — and
 // sends no initiation within REKEY_TIMEOUT of its last handshake message,
@@ -202,8 +203,12 @@ func (e *Engine) retryCrossed(from string, at time.Time, late bool) {
 		if p.Endpoint != ep {
 			continue
 		}
-		if p.LastHandshake.After(at) {
-			return // a session was made after all
+		if !p.LastHandshake.IsZero() && time.Since(p.LastHandshake) < device.RekeyAfterTime {
+			// A session was made after all, or one that has not yet
+			// been renewed serves on: WireGuard's retry in 5 s does
+			// not interrupt it, and a forged response (its MAC needs
+			// only our public key) must not make us drop it.
+			return
 		}
 		e.mu.Lock()
 		silent := e.silent[k]

@@ -81,6 +81,7 @@ func (r *crossingRelay) pass(in, out *net.UDPConn, to *net.UDPAddr) {
 // crossRetryDelay. WireGuard alone waits for a retransmit (5 s) — or, when
 // one side took the other's answer, for 15 s of silence — which is what
 // e2e TestWireGuardInterop met under load (15.4 s against an 8 s bound).
+// A rejected response while a session serves starts nothing.
 func TestCrossedHandshakeRepaired(t *testing.T) {
 	na, nb := pair(t)
 	a := newSide(t, na, "10.77.0.1", "10.78.1.1/24", "-")
@@ -143,4 +144,16 @@ func TestCrossedHandshakeRepaired(t *testing.T) {
 		t.Fatalf("the weft side rejected no response from %s: the initiations did not cross, the test shows nothing", forB)
 	}
 	t.Logf("MEASURED session on both sides %s after crossed initiations (bound %s)", took.Round(time.Millisecond), bound)
+
+	// A rejected response while a session serves (a late or forged one:
+	// its MAC needs only our public key) leaves the session alone.
+	ours, _ := a.eng.Peers()
+	a.eng.badMu.Lock()
+	clear(a.eng.badResponse)
+	a.eng.badMu.Unlock()
+	a.eng.noteBadResponse(forB.String())
+	time.Sleep(crossRetryDelay + 200*time.Millisecond)
+	if again, _ := a.eng.Peers(); len(again) != 1 || !again[0].LastHandshake.Equal(ours[0].LastHandshake) {
+		t.Errorf("a rejected response with a session in place started a new handshake: last handshake %v, then %v", ours[0].LastHandshake, again)
+	}
 }
