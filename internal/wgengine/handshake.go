@@ -156,7 +156,7 @@ func (e *Engine) noteBadResponse(from string) {
 		e.log.Warn("WireGuard handshakes with this peer fail: its responses do not authenticate, no session, no traffic (its pre-shared key differs from ours: PSK in the network config; or both sides' handshakes crossed)", "endpoint", from, "failures", n)
 	}
 	if retry {
-		time.AfterFunc(crossRetryDelay, func() { e.retryCrossed(from, now, false) })
+		time.AfterFunc(crossRetryDelay, func() { e.retryCrossed(from, false) })
 	}
 }
 
@@ -167,8 +167,8 @@ func (e *Engine) noteBadResponse(from string) {
 const crossRetryDelay = 250 * time.Millisecond
 
 // retryCrossed starts a new handshake with the peer at endpoint from if no
-// handshake with it completed since at (the rejected response) and no
-// session younger than REKEY_AFTER_TIME (120 s) serves it. WireGuard
+// handshake with it completed since the rejected response, nor in the
+// REKEY_AFTER_TIME (120 s) before it, so that no session serves it. WireGuard
 // itself would wait for its retransmit timer (5 s) — or, when the peer
 // took our answer and thinks the session made, for 15 s of silence — and
 // sends no initiation within REKEY_TIMEOUT of its last handshake message,
@@ -184,7 +184,7 @@ const crossRetryDelay = 250 * time.Millisecond
 // e.crossCheck keeps one check in flight: each reads the device's peers,
 // and responses come from the network (a flood of forged ones from many
 // endpoints must not become a flood of reads).
-func (e *Engine) retryCrossed(from string, at time.Time, late bool) {
+func (e *Engine) retryCrossed(from string, late bool) {
 	done := true
 	defer func() {
 		if done {
@@ -215,7 +215,7 @@ func (e *Engine) retryCrossed(from string, at time.Time, late bool) {
 		e.mu.Unlock()
 		if !late && !silent && !greetsFirst(e.pub, k) {
 			done = false
-			time.AfterFunc(greetDelay, func() { e.retryCrossed(from, at, true) })
+			time.AfterFunc(greetDelay, func() { e.retryCrossed(from, true) })
 			return
 		}
 		if dp := e.dev.LookupPeer(device.NoisePublicKey(k)); dp != nil {
