@@ -90,7 +90,10 @@ func startNodeWith(t *testing.T, cli *clientv3.Client) *node {
 		t.Fatal(err)
 	}
 
-	cfgJSON := `{"Network":"172.30.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}`
+	// The node takes its subnet from 172.30.200–250: the tests write
+	// their peers below, and a random pick equal to one of them would
+	// make that write overwrite the node's own lease.
+	cfgJSON := `{"Network":"172.30.0.0/16","SubnetLen":24,"SubnetMin":"172.30.200.0","SubnetMax":"172.30.250.0","Backend":{"Type":"host-gw"}}`
 	cfg, _, err := netconf.Parse([]byte(cfgJSON))
 	if err != nil {
 		t.Fatal(err)
