@@ -3,6 +3,7 @@ package wgengine
 import (
 	"net"
 	"net/netip"
+	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -156,4 +157,47 @@ func TestCrossedHandshakeRepaired(t *testing.T) {
 	if again, _ := a.eng.Peers(); len(again) != 1 || !again[0].LastHandshake.Equal(ours[0].LastHandshake) {
 		t.Errorf("a rejected response with a session in place started a new handshake: last handshake %v, then %v", ours[0].LastHandshake, again)
 	}
+}
+
+// TestGreetLateForced: the smaller key greets at once and the peer
+// answers, but the answer is lost (here the greeter's own underlay guard
+// still drops the peer, as weft's does for a peer the dataplane has not
+// applied yet). The larger key's greeting a second later must still go
+// out, although the peer's answer counts against wireguard-go's one
+// handshake message per 5 s: the session is made at about greetDelay,
+// not at the greeter's retransmit 5 s later.
+func TestGreetLateForced(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("nft (nftables) not installed: scripts/install-deps.sh installs it")
+	}
+	na, nb := pair(t)
+	ka, _ := GenerateKey()
+	kb, _ := GenerateKey()
+	if !greetsFirst(ka.PublicKey(), kb.PublicKey()) {
+		ka, kb = kb, ka // a greets at once, b greetDelay later
+	}
+	a := newSideKey(t, na, "10.77.0.1", "10.78.1.1/24", "-", ka)
+	b := newSideKey(t, nb, "10.77.0.2", "10.78.2.1/24", "-", kb)
+	na.MustRun(t, "nft", "add table inet wgguard; add chain inet wgguard in { type filter hook input priority 0; }; add rule inet wgguard in ip saddr 10.77.0.2 udp dport 51820 drop")
+	if err := b.eng.SetPeers([]Peer{a.peer()}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := a.eng.SetPeers([]Peer{b.peer()}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // a's greeting answered by b, the answer dropped
+	na.MustRun(t, "nft", "delete", "table", "inet", "wgguard")
+	const bound = greetDelay + 2*time.Second // wireguard-go alone: a's retransmit at 5-5.33 s
+	for {
+		ps, _ := a.eng.Peers()
+		if len(ps) == 1 && !ps[0].LastHandshake.IsZero() {
+			break
+		}
+		if time.Since(start) > bound {
+			t.Fatalf("no session %s after the first greeting whose answer was lost", bound)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("MEASURED session %s after the first greeting, whose answer was lost (bound %s)", time.Since(start).Round(time.Millisecond), bound)
 }
