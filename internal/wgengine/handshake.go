@@ -43,16 +43,22 @@ import (
 // a stock wireguard-go) is greeted at once whatever the keys: it has no
 // greeting to cross with, and a greeting held back a second would start
 // our side's handshake just when traffic starts the peer's — the crossing
-// the stagger is there to avoid.
+// the stagger is there to avoid. It is greeted again after greetDelay if
+// no handshake completed: it will not greet us, so an answer lost to our
+// own guard (see greetLate) would otherwise wait for our retransmit.
 //
 // A peer that does not know us yet drops the greeting, and WireGuard
 // retries for REKEY_ATTEMPT_TIME: a few small datagrams.
 func (e *Engine) greet(peers []Peer) {
 	var later []Key
 	for _, p := range peers {
-		if !p.Greets || greetsFirst(e.pub, p.PublicKey) {
+		switch {
+		case !p.Greets:
 			e.sendGreeting(p.PublicKey)
-		} else {
+			later = append(later, p.PublicKey) // again if the answer was lost (greetLate)
+		case greetsFirst(e.pub, p.PublicKey):
+			e.sendGreeting(p.PublicKey)
+		default:
 			later = append(later, p.PublicKey)
 		}
 	}

@@ -11,6 +11,8 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/weft-net/weft/internal/testutil/netnstest"
 )
 
 // crossingRelay stands between two devices on the underlay and makes their
@@ -74,6 +76,32 @@ func (r *crossingRelay) pass(in, out *net.UDPConn, to *net.UDPAddr) {
 	}
 }
 
+// newStockDevice starts, in ns on u0 with address under, the library's own
+// device on its default bind listening on port 51821, with a new key: a
+// stock wireguard-go, which neither greets nor repairs.
+func newStockDevice(t *testing.T, ns *netnstest.NS, under string) (Key, *device.Device) {
+	t.Helper()
+	ns.MustRun(t, "ip", "addr", "add", under+"/24", "dev", "u0")
+	key, _ := GenerateKey()
+	var stock *device.Device
+	err := ns.Do(func() error {
+		dev, err := tun.CreateTUN("wgt0", 1420)
+		if err != nil {
+			return err
+		}
+		stock = device.NewDevice(dev, conn.NewDefaultBind(), device.NewLogger(device.LogLevelSilent, ""))
+		if err := stock.IpcSet("private_key=" + key.hex() + "\nlisten_port=51821\n"); err != nil {
+			return err
+		}
+		return stock.Up()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stock.Close)
+	return key, stock
+}
+
 // TestCrossedHandshakeRepaired: a weft device and a stock wireguard-go
 // device (the library's device on its default bind, as wireguard-go and
 // the kernel module behave: no greeting, no repair) whose first
@@ -86,24 +114,7 @@ func (r *crossingRelay) pass(in, out *net.UDPConn, to *net.UDPAddr) {
 func TestCrossedHandshakeRepaired(t *testing.T) {
 	na, nb := pair(t)
 	a := newSide(t, na, "10.77.0.1", "10.78.1.1/24", "-")
-	nb.MustRun(t, "ip", "addr", "add", "10.77.0.2/24", "dev", "u0")
-	bKey, _ := GenerateKey()
-	var stock *device.Device
-	err := nb.Do(func() error {
-		dev, err := tun.CreateTUN("wgt0", 1420)
-		if err != nil {
-			return err
-		}
-		stock = device.NewDevice(dev, conn.NewDefaultBind(), device.NewLogger(device.LogLevelSilent, ""))
-		if err := stock.IpcSet("private_key=" + bKey.hex() + "\nlisten_port=51821\n"); err != nil {
-			return err
-		}
-		return stock.Up()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stock.Close)
+	bKey, stock := newStockDevice(t, nb, "10.77.0.2")
 
 	var relay *crossingRelay
 	na.Do(func() error {
@@ -200,4 +211,40 @@ func TestGreetLateForced(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Logf("MEASURED session %s after the first greeting, whose answer was lost (bound %s)", time.Since(start).Round(time.Millisecond), bound)
+}
+
+// TestGreetSilentPeerAgain: a stock peer (which never greets) answers our
+// greeting and the answer is lost (our guard does not admit it yet): the
+// device greets it again greetDelay later, so the session is made then and
+// not at our retransmit 5 s later.
+func TestGreetSilentPeerAgain(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("nft (nftables) not installed: scripts/install-deps.sh installs it")
+	}
+	na, nb := pair(t)
+	a := newSide(t, na, "10.77.0.1", "10.78.1.1/24", "-")
+	bKey, stock := newStockDevice(t, nb, "10.77.0.2")
+	if err := stock.IpcSet("public_key=" + a.key.PublicKey().hex() + "\nendpoint=10.77.0.1:51820\nallowed_ip=10.78.1.0/24\n"); err != nil {
+		t.Fatal(err)
+	}
+	na.MustRun(t, "nft", "add table inet wgguard; add chain inet wgguard in { type filter hook input priority 0; }; add rule inet wgguard in ip saddr 10.77.0.2 udp sport 51821 drop")
+	start := time.Now()
+	if err := a.eng.SetPeers([]Peer{{PublicKey: bKey.PublicKey(), Endpoint: netip.MustParseAddrPort("10.77.0.2:51821"),
+		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.78.2.0/24")}}}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // our greeting answered, the answer dropped
+	na.MustRun(t, "nft", "delete", "table", "inet", "wgguard")
+	const bound = greetDelay + 2*time.Second // wireguard-go alone: our retransmit at 5-5.33 s
+	for {
+		ps, _ := a.eng.Peers()
+		if len(ps) == 1 && !ps[0].LastHandshake.IsZero() {
+			break
+		}
+		if time.Since(start) > bound {
+			t.Fatalf("no session with the stock peer %s after our first greeting, whose answer was lost", bound)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("MEASURED session %s after our first greeting, whose answer was lost (bound %s)", time.Since(start).Round(time.Millisecond), bound)
 }
