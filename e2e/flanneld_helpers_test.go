@@ -126,7 +126,19 @@ while :; do
   wait "$pid"; rc=$?
   # A trapped signal interrupts wait (status > 128) before flanneld has
   # exited: wait again for its own status; 127 means it was already reaped.
-  while [ "$rc" -gt 128 ]; do wait "$pid"; r=$?; [ "$r" -eq 127 ] && break; rc=$r; done
+  # Stopping, flanneld gets 4 s, then SIGKILL (systemd's TimeoutStopSec),
+  # so that it never outlives the shim: the lab SIGKILLs the shim 5 s after
+  # SIGTERM when it is removed (10 s in StopWeftd), and udp-mode flanneld
+  # has been seen to ignore SIGTERM that long (one leaked a CI run).
+  # Until it is reaped its PID cannot be reused; "Z" is exited.
+  while [ "$rc" -gt 128 ]; do
+    if [ -n "$stop" ]; then
+      k=0
+      while [ "$k" -lt 40 ] && [ "$(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null)" != Z ] && kill -0 "$pid" 2>/dev/null; do sleep 0.1; k=$((k+1)); done
+      [ "$k" -lt 40 ] || kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid"; r=$?; [ "$r" -eq 127 ] && break; rc=$r
+  done
   if [ -n "$stop" ] || [ "$rc" -eq 0 ]; then exit "$rc"; fi
   n=$((n+1))
   cp "$(dirname "$f")/weftd.log" "%[1]s/$h.fail$n.log"
