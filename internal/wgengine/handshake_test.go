@@ -3,7 +3,6 @@ package wgengine
 import (
 	"net"
 	"net/netip"
-	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -178,15 +177,9 @@ func TestCrossedHandshakeRepaired(t *testing.T) {
 // handshake message per 5 s: the session is made at about greetDelay,
 // not at the greeter's retransmit 5 s later.
 func TestGreetLateForced(t *testing.T) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("nft (nftables) not installed: scripts/install-deps.sh installs it")
-	}
+	needNft(t)
 	na, nb := pair(t)
-	ka, _ := GenerateKey()
-	kb, _ := GenerateKey()
-	if !greetsFirst(ka.PublicKey(), kb.PublicKey()) {
-		ka, kb = kb, ka // a greets at once, b greetDelay later
-	}
+	ka, kb := keysInGreetingOrder() // a greets at once, b greetDelay later
 	a := newSideKey(t, na, "10.77.0.1", "10.78.1.1/24", "-", ka)
 	b := newSideKey(t, nb, "10.77.0.2", "10.78.2.1/24", "-", kb)
 	na.MustRun(t, "nft", "add table inet wgguard; add chain inet wgguard in { type filter hook input priority 0; }; add rule inet wgguard in ip saddr 10.77.0.2 udp dport 51820 drop")
@@ -227,9 +220,7 @@ func waitSessionAfterLostAnswer(t *testing.T, na *netnstest.NS, a *side, start t
 // device greets it again greetDelay later, so the session is made then and
 // not at our retransmit 5 s later.
 func TestGreetSilentPeerAgain(t *testing.T) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("nft (nftables) not installed: scripts/install-deps.sh installs it")
-	}
+	needNft(t)
 	na, nb := pair(t)
 	a := newSide(t, na, "10.77.0.1", "10.78.1.1/24", "-")
 	bKey, stock := newStockDevice(t, nb, "10.77.0.2")

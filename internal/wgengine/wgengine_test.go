@@ -394,6 +394,25 @@ func TestRestartGreets(t *testing.T) {
 	}
 }
 
+// needNft skips a test that stands in for an underlay guard with nft.
+func needNft(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("nft (nftables) not installed: scripts/install-deps.sh installs it")
+	}
+}
+
+// keysInGreetingOrder is two new private keys, the first the one whose
+// device greets the other's at once (the smaller public key).
+func keysInGreetingOrder() (Key, Key) {
+	ka, _ := GenerateKey()
+	kb, _ := GenerateKey()
+	if !greetsFirst(ka.PublicKey(), kb.PublicKey()) {
+		ka, kb = kb, ka
+	}
+	return ka, kb
+}
+
 // initiations records when a device's log says it sent a handshake
 // initiation (wireguard-go's debug line).
 type initiations struct {
@@ -433,15 +452,9 @@ func (r *initiations) first() time.Time {
 // (each side answers the other's initiation and rejects the response to
 // its own): e2e TestWireGuardDualStack/auto did not converge in 25 s.
 func TestGreetStaggered(t *testing.T) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("nft (nftables) not installed: scripts/install-deps.sh installs it")
-	}
+	needNft(t)
 	na, nb := pair(t)
-	ka, _ := GenerateKey()
-	kb, _ := GenerateKey()
-	if !greetsFirst(ka.PublicKey(), kb.PublicKey()) {
-		ka, kb = kb, ka // a is the side that greets first
-	}
+	ka, kb := keysInGreetingOrder() // a is the side that greets first
 	var ra, rb initiations
 	a := newSideKey(t, na, "10.77.0.1", "10.78.1.1/24", "-", ka, slog.New(&ra))
 	b := newSideKey(t, nb, "10.77.0.2", "10.78.2.1/24", "-", kb, slog.New(&rb))
